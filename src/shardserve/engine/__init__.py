@@ -1,0 +1,1 @@
+"""The inference engine: schedule -> execute -> update, one step at a time."""

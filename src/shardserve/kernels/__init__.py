@@ -1,0 +1,1 @@
+"""GPU kernels, one per file, each next to the pure-torch reference it is tested against."""

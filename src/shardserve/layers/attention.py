@@ -1,0 +1,80 @@
+"""Attention over the paged KV cache, behind one interface for every backend.
+
+Models call `Attention(q, k, v)` with the step's new tokens; the layer writes their K/V into its
+cache slice and attends over each sequence's full context using the step's `AttentionMetadata`.
+Backends: "torch" (the reference in kernels/paged_attention.py; CPU and ground truth) and
+"triton" (GPU kernels), chosen once at construction.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from shardserve.kernels.paged_attention import paged_attention_reference, write_kv_cache
+from shardserve.layers.forward_context import AttentionMetadata, get_forward_context
+
+_BACKENDS = ("torch", "triton")
+_default_backend = "torch"
+
+
+def set_default_attention_backend(name: str) -> None:
+    """Chosen by the engine from EngineConfig before the model is built."""
+    global _default_backend
+    if name not in _BACKENDS:
+        raise ValueError(f"attention_backend must be one of {_BACKENDS}, got {name!r}")
+    _default_backend = name
+
+
+class Attention(nn.Module):
+    def __init__(
+        self,
+        num_heads: int,
+        head_dim: int,
+        scale: float,
+        num_kv_heads: int | None = None,
+        alibi_slopes: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.num_kv_heads = num_kv_heads or num_heads
+        self.scale = scale
+        self.backend = _default_backend
+        if alibi_slopes is not None:
+            self.register_buffer("alibi_slopes", alibi_slopes.float(), persistent=False)
+        else:
+            self.alibi_slopes = None
+        # Set by the model runner once the cache is allocated:
+        # ([num_blocks, block_size, num_kv_heads, head_dim], same) for K and V.
+        self.kv_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q: [num_tokens, num_heads * head_dim]; k, v: [num_tokens, num_kv_heads * head_dim]."""
+        meta = get_forward_context()
+        num_tokens = q.shape[0]
+        q = q.view(num_tokens, self.num_heads, self.head_dim)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        assert self.kv_cache is not None, "KV cache not allocated"
+        k_cache, v_cache = self.kv_cache
+        if self.backend == "triton":
+            from shardserve.kernels.triton_attention import triton_attention
+
+            out = triton_attention(q, k, v, k_cache, v_cache, meta, self.scale, self.alibi_slopes)
+        else:
+            out = self._torch_forward(q, k, v, k_cache, v_cache, meta)
+        return out.reshape(num_tokens, self.num_heads * self.head_dim)
+
+    def _torch_forward(self, q, k, v, k_cache, v_cache, meta: AttentionMetadata) -> torch.Tensor:
+        write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
+        return paged_attention_reference(
+            q,
+            k_cache,
+            v_cache,
+            meta.block_tables,
+            meta.query_start_loc_host,
+            meta.seq_lens_host,
+            self.scale,
+            self.alibi_slopes,
+        )

@@ -1,0 +1,59 @@
+"""Per-forward attention metadata: the second (and last) piece of scoped global state.
+
+The model runner builds one `AttentionMetadata` per step and enters `forward_context(meta)`
+around the model call; every `Attention` layer reads it instead of having it threaded through
+each model's forward signature.
+
+A step's batch is flat: `num_tokens` new tokens from `num_seqs` sequences, prefills (many new
+tokens, possibly after an already-cached prefix) and decodes (one new token) mixed freely.
+Sequence i owns new tokens `query_start_loc[i]:query_start_loc[i+1]` and, after this step, has
+`seq_lens[i]` tokens of context in the paged KV cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [num_tokens] int64: KV-cache slot (block * block_size + offset); -1 = padding
+    query_start_loc: torch.Tensor  # [num_seqs + 1] int32
+    seq_lens: torch.Tensor  # [num_seqs] int32: context length after this step (cached + new)
+    block_tables: torch.Tensor  # [num_seqs, max_blocks] int32
+    max_query_len: int
+    max_seq_len: int
+    # Host copies, so CPU-side loops in reference backends need no device sync.
+    query_start_loc_host: list[int]
+    seq_lens_host: list[int]
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seq_lens_host)
+
+    @property
+    def is_decode_only(self) -> bool:
+        return self.max_query_len == 1
+
+
+_context: AttentionMetadata | None = None
+
+
+@contextmanager
+def forward_context(meta: AttentionMetadata) -> Iterator[None]:
+    global _context
+    previous, _context = _context, meta
+    try:
+        yield
+    finally:
+        _context = previous
+
+
+def get_forward_context() -> AttentionMetadata:
+    if _context is None:
+        raise RuntimeError("attention called outside forward_context(); the model runner sets it")
+    return _context
