@@ -1,0 +1,148 @@
+"""AsyncEngine: the engine loop on a background thread, per-request async streams.
+
+The event loop only tokenizes, enqueues and awaits; the step loop (model forward, sampling,
+detokenisation) runs on its own thread, so serving I/O never waits on a forward pass. The two
+sides talk through a thread-safe command queue (add / abort) and, back, `call_soon_threadsafe`
+into each request's asyncio.Queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import AsyncIterator
+
+from shardserve.config import EngineConfig
+from shardserve.engine.llm import LLM, Prompt
+from shardserve.engine.request import RequestOutput
+from shardserve.engine.sampling_params import SamplingParams
+from shardserve.engine.tokenizer import load_tokenizer
+from shardserve.errors import EngineDeadError
+
+logger = logging.getLogger(__name__)
+
+
+class AsyncEngine:
+    def __init__(self, config: EngineConfig, llm: LLM | None = None):
+        self.llm = llm or LLM(config=config)
+        self.config = config
+        # A tokenizer of the front's own: fast tokenizers must not be shared across threads.
+        self.tokenizer = load_tokenizer(config.model)
+        self.model_config = self.llm.model_config
+        self.max_model_len = self.llm.max_model_len
+        self._commands: queue.Queue = queue.Queue()
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._streams_lock = threading.Lock()
+        self._stats: dict = self.llm.stats()
+        self._dead: BaseException | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="shardserve-engine", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_model(cls, model: str, **options) -> AsyncEngine:
+        return cls(EngineConfig(model=model, **options))
+
+    @property
+    def errored(self) -> bool:
+        return self._dead is not None
+
+    def stats(self) -> dict:
+        return dict(self._stats)
+
+    # -- the caller side (event loop) ----------------------------------------------------------
+    def encode(self, prompt: Prompt, params: SamplingParams) -> list[int]:
+        """Validated prompt token ids; raises ValueError naming the problem."""
+        if isinstance(prompt, str):
+            prompt = self.tokenizer.encode(prompt)
+        return self.llm.encode(list(prompt), params)
+
+    async def generate(
+        self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None
+    ) -> AsyncIterator[RequestOutput]:
+        params = params or SamplingParams()
+        request_id = request_id or uuid.uuid4().hex
+        if self._dead is not None:
+            raise EngineDeadError(f"the engine stopped: {self._dead}")
+        token_ids = self.encode(prompt, params)
+        stream: asyncio.Queue = asyncio.Queue()
+        with self._streams_lock:
+            if request_id in self._streams:
+                raise ValueError(f"request_id {request_id!r} is already running")
+            self._streams[request_id] = (asyncio.get_running_loop(), stream)
+        self._commands.put(("add", request_id, prompt if isinstance(prompt, str) else None, params, token_ids))
+        finished = False
+        try:
+            while True:
+                item = await stream.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            with self._streams_lock:
+                self._streams.pop(request_id, None)
+            if not finished:  # consumer went away (disconnect, timeout, cancel)
+                self._commands.put(("abort", request_id))
+
+    async def abort(self, request_id: str) -> None:
+        self._commands.put(("abort", request_id))
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        self._stopping = True
+        self._commands.put(("stop",))
+        self._thread.join(timeout)
+        self.llm.shutdown()
+
+    # -- the engine side (background thread) ----------------------------------------------------
+    def _loop(self) -> None:
+        try:
+            while not self._stopping:
+                # Block for work only when idle; otherwise drain commands between steps.
+                self._handle(self._commands.get() if not self.llm.has_unfinished() else None)
+                while True:
+                    try:
+                        self._handle(self._commands.get_nowait())
+                    except queue.Empty:
+                        break
+                if self._stopping:
+                    break
+                if self.llm.has_unfinished():
+                    for out in self.llm.step():
+                        self._deliver(out.request_id, out)
+                self._stats = self.llm.stats()
+        except BaseException as e:  # a dead rank, a CUDA error: fail everyone, loudly
+            logger.exception("engine loop failed")
+            self._dead = e
+            error = EngineDeadError(f"the engine stopped: {e}")
+            with self._streams_lock:
+                streams = list(self._streams)
+            for request_id in streams:
+                self._deliver(request_id, error)
+
+    def _handle(self, command) -> None:
+        if command is None:
+            return
+        kind = command[0]
+        if kind == "add":
+            _, request_id, prompt, params, token_ids = command
+            with self._streams_lock:
+                alive = request_id in self._streams
+            if alive:  # it may have been cancelled before the loop saw it
+                self.llm.add_request(request_id, prompt, params, prompt_token_ids=token_ids)
+        elif kind == "abort":
+            self.llm.abort(command[1])
+        elif kind == "stop":
+            self._stopping = True
+
+    def _deliver(self, request_id: str, item) -> None:
+        with self._streams_lock:
+            target = self._streams.get(request_id)
+        if target is not None:
+            loop, stream = target
+            loop.call_soon_threadsafe(stream.put_nowait, item)

@@ -1,0 +1,50 @@
+"""`shardserve generate`: text from a model directory (default: the built-in model)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("generate", help="generate text offline from a model directory")
+    p.add_argument("--model", default=None, help="HF-format model dir (default: the built-in model)")
+    p.add_argument("--prompt", action="append", required=True, help="prompt text; repeat for a batch")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--min-new-tokens", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string; repeatable")
+    p.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    p.add_argument("--no-stream", action="store_true", help="print each result when complete")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from shardserve import LLM, SamplingParams
+
+    params = SamplingParams(
+        max_new_tokens=args.max_new_tokens,
+        min_new_tokens=args.min_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        stop=args.stop,
+    )
+    with LLM(args.model, dtype=args.dtype, tensor_parallel_size=args.tp) as llm:
+        if len(args.prompt) == 1 and not args.no_stream:
+            sys.stdout.write(args.prompt[0])
+            for out in llm.stream(args.prompt[0], params):
+                sys.stdout.write(out.delta_text)
+                sys.stdout.flush()
+            sys.stdout.write(f"\n[{out.finish_reason}, {len(out.token_ids)} tokens]\n")
+            return 0
+        for prompt, out in zip(args.prompt, llm.generate(args.prompt, params), strict=True):
+            print(f"{prompt}{out.text}\n[{out.finish_reason}, {len(out.token_ids)} tokens]\n")
+    return 0

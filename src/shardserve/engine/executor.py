@@ -1,0 +1,55 @@
+"""Run a method on every tensor-parallel rank: the one RPC primitive `call(method, *args)`.
+
+`LocalExecutor` holds the single rank in the caller's process. Multi-rank executors
+(engine/multiproc_executor.py) spawn or join ranks and broadcast each call; all return rank 0's
+result, and raise EngineDeadError when a rank is gone.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+
+from shardserve.config import EngineConfig
+
+
+class Executor(ABC):
+    @abstractmethod
+    def call(self, method: str, *args: Any) -> Any:
+        """Run ModelRunner.<method>(*args) on every rank; return rank 0's result."""
+
+    def shutdown(self) -> None:
+        pass
+
+
+class LocalExecutor(Executor):
+    def __init__(self, config: EngineConfig):
+        from shardserve.engine.model_runner import ModelRunner
+
+        device = torch.device(config.devices[0] if config.devices else default_device())
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        self.runner = ModelRunner(config, rank=0, device=device)
+
+    def call(self, method: str, *args: Any) -> Any:
+        return getattr(self.runner, method)(*args)
+
+
+def default_device() -> str:
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def create_executor(config: EngineConfig) -> Executor:
+    if config.tensor_parallel_size == 1 and not _launched_externally():
+        return LocalExecutor(config)
+    from shardserve.engine.multiproc_executor import MultiProcExecutor
+
+    return MultiProcExecutor(config)
+
+
+def _launched_externally() -> bool:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1

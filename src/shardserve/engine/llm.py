@@ -1,0 +1,176 @@
+"""LLM: the synchronous engine front — add_request / step / abort / generate / stream.
+
+One step is the three beats of the engine loop: the scheduler picks tokens (schedule), every
+rank runs the model on them and rank 0 samples (execute), and the scheduler and the output
+processor append tokens, apply stop rules and produce RequestOutputs (update).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterator, Sequence
+
+from shardserve.config import EngineConfig
+from shardserve.engine.executor import create_executor
+from shardserve.engine.kv_cache import BlockManager
+from shardserve.engine.output_processor import OutputProcessor
+from shardserve.engine.request import FinishReason, Request, RequestOutput
+from shardserve.engine.sampling_params import SamplingParams
+from shardserve.engine.scheduler import Scheduler
+from shardserve.engine.tokenizer import eos_token_ids, load_tokenizer
+from shardserve.models.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+Prompt = str | Sequence[int]
+
+
+class LLM:
+    def __init__(self, model: str | None = None, *, config: EngineConfig | None = None, **options):
+        if config is None:
+            if model is None:
+                from shardserve.assets import default_model_path
+
+                model = str(default_model_path())
+            config = EngineConfig(model=model, **options)
+        self.config = config
+        started = time.perf_counter()
+        self.model_config = ModelConfig.from_hf(config.model)
+        self.tokenizer = load_tokenizer(config.model)
+        self.max_model_len = min(config.max_model_len or self.model_config.max_position_embeddings,
+                                 self.model_config.max_position_embeddings)
+        self.executor = create_executor(config)
+        try:
+            num_blocks = self.executor.call("available_kv_blocks", self.max_model_len)
+            if num_blocks * config.block_size < self.max_model_len:
+                raise ValueError(
+                    f"the KV cache holds {num_blocks * config.block_size} tokens, fewer than "
+                    f"max_model_len {self.max_model_len}: lower max_model_len or give it more memory"
+                )
+            self.executor.call("allocate_kv_cache", num_blocks)
+        except BaseException:
+            self.executor.shutdown()
+            raise
+        self.scheduler = Scheduler(
+            BlockManager(num_blocks, config.block_size, config.enable_prefix_caching),
+            max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens,
+            max_model_len=self.max_model_len,
+            enable_chunked_prefill=config.enable_chunked_prefill,
+            eos_token_ids=eos_token_ids(config.model, self.model_config, self.tokenizer),
+        )
+        self.outputs = OutputProcessor(self.tokenizer)
+        self._ids = itertools.count()
+        self.load_seconds = time.perf_counter() - started
+        logger.info("engine ready in %.1f s: %s", self.load_seconds, config.model)
+
+    # -- requests ---------------------------------------------------------------------------
+    def encode(self, prompt: Prompt, params: SamplingParams) -> list[int]:
+        """Token ids of a prompt, checked against the model length (ValueError names both)."""
+        if isinstance(prompt, str):
+            token_ids = self.tokenizer.encode(prompt)
+        else:
+            token_ids = list(prompt)
+            vocab = self.model_config.vocab_size
+            if not all(isinstance(t, int) and 0 <= t < vocab for t in token_ids):
+                raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
+        if not token_ids:
+            raise ValueError("prompt must not be empty")
+        if len(token_ids) + params.max_new_tokens > self.max_model_len:
+            raise ValueError(
+                f"prompt has {len(token_ids)} tokens + max_new_tokens {params.max_new_tokens} "
+                f"= {len(token_ids) + params.max_new_tokens} > max_model_len {self.max_model_len}"
+            )
+        return token_ids
+
+    def add_request(
+        self, request_id: str | None, prompt: Prompt, params: SamplingParams | None = None,
+        prompt_token_ids: list[int] | None = None,
+    ) -> str:
+        params = params or SamplingParams()
+        request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if request_id in self.scheduler.requests:
+            raise ValueError(f"request_id {request_id!r} is already running")
+        token_ids = prompt_token_ids if prompt_token_ids is not None else self.encode(prompt, params)
+        request = Request(request_id, token_ids, params, prompt=prompt if isinstance(prompt, str) else None)
+        self.outputs.add(request)
+        self.scheduler.add(request)
+        return request_id
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        request = self.scheduler.finish(request_id, FinishReason.ABORT)
+        if request is None:
+            return None
+        return self.outputs.output(request)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # -- the engine loop ----------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        sched = self.scheduler.schedule()
+        if not sched.seqs and not sched.finished_ids:
+            return []
+        sampled = self.executor.call("execute_model", sched) or {}
+        outputs = []
+        for request in self.scheduler.update(sched, sampled):
+            if self.outputs.new_text(request, request.output_token_ids[-1:]):
+                if request.is_finished:  # also out of length: the stop string wins
+                    request.finish_reason = FinishReason.STOP
+                else:
+                    self.scheduler.finish(request.request_id, FinishReason.STOP)
+            outputs.append(self.outputs.output(request))
+        return outputs
+
+    def stats(self) -> dict:
+        bm = self.scheduler.block_manager
+        return {
+            "num_running": len(self.scheduler.running),
+            "num_waiting": len(self.scheduler.waiting),
+            "kv_cache_usage": bm.usage,
+            "num_kv_blocks": bm.num_blocks,
+        }
+
+    # -- convenience fronts -------------------------------------------------------------------
+    def generate(
+        self, prompts: Prompt | Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams] | None = None
+    ) -> list[RequestOutput]:
+        """Run prompts to completion; outputs in input order."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        params_list = list(params) if isinstance(params, Sequence) else [params or SamplingParams()] * len(prompts)
+        if len(params_list) != len(prompts):
+            raise ValueError(f"got {len(params_list)} SamplingParams for {len(prompts)} prompts")
+        token_ids = [self.encode(p, sp) for p, sp in zip(prompts, params_list, strict=True)]
+        ids = [self.add_request(None, p, sp, t) for p, sp, t in zip(prompts, params_list, token_ids, strict=True)]
+        final: dict[str, RequestOutput] = {}
+        while len(final) < len(ids):
+            for out in self.step():
+                if out.finished:
+                    final[out.request_id] = out
+        return [final[i] for i in ids]
+
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[RequestOutput]:
+        """Updates of one request as it runs (other requests already added keep running)."""
+        request_id = self.add_request(None, prompt, params)
+        try:
+            while True:
+                for out in self.step():
+                    if out.request_id == request_id:
+                        yield out
+                        if out.finished:
+                            return
+        finally:
+            if request_id in self.scheduler.requests:
+                self.abort(request_id)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()

@@ -1,0 +1,145 @@
+"""One tensor-parallel rank: its model slice, its KV cache, and (on rank 0) the sampler.
+
+Every rank runs the same `execute_model` on the same SchedulerOutput (plain lists of ints), so
+the collectives inside the model line up; only rank 0 samples and returns tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from shardserve.config import EngineConfig
+from shardserve.engine.sampler import Sampler
+from shardserve.engine.scheduler import SchedulerOutput
+from shardserve.layers.attention import Attention, set_default_attention_backend
+from shardserve.layers.forward_context import AttentionMetadata, forward_context
+from shardserve.models import load_model
+from shardserve.models.config import ModelConfig
+from shardserve.parallel import get_tp_size
+
+logger = logging.getLogger(__name__)
+
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(requested: str, checkpoint_dtype: str | None, device: torch.device) -> torch.dtype:
+    """'auto' keeps the checkpoint's dtype on GPUs and uses float32 on CPUs."""
+    if requested != "auto":
+        return _TORCH_DTYPES[requested]
+    if device.type == "cpu":
+        return torch.float32
+    return _TORCH_DTYPES.get(checkpoint_dtype or "", torch.bfloat16)
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, rank: int, device: torch.device):
+        self.config = config
+        self.rank = rank
+        self.device = device
+        self.model_config = ModelConfig.from_hf(config.model)
+        self.dtype = resolve_dtype(config.dtype, self.model_config.torch_dtype, device)
+        backend = config.attention_backend
+        if backend == "auto":
+            backend = "triton" if device.type == "cuda" else "torch"
+        set_default_attention_backend(backend)
+        torch.manual_seed(config.seed)
+        self.model = load_model(self.model_config, config.model, self.dtype, device, config.load_format)
+        self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
+        self.block_size = config.block_size
+        self.sampler = Sampler(device, config.seed) if rank == 0 else None
+
+    # -- KV cache --------------------------------------------------------------------------
+    def bytes_per_block(self) -> int:
+        layer = self.attention_layers[0]
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        per_layer = 2 * self.block_size * layer.num_kv_heads * layer.head_dim * elem
+        return per_layer * len(self.attention_layers)
+
+    def available_kv_blocks(self, max_model_len: int) -> int:
+        """How many blocks this rank can hold; the executor takes the minimum over ranks."""
+        if self.config.num_kv_blocks is not None:
+            return self.config.num_kv_blocks
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            # Activations of the largest step stay outside the cache (rough upper bound).
+            mc = self.model_config
+            activations = self.config.max_num_batched_tokens * (
+                8 * mc.hidden_size + 3 * getattr(mc, "intermediate_size", 4 * mc.hidden_size) // get_tp_size()
+                + mc.vocab_size
+            ) * 4
+            budget = total * self.config.gpu_memory_utilization - (total - free) - activations
+        else:
+            budget = self.config.cpu_kv_cache_gib * 2**30
+            # No point holding more than every sequence at full length, a few times over.
+            per_seq = -(-max_model_len // self.block_size)
+            budget = min(budget, 4 * self.config.max_num_seqs * per_seq * self.bytes_per_block())
+        return max(int(budget // self.bytes_per_block()), 0)
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        for layer in self.attention_layers:
+            shape = (num_blocks, self.block_size, layer.num_kv_heads, layer.head_dim)
+            layer.kv_cache = (
+                torch.empty(shape, dtype=self.dtype, device=self.device),
+                torch.empty(shape, dtype=self.dtype, device=self.device),
+            )
+        logger.info(
+            "rank %d: KV cache of %d blocks x %d tokens (%.2f GiB)",
+            self.rank, num_blocks, self.block_size, num_blocks * self.bytes_per_block() / 2**30,
+        )
+
+    # -- one step ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def execute_model(self, sched: SchedulerOutput) -> dict[str, tuple[int, float | None]] | None:
+        if self.sampler is not None and sched.finished_ids:
+            self.sampler.forget(sched.finished_ids)
+        if not sched.seqs:
+            return {} if self.rank == 0 else None
+        input_ids, positions, meta = self._prepare(sched)
+        with forward_context(meta):
+            hidden = self.model(input_ids, positions)
+        sample_idx = [meta.query_start_loc_host[i + 1] - 1 for i, s in enumerate(sched.seqs) if s.sampling]
+        if not sample_idx:
+            return {} if self.rank == 0 else None
+        rows = torch.tensor(sample_idx, device=self.device)
+        logits = self.model.compute_logits(hidden.index_select(0, rows))  # collective on TP
+        if self.sampler is None:
+            return None
+        sampled = [s for s in sched.seqs if s.sampling]
+        ids = [s.request_id for s in sampled]
+        results = self.sampler(logits, ids, [s.sampling for s in sampled])
+        return dict(zip(ids, results, strict=True))
+
+    def _prepare(self, sched: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        seqs = sched.seqs
+        q_lens = torch.tensor([len(s.token_ids) for s in seqs])
+        starts = torch.tensor([s.start_pos for s in seqs])
+        query_start_loc = torch.zeros(len(seqs) + 1, dtype=torch.int32)
+        query_start_loc[1:] = q_lens.cumsum(0)
+        seq_lens = (starts + q_lens).to(torch.int32)
+        max_blocks = max(len(s.block_ids) for s in seqs)
+        block_tables = torch.zeros(len(seqs), max_blocks, dtype=torch.int32)
+        for i, s in enumerate(seqs):
+            block_tables[i, : len(s.block_ids)] = torch.tensor(s.block_ids, dtype=torch.int32)
+
+        # Per token: which sequence it belongs to, its position, and its cache slot.
+        seq_idx = torch.repeat_interleave(torch.arange(len(seqs)), q_lens)
+        num_tokens = int(query_start_loc[-1])
+        positions = torch.arange(num_tokens) - query_start_loc[:-1].long()[seq_idx] + starts[seq_idx]
+        blocks = block_tables[seq_idx, positions // self.block_size].long()
+        slot_mapping = blocks * self.block_size + positions % self.block_size
+        input_ids = torch.tensor([t for s in seqs for t in s.token_ids], dtype=torch.long)
+
+        dev = self.device
+        meta = AttentionMetadata(
+            slot_mapping=slot_mapping.to(dev, non_blocking=True),
+            query_start_loc=query_start_loc.to(dev, non_blocking=True),
+            seq_lens=seq_lens.to(dev, non_blocking=True),
+            block_tables=block_tables.to(dev, non_blocking=True),
+            max_query_len=int(q_lens.max()),
+            max_seq_len=int(seq_lens.max()),
+            query_start_loc_host=query_start_loc.tolist(),
+            seq_lens_host=seq_lens.tolist(),
+        )
+        return input_ids.to(dev, non_blocking=True), positions.to(dev, non_blocking=True), meta

@@ -1,0 +1,84 @@
+"""Token ids -> text for each request: incremental detokenisation, stop strings, outputs.
+
+Stop strings are searched in the text as it grows; when one appears the text is cut before it
+and the request finishes. While a request runs, the last `len(longest stop) - 1` characters are
+held back from streamed deltas, so a client never sees text that a stop string later removes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shardserve.engine.request import Request, RequestOutput
+from shardserve.engine.tokenizer import IncrementalDetokenizer
+
+
+@dataclass
+class _TextState:
+    detokenizer: IncrementalDetokenizer
+    text: str = ""
+    emitted_chars: int = 0
+    emitted_tokens: int = 0
+    holdback: int = 0
+    stopped: bool = field(default=False)
+
+
+class OutputProcessor:
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._states: dict[str, _TextState] = {}
+
+    def add(self, request: Request) -> None:
+        p = request.params
+        self._states[request.request_id] = _TextState(
+            detokenizer=IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids, p.skip_special_tokens),
+            holdback=max((len(s) for s in p.stop), default=1) - 1,
+        )
+
+    def new_text(self, request: Request, new_token_ids: list[int]) -> bool:
+        """Detokenize new tokens; True when a stop string ended the request's text."""
+        state = self._states[request.request_id]
+        for token_id in new_token_ids:
+            state.text += state.detokenizer.add(token_id)
+        if request.is_finished:
+            state.text += state.detokenizer.flush()
+        stops = request.params.stop
+        if stops and not state.stopped:
+            # Only the part that may contain a new match: the tail that the last call held back.
+            window_start = max(state.emitted_chars - state.holdback, 0)
+            hits = [i for s in stops if (i := state.text.find(s, window_start)) >= 0]
+            if hits:
+                state.text = state.text[: min(hits)]
+                state.stopped = True
+                return True
+        return False
+
+    def output(self, request: Request, error: str | None = None) -> RequestOutput:
+        state = self._states[request.request_id]
+        finished = request.is_finished
+        visible = len(state.text) if finished else max(len(state.text) - state.holdback, state.emitted_chars)
+        delta_text = state.text[state.emitted_chars : visible]
+        state.emitted_chars = visible
+        tokens = request.output_token_ids
+        delta_tokens = tokens[state.emitted_tokens :]
+        state.emitted_tokens = len(tokens)
+        if finished:
+            del self._states[request.request_id]
+        return RequestOutput(
+            request_id=request.request_id,
+            prompt=request.prompt,
+            prompt_token_ids=request.prompt_token_ids,
+            text=state.text[:visible],
+            token_ids=list(tokens),
+            delta_text=delta_text,
+            delta_token_ids=list(delta_tokens),
+            finished=finished,
+            finish_reason=request.finish_reason,
+            logprobs=list(request.logprobs) if request.params.logprobs else None,
+            num_cached_tokens=request.num_cached_tokens,
+            error=error,
+        )
+
+    def discard(self, request_id: str) -> None:
+        self._states.pop(request_id, None)
+

@@ -1,0 +1,213 @@
+"""Continuous batching: decide which tokens of which requests run in the next step.
+
+Every request is a list of tokens (prompt + generated) of which `num_computed_tokens` already
+have K/V in the cache. A step gives each running request its next tokens (one for a decode, a
+chunk for a prefill) within a token budget, then admits waiting requests while budget, sequence
+slots and KV blocks last. When blocks run out, the most recently admitted running request is
+preempted: its blocks are freed and it is recomputed later from its tokens, so it ends with
+exactly the output it would have had.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from shardserve.engine.kv_cache import BlockManager
+from shardserve.engine.request import FinishReason, Request, RequestStatus
+from shardserve.engine.sampling_params import SamplingParams
+
+
+@dataclass
+class SamplingInfo:
+    """What rank 0 needs to sample one sequence's next token (plain values only)."""
+
+    temperature: float
+    top_p: float
+    top_k: int
+    repetition_penalty: float
+    seed: int | None
+    logprobs: bool
+    penalty_token_ids: list[int] | None  # prompt + output, only when the penalty is on
+    suppress_token_ids: list[int]  # EOS / stop ids while below min_new_tokens
+
+
+@dataclass
+class ScheduledSeq:
+    request_id: str
+    token_ids: list[int]  # tokens whose K/V this step computes
+    start_pos: int  # position of token_ids[0] (= tokens already in the cache)
+    block_ids: list[int]  # the sequence's whole block table
+    sampling: SamplingInfo | None  # None while a prefill chunk still leaves prompt tokens
+
+
+@dataclass
+class SchedulerOutput:
+    seqs: list[ScheduledSeq] = field(default_factory=list)
+    finished_ids: list[str] = field(default_factory=list)  # lets rank 0 drop per-request state
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s.token_ids) for s in self.seqs)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        block_manager: BlockManager,
+        *,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        max_model_len: int,
+        enable_chunked_prefill: bool,
+        eos_token_ids: tuple[int, ...],
+    ):
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_model_len = max_model_len
+        self.chunked = enable_chunked_prefill
+        # Without chunking a whole prompt must fit one step.
+        self.token_budget = max_num_batched_tokens if self.chunked else max(max_num_batched_tokens, max_model_len)
+        self.eos_token_ids = eos_token_ids
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.requests: dict[str, Request] = {}
+        self._finished_since_last_step: list[str] = []
+
+    # -- queue management -------------------------------------------------------------------
+    def add(self, request: Request) -> None:
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def finish(self, request_id: str, reason: FinishReason) -> Request | None:
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return None
+        if request.status == RequestStatus.RUNNING:
+            self.running.remove(request)
+        elif request in self.waiting:
+            self.waiting.remove(request)
+        self.block_manager.free(request)
+        request.status = RequestStatus.FINISHED
+        request.finish_reason = reason
+        self._finished_since_last_step.append(request_id)
+        return request
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    # -- the schedule beat --------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput(finished_ids=self._finished_since_last_step)
+        self._finished_since_last_step = []
+        budget = self.token_budget
+        preempted = False
+
+        i = 0
+        while i < len(self.running) and budget > 0:
+            request = self.running[i]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            while not self.block_manager.allocate(request, num_new):
+                victim = self.running.pop()  # never one already scheduled: those are before i
+                self._preempt(victim)
+                preempted = True
+                if victim is request:
+                    break
+            else:
+                out.seqs.append(self._scheduled(request, num_new))
+                budget -= num_new
+                i += 1
+                continue
+            break
+
+        # Admit waiting requests; not in a step that had to preempt (memory is tight).
+        while self.waiting and budget > 0 and not preempted and len(self.running) < self.max_num_seqs:
+            request = self.waiting[0]
+            cached = self.block_manager.find_cached_prefix(request)
+            num_cached = len(cached) * self.block_manager.block_size
+            num_new = request.num_tokens - num_cached
+            if num_new > budget:
+                if not self.chunked:
+                    break
+                num_new = budget
+            if not self.block_manager.allocate(request, num_new, cached):
+                break
+            self.waiting.popleft()
+            request.num_computed_tokens = num_cached
+            if request.num_preemptions == 0:
+                request.num_cached_tokens = num_cached
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+            out.seqs.append(self._scheduled(request, num_new))
+            budget -= num_new
+        return out
+
+    def _scheduled(self, request: Request, num_new: int) -> ScheduledSeq:
+        start = request.num_computed_tokens
+        completes = start + num_new == request.num_tokens
+        return ScheduledSeq(
+            request_id=request.request_id,
+            token_ids=request.all_token_ids[start : start + num_new],
+            start_pos=start,
+            block_ids=list(request.block_ids),
+            sampling=self._sampling_info(request) if completes else None,
+        )
+
+    def _sampling_info(self, request: Request) -> SamplingInfo:
+        p: SamplingParams = request.params
+        suppress: list[int] = []
+        if len(request.output_token_ids) < p.min_new_tokens:
+            suppress = list(p.stop_token_ids) + ([] if p.ignore_eos else list(self.eos_token_ids))
+        return SamplingInfo(
+            temperature=p.temperature,
+            top_p=p.top_p,
+            top_k=p.top_k,
+            repetition_penalty=p.repetition_penalty,
+            seed=p.seed,
+            logprobs=p.logprobs,
+            penalty_token_ids=request.all_token_ids if p.repetition_penalty != 1.0 else None,
+            suppress_token_ids=suppress,
+        )
+
+    def _preempt(self, request: Request) -> None:
+        self.block_manager.free(request)
+        request.num_computed_tokens = 0
+        request.status = RequestStatus.PREEMPTED
+        request.num_preemptions += 1
+        self.waiting.appendleft(request)
+
+    # -- the update beat ----------------------------------------------------------------------
+    def update(
+        self, sched: SchedulerOutput, sampled: dict[str, tuple[int, float | None]]
+    ) -> list[Request]:
+        """Advance computed counts, append sampled tokens; returns requests that got a token."""
+        updated = []
+        for seq in sched.seqs:
+            request = self.requests.get(seq.request_id)
+            if request is None:  # aborted while the step ran
+                continue
+            request.num_computed_tokens += len(seq.token_ids)
+            self.block_manager.cache_full_blocks(request)
+            if seq.request_id not in sampled:
+                continue
+            token_id, logprob = sampled[seq.request_id]
+            request.output_token_ids.append(token_id)
+            if request.params.logprobs:
+                request.logprobs.append(logprob)
+            updated.append(request)
+            reason = self._check_stop(request, token_id)
+            if reason is not None:
+                self.finish(request.request_id, reason)
+        return updated
+
+    def _check_stop(self, request: Request, token_id: int) -> FinishReason | None:
+        p = request.params
+        num_out = len(request.output_token_ids)
+        if num_out >= p.min_new_tokens:
+            if token_id in p.stop_token_ids:
+                return FinishReason.STOP
+            if not p.ignore_eos and token_id in self.eos_token_ids:
+                return FinishReason.STOP
+        if num_out >= p.max_new_tokens or request.num_tokens >= self.max_model_len:
+            return FinishReason.LENGTH
+        return None

@@ -1,0 +1,62 @@
+import torch
+
+from shardserve.engine.sampler import Sampler, _processed_probs
+from shardserve.engine.scheduler import SamplingInfo
+
+
+def info(**kw) -> SamplingInfo:
+    base = dict(temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0, seed=None,
+                logprobs=False, penalty_token_ids=None, suppress_token_ids=[])
+    base.update(kw)
+    return SamplingInfo(**base)
+
+
+def random_logits(rows: int, vocab: int = 50, seed: int = 0) -> torch.Tensor:
+    return torch.randn(rows, vocab, generator=torch.Generator().manual_seed(seed)) * 3
+
+
+def test_greedy_and_top_k_1_take_the_argmax():
+    logits = random_logits(3)
+    out = Sampler(torch.device("cpu"))(logits, ["a", "b", "c"], [info(temperature=0.0), info(top_k=1), info(top_k=1, temperature=2.0)])
+    assert [t for t, _ in out] == logits.argmax(-1).tolist()
+
+
+def test_seeded_draws_do_not_depend_on_the_batch():
+    logits = random_logits(4)
+    alone = Sampler(torch.device("cpu"), seed=1)
+    batch = Sampler(torch.device("cpu"), seed=2)
+    got_alone = [alone(logits[2:3], ["x"], [info(seed=7)])[0][0] for _ in range(5)]
+    got_batch = []
+    for _ in range(5):
+        out = batch(logits, ["p", "q", "x", "r"], [info(), info(seed=3), info(seed=7), info(temperature=0.5)])
+        got_batch.append(out[2][0])
+    assert got_alone == got_batch
+
+
+def test_top_k_and_top_p_restrict_the_support():
+    logits = random_logits(1, vocab=20)
+    probs = _processed_probs(logits, [info(top_k=3)])
+    assert (probs > 0).sum() == 3
+    assert set(torch.nonzero(probs[0]).flatten().tolist()) == set(logits[0].topk(3).indices.tolist())
+    sorted_p = torch.softmax(logits[0], -1).sort(descending=True).values
+    k = int((sorted_p.cumsum(0) < 0.6).sum()) + 1  # smallest prefix reaching 0.6
+    assert (_processed_probs(logits, [info(top_p=0.6)]) > 0).sum() == k
+
+
+def test_sampling_follows_the_distribution():
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]]))
+    sampler = Sampler(torch.device("cpu"), seed=0)
+    counts = torch.zeros(3)
+    for _ in range(2000):
+        counts[sampler(logits, ["a"], [info()])[0][0]] += 1
+    assert torch.allclose(counts / 2000, torch.tensor([0.7, 0.2, 0.1]), atol=0.04)
+
+
+def test_repetition_penalty_suppression_and_logprobs():
+    logits = torch.tensor([[2.0, 1.9, -1.0, 0.5]])
+    sampler = Sampler(torch.device("cpu"))
+    (tok, lp), = sampler(logits, ["a"], [info(temperature=0.0, penalty_token_ids=[0], repetition_penalty=2.0, logprobs=True)])
+    assert tok == 1  # 2.0 / 2 = 1.0 < 1.9
+    assert abs(lp - torch.log_softmax(logits, -1)[0, 1].item()) < 1e-6
+    (tok, _), = sampler(logits, ["b"], [info(temperature=0.0, suppress_token_ids=[0, 1])])
+    assert tok == 3
