@@ -44,9 +44,9 @@ def default_device() -> str:
 def create_executor(config: EngineConfig) -> Executor:
     if config.tensor_parallel_size == 1 and not _launched_externally():
         return LocalExecutor(config)
-    from shardserve.engine.multiproc_executor import MultiProcExecutor
+    from shardserve.engine.multiproc_executor import LauncherExecutor, MultiProcExecutor
 
-    return MultiProcExecutor(config)
+    return LauncherExecutor(config) if _launched_externally() else MultiProcExecutor(config)
 
 
 def _launched_externally() -> bool:

@@ -1,0 +1,152 @@
+"""Executors for more than one rank.
+
+MultiProcExecutor spawns every rank on this host (rank 0 included) and drives them over pipes,
+so the engine process never blocks inside a collective: it waits on rank 0's reply and on every
+rank's process sentinel at once, and a rank that raises or dies fails the call at once with
+EngineDeadError, after which the remaining ranks are killed.
+
+LauncherExecutor serves ranks started by an external launcher (torchrun / mpirun env: RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), possibly on several hosts: rank 0 hosts the
+engine and broadcasts each call over a gloo group; every other rank serves calls until shutdown
+and then exits. A lost remote rank surfaces as a collective error or after
+`collective_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing as mp
+import os
+import sys
+from multiprocessing.connection import wait
+from typing import Any
+
+import torch.distributed as dist
+
+from shardserve.config import EngineConfig
+from shardserve.engine.executor import Executor
+from shardserve.engine.worker import Worker, free_port, init_distributed, rank_device, spawned_worker_main
+from shardserve.errors import EngineDeadError
+
+logger = logging.getLogger(__name__)
+
+
+class MultiProcExecutor(Executor):
+    def __init__(self, config: EngineConfig):
+        ctx = mp.get_context("spawn")
+        master = f"127.0.0.1:{free_port()}"
+        self.world_size = config.tensor_parallel_size
+        self.procs: list[mp.Process] = []
+        self.conns = []
+        self._closed = False
+        for rank in range(self.world_size):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(
+                target=spawned_worker_main,
+                args=(config, rank, self.world_size, master, child),
+                name=f"shardserve-rank{rank}",
+                daemon=True,
+            )
+            proc.start()
+            child.close()
+            self.procs.append(proc)
+            self.conns.append(parent)
+        atexit.register(self.shutdown)
+        self._await(lambda replies: len(replies) == self.world_size, expect="ready")
+
+    def call(self, method: str, *args: Any) -> Any:
+        if self._closed:
+            raise EngineDeadError("the engine's ranks are shut down")
+        try:
+            for conn in self.conns:
+                conn.send((method, args))
+        except OSError as e:
+            self._fail(f"cannot reach a rank: {e}")
+        return self._await(lambda replies: 0 in replies, expect="ok")[0]
+
+    def _await(self, done, expect: str) -> dict[int, Any]:
+        replies: dict[int, Any] = {}
+        sentinels = {p.sentinel: rank for rank, p in enumerate(self.procs)}
+        conns = {id(c): rank for rank, c in enumerate(self.conns)}
+        while not done(replies):
+            for ready in wait(list(self.conns) + list(sentinels)):
+                if isinstance(ready, int):
+                    rank = sentinels[ready]
+                    self._fail(f"rank {rank} exited unexpectedly (exit code {self.procs[rank].exitcode})")
+                rank = conns[id(ready)]
+                try:
+                    kind, value = ready.recv()
+                except (EOFError, OSError):
+                    self._fail(f"rank {rank} closed its connection")
+                if kind == "error":
+                    self._fail(str(value))
+                assert kind == expect, (kind, expect)
+                replies[rank] = value
+        return replies
+
+    def _fail(self, message: str) -> None:
+        logger.error("tensor-parallel engine failed: %s", message)
+        self.shutdown(graceful=False)
+        raise EngineDeadError(message)
+
+    def shutdown(self, graceful: bool = True) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if graceful:
+            for conn in self.conns:
+                try:
+                    conn.send(("shutdown", ()))
+                except OSError:
+                    pass
+            for proc in self.procs:
+                proc.join(timeout=10)
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+        for conn in self.conns:
+            conn.close()
+
+
+class LauncherExecutor(Executor):
+    def __init__(self, config: EngineConfig):
+        env = os.environ
+        self.rank = int(env["RANK"])
+        world_size = int(env["WORLD_SIZE"])
+        if world_size != config.tensor_parallel_size:
+            raise ValueError(
+                f"the launcher started WORLD_SIZE={world_size} ranks but tensor_parallel_size is "
+                f"{config.tensor_parallel_size}"
+            )
+        master = f"{env.get('MASTER_ADDR', '127.0.0.1')}:{env.get('MASTER_PORT', '29500')}"
+        device = rank_device(config, self.rank, int(env.get("LOCAL_RANK", self.rank)))
+        self.control = init_distributed(config, self.rank, world_size, device, master)
+        self.worker = Worker(config, self.rank, device)
+        self._closed = False
+        if self.rank != 0:
+            self._serve_forever()
+            sys.exit(0)
+
+    def call(self, method: str, *args: Any) -> Any:
+        message = [method, args]
+        dist.broadcast_object_list(message, src=0, group=self.control)
+        return self.worker.handle(method, args)
+
+    def _serve_forever(self) -> None:
+        while True:
+            message = [None, None]
+            dist.broadcast_object_list(message, src=0, group=self.control)
+            method, args = message
+            if method == "shutdown":
+                break
+            self.worker.handle(method, args)
+        dist.destroy_process_group()
+
+    def shutdown(self) -> None:
+        if self._closed or self.rank != 0:
+            return
+        self._closed = True
+        dist.broadcast_object_list(["shutdown", ()], src=0, group=self.control)
+        dist.destroy_process_group()

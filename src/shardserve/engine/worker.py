@@ -1,0 +1,91 @@
+"""A tensor-parallel rank: join the process group, build the ModelRunner, serve calls.
+
+The same `Worker` serves both ways of starting ranks: spawned by MultiProcExecutor (calls
+arrive over a pipe from the engine process) and started by an external launcher such as torchrun
+or mpirun on one or many hosts (calls arrive as broadcasts from rank 0 over a gloo group).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from shardserve.config import EngineConfig
+from shardserve.parallel.state import ParallelInfo, set_parallel_info
+
+
+def rank_device(config: EngineConfig, rank: int, local_rank: int) -> torch.device:
+    if config.devices:
+        return torch.device(config.devices[rank])
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def init_distributed(
+    config: EngineConfig, rank: int, world_size: int, device: torch.device, master: str
+) -> dist.ProcessGroup:
+    """Join the TP group (NCCL on GPUs, gloo on CPUs); returns a gloo group for control messages."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    else:
+        # Ranks share the host's cores; oversubscribing them makes every rank slower.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = timedelta(seconds=config.collective_timeout_s)
+    dist.init_process_group(backend, init_method=f"tcp://{master}", rank=rank, world_size=world_size, timeout=timeout)
+    group = dist.group.WORLD
+    set_parallel_info(ParallelInfo(rank=rank, world_size=world_size, group=group))
+    return dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else group
+
+
+class Worker:
+    def __init__(self, config: EngineConfig, rank: int, device: torch.device):
+        from shardserve.engine.model_runner import ModelRunner
+
+        self.rank = rank
+        self.runner = ModelRunner(config, rank, device)
+
+    def handle(self, method: str, args: tuple):
+        return getattr(self.runner, method)(*args)
+
+
+def spawned_worker_main(config: EngineConfig, rank: int, world_size: int, master: str, conn) -> None:
+    """Entry point of a rank spawned by MultiProcExecutor; talks to the engine over `conn`.
+
+    Replies: ("ready", None) once loaded; ("ok", result) for each call (rank 0 only, the others'
+    results are identical or None); ("error", traceback) from any rank that fails.
+    """
+    try:
+        device = rank_device(config, rank, rank)
+        init_distributed(config, rank, world_size, device, master)
+        worker = Worker(config, rank, device)
+        conn.send(("ready", None))
+        while True:
+            method, args = conn.recv()
+            if method == "shutdown":
+                break
+            result = worker.handle(method, args)
+            if rank == 0:
+                conn.send(("ok", result))
+    except (EOFError, KeyboardInterrupt):
+        pass  # the engine went away
+    except BaseException:
+        try:
+            conn.send(("error", f"rank {rank}: {traceback.format_exc()}"))
+        except OSError:
+            pass
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
