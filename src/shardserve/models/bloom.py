@@ -1,0 +1,103 @@
+"""BLOOM: ALiBi attention, fused query_key_value, embedding layer norm, tanh-gelu MLP.
+
+The fused query_key_value weight is laid out per head, [num_heads, 3, head_dim] rows, so a
+contiguous block of rows is a contiguous block of whole heads: a plain column-parallel split
+gives each rank the q, k and v of its own heads.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from shardserve.layers.activation import get_activation
+from shardserve.layers.alibi import rank_alibi_slopes
+from shardserve.layers.attention import Attention
+from shardserve.layers.embedding import VocabParallelEmbedding, lm_head
+from shardserve.layers.linear import ColumnParallelLinear, RowParallelLinear, divide
+from shardserve.layers.norm import LayerNorm
+from shardserve.models.config import ModelConfig
+
+
+class BloomAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        hidden, self.head_dim = config.hidden_size, config.head_dim
+        self.query_key_value = ColumnParallelLinear(hidden, 3 * hidden, bias=True)
+        self.dense = RowParallelLinear(hidden, hidden, bias=True)
+        self.num_heads = config.num_heads
+        self.tp_rank, self.tp_size = self.query_key_value.tp_rank, self.query_key_value.tp_size
+        self.local_heads = divide(self.num_heads, self.tp_size, "num_attention_heads")
+        # Slopes are a derived buffer, filled by init_buffers on the model's device.
+        self.attn = Attention(
+            self.local_heads, self.head_dim, self.head_dim**-0.5, alibi_slopes=torch.empty(self.local_heads)
+        )
+
+    def init_buffers(self, device) -> None:
+        self.attn.alibi_slopes = rank_alibi_slopes(self.num_heads, self.tp_rank, self.tp_size, device)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        num_tokens = hidden.shape[0]
+        qkv = self.query_key_value(hidden).view(num_tokens, self.local_heads, 3, self.head_dim)
+        q, k, v = (qkv[:, :, i].reshape(num_tokens, -1) for i in range(3))  # [T, local_heads * head_dim]
+        return self.dense(self.attn(q, k, v))
+
+
+class BloomMLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense_h_to_4h = ColumnParallelLinear(config.hidden_size, config.intermediate_size, bias=True)
+        self.dense_4h_to_h = RowParallelLinear(config.intermediate_size, config.hidden_size, bias=True)
+        self.act = get_activation(config.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense_4h_to_h(self.act(self.dense_h_to_4h(x)))
+
+
+class BloomBlock(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.input_layernorm = LayerNorm(config.hidden_size, config.norm_eps)
+        self.self_attention = BloomAttention(config)
+        self.post_attention_layernorm = LayerNorm(config.hidden_size, config.norm_eps)
+        self.mlp = BloomMLP(config)
+        self.residual_post_ln = config.residual_post_layernorm
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        x = self.input_layernorm(hidden)
+        hidden = (x if self.residual_post_ln else hidden) + self.self_attention(x)
+        x = self.post_attention_layernorm(hidden)
+        return (x if self.residual_post_ln else hidden) + self.mlp(x)
+
+
+class BloomModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.word_embeddings = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
+        self.word_embeddings_layernorm = LayerNorm(config.hidden_size, config.norm_eps)
+        self.h = nn.ModuleList(BloomBlock(config) for _ in range(config.num_layers))
+        self.ln_f = LayerNorm(config.hidden_size, config.norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        # positions are unused: ALiBi biases attention by distance inside the Attention layer.
+        hidden = self.word_embeddings_layernorm(self.word_embeddings(input_ids))
+        for block in self.h:
+            hidden = block(hidden)
+        return self.ln_f(hidden)
+
+
+class BloomForCausalLM(nn.Module):
+    base_model_prefix = "transformer"
+    packed_modules: dict = {}
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = BloomModel(config)
+        self.lm_head = lm_head(config.tie_word_embeddings, self.transformer.word_embeddings)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.transformer(input_ids, positions)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head.compute_logits(hidden)

@@ -1,0 +1,108 @@
+"""OPT: learned positions (offset 2), pre- or post-LN blocks, optional embedding projection.
+
+Mirrors HF modeling_opt: with do_layer_norm_before=False (OPT-350m) the norms follow the
+residual adds and the decoder has no final norm; when word_embed_proj_dim != hidden_size,
+embeddings are projected in (project_in) and hidden states out (project_out) before the LM head,
+so forward returns [T, word_embed_proj_dim].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from shardserve.layers.activation import get_activation
+from shardserve.layers.attention import Attention
+from shardserve.layers.embedding import VocabParallelEmbedding, lm_head
+from shardserve.layers.linear import (
+    ColumnParallelLinear,
+    QKVParallelLinear,
+    ReplicatedLinear,
+    RowParallelLinear,
+)
+from shardserve.layers.norm import LayerNorm
+from shardserve.models.config import ModelConfig
+
+# OPT's learned position table reserves its first two rows (a fairseq padding-offset artefact).
+POSITION_OFFSET = 2
+
+
+class OPTAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c = config
+        self.qkv_proj = QKVParallelLinear(c.hidden_size, c.head_dim, c.num_heads, c.num_heads, c.qkv_bias)
+        self.out_proj = RowParallelLinear(c.hidden_size, c.hidden_size, c.o_bias)
+        self.attn = Attention(self.qkv_proj.num_heads, c.head_dim, c.head_dim**-0.5)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self.attn(*self.qkv_proj.split(self.qkv_proj(hidden))))
+
+
+class OPTDecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.pre_ln = config.pre_layer_norm
+        self.self_attn = OPTAttention(config)
+        self.self_attn_layer_norm = LayerNorm(config.hidden_size, config.norm_eps)
+        self.fc1 = ColumnParallelLinear(config.hidden_size, config.intermediate_size, config.mlp_bias)
+        self.fc2 = RowParallelLinear(config.intermediate_size, config.hidden_size, config.mlp_bias)
+        self.final_layer_norm = LayerNorm(config.hidden_size, config.norm_eps)
+        self.act = get_activation(config.hidden_act)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        x = self.self_attn_layer_norm(hidden) if self.pre_ln else hidden
+        hidden = hidden + self.self_attn(x)
+        if not self.pre_ln:
+            hidden = self.self_attn_layer_norm(hidden)
+        x = self.final_layer_norm(hidden) if self.pre_ln else hidden
+        hidden = hidden + self.fc2(self.act(self.fc1(x)))
+        return hidden if self.pre_ln else self.final_layer_norm(hidden)
+
+
+class OPTDecoder(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        hidden, proj = config.hidden_size, config.word_embed_proj_dim
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, proj)
+        self.embed_positions = VocabParallelEmbedding(
+            config.max_position_embeddings + POSITION_OFFSET, hidden, replicated=True
+        )
+        self.project_in = ReplicatedLinear(proj, hidden, bias=False) if proj != hidden else None
+        self.project_out = ReplicatedLinear(hidden, proj, bias=False) if proj != hidden else None
+        self.layers = nn.ModuleList(OPTDecoderLayer(config) for _ in range(config.num_layers))
+        self.final_layer_norm = LayerNorm(hidden, config.norm_eps) if config.final_layer_norm else None
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)  # [T, word_embed_proj_dim]
+        if self.project_in is not None:
+            x = self.project_in(x)  # [T, hidden]
+        hidden = x + self.embed_positions(positions + POSITION_OFFSET)
+        for layer in self.layers:
+            hidden = layer(hidden)
+        if self.final_layer_norm is not None:
+            hidden = self.final_layer_norm(hidden)
+        return self.project_out(hidden) if self.project_out is not None else hidden
+
+
+class OPTModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.decoder = OPTDecoder(config)
+
+
+class OPTForCausalLM(nn.Module):
+    base_model_prefix = "model"
+    packed_modules = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v")}
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = OPTModel(config)
+        self.lm_head = lm_head(config.tie_word_embeddings, self.model.decoder.embed_tokens)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.model.decoder(input_ids, positions)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head.compute_logits(hidden)
