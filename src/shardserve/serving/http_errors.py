@@ -1,0 +1,83 @@
+"""One exception type for every HTTP error, and the handlers that render it.
+
+Routes raise APIError; nothing else reaches the client. The OpenAI routes (/v1/...) answer with
+OpenAI's error object, so the `openai` client raises its typed exceptions; every other route uses
+TGI's `{"error": ..., "error_type": ...}` with DJLServing's `code` added. Unexpected exceptions
+become a 500 whose body never holds a traceback (it goes to the log).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 405: "invalid_request_error", 409: "conflict_error",
+    413: "invalid_request_error", 424: "model_error", 500: "internal_error",
+    503: "service_unavailable", 504: "timeout_error",
+}
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, *, param: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.headers = headers
+
+
+def bad_request(message: str, param: str | None = None) -> APIError:
+    return APIError(400, message, param=param)
+
+
+def validation_message(error: ValidationError | RequestValidationError) -> tuple[str, str | None]:
+    """'parameters.temperature: Input should be ...' for the first problem, and its field path."""
+    first = error.errors()[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
+    if first.get("type") == "json_invalid":
+        return f"the request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}", None
+    field = ".".join(loc) or None
+    msg = first.get("msg", "invalid value")
+    if first.get("type") == "extra_forbidden":
+        msg = "unknown field"
+    return (f"{field}: {msg}" if field else msg), field
+
+
+def error_body(path: str, status: int, message: str, param: str | None = None) -> dict:
+    if path.startswith("/v1/"):
+        return {"error": {"message": message, "type": _TYPES.get(status, "error"), "param": param, "code": status}}
+    return {"error": message, "error_type": _TYPES.get(status, "error"), "code": status}
+
+
+def error_response(request: Request, status: int, message: str, param: str | None = None,
+                   headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(error_body(request.url.path, status, message, param), status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        return error_response(request, exc.status, exc.message, exc.param, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        message, field = validation_message(exc)
+        return error_response(request, 400, message, field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return error_response(request, exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(request, 500, "internal server error (details in the server log)")

@@ -1,0 +1,171 @@
+"""OpenAI completions / chat schemas, their SamplingParams, and the response objects.
+
+Fields the engine cannot honour (penalties other than 0, logit_bias, tools, several logprob
+alternatives) are rejected with a 400 naming them rather than silently ignored, as OpenAI's own
+API rejects what it does not know. Extensions, as in vLLM: top_k, repetition_penalty, min_tokens,
+ignore_eos, skip_special_tokens.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shardserve.engine.request import FinishReason, RequestOutput
+from shardserve.engine.sampling_params import SamplingParams
+from shardserve.serving.http_errors import bad_request
+from shardserve.serving.protocol import make_sampling_params
+
+_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+    continuous_usage_stats: bool = False
+
+
+class _Sampling(_Strict):
+    model: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    # extensions
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+
+    def check_supported(self) -> None:
+        if self.n != 1:
+            raise bad_request("n: only 1 choice per request is supported", "n")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name) != 0:
+                raise bad_request(f"{name}: not supported (must be 0); use repetition_penalty", name)
+        if self.logit_bias:
+            raise bad_request("logit_bias: not supported", "logit_bias")
+
+    def sampling_params(self, max_tokens: int, logprobs: bool) -> SamplingParams:
+        self.check_supported()
+        return make_sampling_params(
+            _NAMES,
+            max_new_tokens=max_tokens,
+            min_new_tokens=self.min_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=self.top_k or 0,
+            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
+            seed=self.seed,
+            stop=self.stop or (),
+            ignore_eos=self.ignore_eos,
+            logprobs=logprobs,
+            skip_special_tokens=self.skip_special_tokens,
+        )
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = 16
+    echo: bool = False
+    logprobs: int | None = Field(None, description="only 0 or 1: the chosen token's log-probability")
+    best_of: int | None = None
+    suffix: str | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.best_of not in (None, 1):
+            raise bad_request("best_of: only 1 is supported", "best_of")
+        if self.suffix:
+            raise bad_request("suffix: not supported", "suffix")
+        if self.logprobs is not None and self.logprobs not in (0, 1):
+            raise bad_request("logprobs: only 0 or 1 (the chosen token) is supported", "logprobs")
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text"]
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
+    parallel_tool_calls: bool | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.tools:
+            raise bad_request("tools: tool calling is not supported", "tools")
+        if self.top_logprobs:
+            raise bad_request("top_logprobs: alternatives are not computed (only logprobs=true)", "top_logprobs")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def openai_finish_reason(reason: FinishReason | None) -> str | None:
+    if reason is None:
+        return None
+    return "length" if reason == FinishReason.LENGTH else "stop"
+
+
+def usage(out: RequestOutput) -> dict:
+    prompt, completion = len(out.prompt_token_ids), len(out.token_ids)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def completion_logprobs(out: RequestOutput, tokenizer, token_ids: list[int], logprobs: list[float]) -> dict:
+    tokens = [tokenizer.decode([t]) for t in token_ids]
+    return {"tokens": tokens, "token_logprobs": list(logprobs), "top_logprobs": None, "text_offset": None}
+
+
+def chat_logprobs(tokenizer, token_ids: list[int], logprobs: list[float]) -> dict:
+    return {"content": [
+        {"token": tokenizer.decode([t]), "logprob": lp, "bytes": list(tokenizer.decode([t]).encode()), "top_logprobs": []}
+        for t, lp in zip(token_ids, logprobs, strict=False)
+    ]}
+
+
+def envelope(kind: str, request_id: str, model: str, choices: list[dict], extra: dict | None = None) -> dict:
+    body = {"id": request_id, "object": kind, "created": int(time.time()), "model": model, "choices": choices}
+    body.update(extra or {})
+    return body

@@ -1,0 +1,292 @@
+"""serving.properties + environment -> ServingConfig, validated once when a model is registered.
+
+DJLServing artifacts carry a Java-style `serving.properties` (in the artifact root or `code/`).
+Server keys (`engine`, `job_queue_size`, `batch_size`, ...) sit at top level; model options are
+`option.*`. The environment overrides the file, as in the SageMaker LMI containers:
+`OPTION_<KEY>` / `SERVING_<KEY>` (matched to the canonical key ignoring case and underscores),
+and the short forms below. Every problem raises ValueError naming the key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shardserve.config import parse_tp_degree
+
+logger = logging.getLogger(__name__)
+
+PROPERTIES_FILE = "serving.properties"
+
+# The short environment forms of the LMI containers -> the key they set.
+SHORT_ENV = {
+    "HF_MODEL_ID": "option.model_id",
+    "TENSOR_PARALLEL_DEGREE": "option.tensor_parallel_degree",
+    "MAX_BATCH_SIZE": "option.max_rolling_batch_size",
+    "MAX_CONCURRENT_REQUESTS": "job_queue_size",
+}
+
+SERVER_KEYS = ("engine", "job_queue_size", "batch_size", "max_batch_delay", "minWorkers", "maxWorkers")
+OPTION_KEYS = (
+    "model_id", "s3url", "tensor_parallel_degree", "dtype", "entryPoint", "rolling_batch",
+    "max_rolling_batch_size", "max_model_len", "max_tokens", "model_loading_timeout",
+    "predict_timeout", "install_requirements", "quantize", "output_formatter", "device_map",
+    "max_rolling_batch_prefill_tokens",
+)
+# Our engine's own tuning knobs, passed to EngineConfig under the same name.
+ENGINE_OPTION_KEYS = (
+    "gpu_memory_utilization", "enable_prefix_caching", "enable_chunked_prefill", "block_size",
+    "num_kv_blocks", "cpu_kv_cache_gib", "attention_backend", "enforce_eager", "load_format",
+    "max_num_batched_tokens",
+)
+# DJLServing keys that artifacts commonly carry and that mean nothing here: accepted, logged.
+IGNORED_KEYS = (
+    "max_idle_time", "load_on_devices", "required_memory_mb", "reserved_memory_mb",
+    "log_model_metric", "metrics_aggregation", "gpu.minWorkers", "gpu.maxWorkers",
+    "cpu.minWorkers", "cpu.maxWorkers", "option.trust_remote_code", "option.revision",
+    "option.enable_streaming", "option.task", "option.paged_attention",
+    "option.low_cpu_mem_usage", "option.parallel_loading", "option.mpi_mode", "option.device_id",
+)
+
+TP_ENGINES = {"deepspeed", "mpi", "python", "tp", "shardserve"}
+ENGINES = TP_ENGINES | {"accelerate"}
+ROLLING_BATCH = {"auto", "disable", "scheduler", "lmi-dist", "vllm", "deepspeed", "trtllm", "tnx"}
+DTYPES = {"auto", "fp16", "float16", "bf16", "bfloat16", "fp32", "float32", "int8", "fp8"}
+OUTPUT_FORMATTERS = {"json", "jsonlines", "sse"}
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """One model's serving settings. `engine` is the key as written (see model_store for the
+    choice between our engine, Accelerate and a custom handler)."""
+
+    name: str
+    artifact_dir: str
+    model_id: str | None = None  # option.model_id / option.s3url; None = the artifact itself
+    engine: str | None = None
+    entry_point: str | None = None
+    tensor_parallel_degree: int = 1
+    dtype: str = "auto"
+    quantization: str | None = None
+    rolling_batch: str = "auto"
+    max_rolling_batch_size: int = 64
+    max_model_len: int | None = None
+    model_loading_timeout_s: float = 1800.0
+    predict_timeout_s: float = 120.0
+    job_queue_size: int = 1000
+    batch_size: int = 1
+    max_batch_delay_ms: float = 100.0
+    min_workers: int | None = None
+    max_workers: int | None = None
+    install_requirements: bool = True
+    output_formatter: str = "jsonlines"
+    device_map: str | None = None
+    engine_options: dict = field(default_factory=dict)
+    # Every option.* as written (prefix stripped): custom handlers read their own keys here.
+    options: dict = field(default_factory=dict)
+    unknown_keys: tuple[str, ...] = ()  # rejected unless a custom handler reads them
+
+    @property
+    def uses_tp_engine_name(self) -> bool:
+        return self.engine is None or self.engine.lower() in TP_ENGINES
+
+
+def read_properties(artifact_dir: str | Path) -> dict[str, str]:
+    """The artifact's serving.properties (root, else code/), or {} when it has none."""
+    for candidate in (Path(artifact_dir) / PROPERTIES_FILE, Path(artifact_dir) / "code" / PROPERTIES_FILE):
+        if candidate.is_file():
+            return parse_properties(candidate.read_text(encoding="utf-8"))
+    return {}
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    """Java .properties: `key=value` or `key: value`, `#`/`!` comments, `\\` continuations."""
+    values: dict[str, str] = {}
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip() if not pending else raw.lstrip()
+        if not pending and (not line or line[0] in "#!"):
+            continue
+        if line.endswith("\\") and not line.endswith("\\\\"):
+            pending += line[:-1]
+            continue
+        line, pending = pending + line, ""
+        match = re.match(r"([^=:\s]+)\s*[=:\s]\s*(.*)$", line)
+        if match:
+            values[match.group(1)] = match.group(2).strip()
+        else:
+            values[line] = ""
+    return values
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Keys set by the environment, in precedence order (later wins)."""
+    environ = os.environ if environ is None else environ
+    out = {key: environ[name] for name, key in SHORT_ENV.items() if environ.get(name)}
+    option_keys = {_norm(k): k for k in OPTION_KEYS + ENGINE_OPTION_KEYS}
+    server_keys = {_norm(k): k for k in SERVER_KEYS}
+    for name, value in environ.items():
+        if name.startswith("OPTION_"):
+            suffix = name[len("OPTION_"):]
+            out["option." + option_keys.get(_norm(suffix), suffix.lower())] = value
+        elif name.startswith("SERVING_") and _norm(name[len("SERVING_"):]) in server_keys:
+            # Other SERVING_* variables configure the server or storage, not a model.
+            out[server_keys[_norm(name[len("SERVING_"):])]] = value
+    return out
+
+
+def build_config(
+    name: str, artifact_dir: str | Path, file_values: Mapping[str, str], env: Mapping[str, str]
+) -> ServingConfig:
+    """ServingConfig from the file's keys with the environment's on top; ValueError names the key."""
+    values = {**file_values, **env}
+    reader = _Reader(values)
+    options = {k[len("option."):]: v for k, v in values.items() if k.startswith("option.")}
+    dtype = reader.choice("option.dtype", DTYPES, "auto")
+    quantization = reader.choice("option.quantize", {"int8", "fp8", "bitsandbytes8"}, None)
+    if dtype in ("int8", "fp8"):  # DJL writes 8-bit weights as a dtype
+        quantization, dtype = dtype, "auto"
+    if quantization == "bitsandbytes8":
+        quantization = "int8"
+    engine = reader.text("engine")
+    if engine is not None and engine.lower() not in ENGINES:
+        raise ValueError(
+            f"engine: unknown engine {engine!r}; use DeepSpeed, MPI or Python (our tensor-parallel "
+            "engine) or Accelerate"
+        )
+    min_workers = reader.integer("minWorkers", None, minimum=1)
+    max_workers = reader.integer("maxWorkers", None, minimum=1)
+    if min_workers and max_workers and max_workers < min_workers:
+        raise ValueError(f"maxWorkers ({max_workers}) must be >= minWorkers ({min_workers})")
+    max_model_len = reader.integer("option.max_model_len", None, minimum=1)
+    if max_model_len is None:
+        max_model_len = reader.integer("option.max_tokens", None, minimum=1)
+    config = ServingConfig(
+        name=name,
+        artifact_dir=str(artifact_dir),
+        model_id=reader.text("option.model_id") or reader.text("option.s3url"),
+        engine=engine,
+        entry_point=reader.text("option.entryPoint"),
+        tensor_parallel_degree=reader.tp_degree("option.tensor_parallel_degree"),
+        dtype=dtype,
+        quantization=quantization,
+        rolling_batch=reader.choice("option.rolling_batch", ROLLING_BATCH, "auto"),
+        max_rolling_batch_size=reader.integer("option.max_rolling_batch_size", 64, minimum=1),
+        max_model_len=max_model_len,
+        model_loading_timeout_s=reader.seconds("option.model_loading_timeout", 1800.0),
+        predict_timeout_s=reader.seconds("option.predict_timeout", 120.0),
+        job_queue_size=reader.integer("job_queue_size", 1000, minimum=0),
+        batch_size=reader.integer("batch_size", 1, minimum=1),
+        max_batch_delay_ms=reader.number("max_batch_delay", 100.0, minimum=0.0),
+        min_workers=min_workers,
+        max_workers=max_workers,
+        install_requirements=reader.boolean("option.install_requirements", True),
+        output_formatter=reader.choice("option.output_formatter", OUTPUT_FORMATTERS, "jsonlines"),
+        device_map=reader.text("option.device_map"),
+        engine_options=_engine_options(reader),
+        options=options,
+        unknown_keys=tuple(sorted(reader.unknown())),
+    )
+    for key in sorted(set(values) & set(IGNORED_KEYS)):
+        logger.info("%s: %s is accepted for DJLServing compatibility and has no effect", name, key)
+    return config
+
+
+def _engine_options(reader: _Reader) -> dict:
+    """option.<EngineConfig field>, typed like the field; EngineConfig validates the ranges."""
+    out: dict = {}
+    for key in ENGINE_OPTION_KEYS:
+        full = "option." + key
+        if full not in reader.values:
+            continue
+        if key in ("enable_prefix_caching", "enable_chunked_prefill", "enforce_eager"):
+            out[key] = reader.boolean(full, False)
+        elif key in ("gpu_memory_utilization", "cpu_kv_cache_gib"):
+            out[key] = reader.number(full, 0.0, minimum=0.0)
+        elif key in ("attention_backend", "load_format"):
+            out[key] = reader.text(full)
+        else:
+            out[key] = reader.integer(full, 1, minimum=1)
+    if "option.max_rolling_batch_prefill_tokens" in reader.values:
+        out["max_num_batched_tokens"] = reader.integer("option.max_rolling_batch_prefill_tokens", 1, minimum=1)
+    return out
+
+
+class _Reader:
+    """Typed access to the raw string values; remembers which keys were read."""
+
+    def __init__(self, values: Mapping[str, str]):
+        self.values = dict(values)
+        self._seen: set[str] = set(IGNORED_KEYS)
+
+    def unknown(self) -> set[str]:
+        known = self._seen | set(SERVER_KEYS) | {"option." + k for k in OPTION_KEYS + ENGINE_OPTION_KEYS}
+        return set(self.values) - known
+
+    def text(self, key: str) -> str | None:
+        self._seen.add(key)
+        value = self.values.get(key)
+        return value.strip() if value is not None and value.strip() else None
+
+    def choice(self, key: str, allowed: set[str], default):
+        value = self.text(key)
+        if value is None:
+            return default
+        if value.lower() not in allowed:
+            raise ValueError(f"{key}: must be one of {sorted(allowed)}, got {value!r}")
+        return value.lower()
+
+    def integer(self, key: str, default, minimum: int):
+        value = self.text(key)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            number = None
+        if number is None or number < minimum:
+            raise ValueError(f"{key}: must be an integer >= {minimum}, got {value!r}")
+        return number
+
+    def number(self, key: str, default, minimum: float):
+        value = self.text(key)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if number is None or not number >= minimum or number == float("inf"):
+            raise ValueError(f"{key}: must be a number >= {minimum:g}, got {value!r}")
+        return number
+
+    def seconds(self, key: str, default: float) -> float:
+        value = self.number(key, default, minimum=0.0)
+        if value <= 0:
+            raise ValueError(f"{key}: must be a number of seconds > 0, got {self.values[key]!r}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.text(key)
+        if value is None:
+            return default
+        if value.lower() not in ("true", "false"):
+            raise ValueError(f"{key}: must be true or false, got {value!r}")
+        return value.lower() == "true"
+
+    def tp_degree(self, key: str) -> int:
+        value = self.text(key)
+        if value is None:
+            return 1
+        try:
+            return parse_tp_degree(value)
+        except ValueError as e:
+            raise ValueError(f"{key}: {e}") from None
+
+
+def _norm(key: str) -> str:
+    return key.replace("_", "").replace(".", "").lower()

@@ -1,0 +1,128 @@
+"""DJLServing / TGI text-generation schema: request models, SamplingParams, response bodies.
+
+`{"inputs": str | [str], "parameters": {...}, "stream": bool}` ->
+`{"generated_text": ..., "details": {"finish_reason", "generated_tokens", "tokens"}}` (a list for a
+list of inputs). Streams are TGI-style events, one per engine update:
+`{"token": {"id", "text", "log_prob", "special"}, "generated_text": null, "details": null}`, the
+last one carrying `generated_text` (and `details` when asked).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shardserve.engine.request import FinishReason, RequestOutput
+from shardserve.engine.sampling_params import SamplingParams
+from shardserve.serving.http_errors import bad_request
+
+DEFAULT_MAX_NEW_TOKENS = 30  # DJLServing LMI's default
+
+
+class _Strict(BaseModel):
+    # Strict: "5" is not a number and a misspelt key is an error, not silently ignored.
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class GenerateParameters(_Strict):
+    max_new_tokens: int | None = None
+    min_new_tokens: int | None = None
+    do_sample: bool | None = Field(None, description="absent: sample when temperature/top_p/top_k is given")
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    stop: list[str] | str | None = None
+    details: bool = False
+    return_full_text: bool = False
+    ignore_eos: bool = False
+
+
+class GenerateRequest(_Strict):
+    inputs: str | list[str] = Field(..., description="a prompt, or a list of prompts (a batch)")
+    parameters: GenerateParameters = Field(default_factory=GenerateParameters)
+    stream: bool = False
+
+
+def make_sampling_params(names: Mapping[str, str] | None = None, **values) -> SamplingParams:
+    """SamplingParams(**values); its ValueError becomes a 400 naming the field as the client
+    spelt it (`names` maps SamplingParams field -> request field, e.g. max_new_tokens -> max_tokens)."""
+    try:
+        return SamplingParams(**values)
+    except ValueError as e:
+        message = str(e)
+        field = message.split(" ", 1)[0]
+        public = (names or {}).get(field, field)
+        raise bad_request(public + message[len(field):], public) from None
+
+
+def to_sampling_params(p: GenerateParameters) -> SamplingParams:
+    sample = p.do_sample if p.do_sample is not None else any(
+        v is not None for v in (p.temperature, p.top_p, p.top_k)
+    )
+    names = {k: f"parameters.{k}" for k in SamplingParams.__dataclass_fields__}
+    return make_sampling_params(
+        names,
+        max_new_tokens=DEFAULT_MAX_NEW_TOKENS if p.max_new_tokens is None else p.max_new_tokens,
+        min_new_tokens=p.min_new_tokens or 0,
+        temperature=(1.0 if p.temperature is None else p.temperature) if sample else 0.0,
+        top_p=1.0 if p.top_p is None else p.top_p,
+        top_k=p.top_k or 0,
+        repetition_penalty=1.0 if p.repetition_penalty is None else p.repetition_penalty,
+        seed=p.seed,
+        stop=p.stop or (),
+        ignore_eos=p.ignore_eos,
+        logprobs=p.details,
+    )
+
+
+def finish_reason(out: RequestOutput, params: SamplingParams, eos_ids: frozenset[int]) -> str:
+    """TGI's names: length | eos_token | stop_sequence."""
+    if out.finish_reason == FinishReason.LENGTH:
+        return "length"
+    if out.finish_reason == FinishReason.STOP:
+        last = out.token_ids[-1] if out.token_ids else None
+        if last in eos_ids or last in params.stop_token_ids or not params.stop:
+            return "eos_token"
+        return "stop_sequence"
+    return str(out.finish_reason)
+
+
+def token_event(out: RequestOutput, tokenizer) -> dict:
+    token_id = out.delta_token_ids[-1] if out.delta_token_ids else None
+    log_prob = out.logprobs[-1] if out.logprobs and out.delta_token_ids else None
+    special = token_id is not None and token_id in tokenizer.all_special_ids
+    return {"id": token_id, "text": out.delta_text, "log_prob": log_prob, "special": special}
+
+
+def details(out: RequestOutput, params: SamplingParams, tokenizer, eos_ids: frozenset[int]) -> dict:
+    special = set(tokenizer.all_special_ids)
+    logprobs = out.logprobs or [None] * len(out.token_ids)
+    return {
+        "finish_reason": finish_reason(out, params, eos_ids),
+        "generated_tokens": len(out.token_ids),
+        "inputs": out.prompt,
+        "tokens": [
+            {"id": t, "text": tokenizer.decode([t]), "log_prob": lp, "special": t in special}
+            for t, lp in zip(out.token_ids, logprobs, strict=False)
+        ],
+    }
+
+
+def generated(out: RequestOutput, prompt: str, p: GenerateParameters, params: SamplingParams,
+              tokenizer, eos_ids: frozenset[int]) -> dict:
+    body: dict = {"generated_text": prompt + out.text if p.return_full_text else out.text}
+    if p.details:
+        body["details"] = details(out, params, tokenizer, eos_ids)
+    return body
+
+
+def stream_event(out: RequestOutput, prompt: str, p: GenerateParameters, params: SamplingParams,
+                 tokenizer, eos_ids: frozenset[int]) -> dict:
+    event = {"token": token_event(out, tokenizer), "generated_text": None, "details": None}
+    if out.finished:
+        event.update(generated(out, prompt, p, params, tokenizer, eos_ids))
+        event.setdefault("details", None)
+    return event
