@@ -1,0 +1,181 @@
+"""The request path of a generation model, shared by the DJL/TGI and OpenAI routes.
+
+A route admits its prompts (bounded queue), opens one `Generation` per prompt, and awaits the
+first output before it answers, so that every error the engine raises up front (a bad prompt,
+a prompt too long for the model) becomes the response's status code rather than a broken
+stream. Each generation runs under the model's predict timeout (504, request aborted); a client
+that disconnects cancels it, which aborts it in the engine at its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from shardserve.engine.request import RequestOutput
+from shardserve.engine.sampling_params import SamplingParams
+from shardserve.errors import EngineDeadError
+from shardserve.serving.http_errors import APIError, bad_request, error_body
+from shardserve.serving.metrics import RequestTimer, ServerMetrics
+from shardserve.serving.model_store import ServedModel
+from shardserve.serving.streaming import stream_response
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its answer was ready."""
+
+
+class Generation:
+    """One prompt's stream of outputs, with deadline, error mapping and latency metrics."""
+
+    def __init__(self, model: ServedModel, prompt: str | list[int], params: SamplingParams,
+                 metrics: ServerMetrics | None, request_id: str | None = None):
+        self.model = model
+        self.params = params
+        self.request_id = request_id or uuid.uuid4().hex
+        self.deadline = asyncio.get_running_loop().time() + model.config.predict_timeout_s
+        self.timer = RequestTimer(metrics, model.name)
+        self._outputs = model.engine.generate(prompt, params, self.request_id)
+        self.last: RequestOutput | None = None
+
+    async def next(self) -> RequestOutput | None:
+        """The next update, None after the last; raises APIError."""
+        if self.last is not None and self.last.finished:
+            return None
+        remaining = self.deadline - asyncio.get_running_loop().time()
+        try:
+            out = await asyncio.wait_for(anext(self._outputs), max(remaining, 0.0))
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            await self.close()
+            raise APIError(504, f"generation did not finish within option.predict_timeout "
+                                f"({self.model.config.predict_timeout_s:g} s); the request was aborted") from None
+        except ValueError as e:  # the engine's validation of this prompt and these parameters
+            raise bad_request(str(e)) from None
+        except EngineDeadError as e:
+            raise APIError(500, f"model {self.model.name!r} failed while serving the request: {e}") from None
+        self.timer.on_tokens(len(out.delta_token_ids))
+        if out.finished:
+            self.timer.finish(len(out.prompt_token_ids), len(out.token_ids))
+        self.last = out
+        return out
+
+    async def updates(self) -> AsyncIterator[RequestOutput]:
+        while (out := await self.next()) is not None:
+            yield out
+
+    async def final(self) -> RequestOutput:
+        async for _ in self.updates():
+            pass
+        return self.last
+
+    async def close(self) -> None:
+        """Abort in the engine if it has not finished (AsyncEngine aborts on close)."""
+        await self._outputs.aclose()
+
+
+def admit(model: ServedModel, n: int = 1) -> Callable[[], None]:
+    """Take n of the model's queue slots (503 when full, or when the model cannot serve) and
+    return the function that gives them back (safe to call twice)."""
+    model.require_ready()
+    model.admission.acquire(model.name, n)
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            model.admission.release(n)
+
+    return release
+
+
+async def start(model: ServedModel, prompts: list, params: SamplingParams,
+                metrics: ServerMetrics | None) -> list[tuple[Generation, RequestOutput]]:
+    """Open a generation per prompt and wait for each one's first output (raising its error)."""
+    generations = [Generation(model, p, params, metrics) for p in prompts]
+    try:
+        firsts = await asyncio.gather(*(g.next() for g in generations))
+    except BaseException:
+        await asyncio.gather(*(g.close() for g in generations), return_exceptions=True)
+        raise
+    return list(zip(generations, firsts, strict=True))
+
+
+async def until_disconnect(request: Request, work: Awaitable):
+    """Run `work` unless the client disconnects first (then cancel it: ClientDisconnected)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    raise ClientDisconnected()
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def respond(
+    request: Request,
+    model: ServedModel,
+    prompts: list,
+    params: SamplingParams,
+    *,
+    stream: bool,
+    sse: bool,
+    to_events: Callable[[RequestOutput, bool], list[dict]],
+    to_body: Callable[[list[RequestOutput]], object],
+    closing_events: Callable[[RequestOutput], list[dict]] = lambda out: [],
+    done_marker: bool = False,
+):
+    """Admit, start and answer: a JSON body built by `to_body(final outputs)`, or (one prompt) a
+    stream of `to_events(update, is_first)` then `closing_events(last)`."""
+    ctx = request.app.state.ctx
+    release = admit(model, len(prompts))
+    try:
+        pairs = await start(model, prompts, params, ctx.metrics)
+    except BaseException:
+        release()
+        raise
+    generations = [g for g, _ in pairs]
+
+    async def cleanup() -> None:
+        await asyncio.gather(*(g.close() for g in generations), return_exceptions=True)
+        release()
+
+    if stream:
+        generation, first = pairs[0]
+
+        async def events():
+            for event in to_events(first, True):
+                yield event
+            async for out in generation.updates():
+                for event in to_events(out, False):
+                    yield event
+            for event in closing_events(generation.last):
+                yield event
+
+        def on_error(e: APIError) -> dict:
+            return error_body(request.url.path, e.status, e.message)
+
+        return stream_response(events(), sse, on_error, cleanup, done_marker)
+    try:
+        finals = await until_disconnect(request, asyncio.gather(*(g.final() for g in generations)))
+    finally:
+        await cleanup()
+    return JSONResponse(to_body(finals))

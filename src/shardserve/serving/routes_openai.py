@@ -1,0 +1,147 @@
+"""OpenAI-compatible API: /v1/models, /v1/completions, /v1/chat/completions (SSE streams that
+end with `data: [DONE]`, `usage` on every answer and, with stream_options.include_usage, as a
+last chunk)."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends, Request
+
+from shardserve.serving import openai_protocol as oa
+from shardserve.serving.auth import require_api_key
+from shardserve.serving.chat import chat_prompt_ids
+from shardserve.serving.generation import respond
+from shardserve.serving.http_errors import bad_request
+from shardserve.serving.model_store import ServedModel
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["openai"])
+
+
+@router.get("/models")
+async def list_models(request: Request) -> dict:
+    store = request.app.state.ctx.store
+    data = [
+        {"id": m.name, "object": "model", "created": int(time.time()), "owned_by": "shardserve",
+         "ready": m.ready}
+        for m in list(store.models.values())
+    ]
+    return {"object": "list", "data": data}
+
+
+@router.post("/completions")
+async def completions(body: oa.CompletionRequest, request: Request):
+    model = _generation_model(request, body.model)
+    prompts = _prompts(body.prompt)
+    if body.stream and len(prompts) != 1:
+        raise bad_request("prompt: streaming takes a single prompt", "prompt")
+    params = body.sampling_params(16 if body.max_tokens is None else body.max_tokens, body.logprobs is not None)
+    rid, name, tokenizer = oa.new_id("cmpl"), model.name, model.engine.tokenizer
+
+    def choice(i: int, text: str, out, ids: list[int], logprobs: list[float] | None) -> dict:
+        lp = oa.completion_logprobs(out, tokenizer, ids, logprobs or []) if body.logprobs is not None else None
+        return {"index": i, "text": text, "finish_reason": oa.openai_finish_reason(out.finish_reason), "logprobs": lp}
+
+    def to_events(out, first):
+        prefix = _echo(prompts[0], tokenizer) if body.echo and first else ""
+        delta_lps = (out.logprobs or [])[len(out.token_ids) - len(out.delta_token_ids):]
+        event = oa.envelope("text_completion", rid, name, [choice(0, prefix + out.delta_text, out, out.delta_token_ids, delta_lps)])
+        return [_with_usage(event, out, body)]
+
+    def to_body(finals):
+        choices = [choice(i, (_echo(p, tokenizer) if body.echo else "") + out.text, out, out.token_ids, out.logprobs)
+                   for i, (p, out) in enumerate(zip(prompts, finals, strict=True))]
+        return oa.envelope("text_completion", rid, name, choices, {"usage": _sum_usage(finals)})
+
+    return await respond(request, model, prompts, params, stream=body.stream, sse=True, to_events=to_events,
+                         to_body=to_body, closing_events=lambda out: _usage_chunk("text_completion", rid, name, out, body),
+                         done_marker=True)
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: oa.ChatCompletionRequest, request: Request):
+    model = _generation_model(request, body.model)
+    if body.response_format is not None and body.response_format.type != "text":
+        raise bad_request("response_format: only text is supported", "response_format")
+    tokenizer = model.engine.tokenizer
+    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    prompt = chat_prompt_ids(tokenizer, messages)
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    if max_tokens is None:  # OpenAI's default: as much as the context leaves
+        max_tokens = max(model.engine.max_model_len - len(prompt), 1)
+    params = body.sampling_params(max_tokens, body.logprobs)
+    rid, name = oa.new_id("chatcmpl"), model.name
+
+    def logprobs(ids, lps):
+        return oa.chat_logprobs(tokenizer, ids, lps or []) if body.logprobs else None
+
+    def to_events(out, first):
+        events = []
+        delta_lps = (out.logprobs or [])[len(out.token_ids) - len(out.delta_token_ids):]
+        if first:
+            events.append(oa.envelope("chat.completion.chunk", rid, name, [
+                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None}]))
+        choice = {"index": 0, "delta": {"content": out.delta_text} if out.delta_text else {},
+                  "finish_reason": oa.openai_finish_reason(out.finish_reason),
+                  "logprobs": logprobs(out.delta_token_ids, delta_lps)}
+        if out.delta_text or out.finished:
+            events.append(oa.envelope("chat.completion.chunk", rid, name, [choice]))
+        return [_with_usage(e, out, body) for e in events]
+
+    def to_body(finals):
+        out = finals[0]
+        choice = {"index": 0, "message": {"role": "assistant", "content": out.text},
+                  "finish_reason": oa.openai_finish_reason(out.finish_reason),
+                  "logprobs": logprobs(out.token_ids, out.logprobs)}
+        return oa.envelope("chat.completion", rid, name, [choice], {"usage": oa.usage(out)})
+
+    return await respond(request, model, [prompt], params, stream=body.stream, sse=True, to_events=to_events,
+                         to_body=to_body, closing_events=lambda out: _usage_chunk("chat.completion.chunk", rid, name, out, body),
+                         done_marker=True)
+
+
+def _generation_model(request: Request, name: str | None) -> ServedModel:
+    store = request.app.state.ctx.store
+    if name is None:
+        if len(store.models) != 1:
+            raise bad_request(f"model: required when several models are served ({sorted(store.models)})", "model")
+        model = store.default()
+    else:
+        model = store.get(name)
+    model.require_ready()
+    if model.kind != "generate":
+        raise bad_request(f"model: {name!r} is served by a custom handler (model.py); use /invocations", "model")
+    return model
+
+
+def _prompts(prompt) -> list:
+    """str | [str] | [int] | [[int]] -> a list of prompts (text or token ids)."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise bad_request("prompt: must not be empty", "prompt")
+    if isinstance(prompt[0], int):
+        return [prompt]
+    return list(prompt)
+
+
+def _echo(prompt, tokenizer) -> str:
+    return prompt if isinstance(prompt, str) else tokenizer.decode(prompt)
+
+
+def _with_usage(event: dict, out, body) -> dict:
+    """stream_options.continuous_usage_stats: usage on every chunk (vLLM's extension)."""
+    if body.stream_options and body.stream_options.include_usage:
+        event["usage"] = oa.usage(out) if body.stream_options.continuous_usage_stats else None
+    return event
+
+
+def _usage_chunk(kind: str, rid: str, name: str, out, body) -> list[dict]:
+    if body.stream_options and body.stream_options.include_usage and out is not None:
+        return [oa.envelope(kind, rid, name, [], {"usage": oa.usage(out)})]
+    return []
+
+
+def _sum_usage(finals) -> dict:
+    parts = [oa.usage(out) for out in finals]
+    return {key: sum(p[key] for p in parts) for key in ("prompt_tokens", "completion_tokens", "total_tokens")}
