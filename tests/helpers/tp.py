@@ -1,6 +1,6 @@
 """Tensor-parallel test harness.
 
-- `run_tp(world_size, fn, *args)`: runs `fn(*args)` in `world_size` spawned processes joined in a
+- `run_tp(world_size, fn, *args)`: runs `fn(*args)` in `world_size` new processes joined in a
   gloo group on a free loopback port, with shardserve's ParallelInfo set; returns the results
   in rank order. `fn` must be importable (a module-level function).
 - `as_rank(rank, world_size)`: pretend to be one rank in this process, for tests that only
@@ -34,6 +34,12 @@ def as_rank(rank: int, world_size: int) -> Iterator[None]:
         set_parallel_info(previous)
 
 
+_PRELOAD = [
+    "torch", "torch.distributed", "safetensors.torch", "shardserve.models",
+    "shardserve.weights.loader", "helpers.tp", "helpers.forward",
+]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -57,7 +63,11 @@ def _rank_main(rank: int, world_size: int, port: int, fn: Callable, args: tuple,
 
 
 def run_tp(world_size: int, fn: Callable, *args: Any, timeout: float = 240.0) -> list[Any]:
-    ctx = mp.get_context("spawn")
+    # forkserver: one clean server process imports torch & co. once, then forks each rank
+    # (importing torch per spawned rank costs ~2 s of CPU each; forking the test process itself
+    # is unsafe once it has run OpenMP kernels).
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
     results = ctx.Queue()
     port = free_port()
     procs = [

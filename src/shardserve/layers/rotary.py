@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from shardserve.kernels import use_fused_kernels
+
 if TYPE_CHECKING:  # duck-typed at run time: layers do not import models
     from shardserve.models.config import RopeScaling
 
@@ -42,7 +44,15 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, max_positions: int, base: float, scaling: RopeScaling | None):
         super().__init__()
         self.head_dim, self.max_positions, self.base, self.scaling = head_dim, max_positions, base, scaling
-        self.init_buffers(None)
+        probe = torch.empty(0)  # the ambient device: meta while load_model builds the model
+        if probe.is_meta:
+            # Placeholders only: computing on meta costs seconds of torch decomposition setup,
+            # and load_model calls init_buffers on the real device anyway.
+            half = head_dim // 2
+            self.register_buffer("cos_cache", torch.empty(max_positions, half), persistent=False)
+            self.register_buffer("sin_cache", torch.empty(max_positions, half), persistent=False)
+        else:
+            self.init_buffers(probe.device)
 
     def init_buffers(self, device) -> None:
         inv_freq = inverse_frequencies(self.head_dim, self.base, self.scaling, device)
@@ -56,6 +66,10 @@ class RotaryEmbedding(nn.Module):
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """positions [T]; q [T, num_heads * head_dim]; k [T, num_kv_heads * head_dim]."""
+        if use_fused_kernels(q):  # rotates q and k in place, one launch
+            from shardserve.kernels.rotary import rotary_inplace
+
+            return rotary_inplace(positions, q, k, self.cos_cache, self.sin_cache)
         cos = self.cos_cache[positions].to(q.dtype).unsqueeze(1)  # [T, 1, head_dim / 2]
         sin = self.sin_cache[positions].to(q.dtype).unsqueeze(1)
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
