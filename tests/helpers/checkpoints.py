@@ -190,8 +190,9 @@ def make_tiny_checkpoint(
     model = model.to(getattr(torch, dtype))
     if format == "bin":
         # transformers 5 only writes safetensors; write the legacy format ourselves.
-        config.dtype = dtype
-        config.save_pretrained(str(path))
+        model.config.architectures = [type(model).__name__]
+        model.config.dtype = dtype
+        model.config.save_pretrained(str(path))
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         if config.tie_word_embeddings:
             state.pop("lm_head.weight", None)
