@@ -57,8 +57,32 @@ class ParallelLMHead(VocabParallelEmbedding):
     """The output projection of an untied model: same split, used only via compute_logits."""
 
 
-def lm_head(tied: bool, embedding: VocabParallelEmbedding) -> VocabParallelEmbedding:
-    """The embedding itself when tied (one parameter, loaded once), else a ParallelLMHead."""
-    if tied:
-        return embedding
-    return ParallelLMHead(embedding.num_embeddings, embedding.weight.shape[1])
+
+class CausalLM(nn.Module):
+    """Base of every *ForCausalLM model: a decoder stack plus the vocab-parallel LM head.
+
+    The decoder is registered under `base_model_prefix` (HF's name for it, e.g. "model" or
+    "transformer") so parameter names match checkpoint names. With tied embeddings the head is
+    the input embedding module itself: one parameter, loaded once.
+    """
+
+    base_model_prefix: str
+    # checkpoint module name -> (our packed module, shard id), used by the weight loader.
+    packed_modules: dict = {}
+
+    def __init__(self, config, decoder: nn.Module, embedding: VocabParallelEmbedding):
+        super().__init__()
+        self.config = config
+        setattr(self, self.base_model_prefix, decoder)
+        self.lm_head = (
+            embedding if config.tie_word_embeddings
+            else ParallelLMHead(embedding.num_embeddings, embedding.weight.shape[1])
+        )
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """input_ids, positions [T] (a flat batch of many sequences) -> hidden [T, dim]."""
+        return getattr(self, self.base_model_prefix)(input_ids, positions)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [N, dim] -> float32 logits [N, vocab_size], full vocab on every rank."""
+        return self.lm_head.compute_logits(hidden)

@@ -13,7 +13,7 @@ from torch import nn
 from shardserve.layers.activation import get_activation
 from shardserve.layers.alibi import rank_alibi_slopes
 from shardserve.layers.attention import Attention
-from shardserve.layers.embedding import VocabParallelEmbedding, lm_head
+from shardserve.layers.embedding import CausalLM, VocabParallelEmbedding
 from shardserve.layers.linear import ColumnParallelLinear, RowParallelLinear, divide
 from shardserve.layers.norm import LayerNorm
 from shardserve.models.config import ModelConfig
@@ -86,18 +86,9 @@ class BloomModel(nn.Module):
         return self.ln_f(hidden)
 
 
-class BloomForCausalLM(nn.Module):
+class BloomForCausalLM(CausalLM):
     base_model_prefix = "transformer"
-    packed_modules: dict = {}
 
     def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.config = config
-        self.transformer = BloomModel(config)
-        self.lm_head = lm_head(config.tie_word_embeddings, self.transformer.word_embeddings)
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.transformer(input_ids, positions)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head.compute_logits(hidden)
+        transformer = BloomModel(config)
+        super().__init__(config, transformer, transformer.word_embeddings)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shardserve.layers.activation import get_activation
+from shardserve.layers.activation import act_and_mul, get_activation
 from shardserve.layers.attention import Attention
-from shardserve.layers.embedding import VocabParallelEmbedding, lm_head
+from shardserve.layers.embedding import CausalLM, VocabParallelEmbedding
 from shardserve.layers.linear import (
     MergedColumnParallelLinear,
     QKVParallelLinear,
@@ -46,8 +46,8 @@ class LlamaMLP(nn.Module):
         self.act = get_activation(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, inter / tp] each
-        return self.down_proj(self.act(gate) * up)
+        # [T, 2 * inter / tp] = [gate | up] -> [T, inter / tp]
+        return self.down_proj(act_and_mul(self.act, self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -81,9 +81,8 @@ class LlamaModel(nn.Module):
         return self.norm(hidden)
 
 
-class LlamaForCausalLM(nn.Module):
+class LlamaForCausalLM(CausalLM):
     base_model_prefix = "model"
-    # checkpoint module name -> (our packed module, shard id)
     packed_modules = {
         "q_proj": ("qkv_proj", "q"),
         "k_proj": ("qkv_proj", "k"),
@@ -93,16 +92,8 @@ class LlamaForCausalLM(nn.Module):
     }
 
     def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.config = config
-        self.model = LlamaModel(config)
-        self.lm_head = lm_head(config.tie_word_embeddings, self.model.embed_tokens)
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids, positions)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head.compute_logits(hidden)
+        model = LlamaModel(config)
+        super().__init__(config, model, model.embed_tokens)
 
 
 class MistralForCausalLM(LlamaForCausalLM):

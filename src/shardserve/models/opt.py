@@ -13,7 +13,7 @@ from torch import nn
 
 from shardserve.layers.activation import get_activation
 from shardserve.layers.attention import Attention
-from shardserve.layers.embedding import VocabParallelEmbedding, lm_head
+from shardserve.layers.embedding import CausalLM, VocabParallelEmbedding
 from shardserve.layers.linear import (
     ColumnParallelLinear,
     QKVParallelLinear,
@@ -90,19 +90,14 @@ class OPTModel(nn.Module):
         super().__init__()
         self.decoder = OPTDecoder(config)
 
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.decoder(input_ids, positions)
 
-class OPTForCausalLM(nn.Module):
+
+class OPTForCausalLM(CausalLM):
     base_model_prefix = "model"
     packed_modules = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v")}
 
     def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.config = config
-        self.model = OPTModel(config)
-        self.lm_head = lm_head(config.tie_word_embeddings, self.model.decoder.embed_tokens)
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.model.decoder(input_ids, positions)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head.compute_logits(hidden)
+        model = OPTModel(config)
+        super().__init__(config, model, model.decoder.embed_tokens)

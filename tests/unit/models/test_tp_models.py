@@ -45,9 +45,14 @@ def checkpoints(tiny_checkpoint):
     return [str(tiny_checkpoint(arch, **overrides)) for arch, overrides in CASES]
 
 
+@pytest.fixture(scope="module")
+def single_rank(checkpoints):
+    return _rank_logits(checkpoints)
+
+
 @pytest.mark.parametrize("world_size", [2, 4])
-def test_tp_logits_equal_single_rank(checkpoints, world_size):
-    expected = _rank_logits(checkpoints)
+def test_tp_logits_equal_single_rank(checkpoints, single_rank, world_size):
+    expected = single_rank
     per_rank = run_tp(world_size, _rank_logits, checkpoints)
     for rank, results in enumerate(per_rank):
         for (arch, overrides), (logits, held), (want, full) in zip(CASES, results, expected, strict=True):
