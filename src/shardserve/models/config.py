@@ -82,8 +82,8 @@ class ModelConfig:
                 f"{where}: architecture {arch!r} is not supported by the tensor-parallel engine "
                 f"(supported: {', '.join(sorted(_PARSERS))}); {ACCELERATE_HINT}"
             )
-        fields = _PARSERS[arch](_Fields(raw, where))
-        config = cls(architecture=arch, **_common_fields(_Fields(raw, where)), **fields)
+        f = _Fields(raw, where)
+        config = cls(architecture=arch, **_common_fields(f), **_PARSERS[arch](f))
         _validate(config, where)
         return config
 
@@ -201,7 +201,7 @@ def _llama_like(qwen2: bool):
             hidden_size=hidden, num_layers=f.int("num_hidden_layers"), num_heads=heads,
             num_kv_heads=f.int("num_key_value_heads", default=heads),
             # An explicit head_dim may differ from hidden_size / heads (e.g. Mistral-Nemo).
-            head_dim=f.int("head_dim", default=hidden // heads),
+            head_dim=f.int("head_dim") if f.get("head_dim") is not None else f.head_dim(hidden, heads),
             intermediate_size=f.int("intermediate_size"),
             max_position_embeddings=f.int("max_position_embeddings", default=2048),
             hidden_act=f.get("hidden_act", "silu"), norm_eps=float(f.get("rms_norm_eps", 1e-6)),
