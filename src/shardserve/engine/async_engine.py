@@ -136,7 +136,9 @@ class AsyncEngine:
             if alive:  # it may have been cancelled before the loop saw it
                 self.llm.add_request(request_id, prompt, params, prompt_token_ids=token_ids)
         elif kind == "abort":
-            self.llm.abort(command[1])
+            out = self.llm.abort(command[1])
+            if out is not None:
+                self._deliver(out.request_id, out)
         elif kind == "stop":
             self._stopping = True
 

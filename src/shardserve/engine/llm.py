@@ -131,6 +131,7 @@ class LLM:
             "num_waiting": len(self.scheduler.waiting),
             "kv_cache_usage": bm.usage,
             "num_kv_blocks": bm.num_blocks,
+            "num_preemptions": self.scheduler.num_preemptions,
         }
 
     # -- convenience fronts -------------------------------------------------------------------

@@ -11,8 +11,10 @@ import logging
 import torch
 
 from shardserve.config import EngineConfig
+from shardserve.engine.cuda_graphs import DecodeGraphs
 from shardserve.engine.sampler import Sampler
-from shardserve.engine.scheduler import SchedulerOutput
+from shardserve.engine.scheduler import ScheduledSeq, SchedulerOutput
+from shardserve.kernels import set_fused_kernels
 from shardserve.layers.attention import Attention, set_default_attention_backend
 from shardserve.layers.forward_context import AttentionMetadata, forward_context
 from shardserve.models import load_model
@@ -44,6 +46,13 @@ class ModelRunner:
         if backend == "auto":
             backend = "triton" if device.type == "cuda" else "torch"
         set_default_attention_backend(backend)
+        # The torch backend is the reference end to end; extra={"fused_kernels": False} measures
+        # what the small fused kernels (norm, rotary, SiLU-mul) buy.
+        set_fused_kernels(backend == "triton" and config.extra.get("fused_kernels", True))
+        # Decode CUDA graphs need kernels that read no per-step host values (triton backend).
+        self.use_cuda_graphs = device.type == "cuda" and backend == "triton" and not config.enforce_eager
+        self.cuda_graphs: DecodeGraphs | None = None
+        self.max_model_len = self.model_config.max_position_embeddings
         torch.manual_seed(config.seed)
         self.model = load_model(self.model_config, config.model, self.dtype, device, config.load_format)
         self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
@@ -59,6 +68,7 @@ class ModelRunner:
 
     def available_kv_blocks(self, max_model_len: int) -> int:
         """How many blocks this rank can hold; the executor takes the minimum over ranks."""
+        self.max_model_len = max_model_len  # sizes the decode graphs' block tables
         if self.config.num_kv_blocks is not None:
             return self.config.num_kv_blocks
         if self.device.type == "cuda":
@@ -88,6 +98,14 @@ class ModelRunner:
             "rank %d: KV cache of %d blocks x %d tokens (%.2f GiB)",
             self.rank, num_blocks, self.block_size, num_blocks * self.bytes_per_block() / 2**30,
         )
+        if self.use_cuda_graphs:  # warm-up: capture once the cache the graphs read exists
+            max_blocks = -(-self.max_model_len // self.block_size)
+            self.cuda_graphs = DecodeGraphs(self.model, self.device, self.config.max_num_seqs, max_blocks)
+            self.cuda_graphs.capture()
+
+    def warmup_seconds(self) -> float:
+        """Time spent capturing CUDA graphs (reported apart from loading)."""
+        return self.cuda_graphs.capture_seconds if self.cuda_graphs is not None else 0.0
 
     # -- one step ----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -96,20 +114,37 @@ class ModelRunner:
             self.sampler.forget(sched.finished_ids)
         if not sched.seqs:
             return {} if self.rank == 0 else None
-        input_ids, positions, meta = self._prepare(sched)
-        with forward_context(meta):
-            hidden = self.model(input_ids, positions)
-        sample_idx = [meta.query_start_loc_host[i + 1] - 1 for i, s in enumerate(sched.seqs) if s.sampling]
-        if not sample_idx:
-            return {} if self.rank == 0 else None
-        rows = torch.tensor(sample_idx, device=self.device)
-        logits = self.model.compute_logits(hidden.index_select(0, rows))  # collective on TP
-        if self.sampler is None:
-            return None
         sampled = [s for s in sched.seqs if s.sampling]
+        if self.cuda_graphs is not None and self.cuda_graphs.can_run(sched.seqs):
+            logits = self.cuda_graphs.run(sched.seqs, self.block_size)  # [num_seqs, vocab]
+            if len(sampled) < len(sched.seqs):  # a 1-token prefill chunk that samples nothing
+                rows = [i for i, s in enumerate(sched.seqs) if s.sampling]
+                logits = logits[torch.tensor(rows, device=self.device)]
+        else:
+            input_ids, positions, meta = self._prepare(sched)
+            with forward_context(meta):
+                hidden = self.model(input_ids, positions)
+            sample_idx = [meta.query_start_loc_host[i + 1] - 1 for i, s in enumerate(sched.seqs) if s.sampling]
+            if not sample_idx:
+                return {} if self.rank == 0 else None
+            rows = torch.tensor(sample_idx, device=self.device)
+            logits = self.model.compute_logits(hidden.index_select(0, rows))  # collective on TP
+        if self.sampler is None or not sampled:
+            return None if self.sampler is None else {}
         ids = [s.request_id for s in sampled]
         results = self.sampler(logits, ids, [s.sampling for s in sampled])
         return dict(zip(ids, results, strict=True))
+
+    @torch.inference_mode()
+    def prompt_logits(self, token_ids: list[int], block_ids: list[int]) -> torch.Tensor | None:
+        """float32 logits [len(token_ids), vocab] at every position of one prompt, on the CPU
+        (rank 0; None elsewhere), for correctness checks against transformers. The caller owns
+        `block_ids` (allocated from the BlockManager): their cache contents are overwritten."""
+        seq = ScheduledSeq("prompt_logits", list(token_ids), 0, list(block_ids), None)
+        input_ids, positions, meta = self._prepare(SchedulerOutput(seqs=[seq]))
+        with forward_context(meta):
+            logits = self.model.compute_logits(self.model(input_ids, positions))
+        return logits.cpu() if self.rank == 0 else None
 
     def _prepare(self, sched: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         seqs = sched.seqs

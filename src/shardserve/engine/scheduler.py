@@ -73,6 +73,7 @@ class Scheduler:
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self._finished_since_last_step: list[str] = []
+        self.num_preemptions = 0  # since start, for stats
 
     # -- queue management -------------------------------------------------------------------
     def add(self, request: Request) -> None:
@@ -174,6 +175,7 @@ class Scheduler:
         request.num_computed_tokens = 0
         request.status = RequestStatus.PREEMPTED
         request.num_preemptions += 1
+        self.num_preemptions += 1
         self.waiting.appendleft(request)
 
     # -- the update beat ----------------------------------------------------------------------

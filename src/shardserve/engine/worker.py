@@ -40,7 +40,12 @@ def init_distributed(
     timeout = timedelta(seconds=config.collective_timeout_s)
     dist.init_process_group(backend, init_method=f"tcp://{master}", rank=rank, world_size=world_size, timeout=timeout)
     group = dist.group.WORLD
-    set_parallel_info(ParallelInfo(rank=rank, world_size=world_size, group=group))
+    fast_all_reduce = None
+    if device.type == "cuda" and config.extra.get("fast_all_reduce", True):
+        from shardserve.parallel.fast_all_reduce import create_fast_all_reduce
+
+        fast_all_reduce = create_fast_all_reduce(group, device, world_size)  # None: NCCL only
+    set_parallel_info(ParallelInfo(rank=rank, world_size=world_size, group=group, fast_all_reduce=fast_all_reduce))
     return dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else group
 
 

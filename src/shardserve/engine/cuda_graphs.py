@@ -1,0 +1,128 @@
+"""Decode steps replayed from CUDA graphs, one graph per batch-size bucket.
+
+A decode step of a large model is hundreds of small kernel launches; from Python each costs
+several microseconds of CPU time, often more than the kernel itself. Capturing the whole step
+(model forward with its tensor-parallel collectives, then the LM head) once per bucket and
+replaying it leaves the CPU one replay call per step.
+
+What makes replay valid: every input lives in a static device buffer that the graph reads
+(ids, positions, cache slots, context lengths, block tables); a step copies its values in with
+one host-to-device copy per dtype from pinned staging buffers, and pads the bucket with
+harmless rows (slot -1: no cache write; seq_len 0: no cache read, output 0). The attention
+kernels read lengths from the device only (kernels/paged_decode.py), so nothing in the graph
+depends on a host value that changes between steps. All ranks capture the same buckets in the
+same order, so their collectives line up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from shardserve.engine.scheduler import ScheduledSeq
+from shardserve.layers.forward_context import AttentionMetadata, forward_context
+
+logger = logging.getLogger(__name__)
+
+
+def batch_buckets(max_num_seqs: int) -> list[int]:
+    """1, 2, 4, 8, then every 8 (vLLM's choice: padding wastes at most 7 rows of a bucket)."""
+    sizes = [b for b in (1, 2, 4) if b < max_num_seqs] + list(range(8, max_num_seqs, 8))
+    return sorted(set(sizes + [max_num_seqs]))
+
+
+class DecodeGraphs:
+    def __init__(self, model: nn.Module, device: torch.device, max_num_seqs: int, max_blocks_per_seq: int):
+        self.model = model
+        self.device = device
+        self.buckets = batch_buckets(max_num_seqs)
+        self.max_bs = self.buckets[-1]
+        self.max_blocks = max_blocks_per_seq
+        n, mb = self.max_bs, max_blocks_per_seq
+        # Staging (pinned host) and static (device) inputs, one buffer per dtype:
+        # int64 [3, n] = input ids, positions, cache slots;
+        # int32 [n + n * mb] = seq_lens, then block tables [n, mb].
+        self.host64 = torch.zeros(3, n, dtype=torch.int64, pin_memory=True)
+        self.host32 = torch.zeros(n + n * mb, dtype=torch.int32, pin_memory=True)
+        self.dev64 = torch.zeros(3, n, dtype=torch.int64, device=device)
+        self.dev32 = torch.zeros(n + n * mb, dtype=torch.int32, device=device)
+        self.dev64[2].fill_(-1)
+        self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)  # token i = seq i
+        self._np64, self._np32 = self.host64.numpy(), self.host32.numpy()
+        self._tables = self._np32[n:].reshape(n, mb)
+        self._copied = torch.cuda.Event()  # the staging buffers may be rewritten once it fires
+        self._copied.record()
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.logits: dict[int, torch.Tensor] = {}  # bucket -> static [bucket, vocab] float32
+        self.capture_seconds = 0.0
+
+    # -- capture (once, after the KV cache exists) ------------------------------------------
+    def _meta(self, bs: int) -> AttentionMetadata:
+        n = self.max_bs
+        return AttentionMetadata(
+            slot_mapping=self.dev64[2, :bs],
+            query_start_loc=self.query_start_loc[: bs + 1],
+            seq_lens=self.dev32[:bs],
+            block_tables=self.dev32[n:].view(n, self.max_blocks)[:bs],
+            max_query_len=1,
+            max_seq_len=1,
+            query_start_loc_host=list(range(bs + 1)),
+            seq_lens_host=[0] * bs,  # host copies are never read on this path
+        )
+
+    def _forward(self, bs: int) -> torch.Tensor:
+        with forward_context(self._meta(bs)):
+            hidden = self.model(self.dev64[0, :bs], self.dev64[1, :bs])
+            return self.model.compute_logits(hidden)  # [bs, vocab] float32; all_gather under TP
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        started = time.perf_counter()
+        pool = torch.cuda.graph_pool_handle()
+        for bs in reversed(self.buckets):  # largest first: the smaller ones reuse its pool memory
+            self._forward(bs)  # eager warm-up: Triton compilation, cuBLAS workspaces
+            torch.cuda.synchronize(self.device)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self.logits[bs] = self._forward(bs)
+            self.graphs[bs] = graph
+        torch.cuda.synchronize(self.device)
+        self.capture_seconds = time.perf_counter() - started
+        logger.info("captured %d decode CUDA graphs (batch %s) in %.1f s",
+                    len(self.graphs), self.buckets, self.capture_seconds)
+
+    # -- replay (every decode step) ----------------------------------------------------------
+    def can_run(self, seqs: Sequence[ScheduledSeq]) -> bool:
+        return (
+            0 < len(seqs) <= self.max_bs
+            and all(len(s.token_ids) == 1 and len(s.block_ids) <= self.max_blocks for s in seqs)
+        )
+
+    @torch.inference_mode()
+    def run(self, seqs: Sequence[ScheduledSeq], block_size: int) -> torch.Tensor:
+        """Logits [len(seqs), vocab] float32 (a view of the graph's static output)."""
+        n = len(seqs)
+        bs = next(b for b in self.buckets if b >= n)
+        self._copied.synchronize()  # the last step's copy has long finished: no real wait
+        ids, pos, slots = self._np64[0], self._np64[1], self._np64[2]
+        seq_lens = self._np32[: self.max_bs]
+        for i, s in enumerate(seqs):
+            p = s.start_pos
+            ids[i] = s.token_ids[0]
+            pos[i] = p
+            slots[i] = s.block_ids[p // block_size] * block_size + p % block_size
+            seq_lens[i] = p + 1
+            self._tables[i, : len(s.block_ids)] = s.block_ids
+        ids[n:bs], pos[n:bs], slots[n:bs], seq_lens[n:bs] = 0, 0, -1, 0
+        # Two contiguous copies: all of int64 (3 x max_bs), and the int32 prefix holding every
+        # seq_len and the bucket's block-table rows.
+        self.dev64.copy_(self.host64, non_blocking=True)
+        rows32 = self.max_bs + bs * self.max_blocks
+        self.dev32[:rows32].copy_(self.host32[:rows32], non_blocking=True)
+        self._copied.record()
+        self.graphs[bs].replay()
+        return self.logits[bs][:n]

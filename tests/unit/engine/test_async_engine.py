@@ -1,0 +1,67 @@
+import asyncio
+
+import pytest
+
+from shardserve import AsyncEngine, EngineConfig, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_checkpoint):
+    eng = AsyncEngine(EngineConfig(model=str(tiny_checkpoint("llama")), dtype="fp32"))
+    yield eng
+    eng.shutdown()
+
+
+async def collect(engine, prompt, params, request_id=None):
+    return [out async for out in engine.generate(prompt, params, request_id)]
+
+
+def test_concurrent_streams_match_sync_results(engine, llama_llm):
+    prompts = ["the cat", "a dog ran", "hello world"]
+    params = SamplingParams(max_new_tokens=12, min_new_tokens=12, temperature=0.0)
+    expected = [o.token_ids for o in llama_llm.generate(prompts, params)]
+
+    async def main():
+        return await asyncio.gather(*(collect(engine, p, params) for p in prompts))
+
+    results = asyncio.run(main())
+    for outs, want in zip(results, expected):
+        assert outs[-1].finished and outs[-1].token_ids == want
+        assert "".join(o.delta_text for o in outs) == outs[-1].text
+        assert sum(len(o.delta_token_ids) for o in outs) == 12
+
+
+def test_cancelled_consumer_aborts_and_frees_blocks(engine):
+    async def main():
+        gen = engine.generate("a long story", SamplingParams(max_new_tokens=200, ignore_eos=True))
+        first = await gen.__anext__()
+        assert not first.finished
+        await gen.aclose()  # what a client disconnect does
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if engine.stats()["num_running"] == 0 and engine.stats()["kv_cache_usage"] == 0.0:
+                return True
+        return False
+
+    assert asyncio.run(main())
+
+
+def test_abort_by_id_finishes_the_stream(engine):
+    async def main():
+        outs = []
+        async for out in engine.generate("abort me", SamplingParams(max_new_tokens=200, ignore_eos=True), "rid-1"):
+            outs.append(out)
+            if len(outs) == 2:
+                await engine.abort("rid-1")
+        return outs
+
+    outs = asyncio.run(main())
+    assert outs[-1].finished and outs[-1].finish_reason == "abort"
+
+
+def test_invalid_request_raises_before_streaming(engine):
+    async def main():
+        return await collect(engine, "x " * 400, SamplingParams(max_new_tokens=5))
+
+    with pytest.raises(ValueError, match="max_model_len"):
+        asyncio.run(main())

@@ -1,0 +1,65 @@
+"""Sampling through the whole engine: seeds, top_k=1, stop strings, bad input."""
+
+import pytest
+
+from shardserve import SamplingParams
+
+OTHERS = ["filler one", "another filler prompt that is longer", "x"]
+
+
+def test_seed_gives_same_text_whatever_the_batch(llama_llm):
+    params = SamplingParams(max_new_tokens=20, temperature=1.0, top_p=0.9, seed=1234)
+    alone = llama_llm.generate(["Once upon a time"], params)[0].token_ids
+    noisy = SamplingParams(max_new_tokens=15, temperature=1.2)
+    batch = llama_llm.generate(OTHERS[:2] + ["Once upon a time"] + OTHERS[2:], [noisy, noisy, params, noisy])
+    assert batch[2].token_ids == alone
+    other_seed = SamplingParams(max_new_tokens=20, temperature=1.0, top_p=0.9, seed=99)
+    assert llama_llm.generate(["Once upon a time"], other_seed)[0].token_ids != alone
+
+
+def test_top_k_1_equals_greedy(llama_llm):
+    greedy = llama_llm.generate(["the cat"], SamplingParams(max_new_tokens=16, temperature=0.0))[0]
+    top1 = llama_llm.generate(["the cat"], SamplingParams(max_new_tokens=16, temperature=1.5, top_k=1))[0]
+    assert top1.token_ids == greedy.token_ids
+
+
+def test_stop_string_is_cut_and_ends_the_request(llama_llm):
+    params = SamplingParams(max_new_tokens=40, min_new_tokens=40, temperature=0.0)
+    full = llama_llm.generate(["the cat"], params)[0].text
+    assert len(full) > 12
+    stop = full[5:8]
+    out = llama_llm.generate(["the cat"], SamplingParams(max_new_tokens=40, temperature=0.0, stop=[stop]))[0]
+    assert out.finish_reason == "stop"
+    assert out.text == full[: full.index(stop)]
+    assert stop not in out.text
+
+
+def test_streamed_deltas_add_up_and_never_show_the_stop_string(llama_llm):
+    params = SamplingParams(max_new_tokens=30, min_new_tokens=30, temperature=0.0)
+    full = llama_llm.generate(["in the beginning"], params)[0].text
+    stop = full[10:14]
+    deltas = [o.delta_text for o in llama_llm.stream("in the beginning", SamplingParams(max_new_tokens=30, temperature=0.0, stop=stop))]
+    assert "".join(deltas) == full[: full.index(stop)]
+    for i in range(len(deltas)):
+        assert stop not in "".join(deltas[: i + 1])
+
+
+def test_max_new_tokens_min_new_tokens_and_logprobs(llama_llm):
+    out = llama_llm.generate(["hello"], SamplingParams(max_new_tokens=7, temperature=0.0, logprobs=True, ignore_eos=True))[0]
+    assert len(out.token_ids) == 7 and out.finish_reason == "length"
+    assert len(out.logprobs) == 7 and all(lp <= 0.0 for lp in out.logprobs)
+
+
+def test_stop_token_ids_finish_with_stop(llama_llm):
+    greedy = llama_llm.generate(["hello"], SamplingParams(max_new_tokens=10, min_new_tokens=10, temperature=0.0))[0]
+    target = greedy.token_ids[3]
+    out = llama_llm.generate(["hello"], SamplingParams(max_new_tokens=10, temperature=0.0, stop_token_ids=[target]))[0]
+    assert out.finish_reason == "stop"
+    assert out.token_ids == greedy.token_ids[: greedy.token_ids.index(target) + 1]
+
+
+def test_prompt_longer_than_the_model_is_refused_with_both_numbers(llama_llm):
+    with pytest.raises(ValueError, match=r"max_new_tokens 10 .*> max_model_len 256"):
+        llama_llm.generate(["word " * 300], SamplingParams(max_new_tokens=10))
+    with pytest.raises(ValueError, match="empty"):
+        llama_llm.generate([[]], SamplingParams())

@@ -1,0 +1,83 @@
+"""The tensor-parallel engine (spawned ranks, gloo on CPU) against one rank."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from shardserve import LLM, SamplingParams
+from shardserve.engine.worker import free_port
+from shardserve.errors import EngineDeadError
+
+PROMPTS = ["The quick brown fox", "Once upon a time there was", "Hi"]
+GREEDY = SamplingParams(max_new_tokens=16, min_new_tokens=16, temperature=0.0)
+
+
+def one_rank_tokens(path):
+    with LLM(str(path), dtype="fp32") as llm:
+        return [o.token_ids for o in llm.generate(PROMPTS, GREEDY)]
+
+
+@pytest.mark.parametrize(
+    "arch, tp, overrides",
+    [
+        ("llama", 2, {}),
+        ("llama", 4, {}),  # 2 kv heads < 4 ranks: kv heads replicated
+        ("bloom", 2, {}),
+        ("opt", 2, {"vocab_size": 515}),  # vocab not divisible by tp
+    ],
+)
+def test_greedy_tokens_equal_one_rank(arch, tp, overrides, tiny_checkpoint):
+    path = tiny_checkpoint(arch, **overrides)
+    expected = one_rank_tokens(path)
+    with LLM(str(path), dtype="fp32", tensor_parallel_size=tp) as llm:
+        assert [o.token_ids for o in llm.generate(PROMPTS, GREEDY)] == expected
+
+
+def test_killed_rank_fails_fast_and_leaves_no_process(tiny_checkpoint):
+    llm = LLM(str(tiny_checkpoint("llama")), dtype="fp32", tensor_parallel_size=2)
+    procs = list(llm.executor.procs)
+    llm.add_request("r", "a long story", SamplingParams(max_new_tokens=200, ignore_eos=True))
+    llm.step()
+    procs[1].kill()
+    started = time.monotonic()
+    with pytest.raises(EngineDeadError, match="rank 1"):
+        for _ in range(200):
+            llm.step()
+    assert time.monotonic() - started < 30
+    time.sleep(0.5)
+    assert not any(p.is_alive() for p in procs)
+    with pytest.raises(EngineDeadError):
+        llm.step()
+
+
+_LAUNCHED = """
+import json, sys
+from shardserve import LLM, SamplingParams
+llm = LLM(sys.argv[1], dtype="fp32", tensor_parallel_size=2)
+outs = llm.generate({prompts!r}, SamplingParams(max_new_tokens=16, min_new_tokens=16, temperature=0.0))
+print("RESULT" + json.dumps([o.token_ids for o in outs]))
+llm.shutdown()
+"""
+
+
+def test_two_hosts_via_launcher_env_equal_one_rank(tiny_checkpoint, tmp_path):
+    """Ranks started like torchrun/mpirun would on two hosts (here both on loopback)."""
+    path = tiny_checkpoint("llama")
+    script = tmp_path / "launched.py"
+    script.write_text(_LAUNCHED.format(prompts=PROMPTS))
+    port = str(free_port())
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK="0",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        procs.append(subprocess.Popen([sys.executable, str(script), str(path)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    result = [line for line in outputs[0][0].splitlines() if line.startswith("RESULT")]
+    assert json.loads(result[0][len("RESULT"):]) == one_rank_tokens(path)
+    assert "RESULT" not in outputs[1][0]  # rank 1 only served
