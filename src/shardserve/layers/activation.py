@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from shardserve.kernels import use_fused_kernels
+
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
     "gelu": F.gelu,
@@ -24,3 +26,12 @@ def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
         raise ValueError(f"hidden_act must be one of {sorted(_ACTIVATIONS)}, got {name!r}")
     return _ACTIVATIONS[name]
 
+
+def act_and_mul(act: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """x [T, 2 * inter] = [gate | up] -> act(gate) * up [T, inter] (one kernel for SiLU on GPUs)."""
+    if act is F.silu and use_fused_kernels(x):
+        from shardserve.kernels.act_and_mul import silu_and_mul
+
+        return silu_and_mul(x)
+    gate, up = x.chunk(2, dim=-1)
+    return act(gate) * up

@@ -1,0 +1,104 @@
+"""All-reduce latency on the GPUs of one host: NCCL vs symmetric-memory one-shot (ours) vs
+two-shot, per size, replayed from CUDA graphs (as in decode) and eager. Also run by gpu_tp4.py.
+Usage on the device: PYTHONPATH=src python3 benchmarks/allreduce_sweep.py [world]"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+SIZES_KB = [8, 32, 56, 128, 256, 512, 1024, 4096]
+CALLS = 20  # per graph: launch gaps vanish, as in a decode step's graph
+
+
+def _time_graph(fn, x) -> float:
+    fn(x)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(CALLS):
+            fn(x)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    samples = []
+    for _ in range(7):
+        dist.barrier()
+        torch.cuda.synchronize()
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) * 1e3 / CALLS)
+    return sorted(samples)[len(samples) // 2]
+
+
+def _time_eager(fn, x) -> float:
+    for _ in range(5):
+        fn(x)
+    torch.cuda.synchronize()
+    dist.barrier()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(50):
+        fn(x)
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1e3 / 50
+
+
+def _worker(rank: int, world: int, port: int, out_path: str) -> None:
+    from shardserve.parallel.fast_all_reduce import SymmMemAllReduce
+
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    group = dist.group.WORLD
+    fast = SymmMemAllReduce(group, torch.device("cuda", rank), max_bytes=max(SIZES_KB) * 1024)
+    name = group.group_name
+
+    def nccl(x):
+        dist.all_reduce(x)
+        return x
+
+    def two_shot(x):
+        staged = fast.buffer.view(x.dtype)[: x.numel()]
+        staged.copy_(x.view(-1))
+        out = torch.empty_like(x)
+        torch.ops.symm_mem.two_shot_all_reduce_out(staged, "sum", name, out.view(-1))
+        return out
+
+    rows = []
+    for kb in SIZES_KB:
+        x = torch.randn(kb * 512, device="cuda", dtype=torch.bfloat16)  # kb KB of bf16
+        row = {"KB": kb}
+        for label, fn in (("nccl", nccl), ("one_shot", fast), ("two_shot", two_shot)):
+            try:
+                row[f"{label}_graph_us"] = round(_time_graph(fn, x), 2)
+                row[f"{label}_eager_us"] = round(_time_eager(fn, x), 2)
+            except Exception as e:  # report, keep going
+                row[f"{label}_error"] = repr(e)[:200]
+        rows.append(row)
+    if rank == 0:
+        with open(out_path, "w") as f:
+            json.dump(rows, f, indent=1)
+    dist.destroy_process_group()
+
+
+def sweep(world: int, out_path: str) -> list[dict]:
+    from shardserve.engine.worker import free_port
+
+    mp.spawn(_worker, args=(world, free_port(), out_path), nprocs=world)
+    with open(out_path) as f:
+        rows = json.load(f)
+    for row in rows:
+        print(row, flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
+    sweep(int(sys.argv[1]) if len(sys.argv) > 1 else torch.cuda.device_count(), "allreduce.json")

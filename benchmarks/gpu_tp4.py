@@ -1,0 +1,45 @@
+"""Four-GPU run (issue 6): fast all-reduce test and sweep, then OPT-30B fp16 TP4 vs Accelerate
+on the same GPUs, batch 4 x 256 new tokens. Run on the device:
+PYTHONPATH=src python3 benchmarks/gpu_tp4.py"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import torch  # noqa: E402
+from stages import OUT, RESULTS, run_pytest, save, stage  # noqa: E402
+
+DEADLINE = 570
+os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
+
+
+def opt30b():
+    from shardserve.bench.latency import BenchConfig, run_bench
+
+    cfg = BenchConfig(model="opt-30b", random_weights=True, tp=4, batch=4, prompt_len=32, new_tokens=256,
+                      reps=10, baseline_reps=3, dtype="fp16", check_tokens=16, out_dir=OUT,
+                      variants={"tp": {}, "tp-nccl": {"extra": {"fast_all_reduce": False}}})
+    results, context = run_bench(cfg)
+    return {"summary": {r.engine: r.summary() | {"load_s": r.load_s, "warmup_s": r.warmup_s} for r in results},
+            "correctness": context.get("correctness"), "copy_GBps": context["copy_bandwidth_GBps"],
+            "machine": context["machine"]}
+
+
+def sweep():
+    from allreduce_sweep import sweep as run
+
+    return run(min(4, torch.cuda.device_count()), str(OUT / "allreduce.json"))
+
+
+if __name__ == "__main__":
+    stage("fast_all_reduce_test", lambda: run_pytest(["tests/gpu/test_fast_all_reduce.py"], 90), 60, DEADLINE)
+    stage("allreduce_sweep", sweep, 60, DEADLINE)
+    stage("opt30b_tp4", opt30b, 200, DEADLINE)
+    save()
+    print("\n==== summary")
+    for name, r in RESULTS.items():
+        print(name, "->", str(r)[:2500])

@@ -1,0 +1,95 @@
+"""`shardserve bench`: latency/throughput of our engine and the Accelerate baseline side by side
+(`bench serve ...`: the HTTP load test, where shardserve.bench.load is installed).
+Light to import: torch and the engines load only when a benchmark runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="latency of the TP engine vs Accelerate on the same GPUs and weights",
+        description="Times our tensor-parallel engine and the Accelerate pipeline baseline in one run "
+        "(same GPUs, weights and prompts), after checking our logits against transformers.",
+    )
+    p.add_argument("--model", help="model dir, or a catalog name (opt-30b, bloom, llama-3-8b...) with --random-weights")
+    p.add_argument("--random-weights", action="store_true", help="random weights made on the GPUs (no checkpoint)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree = GPUs used by both engines")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--reps", type=int, default=10, help="timed batches of our engine")
+    p.add_argument("--baseline-reps", type=int, default=3, help="timed batches of the Accelerate baseline")
+    p.add_argument("--engines", default="tp,accelerate", help="comma-separated: tp, accelerate")
+    p.add_argument("--dtype", default=None, help="fp16 or bf16 (default: the checkpoint's)")
+    p.add_argument("--check-tokens", type=int, default=16, help="greedy tokens compared with transformers (0: skip)")
+    p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="EngineConfig field for our engine, e.g. enforce_eager=true, extra.fast_all_reduce=false")
+    p.add_argument("--out", default="bench-results", help="directory for the JSON and PNG reports")
+    p.set_defaults(func=run)
+    modes = p.add_subparsers(dest="bench_mode", metavar="MODE")
+    if importlib.util.find_spec("shardserve.bench.load") is not None:
+        s = modes.add_parser("serve", help="HTTP load test of a running server (TTFT, ITL, goodput)")
+        s.add_argument("load_args", nargs=argparse.REMAINDER, help="arguments of the load test")
+        s.set_defaults(func=run_load)
+
+
+def run(args: argparse.Namespace) -> int:
+    from shardserve.bench.latency import BenchConfig, run_bench
+
+    if not args.model:
+        raise ValueError("--model is required (a model dir, or a catalog name with --random-weights)")
+    engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
+    unknown = set(engines) - {"tp", "accelerate"}
+    if unknown or not engines:
+        raise ValueError(f"--engines must list tp and/or accelerate, got {args.engines!r}")
+    for name in ("tp", "batch", "prompt_len", "new_tokens", "reps", "baseline_reps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    cfg = BenchConfig(
+        model=args.model, random_weights=args.random_weights, tp=args.tp, batch=args.batch,
+        prompt_len=args.prompt_len, new_tokens=args.new_tokens, reps=args.reps,
+        baseline_reps=args.baseline_reps, engines=engines, dtype=args.dtype,
+        check_tokens=args.check_tokens, out_dir=Path(args.out),
+        variants={"tp": parse_engine_options(args.engine_option)},
+    )
+    results, context = run_bench(cfg)
+    failed = [k for k, c in context.get("correctness", {}).items() if c and not c["passed"]]
+    return 1 if failed else 0
+
+
+def parse_engine_options(items: list[str]) -> dict:
+    """["enforce_eager=true", "extra.fused_kernels=false"] -> EngineConfig overrides."""
+    options: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--engine-option must be KEY=VALUE, got {item!r}")
+        value = _parse_value(raw)
+        if key.startswith("extra."):
+            options.setdefault("extra", {})[key[len("extra."):]] = value
+        else:
+            options[key] = value
+    return options
+
+
+def _parse_value(raw: str):
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def run_load(args: argparse.Namespace) -> int | None:
+    from shardserve.bench import load
+
+    return load.main(args.load_args)
