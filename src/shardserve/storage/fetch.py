@@ -1,0 +1,186 @@
+"""Model artifact -> local directory, once per host: the entry point of the storage package."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+from shardserve.errors import StorageError
+from shardserve.storage import archive, s3
+from shardserve.storage.deadline import Deadline
+from shardserve.storage.disk import remove
+from shardserve.storage.journal import Journal
+from shardserve.storage.manifest import MANIFEST_NAME, file_digests
+from shardserve.storage.once import ensure
+from shardserve.storage.transfer import DEFAULT_PART_SIZE, TransferOptions, download
+from shardserve.storage.uri import LocalLocation, Location, S3Location, parse_location
+
+# SageMaker's limit on fetching model data, when the platform passes it to the container.
+SAGEMAKER_TIMEOUT_ENV = "ModelDataDownloadTimeoutInSeconds"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SERVING_DOWNLOAD_DIR") or "~/.cache/shardserve").expanduser()
+
+
+def fetch_model(
+    location: str,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    timeout_s: float | None = None,
+    concurrency: int = 8,
+    endpoint_url: str | None = None,
+    progress: bool = True,
+    part_size: int = DEFAULT_PART_SIZE,
+) -> Path:
+    """A local directory holding the model at `location`, ready to load.
+
+    location: a model directory (returned as is), `file://DIR`, a `.tar.gz`/`.tgz`/`.tar`/`.zip`
+        file, `s3://bucket/prefix` (every object under `prefix/`), `s3://bucket/key.tar.gz`,
+        or a Hugging Face model id already in the local HF cache (offline).
+    cache_dir: where downloads and unpacked archives live; default `$SERVING_DOWNLOAD_DIR`,
+        else `~/.cache/shardserve`. Each location gets its own entry, reused by later calls.
+    timeout_s: time budget for waiting on another process and downloading; the smaller of it
+        and env `ModelDataDownloadTimeoutInSeconds` applies; None with neither = no limit.
+    concurrency: parallel range GETs; part_size: bytes per ranged GET.
+    endpoint_url: S3-compatible endpoint; default `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`.
+    progress: show a progress bar when stderr is a terminal (a summary line is always logged).
+
+    However many processes call this at once, one downloads (under a file lock) and the others
+    wait and get the same directory. Every object is checked against its size and a checksum
+    (partition manifest sha256, S3 checksum header, or single/multipart ETag MD5) before the
+    directory appears, complete, by an atomic rename; a DONE marker with the manifest follows.
+    A killed or timed-out download resumes at the next call; a corrupt or changed one is deleted.
+    Raises StorageError (a ShardserveError) with the cause and the object for every failure.
+    """
+    loc = parse_location(str(location))
+    if isinstance(loc, LocalLocation) and not loc.is_archive:
+        return loc.path
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    dest = root / _entry_name(loc, s3.endpoint(endpoint_url))
+    return _materialize(loc, dest, True, timeout_s, concurrency, endpoint_url, progress, part_size)
+
+
+def download_to(
+    location: str,
+    dest: str | os.PathLike,
+    *,
+    timeout_s: float | None = None,
+    concurrency: int = 8,
+    endpoint_url: str | None = None,
+    progress: bool = True,
+    part_size: int = DEFAULT_PART_SIZE,
+) -> Path:
+    """Like fetch_model, into the directory `dest` (new or empty) instead of the cache."""
+    loc = parse_location(str(location))
+    if isinstance(loc, LocalLocation) and not loc.is_archive:
+        raise StorageError(f"{loc.path} is already a local model directory: use it as it is")
+    dest = Path(dest).expanduser().absolute()
+    return _materialize(loc, dest, False, timeout_s, concurrency, endpoint_url, progress, part_size)
+
+
+def effective_timeout(timeout_s: float | None) -> float | None:
+    """The smaller of `timeout_s` and SageMaker's env limit (either may be absent)."""
+    raw = os.environ.get(SAGEMAKER_TIMEOUT_ENV)
+    limits = [t for t in (timeout_s, _env_seconds(raw)) if t is not None]
+    return min(limits) if limits else None
+
+
+def _env_seconds(raw: str | None) -> float | None:
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(
+            f"{SAGEMAKER_TIMEOUT_ENV} must be a number of seconds, got {raw!r}"
+        ) from None
+
+
+def _entry_name(loc: Location, endpoint: str | None) -> str:
+    """Readable and unique: the location's tail plus a hash of where it really is."""
+    where = str(loc).rstrip("/")  # s3://b/model and s3://b/model/ name the same objects
+    tail = re.sub(r"[^A-Za-z0-9._-]+", "_", where.split("://")[-1]).strip("_")[-60:]
+    digest = hashlib.sha256(f"{endpoint or ''}|{where}".encode()).hexdigest()
+    return f"{tail}-{digest[:12]}"
+
+
+def _materialize(
+    loc, dest, owned, timeout_s, concurrency, endpoint_url, progress, part_size
+) -> Path:
+    deadline = Deadline(effective_timeout(timeout_s))
+    options = TransferOptions(concurrency=concurrency, part_size=part_size, progress=progress)
+    if isinstance(loc, LocalLocation):
+        build = partial(_from_archive_file, loc)
+    else:
+        build = partial(
+            _from_s3, loc, options=options, deadline=deadline, endpoint_url=endpoint_url
+        )
+    return ensure(dest, build, deadline=deadline, what=str(loc), owned=owned)
+
+
+def _from_archive_file(loc: LocalLocation, work: Path) -> tuple[Path, dict]:
+    return _unpacked(loc.path, work / "tree", {"location": str(loc)})
+
+
+def _unpacked(archive_path: Path, tree: Path, manifest: dict) -> tuple[Path, dict]:
+    remove(tree)  # an unpack cut short by a kill: start it over
+    files = archive.unpack(archive_path, tree)
+    return tree, {**manifest, "files": files}
+
+
+def _from_s3(
+    loc: S3Location, work: Path, *, options: TransferOptions, deadline: Deadline, endpoint_url
+) -> tuple[Path, dict]:
+    read_timeout = max(1.0, min(60.0, deadline.remaining() or 60.0))
+    client = s3.make_client(
+        endpoint_url, concurrency=options.concurrency, read_timeout=read_timeout
+    )
+    objects = s3.list_objects(client, loc)
+    journal = Journal(work / "journal")
+
+    def get(
+        objs: list[s3.RemoteObject], tree: Path, opts: TransferOptions = options, sha=None
+    ) -> dict:
+        return download(
+            client,
+            loc.bucket,
+            objs,
+            tree,
+            journal,
+            options=opts,
+            deadline=deadline,
+            label=str(loc),
+            sha256=sha,
+        )
+
+    info = {"location": str(loc), "endpoint": s3.endpoint(endpoint_url)}
+    if len(objects) == 1 and objects[0].key == loc.key and loc.is_archive:
+        get(objects, work / "archive")
+        return _unpacked(
+            work / "archive" / objects[0].relpath,
+            work / "tree",
+            {**info, "archive": objects[0].etag},
+        )
+    tree = work / "tree"
+    sha = {}
+    manifests = [o for o in objects if o.relpath == MANIFEST_NAME]
+    if manifests:  # first, so its sha256s replace the store's checksums for the other files
+        get(manifests, tree, replace(options, progress=False))
+        sha = _manifest_sha(tree / MANIFEST_NAME, objects)
+    return tree, {**info, "files": get(objects, tree, sha=sha)}  # the manifest is journaled by now
+
+
+def _manifest_sha(path: Path, objects: list[s3.RemoteObject]) -> dict[str, str]:
+    sizes = {o.relpath: o.size for o in objects}
+    digests = file_digests(path)
+    for rel, (size, _) in digests.items():
+        if rel in sizes and size is not None and size != sizes[rel]:
+            raise StorageError(
+                f"{path.name} says {rel} has {size} bytes, but the store holds {sizes[rel]}"
+            )
+    return {rel: sha for rel, (_, sha) in digests.items()}
