@@ -20,7 +20,7 @@ _OPT_COMMON = dict(
 
 def _opt(hidden: int, layers: int, heads: int, **extra) -> dict:
     return dict(_OPT_COMMON, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                ffn_dim=4 * hidden, word_embed_proj_dim=hidden, **extra)
+                ffn_dim=4 * hidden, word_embed_proj_dim=hidden) | extra
 
 
 _BLOOM_COMMON = dict(
@@ -31,7 +31,7 @@ _BLOOM_COMMON = dict(
 
 
 def _bloom(hidden: int, layers: int, heads: int, **extra) -> dict:
-    return dict(_BLOOM_COMMON, n_embed=hidden, n_layer=layers, n_head=heads, **extra)
+    return dict(_BLOOM_COMMON, n_embed=hidden, n_layer=layers, n_head=heads) | extra
 
 
 _LLAMA3 = dict(
