@@ -54,7 +54,9 @@ class ModelRunner:
         self.cuda_graphs: DecodeGraphs | None = None
         self.max_model_len = self.model_config.max_position_embeddings
         torch.manual_seed(config.seed)
-        self.model = load_model(self.model_config, config.model, self.dtype, device, config.load_format)
+        self.model = load_model(
+            self.model_config, config.model, self.dtype, device, config.load_format, seed=config.seed
+        )
         self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.block_size = config.block_size
         self.sampler = Sampler(device, config.seed) if rank == 0 else None

@@ -60,16 +60,21 @@ def load_model(
 ) -> nn.Module:
     """Build on meta, materialise on `device`, fill from the checkpoint (this rank's slices).
 
-    load_format: "auto" | "safetensors" | "pt" read `model_dir`; "random" initialises random
+    load_format: "auto" | "safetensors" | "pt" read `model_dir` ("auto" also recognises a
+    pre-sharded directory written by `shardserve partition`); "random" initialises random
     weights on the device (deterministic per `seed`, consistent across TP ranks).
     """
+    from shardserve.parallel import get_tp_rank, get_tp_size
     from shardserve.weights.loader import load_weights, materialize
+    from shardserve.weights.presharded import is_presharded, load_presharded
     from shardserve.weights.random_init import init_random_weights
 
     model = create_model(model_config, dtype)
     materialize(model, device)
     if load_format == "random":
         init_random_weights(model, seed)
+    elif load_format == "presharded" or (load_format == "auto" and model_dir and is_presharded(model_dir)):
+        load_presharded(model, model_dir, get_tp_rank(), get_tp_size())
     else:
         if model_dir is None:
             raise ValueError("model_dir is required unless load_format='random'")

@@ -1,0 +1,98 @@
+"""Write a pre-sharded checkpoint: each rank's slices in their own file (see presharded.py).
+
+Peak host memory: one rank's slice of the model at a time (it is loaded on the CPU, written,
+and dropped before the next rank), plus one tensor slice while that rank is read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from shardserve.config import canonical_dtype
+from shardserve.parallel.state import ParallelInfo, get_parallel_info, set_parallel_info
+from shardserve.weights.presharded import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    is_presharded,
+    rank_file_name,
+    sha256_of,
+    tensor_entries,
+)
+
+logger = logging.getLogger(__name__)
+
+_NOT_COPIED = {"config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json", MANIFEST}
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def partition(model_dir: str | Path, out_dir: str | Path, tp_size: int, dtype: str = "auto") -> Path:
+    """Partition the HF checkpoint in `model_dir` for `tp_size` ranks into `out_dir`.
+
+    The manifest is written last, so a directory without one is never taken as complete.
+    """
+    from safetensors.torch import save_file
+
+    from shardserve.models import load_model
+    from shardserve.models.config import ModelConfig
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if is_presharded(model_dir):
+        raise ValueError(f"{model_dir} is already pre-sharded; partition the original HF checkpoint")
+    if tp_size < 1:
+        raise ValueError(f"--tp must be >= 1, got {tp_size}")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ValueError(f"output directory {out_dir} is not empty")
+    config = ModelConfig.from_hf(model_dir)
+    name = canonical_dtype(dtype)
+    torch_dtype = _DTYPES[name if name != "auto" else (config.torch_dtype or "float32")]
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    started = time.perf_counter()
+    files = []
+    tensors: dict[str, dict] = {}
+    previous = get_parallel_info()
+    try:
+        for rank in range(tp_size):
+            set_parallel_info(ParallelInfo(rank=rank, world_size=tp_size))
+            model = load_model(config, model_dir, torch_dtype, "cpu")
+            state = {n: p.data.contiguous() for n, p in model.named_parameters()}
+            path = out_dir / rank_file_name(rank, tp_size)
+            save_file(state, str(path), metadata={"format": FORMAT, "rank": str(rank), "tp_size": str(tp_size)})
+            files.append({"rank": rank, "name": path.name, "bytes": path.stat().st_size, "sha256": sha256_of(path)})
+            if rank == 0:
+                tensors = tensor_entries(state)
+            del model, state
+            logger.info("wrote %s (%.2f GB)", path.name, files[-1]["bytes"] / 1e9)
+    finally:
+        set_parallel_info(previous)
+
+    hf_config = json.loads((model_dir / "config.json").read_text())
+    hf_config["torch_dtype"] = str(torch_dtype).removeprefix("torch.")
+    (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2))
+    for item in model_dir.iterdir():
+        if item.is_file() and item.name not in _NOT_COPIED and item.suffix not in (".safetensors", ".bin", ".pt"):
+            shutil.copy2(item, out_dir / item.name)
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": config.architecture,
+        "config": hf_config,
+        "tp_size": tp_size,
+        "dtype": hf_config["torch_dtype"],
+        "files": files,
+        "tensors_rank0": tensors,
+    }
+    tmp = out_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, out_dir / MANIFEST)
+    logger.info("partitioned %s for tp=%d in %.1f s -> %s", model_dir, tp_size, time.perf_counter() - started, out_dir)
+    return out_dir
+

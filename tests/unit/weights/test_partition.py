@@ -1,0 +1,74 @@
+"""shardserve partition -> pre-sharded load round trip, damage detection, degree mismatch."""
+
+import json
+
+import pytest
+import torch
+
+from shardserve import LLM, SamplingParams
+from shardserve.cli import main as cli_main
+from shardserve.errors import ModelLoadError
+from shardserve.weights.presharded import MANIFEST
+
+PROMPTS = ["The quick brown fox", "Hi there"]
+GREEDY = SamplingParams(max_new_tokens=12, min_new_tokens=12, temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def partitioned(tiny_checkpoint, tmp_path_factory):
+    src = tiny_checkpoint("llama")
+    out = tmp_path_factory.mktemp("presharded") / "tp2"
+    assert cli_main(["partition", "--model", str(src), "--tp", "2", "--out", str(out)]) == 0
+    return src, out
+
+
+def test_manifest_describes_every_rank_file(partitioned):
+    _, out = partitioned
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["tp_size"] == 2 and manifest["architecture"] == "LlamaForCausalLM"
+    assert [f["name"] for f in manifest["files"]] == ["rank-00000-of-00002.safetensors", "rank-00001-of-00002.safetensors"]
+    for f in manifest["files"]:
+        assert (out / f["name"]).stat().st_size == f["bytes"] and len(f["sha256"]) == 64
+    assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
+
+
+def test_presharded_load_equals_direct_load(partitioned):
+    src, out = partitioned
+    with LLM(str(src), dtype="fp32", tensor_parallel_size=2) as direct:
+        expected = [o.token_ids for o in direct.generate(PROMPTS, GREEDY)]
+    with LLM(str(out), dtype="fp32", tensor_parallel_size=2) as presharded:
+        assert [o.token_ids for o in presharded.generate(PROMPTS, GREEDY)] == expected
+
+
+def test_flipped_byte_is_refused_naming_the_file(partitioned, tmp_path):
+    import shutil
+
+    _, out = partitioned
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    rank1 = damaged / "rank-00001-of-00002.safetensors"
+    data = bytearray(rank1.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    rank1.write_bytes(bytes(data))
+    from shardserve.models import load_model
+    from shardserve.models.config import ModelConfig
+    from shardserve.parallel import ParallelInfo, set_parallel_info
+
+    set_parallel_info(ParallelInfo(rank=1, world_size=2))
+    try:
+        with pytest.raises(ModelLoadError, match="rank-00001-of-00002.safetensors.*sha256"):
+            load_model(ModelConfig.from_hf(damaged), damaged, torch.float32, "cpu")
+    finally:
+        set_parallel_info(ParallelInfo())
+
+
+def test_other_degree_is_a_clear_error(partitioned):
+    _, out = partitioned
+    with pytest.raises(ModelLoadError, match="partitioned for tensor_parallel_degree=2.*runs 1"):
+        LLM(str(out), dtype="fp32")
+
+
+def test_partition_refuses_non_empty_output(partitioned, capsys):
+    src, out = partitioned
+    assert cli_main(["partition", "--model", str(src), "--tp", "2", "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
