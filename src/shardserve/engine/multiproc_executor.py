@@ -26,7 +26,13 @@ import torch.distributed as dist
 
 from shardserve.config import EngineConfig
 from shardserve.engine.executor import Executor
-from shardserve.engine.worker import Worker, free_port, init_distributed, rank_device, spawned_worker_main
+from shardserve.engine.worker import (
+    Worker,
+    free_port,
+    init_distributed,
+    rank_device,
+    spawned_worker_main,
+)
 from shardserve.errors import EngineDeadError
 
 logger = logging.getLogger(__name__)
