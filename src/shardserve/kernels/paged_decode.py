@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from shardserve.kernels.paged_tiles import dot_precision, load_kv_tile, online_softmax_step
+
 _LOG2E = 1.4426950408889634
 _MAX_SPLITS = 16
 
@@ -68,22 +70,14 @@ def _decode_kernel(
     for k_start in range(start, end, BLOCK_N):
         k_pos = k_start + tl.arange(0, BLOCK_N)
         k_mask = k_pos < end
-        block = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_mask, other=0).to(tl.int64)
-        row = block * stride_c_block + (k_pos % BLOCK_SIZE) * stride_c_slot + kv_head * stride_c_head
-        kv_mask = k_mask[:, None] & d_mask[None, :]
-        k = tl.load(k_cache_ptr + row[:, None] + d[None, :], mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
-        v = tl.load(v_cache_ptr + row[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        k, v = load_kv_tile(k_cache_ptr, v_cache_ptr, bt_row, k_pos, k_mask, d, d_mask, kv_head,
+                            stride_c_block, stride_c_slot, stride_c_head, BLOCK_SIZE)  # [BLOCK_N, BLOCK_D]
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2  # [BLOCK_G, BLOCK_N] f32
         if HAS_ALIBI:
             # The query sits at seq_len - 1; ALiBi adds slope * (key pos - query pos).
             s += slopes[:, None] * (k_pos - (seq_len - 1)).to(tl.float32)[None, :]
         s = tl.where(k_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION)
 
     out_mask = g_mask[:, None] & d_mask[None, :]
     if NUM_SPLITS == 1:
@@ -117,11 +111,6 @@ def _merge_splits_kernel(
     acc = tl.load(part_acc_ptr + (base + s)[:, None] * BLOCK_D + d[None, :])  # [NUM_SPLITS, BLOCK_D]
     out = tl.sum(acc * w[:, None], 0) / tl.where(denom > 0, denom, 1.0)
     tl.store(out_ptr + seq * stride_o_t + head * stride_o_h + d, out.to(out_ptr.dtype.element_ty), mask=d < HEAD_DIM)
-
-
-def dot_precision(dtype: torch.dtype) -> str:
-    """float32 models keep float32 products (Triton would use tf32); half types use the MMA."""
-    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 @functools.cache

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from shardserve.kernels.paged_decode import dot_precision
+from shardserve.kernels.paged_tiles import dot_precision, load_kv_tile, online_softmax_step
 
 _LOG2E = 1.4426950408889634
 
@@ -65,22 +65,14 @@ def _prefill_kernel(
     for k_start in range(0, k_end, BLOCK_N):
         k_pos = k_start + tl.arange(0, BLOCK_N)
         k_mask = k_pos < k_end
-        block = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_mask, other=0).to(tl.int64)
-        row = block * stride_c_block + (k_pos % BLOCK_SIZE) * stride_c_slot + kv_head * stride_c_head
-        kv_mask = k_mask[:, None] & d_mask[None, :]
-        k = tl.load(k_cache_ptr + row[:, None] + d[None, :], mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
-        v = tl.load(v_cache_ptr + row[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        k, v = load_kv_tile(k_cache_ptr, v_cache_ptr, bt_row, k_pos, k_mask, d, d_mask, kv_head,
+                            stride_c_block, stride_c_slot, stride_c_head, BLOCK_SIZE)  # [BLOCK_N, BLOCK_D]
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2  # [BLOCK_M, BLOCK_N]
         if HAS_ALIBI:
             s += slope * (k_pos[None, :] - q_pos[:, None]).to(tl.float32)
         visible = (k_pos[None, :] <= q_pos[:, None]) & k_mask[None, :]
-        s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: key 0 is visible to every row
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        s = tl.where(visible, s, float("-inf"))  # key 0 is visible to every row: finite max
+        m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION)
 
     out = acc / l_i[:, None]
     o = out_ptr + q_rows[:, None] * stride_o_t + head * stride_o_h + d[None, :]
