@@ -114,6 +114,7 @@ class ReplicaSet:
             raise ValueError("a ReplicaSet needs at least one engine")
         self.engines = list(engines)
         self.inflight = [0] * len(self.engines)
+        self.served = [0] * len(self.engines)  # requests each copy has taken
         self._last = -1
 
     @property
@@ -141,6 +142,7 @@ class ReplicaSet:
     async def generate(self, prompt, params, request_id: str) -> AsyncIterator:
         index = self.pick()
         self.inflight[index] += 1
+        self.served[index] += 1
         try:
             async for out in self.engines[index].generate(prompt, params, request_id):
                 yield out

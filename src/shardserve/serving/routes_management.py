@@ -65,5 +65,6 @@ def _describe(model: ServedModel) -> dict:
         body.update(batchSize=model.config.batch_size, maxBatchDelay=model.config.max_batch_delay_ms,
                     queueSize=model.config.job_queue_size, tensorParallelDegree=model.config.tensor_parallel_degree)
     if model.engine is not None:
-        body["copies"] = len(model.engine.engines)
+        body["copies"] = [{"requests": n, "inflight": i, **e.stats()} for n, i, e in
+                          zip(model.engine.served, model.engine.inflight, model.engine.engines, strict=True)]
     return body
