@@ -1,0 +1,100 @@
+"""The real `openai` client against the live server: completions and chat, plain and streaming."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+GREEDY = {"temperature": 0.0, "extra_body": {"ignore_eos": True}}
+
+
+@pytest.fixture()
+def oai(server):
+    with openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60) as c:
+        yield c
+
+
+def test_models_lists_every_served_model(oai):
+    ids = {m.id for m in oai.models.list().data}
+    assert {"llama", "llama-t", "gpt2", "handler"} <= ids
+
+
+def test_completion_plain_and_streamed_agree(oai):
+    plain = oai.completions.create(model="llama", prompt="Once upon a time", max_tokens=8, **GREEDY)
+    assert plain.object == "text_completion"
+    assert plain.choices[0].finish_reason == "length"
+    assert plain.usage.completion_tokens == 8
+    assert plain.usage.total_tokens == plain.usage.prompt_tokens + 8
+
+    chunks = list(oai.completions.create(model="llama", prompt="Once upon a time", max_tokens=8, stream=True,
+                                         stream_options={"include_usage": True}, **GREEDY))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == plain.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 8  # the usage chunk closes the stream
+
+
+def test_completion_batch_of_prompts_and_token_ids(oai):
+    single = oai.completions.create(model="llama", prompt="Hello", max_tokens=4, **GREEDY)
+    batch = oai.completions.create(model="llama", prompt=["Hello", "The quick brown fox"], max_tokens=4, **GREEDY)
+    assert [c.index for c in batch.choices] == [0, 1]
+    assert batch.choices[0].text == single.choices[0].text  # batching does not change greedy output
+    assert batch.usage.completion_tokens == 8
+    by_ids = oai.completions.create(model="llama", prompt=[1, 300, 301], max_tokens=2, **GREEDY)
+    assert by_ids.usage.prompt_tokens == 3
+
+
+def test_completion_echo_and_logprobs(oai):
+    out = oai.completions.create(model="llama", prompt="Hello", max_tokens=3, echo=True, logprobs=1, **GREEDY)
+    assert out.choices[0].text.startswith("Hello")
+    assert len(out.choices[0].logprobs.token_logprobs) == 3
+    assert all(lp <= 0 for lp in out.choices[0].logprobs.token_logprobs)
+
+
+def test_chat_plain_and_streamed_agree(oai):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello"}]
+    plain = oai.chat.completions.create(model="llama", messages=messages, max_tokens=6, **GREEDY)
+    assert plain.object == "chat.completion"
+    assert plain.choices[0].message.role == "assistant"
+    assert plain.usage.completion_tokens == 6
+
+    stream = oai.chat.completions.create(model="llama", messages=messages, max_tokens=6, stream=True, **GREEDY)
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == plain.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_chat_uses_the_tokenizers_chat_template(oai, server):
+    out = oai.chat.completions.create(model="llama", messages=[{"role": "user", "content": "hi"}],
+                                      max_tokens=1, **GREEDY)
+    tokenizer = server.store.get("llama").engine.tokenizer
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                             add_generation_prompt=True)
+    assert out.usage.prompt_tokens == len(tokenizer.encode(rendered, add_special_tokens=False))
+
+
+def test_chat_default_max_tokens_fills_the_context(oai):
+    out = oai.chat.completions.create(model="llama", messages=[{"role": "user", "content": "hi"}], **GREEDY)
+    assert out.usage.total_tokens == 256  # the tiny model's max_model_len
+    assert out.choices[0].finish_reason == "length"
+
+
+def test_openai_routes_serve_the_accelerate_engine(oai):
+    out = oai.completions.create(model="gpt2", prompt="Hello", max_tokens=5, **GREEDY)
+    assert out.usage.completion_tokens == 5
+
+
+def test_openai_errors_are_typed(oai):
+    with pytest.raises(openai.NotFoundError) as e:
+        oai.completions.create(model="nope", prompt="x", max_tokens=1)
+    assert "nope" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.completions.create(model="llama", prompt="x", max_tokens=300)
+    assert "300" in e.value.message and "256" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.chat.completions.create(model="llama", messages=[{"role": "user", "content": "x"}], temperature=-1)
+    assert e.value.body["param"] == "temperature"
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.chat.completions.create(model="handler", messages=[{"role": "user", "content": "x"}])
+    assert "custom handler" in e.value.message

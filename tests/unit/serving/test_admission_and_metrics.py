@@ -1,0 +1,62 @@
+"""The bounded queue, latency metrics, and `serve` location parsing."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from shardserve.serving.admission import Admission
+from shardserve.serving.commands import parse_locations
+from shardserve.serving.http_errors import APIError
+from shardserve.serving.metrics import RequestTimer, ServerMetrics
+
+
+def test_admission_counts_running_and_queued():
+    a = Admission(concurrency=2, queue_size=1)
+    for _ in range(3):
+        a.acquire("m")
+    assert (a.running, a.queue_depth) == (2, 1)
+    with pytest.raises(APIError) as e:
+        a.acquire("m")
+    assert e.value.status == 503 and e.value.headers == {"Retry-After": "1"}
+    a.release()
+    with pytest.raises(APIError):
+        a.acquire("m", n=2)  # a batch takes a slot per prompt, all or none
+    with a.slot("m"):
+        assert a.inflight == 3
+    assert a.inflight == 2
+
+
+def test_request_timer_observes_ttft_itl_and_tokens():
+    metrics = ServerMetrics()
+    timer = RequestTimer(metrics, "m")
+    time.sleep(0.01)
+    timer.on_tokens(1)
+    timer.on_tokens(2)  # two tokens in one update: two inter-token gaps
+    timer.on_tokens(0)
+    timer.finish(prompt_tokens=5, generated_tokens=3)
+    text = metrics.render()[0].decode()
+    assert 'shardserve_time_to_first_token_seconds_count{model="m"} 1.0' in text
+    assert 'shardserve_inter_token_latency_seconds_count{model="m"} 2.0' in text
+    assert 'shardserve_prompt_tokens_total{model="m"} 5.0' in text
+    assert 'shardserve_generation_tokens_total{model="m"} 3.0' in text
+    assert 'shardserve_e2e_request_latency_seconds_count{model="m"} 1.0' in text
+
+
+def test_parse_locations():
+    assert parse_locations(["/models/llama", "small=s3://b/opt/", "/x/model.tar.gz"]) == (
+        ("llama", "/models/llama"), ("small", "s3://b/opt/"), ("model", "/x/model.tar.gz"))
+    assert parse_locations(["s3://b/p=q"]) == (("p=q", "s3://b/p=q"),)
+    with pytest.raises(ValueError, match="unique"):
+        parse_locations(["/a/m", "/b/m"])
+
+
+def test_serve_without_a_location_prefers_the_sagemaker_model_dir(tmp_path, monkeypatch):
+    from shardserve.serving import commands
+
+    monkeypatch.setattr(commands, "SAGEMAKER_MODEL_DIR", tmp_path)
+    assert parse_locations([]) == ((tmp_path.name, str(tmp_path)),)
+    monkeypatch.setattr(commands, "SAGEMAKER_MODEL_DIR", tmp_path / "absent")
+    monkeypatch.setattr(commands, "_default_model", lambda: "/pkg/assets/default-model")
+    assert parse_locations([]) == (("default-model", "/pkg/assets/default-model"),)

@@ -1,0 +1,111 @@
+"""Load phases, failures and health of registered models (custom handlers: no engine to load)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from shardserve.serving.http_errors import APIError
+from shardserve.serving.model_store import ModelStore, model_name
+
+HANDLER = "from djl_python import Output\n\ndef handle(inputs):\n    return None if inputs.is_empty() else Output().add('ok')\n"
+
+
+def artifact(tmp_path: Path, properties: str = "", model_py: str | None = HANDLER) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "serving.properties").write_text(properties)
+    if model_py is not None:
+        (tmp_path / "model.py").write_text(model_py)
+    return tmp_path
+
+
+def test_phases_from_download_to_ready(tmp_path, monkeypatch):
+    fetched, release = threading.Event(), threading.Event()
+    local = artifact(tmp_path / "a")
+
+    def slow_fetch(location, timeout):
+        assert location == "s3://bucket/model.tar.gz"
+        fetched.set()
+        release.wait(10)
+        return local
+
+    monkeypatch.setattr(ModelStore, "_fetch", staticmethod(slow_fetch))
+    phases = []
+    store = ModelStore(on_phase=lambda m, p, s: phases.append(p), environ={})
+    model = store.add("m", "s3://bucket/model.tar.gz")
+    assert fetched.wait(10)
+    assert model.phase == "downloading"
+    assert store.health() == (503, {"status": "Loading", "models": {"m": {"status": "downloading"}}})
+    with pytest.raises(APIError) as e:
+        model.require_ready()
+    assert e.value.status == 503 and "downloading" in e.value.message
+    release.set()
+    for thread in threading.enumerate():
+        if thread.name == "load-m":
+            thread.join(10)
+    assert model.ready and store.health()[0] == 200
+    assert phases[:2] == ["downloading", "loading"] and set(model.phase_seconds) == {"downloading", "loading"}
+
+
+@pytest.mark.parametrize(("properties", "model_py", "message"), [
+    ("engine=Python\nbatch_size=zero\n", HANDLER, "batch_size"),
+    ("engine=Python\nnot_a_key=1\n", None, "not_a_key"),
+    ("", "def handle(inputs):\n    raise RuntimeError('no weights')\n", "no weights"),
+    ("", "import not_a_module_anywhere\n", "not_a_module_anywhere"),
+    ("", "x = 1\n", "handle"),
+    ("option.entryPoint=missing.py\n", HANDLER, "option.entryPoint"),
+])
+def test_a_failed_load_turns_health_to_500_with_the_reason(tmp_path, properties, model_py, message):
+    store = ModelStore(environ={})
+    model = store.add("m", str(artifact(tmp_path, properties, model_py)), wait=True)
+    code, body = store.health()
+    assert code == 500 and body["status"] == "Unhealthy"
+    assert message in body["models"]["m"]["error"]
+    with pytest.raises(APIError) as e:
+        model.require_ready()
+    assert e.value.status == 503
+
+
+def test_missing_location_fails_cleanly(tmp_path):
+    store = ModelStore(environ={})
+    store.add("m", str(tmp_path / "nowhere" / "model.tar.gz"), wait=True)
+    assert store.health()[0] == 500
+
+
+def test_model_loading_timeout(tmp_path):
+    slow = "import time\n\ndef handle(inputs):\n    time.sleep(0.5)\n"
+    store = ModelStore(environ={})
+    model = store.add("m", str(artifact(tmp_path, "option.model_loading_timeout=0.1\n", slow)), wait=True)
+    assert model.errored and "option.model_loading_timeout" in model.error
+
+
+def test_environment_overrides_reach_the_handler(tmp_path):
+    echo = ("from djl_python import Output\nprops = {}\n\ndef handle(inputs):\n"
+            "    if inputs.is_empty():\n        props.update(inputs.get_properties())\n")
+    store = ModelStore(environ={"OPTION_GREETING": "from env", "OPTION_MODEL_ID": "weights"})
+    (tmp_path / "weights").mkdir(parents=True)
+    model = store.add("m", str(artifact(tmp_path, "option.greeting=from file\n", echo)), wait=True)
+    assert model.ready
+    import sys
+
+    props = sys.modules["shardserve_handler_m"].props
+    assert props["greeting"] == "from env"
+    assert props["model_dir"] == str(tmp_path.resolve()) and props["model_id"] == str((tmp_path / "weights").resolve())
+
+
+def test_names_and_registry(tmp_path):
+    assert model_name("s3://bucket/path/llama-7b/") == "llama-7b"
+    assert model_name("/opt/ml/model.tar.gz") == "model"
+    store = ModelStore(environ={})
+    store.add("m", str(artifact(tmp_path)), wait=True)
+    with pytest.raises(APIError) as e:
+        store.add("m", str(tmp_path))
+    assert e.value.status == 409
+    assert store.default().name == "m"
+    store.remove("m")
+    with pytest.raises(APIError) as e:
+        store.get("m")
+    assert e.value.status == 404
+    assert store.health()[0] == 200

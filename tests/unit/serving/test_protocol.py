@@ -1,0 +1,84 @@
+"""Request schemas -> SamplingParams, and the response shapes."""
+
+from __future__ import annotations
+
+import pytest
+
+from shardserve.engine.request import FinishReason, RequestOutput
+from shardserve.engine.sampling_params import SamplingParams
+from shardserve.serving import openai_protocol as oa
+from shardserve.serving.http_errors import APIError
+from shardserve.serving.protocol import (
+    GenerateParameters,
+    GenerateRequest,
+    finish_reason,
+    to_sampling_params,
+)
+
+
+def params(**kw) -> SamplingParams:
+    return to_sampling_params(GenerateParameters(**kw))
+
+
+def test_tgi_defaults_are_greedy_with_djl_default_length():
+    p = params()
+    assert p.greedy and p.max_new_tokens == 30
+
+
+def test_do_sample_rules():
+    assert params(do_sample=True).temperature == 1.0
+    assert params(do_sample=False, temperature=0.7).greedy  # explicit false wins
+    assert params(temperature=0.7).temperature == 0.7  # absent: sampling knobs imply sampling
+    assert params(top_k=5).top_k == 5 and not params(top_k=5).greedy
+
+
+def test_stop_details_and_extensions():
+    p = params(stop="###", details=True, ignore_eos=True, min_new_tokens=2, seed=3)
+    assert (p.stop, p.logprobs, p.ignore_eos, p.min_new_tokens, p.seed) == (("###",), True, True, 2, 3)
+
+
+def test_invalid_values_are_400_naming_the_request_field():
+    with pytest.raises(APIError) as e:
+        params(top_p=1.5)
+    assert e.value.status == 400 and e.value.param == "parameters.top_p"
+    with pytest.raises(APIError) as e:
+        oa.CompletionRequest(prompt="x", max_tokens=0).sampling_params(0, False)
+    assert e.value.param == "max_tokens" and e.value.message.startswith("max_tokens must be")
+
+
+def test_strict_schema_rejects_strings_for_numbers_and_unknown_keys():
+    with pytest.raises(ValueError):
+        GenerateRequest.model_validate_json('{"inputs": "x", "parameters": {"top_k": "5"}}')
+    with pytest.raises(ValueError):
+        GenerateRequest.model_validate_json('{"inputs": "x", "parameter": {}}')
+    assert GenerateRequest.model_validate_json('{"inputs": "x", "parameters": {"temperature": 1}}')
+
+
+def _out(reason, tokens):
+    return RequestOutput("r", "p", [1], "text", tokens, "", [], True, reason)
+
+
+def test_tgi_finish_reasons():
+    eos = frozenset({2})
+    assert finish_reason(_out(FinishReason.LENGTH, [5]), SamplingParams(), eos) == "length"
+    assert finish_reason(_out(FinishReason.STOP, [5, 2]), SamplingParams(stop=("x",)), eos) == "eos_token"
+    assert finish_reason(_out(FinishReason.STOP, [5, 6]), SamplingParams(stop=("x",)), eos) == "stop_sequence"
+
+
+def test_openai_unsupported_fields_are_400():
+    for kw, field in (({"n": 2}, "n"), ({"frequency_penalty": 0.5}, "frequency_penalty"),
+                      ({"logit_bias": {"1": 2.0}}, "logit_bias"), ({"best_of": 3}, "best_of"),
+                      ({"suffix": "x"}, "suffix")):
+        with pytest.raises(APIError) as e:
+            oa.CompletionRequest(prompt="x", **kw).sampling_params(4, False)
+        assert e.value.param == field
+    chat = oa.ChatCompletionRequest(messages=[{"role": "user", "content": [{"type": "text", "text": "a"}]}])
+    assert chat.messages[0].text() == "a"
+
+
+def test_openai_usage_and_finish_reason():
+    out = _out(FinishReason.ABORT, [4, 5, 6])
+    assert oa.usage(out) == {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}
+    assert oa.openai_finish_reason(FinishReason.LENGTH) == "length"
+    assert oa.openai_finish_reason(FinishReason.STOP) == "stop"
+    assert oa.openai_finish_reason(None) is None
