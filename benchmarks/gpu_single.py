@@ -14,7 +14,7 @@ DEADLINE = 560  # seconds: the command's limit is 600
 
 
 def tests():
-    return run_pytest(["tests/gpu", "-x", "--ignore=tests/gpu/test_fast_all_reduce.py"], 200)
+    return run_pytest(["tests/gpu", "--ignore=tests/gpu/test_fast_all_reduce.py"], 200)
 
 
 def ceilings():
@@ -29,14 +29,32 @@ def ceilings():
             "bf16_matmul_TFLOPs": 2 * 8192**3 / ms / 1e9}
 
 
-def decode_kernel_times():
-    """Decode attention at Llama-3-8B shapes: microseconds, KV GB/s, splits vs none."""
-    from triton.testing import do_bench
+def graph_time_us(fn, calls: int = 20) -> float:
+    """Median microseconds per call of fn() replayed from a CUDA graph (no launch overhead, as
+    in a decode step)."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    samples = []
+    for _ in range(9):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) * 1e3 / calls)
+    return sorted(samples)[4]
 
+
+def decode_kernel_times():
+    """Decode attention at Llama-3-8B shapes, in graphs: microseconds, KV GB/s, splits vs none."""
     from shardserve.kernels.paged_decode import paged_decode_attention
 
     rows = []
-    for batch, ctx in ((1, 288), (1, 4096), (4, 288), (32, 1024)):
+    for batch, ctx in ((1, 64), (1, 288), (1, 4096), (4, 288), (32, 1024)):
         nb = batch * (ctx // 16 + 1) + 4
         kc = torch.randn(nb, 16, 8, 128, device="cuda", dtype=torch.bfloat16)
         vc = torch.randn_like(kc)
@@ -46,8 +64,7 @@ def decode_kernel_times():
         kv_bytes = 2 * batch * ctx * 8 * 128 * 2
         for splits in (None, 1):
             args = (q, kc, vc, tables, lens, 128**-0.5)
-            us = 1e3 * do_bench(lambda a=args, s=splits: paged_decode_attention(*a, num_splits=s),
-                                warmup=50, rep=200, return_mode="median")
+            us = graph_time_us(lambda a=args, s=splits: paged_decode_attention(*a, num_splits=s))
             rows.append({"batch": batch, "ctx": ctx, "splits": splits or "auto", "us": round(us, 2),
                          "kv_GBps": round(kv_bytes / us / 1e3, 1)})
     return rows

@@ -32,7 +32,7 @@ def test_cuda_graph_decode_equals_eager(tiny_checkpoint, arch):
     params = SamplingParams(max_new_tokens=24, temperature=0.0, ignore_eos=True)
     outs = {}
     for eager in (False, True):
-        with LLM(path, dtype="bf16", enforce_eager=eager, max_num_seqs=8, num_kv_blocks=64) as llm:
+        with LLM(path, dtype="bf16", enforce_eager=eager, max_num_seqs=8, num_kv_blocks=64, max_model_len=256) as llm:
             assert (llm.executor.call("warmup_seconds") > 0) != eager
             outs[eager] = [o.token_ids for o in llm.generate(prompts, params)]
     assert outs[False] == outs[True]

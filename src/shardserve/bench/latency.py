@@ -59,11 +59,12 @@ def run_bench(cfg: BenchConfig) -> tuple[list[EngineResult], dict]:
         context["copy_bandwidth_GBps"] = bandwidth = copy_bandwidth(devices[0]) / 1e9
         print(f"copy bandwidth {bandwidth:.0f} GB/s on {context['machine'].get('gpus') or 'cpu'}", flush=True)
         rng = random.Random(cfg.seed)
-        low = 1 + max(i for i in (model_config.bos_token_id, model_config.pad_token_id, *model_config.eos_token_ids, 2) if i is not None)
-        high = min(model_config.vocab_size, 32000)
+        special = {model_config.bos_token_id, model_config.pad_token_id, *model_config.eos_token_ids}
+        ordinary = [i for i in range(min(model_config.vocab_size, 32000)) if i not in special]
 
         def prompts(n: int) -> list[list[int]]:
-            return [[rng.randrange(low, high) for _ in range(cfg.prompt_len)] for _ in range(n)]
+            """Fresh random prompts of ordinary (non-special) token ids."""
+            return [rng.choices(ordinary, k=cfg.prompt_len) for _ in range(n)]
 
         common = dict(model=Path(cfg.model).name, precision=dtype_name, batch=cfg.batch, prompt_len=cfg.prompt_len,
                       new_tokens=cfg.new_tokens, copy_bandwidth=bandwidth * 1e9)
