@@ -12,6 +12,13 @@ import psutil
 from live import ProcessServer, wait_until
 
 
+def rank_processes(server_pid: int) -> list[psutil.Process]:
+    """The engine's rank processes: the server's leaf descendants (spawned ranks are children,
+    fork-server ranks grandchildren), less multiprocessing's resource tracker."""
+    return [p for p in psutil.Process(server_pid).children(recursive=True)
+            if not p.children() and "resource_tracker" not in " ".join(p.cmdline())]
+
+
 def test_sigterm_drains_in_flight_requests_then_exits_0(artifacts, tmp_path):
     live = ProcessServer([f"handler={artifacts['handler']}", "--drain-timeout", "30"], tmp_path / "server.log").start()
     gate = tmp_path / "release"
@@ -50,8 +57,7 @@ def test_deepspeed_artifact_at_degree_2_then_a_killed_rank(artifacts, server, tm
         assert tp2.status_code == 200
         assert tp2.json()["generated_text"] == tp1.json()["generated_text"]  # same weights, same greedy text
 
-        ranks = [p for p in psutil.Process(live.proc.pid).children(recursive=True)
-                 if "spawn_main" in " ".join(p.cmdline()) and "resource_tracker" not in " ".join(p.cmdline())]
+        ranks = rank_processes(live.proc.pid)
         assert len(ranks) == 2, [p.cmdline() for p in ranks]
         stream = {"inputs": "Hello", "parameters": {"max_new_tokens": 240, "ignore_eos": True}, "stream": True}
         with httpx.stream("POST", f"{live.url}/invocations", json=stream, timeout=15) as r:

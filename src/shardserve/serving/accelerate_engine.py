@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from shardserve.engine.llm import LLM
 from shardserve.engine.output_processor import OutputProcessor
 from shardserve.engine.request import FinishReason, Request, RequestStatus
 from shardserve.engine.sampling_params import SamplingParams
@@ -87,15 +88,9 @@ class AccelerateEngine:
         return {"num_running": self._running, "num_waiting": self._queue.qsize(), "kv_cache_usage": 0.0}
 
     def encode(self, prompt, params: SamplingParams) -> list[int]:
-        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        if not ids:
-            raise ValueError("prompt must not be empty")
-        if len(ids) + params.max_new_tokens > self.max_model_len:
-            raise ValueError(
-                f"prompt has {len(ids)} tokens + max_new_tokens {params.max_new_tokens} "
-                f"= {len(ids) + params.max_new_tokens} > max_model_len {self.max_model_len}"
-            )
-        return ids
+        """Prompt token ids, validated exactly as our engine does it (same checks, same messages):
+        LLM.encode needs only `tokenizer`, `model_config.vocab_size` and `max_model_len`."""
+        return LLM.encode(self, prompt, params)
 
     async def generate(self, prompt, params: SamplingParams | None = None, request_id: str | None = None):
         params = params or SamplingParams()

@@ -66,18 +66,10 @@ class _Sampling(_Strict):
     def sampling_params(self, max_tokens: int, logprobs: bool) -> SamplingParams:
         self.check_supported()
         return make_sampling_params(
-            _NAMES,
-            max_new_tokens=max_tokens,
-            min_new_tokens=self.min_tokens,
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
-            top_k=self.top_k or 0,
-            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
-            seed=self.seed,
-            stop=self.stop or (),
-            ignore_eos=self.ignore_eos,
-            logprobs=logprobs,
-            skip_special_tokens=self.skip_special_tokens,
+            _NAMES, max_new_tokens=max_tokens, min_new_tokens=self.min_tokens,
+            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+            repetition_penalty=self.repetition_penalty, seed=self.seed, stop=self.stop,
+            ignore_eos=self.ignore_eos, logprobs=logprobs, skip_special_tokens=self.skip_special_tokens,
         )
 
 

@@ -241,28 +241,22 @@ class _Reader:
         return value.lower()
 
     def integer(self, key: str, default, minimum: int):
-        value = self.text(key)
-        if value is None:
-            return default
-        try:
-            number = int(value)
-        except ValueError:
-            number = None
-        if number is None or number < minimum:
-            raise ValueError(f"{key}: must be an integer >= {minimum}, got {value!r}")
-        return number
+        return self._parsed(key, default, int, lambda n: n >= minimum, f"an integer >= {minimum}")
 
     def number(self, key: str, default, minimum: float):
+        return self._parsed(key, default, float, lambda x: minimum <= x < float("inf"), f"a number >= {minimum:g}")
+
+    def _parsed(self, key: str, default, convert, valid, expected: str):
         value = self.text(key)
         if value is None:
             return default
         try:
-            number = float(value)
+            result = convert(value)
         except ValueError:
-            number = None
-        if number is None or not number >= minimum or number == float("inf"):
-            raise ValueError(f"{key}: must be a number >= {minimum:g}, got {value!r}")
-        return number
+            result = None
+        if result is None or not valid(result):  # NaN fails every comparison, so it lands here too
+            raise ValueError(f"{key}: must be {expected}, got {value!r}")
+        return result
 
     def seconds(self, key: str, default: float) -> float:
         value = self.number(key, default, minimum=0.0)

@@ -47,10 +47,11 @@ class GenerateRequest(_Strict):
 
 
 def make_sampling_params(names: Mapping[str, str] | None = None, **values) -> SamplingParams:
-    """SamplingParams(**values); its ValueError becomes a 400 naming the field as the client
-    spelt it (`names` maps SamplingParams field -> request field, e.g. max_new_tokens -> max_tokens)."""
+    """SamplingParams from the values a request gave (None = not given: SamplingParams' default).
+    Its ValueError becomes a 400 naming the field as the client spelt it (`names` maps
+    SamplingParams field -> request field, e.g. max_new_tokens -> max_tokens)."""
     try:
-        return SamplingParams(**values)
+        return SamplingParams(**{k: v for k, v in values.items() if v is not None})
     except ValueError as e:
         message = str(e)
         field = message.split(" ", 1)[0]
@@ -62,19 +63,13 @@ def to_sampling_params(p: GenerateParameters) -> SamplingParams:
     sample = p.do_sample if p.do_sample is not None else any(
         v is not None for v in (p.temperature, p.top_p, p.top_k)
     )
-    names = {k: f"parameters.{k}" for k in SamplingParams.__dataclass_fields__}
     return make_sampling_params(
-        names,
+        {k: f"parameters.{k}" for k in SamplingParams.__dataclass_fields__},
         max_new_tokens=DEFAULT_MAX_NEW_TOKENS if p.max_new_tokens is None else p.max_new_tokens,
-        min_new_tokens=p.min_new_tokens or 0,
-        temperature=(1.0 if p.temperature is None else p.temperature) if sample else 0.0,
-        top_p=1.0 if p.top_p is None else p.top_p,
-        top_k=p.top_k or 0,
-        repetition_penalty=1.0 if p.repetition_penalty is None else p.repetition_penalty,
-        seed=p.seed,
-        stop=p.stop or (),
-        ignore_eos=p.ignore_eos,
-        logprobs=p.details,
+        min_new_tokens=p.min_new_tokens,
+        temperature=p.temperature if sample else 0.0,
+        top_p=p.top_p, top_k=p.top_k, repetition_penalty=p.repetition_penalty, seed=p.seed,
+        stop=p.stop, ignore_eos=p.ignore_eos, logprobs=p.details,
     )
 
 
