@@ -2,7 +2,8 @@
 
 Models of the shared server:
   llama    engine=Python, tiny Llama through option.model_id (tp engine)
-  llama-t  engine=MPI, same weights, 2 CPU copies (minWorkers), predict_timeout 1 s
+  llama-t  engine=MPI, tiny Llama with 4096 positions (generations long enough to time out or
+           be abandoned), 2 CPU copies (minWorkers), predict_timeout 1 s
   gpt2     engine=Accelerate, tiny GPT-2 (an architecture our engine lacks), dynamic batching
   handler  custom model.py importing djl_python, job_queue_size 2, predict_timeout 2 s
 """
@@ -23,12 +24,17 @@ def llama_dir(tiny_checkpoint):
 
 
 @pytest.fixture(scope="session")
+def long_llama_dir(tiny_checkpoint):
+    return tiny_checkpoint("llama", max_position_embeddings=4096)
+
+
+@pytest.fixture(scope="session")
 def gpt2_dir(tiny_checkpoint):
     return tiny_checkpoint("gpt2")
 
 
 @pytest.fixture(scope="session")
-def artifacts(tmp_path_factory, llama_dir, gpt2_dir):
+def artifacts(tmp_path_factory, llama_dir, long_llama_dir, gpt2_dir):
     root = tmp_path_factory.mktemp("artifacts")
     return {
         "llama": write_artifact(root / "llama", {
@@ -36,7 +42,7 @@ def artifacts(tmp_path_factory, llama_dir, gpt2_dir):
             "job_queue_size": 32,
         }),
         "llama-t": write_artifact(root / "llama-t", {
-            "engine": "MPI", "option.model_id": llama_dir, "minWorkers": 2, "option.predict_timeout": 1,
+            "engine": "MPI", "option.model_id": long_llama_dir, "minWorkers": 2, "option.predict_timeout": 1,
         }),
         "gpt2": write_artifact(root / "gpt2", {
             "engine": "Accelerate", "option.model_id": gpt2_dir, "batch_size": 4, "max_batch_delay": 20,
@@ -45,7 +51,7 @@ def artifacts(tmp_path_factory, llama_dir, gpt2_dir):
             "option.greeting": "hello from serving.properties", "job_queue_size": 2, "option.predict_timeout": 2,
         }, handler=True),
         "deepspeed": write_artifact(root / "deepspeed", {
-            "engine": "DeepSpeed", "option.model_id": llama_dir, "option.tensor_parallel_degree": 2,
+            "engine": "DeepSpeed", "option.model_id": long_llama_dir, "option.tensor_parallel_degree": 2,
         }),
     }
 

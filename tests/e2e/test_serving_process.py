@@ -53,13 +53,13 @@ def test_deepspeed_artifact_at_degree_2_then_a_killed_rank(artifacts, server, tm
         assert httpx.get(f"{live.url}/ping").status_code == 200, live.log()
         body = {"inputs": "Once upon a time", "parameters": {"max_new_tokens": 8, "ignore_eos": True}}
         tp2 = httpx.post(f"{live.url}/invocations", json=body, timeout=60)
-        tp1 = httpx.post(f"{server.url}/predictions/llama", json=body, timeout=60)
+        tp1 = httpx.post(f"{server.url}/predictions/llama-t", json=body, timeout=60)
         assert tp2.status_code == 200
         assert tp2.json()["generated_text"] == tp1.json()["generated_text"]  # same weights, same greedy text
 
         ranks = rank_processes(live.proc.pid)
         assert len(ranks) == 2, [p.cmdline() for p in ranks]
-        stream = {"inputs": "Hello", "parameters": {"max_new_tokens": 240, "ignore_eos": True}, "stream": True}
+        stream = {"inputs": "Hello", "parameters": {"max_new_tokens": 4000, "ignore_eos": True}, "stream": True}
         with httpx.stream("POST", f"{live.url}/invocations", json=stream, timeout=15) as r:
             lines = r.iter_lines()
             assert json.loads(next(lines))["token"]["text"] is not None

@@ -10,6 +10,7 @@ that disconnects cancels it, which aborts it in the engine at its next step.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -23,6 +24,8 @@ from shardserve.serving.http_errors import APIError, bad_request, error_body
 from shardserve.serving.metrics import RequestTimer, ServerMetrics
 from shardserve.serving.model_store import ServedModel
 from shardserve.serving.streaming import stream_response
+
+logger = logging.getLogger(__name__)
 
 
 class ClientDisconnected(Exception):
@@ -59,6 +62,11 @@ class Generation:
             raise bad_request(str(e)) from None
         except EngineDeadError as e:
             raise APIError(500, f"model {self.model.name!r} failed while serving the request: {e}") from None
+        except APIError:
+            raise
+        except Exception as e:  # e.g. the Accelerate engine's generate() failing for this batch
+            logger.exception("generation %s failed", self.request_id)
+            raise APIError(500, f"generation failed: {type(e).__name__}: {e}") from None
         self.timer.on_tokens(len(out.delta_token_ids))
         if out.finished:
             self.timer.finish(len(out.prompt_token_ids), len(out.token_ids))

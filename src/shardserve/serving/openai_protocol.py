@@ -145,7 +145,7 @@ def usage(out: RequestOutput) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def completion_logprobs(out: RequestOutput, tokenizer, token_ids: list[int], logprobs: list[float]) -> dict:
+def completion_logprobs(tokenizer, token_ids: list[int], logprobs: list[float]) -> dict:
     tokens = [tokenizer.decode([t]) for t in token_ids]
     return {"tokens": tokens, "token_logprobs": list(logprobs), "top_logprobs": None, "text_offset": None}
 

@@ -39,7 +39,7 @@ async def completions(body: oa.CompletionRequest, request: Request):
     rid, name, tokenizer = oa.new_id("cmpl"), model.name, model.engine.tokenizer
 
     def choice(i: int, text: str, out, ids: list[int], logprobs: list[float] | None) -> dict:
-        lp = oa.completion_logprobs(out, tokenizer, ids, logprobs or []) if body.logprobs is not None else None
+        lp = oa.completion_logprobs(tokenizer, ids, logprobs or []) if body.logprobs is not None else None
         return {"index": i, "text": text, "finish_reason": oa.openai_finish_reason(out.finish_reason), "logprobs": lp}
 
     def to_events(out, first):
