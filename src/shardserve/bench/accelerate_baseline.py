@@ -39,6 +39,7 @@ class AccelerateBaseline:
 
         started = time.perf_counter()
         self.devices = devices
+        self.dtype = dtype
         self.model_config = ModelConfig.from_hf(str(model_dir))
         if random_weights:
             hf_config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
@@ -68,6 +69,18 @@ class AccelerateBaseline:
         """float32 logits [len(token_ids), vocab] on the CPU."""
         ids = torch.tensor([token_ids], device=self.input_device)
         return self.model(ids).logits[0].float().cpu()
+
+    @torch.inference_mode()
+    def logits_fp32(self, token_ids: list[int]) -> torch.Tensor:
+        """The same logits computed in float32 (the model upcast for the call, then cast back:
+        half-precision weights survive the round trip exactly): the half-precision noise floor."""
+        self.model.to(torch.float32)
+        try:
+            return self.logits(token_ids)
+        finally:
+            self.model.to(self.dtype)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
     def close(self) -> None:
         del self.model
