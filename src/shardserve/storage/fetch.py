@@ -103,9 +103,8 @@ def _env_seconds(raw: str | None) -> float | None:
 
 def _entry_name(loc: Location, endpoint: str | None) -> str:
     """Readable and unique: the location's tail plus a hash of where it really is."""
-    where = str(loc).rstrip("/")  # s3://b/model and s3://b/model/ name the same objects
-    tail = re.sub(r"[^A-Za-z0-9._-]+", "_", where.split("://")[-1]).strip("_")[-60:]
-    digest = hashlib.sha256(f"{endpoint or ''}|{where}".encode()).hexdigest()
+    tail = re.sub(r"[^A-Za-z0-9._-]+", "_", str(loc).split("://")[-1]).strip("_")[-60:]
+    digest = hashlib.sha256(f"{endpoint or ''}|{loc}".encode()).hexdigest()
     return f"{tail}-{digest[:12]}"
 
 
@@ -120,11 +119,13 @@ def _materialize(
         build = partial(
             _from_s3, loc, options=options, deadline=deadline, endpoint_url=endpoint_url
         )
-    return ensure(dest, build, deadline=deadline, what=str(loc), owned=owned)
+    return ensure(
+        dest, build, deadline=deadline, what=str(loc), owned=owned, identity={"location": str(loc)}
+    )
 
 
 def _from_archive_file(loc: LocalLocation, work: Path) -> tuple[Path, dict]:
-    return _unpacked(loc.path, work / "tree", {"location": str(loc)})
+    return _unpacked(loc.path, work / "tree", {})
 
 
 def _unpacked(archive_path: Path, tree: Path, manifest: dict) -> tuple[Path, dict]:
@@ -158,7 +159,7 @@ def _from_s3(
             sha256=sha,
         )
 
-    info = {"location": str(loc), "endpoint": s3.endpoint(endpoint_url)}
+    info = {"endpoint": s3.endpoint(endpoint_url)}
     if len(objects) == 1 and objects[0].key == loc.key and loc.is_archive:
         get(objects, work / "archive")
         return _unpacked(

@@ -51,21 +51,36 @@ def done_manifest(dest: Path) -> dict | None:
         return None
 
 
-def ensure(dest: Path, build: Builder, *, deadline: Deadline, what: str, owned: bool) -> Path:
+def ensure(
+    dest: Path, build: Builder, *, deadline: Deadline, what: str, owned: bool, identity: dict
+) -> Path:
     """Return `dest`, building it with `build(work_dir)` unless another process did.
 
-    `owned`: `dest` belongs to us (a cache entry), so a leftover without a DONE marker may be
-    deleted; otherwise (a directory the user named) it is only ever replaced when empty.
+    `identity`: what `dest` must hold (e.g. {"location": "s3://b/m"}), recorded in the DONE
+    manifest; a complete `dest` holding something else counts as a leftover.
+    `owned`: `dest` belongs to us (a cache entry), so a leftover may be deleted; otherwise
+    (a directory the user named) it is only ever replaced when empty.
     `build` may raise: BadDownload deletes the work area (its bytes cannot be trusted), any
     other error keeps it for the next start to resume.
     """
-    if done_manifest(dest) is not None:
+    try:
+        return _ensure(dest, build, deadline, what, owned, identity)
+    except OSError as e:  # an unwritable cache dir, a full disk: the user's to fix, no traceback
+        raise StorageError(
+            f"{what}: cannot write {e.filename or dest}: {e.strerror or e}"
+        ) from None
+
+
+def _ensure(
+    dest: Path, build: Builder, deadline: Deadline, what: str, owned: bool, identity: dict
+) -> Path:
+    if _holds(dest, identity):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with host_lock(dest.with_name(dest.name + ".lock"), deadline, what):
         if (dest / _STAGED_NAME).is_file():
             _publish(dest)  # killed between the two renames: the tree was verified already
-        if done_manifest(dest) is not None:
+        if _holds(dest, identity):
             logger.info("%s: already at %s", what, dest)
             return dest
         _clear_leftover(dest, owned)
@@ -76,13 +91,18 @@ def ensure(dest: Path, build: Builder, *, deadline: Deadline, what: str, owned: 
         except BadDownload:
             remove(work)
             raise
-        manifest = {"format": _FORMAT, "created": time.time(), **manifest}
+        manifest = {"format": _FORMAT, "created": time.time(), **identity, **manifest}
         (tree / _STAGED_NAME).write_text(json.dumps(manifest, indent=1))
         fsync_path(tree)
         os.replace(tree, dest)  # replaces only an empty directory; _clear_leftover saw to that
         _publish(dest)
         remove(work)
     return dest
+
+
+def _holds(dest: Path, identity: dict) -> bool:
+    manifest = done_manifest(dest)
+    return manifest is not None and all(manifest.get(k) == v for k, v in identity.items())
 
 
 def _publish(dest: Path) -> None:
@@ -96,8 +116,9 @@ def _clear_leftover(dest: Path, owned: bool) -> None:
         return
     if not owned:
         raise StorageError(
-            f"{dest} already exists and is not a complete shardserve download (no DONE marker, "
-            "or files of it were removed): remove it or choose another directory"
+            f"{dest} already exists and is not a complete download of this model (no DONE "
+            "marker, files of it removed, or another location): remove it or choose another "
+            "directory"
         )
     logger.warning("removing incomplete download %s", dest)
     remove(dest)

@@ -70,6 +70,7 @@ def install_requirements(
         deadline=Deadline(timeout_s),
         what=f"installing {requirements}",
         owned=True,
+        identity={"requirements": str(requirements.resolve())},
     )
 
 
@@ -103,4 +104,4 @@ def _pip_install(requirements: Path, work: Path, *, timeout_s: float | None) -> 
         raise ModelLoadError(
             f"pip could not install {requirements} (exit {done.returncode}):\n{output}"
         )
-    return target, {"requirements": str(requirements), "files": file_sizes(target)}
+    return target, {"files": file_sizes(target)}

@@ -94,7 +94,7 @@ def max_attempts() -> int:
 
 def list_objects(client, loc: S3Location) -> list[RemoteObject]:
     """All objects of a model: the keys under `key/`, or the single object `key` itself."""
-    prefix = loc.key if loc.key == "" or loc.key.endswith("/") else loc.key + "/"
+    prefix = loc.key + "/" if loc.key else ""
     found: list[RemoteObject] = []
     try:
         for page in client.get_paginator("list_objects_v2").paginate(
@@ -108,7 +108,7 @@ def list_objects(client, loc: S3Location) -> list[RemoteObject]:
                 )
     except Exception as e:
         raise storage_error(e, f"listing {loc}") from None
-    if not found and loc.key and not loc.key.endswith("/"):
+    if not found and loc.key:
         info = head(client, loc.bucket, loc.key, missing_ok=True)
         if info is not None:
             return [_remote(info.key, info.size, info.etag, loc.key.rsplit("/", 1)[-1])]

@@ -29,7 +29,7 @@ from shardserve.storage.journal import Journal
 from shardserve.storage.ordered_digest import OrderedDigest, feed_file
 from shardserve.storage.progress import Progress
 
-CHUNK = 1 << 20  # body read size: big enough to amortise Python overhead, small for memory
+CHUNK = 1 << 20  # read buffer per thread: big enough to amortise Python overhead per call
 DEFAULT_PART_SIZE = 64 << 20
 
 
@@ -101,6 +101,7 @@ class _Transfer:
         self.client, self.bucket, self.tree, self.journal = client, bucket, tree, journal
         self.options, self.deadline, self.label = options, deadline, label
         self.cancel = threading.Event()
+        self._local = threading.local()
         self.progress: Progress | None = None
 
     def run(self, remotes: list[s3.RemoteObject], sha256: Mapping[str, str]) -> dict[str, dict]:
@@ -208,16 +209,25 @@ class _Transfer:
             raise (BadDownload(str(error)) if s3.http_status(e) == 412 else error) from None
         if not str(resp.get("ContentRange", "")).startswith(f"bytes {pos}-{end - 1}/"):
             raise StorageError(f"{what}: the server ignored the byte range {pos}-{end - 1}")
-        for chunk in resp["Body"].iter_chunks(CHUNK):
+        body, view = resp["Body"], self._buffer()
+        while n := body.readinto(view):  # straight from the socket into our buffer: no copies
+            if pos + n > end:
+                raise StorageError(
+                    f"{what}: the server sent more than the byte range {pos}-{end - 1}"
+                )
             self._check_running()
-            view = memoryview(chunk)[: end - pos]
-            while view:  # pwrite may write less than asked
-                n = os.pwrite(fd, view, pos)
-                view, pos = view[n:], pos + n
-                self.progress.add(n)
+            _pwrite_all(fd, view[:n], pos)
+            pos += n
+            self.progress.add(n)
         if pos < end:
             raise _ShortBody(f"connection closed at byte {pos} of range ending {end}")
         return pos
+
+    def _buffer(self) -> memoryview:
+        """This thread's read buffer (one per thread, reused for every range)."""
+        if not hasattr(self._local, "buffer"):
+            self._local.buffer = memoryview(bytearray(CHUNK))
+        return self._local.buffer
 
     def _check_running(self) -> None:
         if self.cancel.is_set():
@@ -255,11 +265,17 @@ class _Transfer:
         return digester.value()
 
 
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:  # pwrite may write less than asked
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
 def _stream_errors() -> tuple[type[BaseException], ...]:
-    from botocore.exceptions import ReadTimeoutError, ResponseStreamingError
+    from botocore.exceptions import IncompleteReadError, ReadTimeoutError, ResponseStreamingError
     from urllib3.exceptions import ProtocolError
 
-    return (ReadTimeoutError, ResponseStreamingError, ProtocolError)
+    return (IncompleteReadError, ReadTimeoutError, ResponseStreamingError, ProtocolError)
 
 
 def _record(obj: _Object) -> dict:

@@ -36,7 +36,7 @@ class LocalLocation:
 @dataclass(frozen=True)
 class S3Location:
     bucket: str
-    key: str  # "" = the whole bucket; no leading slash
+    key: str  # "" = the whole bucket; no leading or trailing slash
 
     @property
     def is_archive(self) -> bool:
@@ -87,7 +87,8 @@ def _parse_s3(text: str) -> S3Location:
     bucket, _, key = rest.partition("/")
     if not _BUCKET.match(bucket):
         raise StorageError(f"invalid S3 bucket name {bucket!r} in {text!r}")
-    return S3Location(bucket, key.lstrip("/"))
+    # "s3://b/model/" and "s3://b/model" name the same objects (one cache entry, one identity).
+    return S3Location(bucket, key.strip("/"))
 
 
 def _local(path: Path, text: str) -> LocalLocation:

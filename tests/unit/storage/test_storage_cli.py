@@ -6,6 +6,7 @@ import io
 import subprocess
 import sys
 import tarfile
+import zipfile
 
 from shardserve import cli
 
@@ -38,6 +39,15 @@ def test_unpack_a_local_archive(tmp_path, capsys):
         tf.addfile(info, io.BytesIO(b"engine=Python\n"))
     code, out, _ = run(capsys, str(archive), "--to", str(tmp_path / "m"))
     assert code == 0 and (tmp_path / "m" / "serving.properties").read_text() == "engine=Python\n"
+
+
+def test_unwritable_cache_is_a_user_error(tmp_path, capsys):
+    archive = tmp_path / "model.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("config.json", "{}")
+    (tmp_path / "a-file").write_text("")
+    code, _, err = run(capsys, str(archive), "--cache-dir", str(tmp_path / "a-file" / "cache"))
+    assert code == 2 and "cannot write" in err and "Traceback" not in err
 
 
 def test_user_errors_are_one_line(s3env, tmp_path, capsys):

@@ -9,7 +9,7 @@ from shardserve.storage.uri import LocalLocation, S3Location, parse_location
 
 
 def test_s3_locations():
-    assert parse_location("s3://my-bucket/models/opt/") == S3Location("my-bucket", "models/opt/")
+    assert parse_location("s3://my-bucket/models/opt/") == S3Location("my-bucket", "models/opt")
     assert parse_location("s3://my-bucket") == S3Location("my-bucket", "")
     loc = parse_location(" s3://my-bucket/sm/model.tar.gz ")
     assert loc == S3Location("my-bucket", "sm/model.tar.gz") and loc.is_archive

@@ -62,40 +62,49 @@ def test_download_killed_midway_is_resumed_with_correct_bytes(put_model, s3env, 
     assert not list(tmp_path.glob("*.partial"))
 
 
-def _builder(calls, content=b"data"):
+def _ensure(dest: Path, calls: list, *, owned=True, location="s3://b/m", content=b"data"):
     def build(work: Path):
         calls.append(work)
         (work / "tree").mkdir(exist_ok=True)
         (work / "tree" / "f").write_bytes(content)
         return work / "tree", {"files": {"f": {"size": len(content)}}}
 
-    return build
+    identity = {"location": location}
+    return once.ensure(
+        dest, build, deadline=Deadline(None), what=location, owned=owned, identity=identity
+    )
 
 
 def test_kill_between_the_rename_and_the_done_marker_is_finished_next_time(tmp_path, monkeypatch):
     dest, calls = tmp_path / "entry", []
     monkeypatch.setattr(once, "_publish", lambda dest: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
-        once.ensure(dest, _builder(calls), deadline=Deadline(None), what="x", owned=True)
+        _ensure(dest, calls)
     assert dest.is_dir() and once.done_manifest(dest) is None
     monkeypatch.undo()
-    assert once.ensure(dest, _builder(calls), deadline=Deadline(None), what="x", owned=True) == dest
+    assert _ensure(dest, calls) == dest
     assert len(calls) == 1 and once.done_manifest(dest)["files"] == {"f": {"size": 4}}
 
 
-def test_a_damaged_cache_entry_is_rebuilt_but_a_user_directory_is_not_touched(tmp_path):
+def test_a_damaged_cache_entry_is_rebuilt(tmp_path):
     calls = []
-    dest = once.ensure(
-        tmp_path / "entry", _builder(calls), deadline=Deadline(None), what="x", owned=True
-    )
+    dest = _ensure(tmp_path / "entry", calls)
     (dest / "f").write_bytes(b"truncated!")  # its size no longer matches the DONE manifest
-    once.ensure(dest, _builder(calls), deadline=Deadline(None), what="x", owned=True)
+    _ensure(dest, calls)
     assert len(calls) == 2 and (dest / "f").read_bytes() == b"data"
+    _ensure(dest, calls, location="s3://b/other", content=b"other")  # another model: rebuilt
+    assert len(calls) == 3 and (dest / "f").read_bytes() == b"other"
+
+
+def test_a_user_directory_is_never_deleted(tmp_path):
+    calls = []
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    with pytest.raises(
-        StorageError, match="already exists and is not a complete shardserve download"
-    ):
-        once.ensure(mine, _builder(calls), deadline=Deadline(None), what="x", owned=False)
+    with pytest.raises(StorageError, match="already exists and is not a complete download of this"):
+        _ensure(mine, calls, owned=False)
     assert (mine / "notes.txt").read_text() == "keep me"
+    done = _ensure(tmp_path / "out", calls, owned=False)
+    with pytest.raises(StorageError, match="already exists and is not a complete download of this"):
+        _ensure(done, calls, owned=False, location="s3://b/other")
+    assert (done / "f").read_bytes() == b"data"

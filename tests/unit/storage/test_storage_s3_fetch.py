@@ -168,21 +168,22 @@ def test_object_changed_during_download_is_refused(put_model, s3env, tmp_path, m
 def test_connection_cut_mid_body_is_resumed_from_the_last_byte(
     put_model, tmp_path, monkeypatch, gets
 ):
-    from botocore.response import StreamingBody
     from urllib3.exceptions import ProtocolError
+    from urllib3.response import HTTPResponse
 
     bucket = put_model(MODEL)
-    real_iter = StreamingBody.iter_chunks
+    real_readinto = HTTPResponse.readinto
+    reads: dict[int, int] = {}  # response -> readinto calls so far
     cut = []
 
-    def iter_then_cut(self, chunk_size=1024):
-        for i, chunk in enumerate(real_iter(self, min(chunk_size, 64 * 1024))):
-            if not cut and i == 3:
-                cut.append(True)
-                raise ProtocolError("Connection broken: ConnectionResetError(104, 'reset by peer')")
-            yield chunk
+    def readinto_then_cut(self, buffer):
+        reads[id(self)] = reads.get(id(self), 0) + 1
+        if reads[id(self)] == 2 and not cut:  # the first 64 KiB of this range have landed
+            cut.append(True)
+            raise ProtocolError("Connection broken: ConnectionResetError(104, 'reset by peer')")
+        return real_readinto(self, buffer[: 64 * 1024])
 
-    monkeypatch.setattr(StreamingBody, "iter_chunks", iter_then_cut)
+    monkeypatch.setattr(HTTPResponse, "readinto", readinto_then_cut)
     path = fetch(f"s3://{bucket}/model", tmp_path)
     assert cut and (path / "model.safetensors").read_bytes() == MODEL["model.safetensors"]
     assert len(gets) == ranges(MODEL) + 1  # one extra GET, for the rest of the cut range
