@@ -116,7 +116,17 @@ def list_objects(client, loc: S3Location) -> list[RemoteObject]:
         raise StorageError(
             f"{loc} is empty: no objects under prefix {prefix!r} of bucket {loc.bucket!r}"
         )
+    _refuse_collisions(found)
     return found
+
+
+def _refuse_collisions(objects: list[RemoteObject]) -> None:
+    """Keys such as "m/a//b" and "m/a/b" would land on one file and corrupt each other."""
+    seen: dict[str, str] = {}
+    for o in objects:
+        if o.relpath in seen:
+            raise StorageError(f"S3 keys {seen[o.relpath]!r} and {o.key!r} map to the same file")
+        seen[o.relpath] = o.key
 
 
 def _remote(key: str, size: int, etag: str, relpath: str) -> RemoteObject:

@@ -230,6 +230,23 @@ def test_empty_prefix(put_model, tmp_path):
         fetch(f"s3://{bucket}/nothing", tmp_path)
 
 
+def test_keys_that_would_share_a_file_are_refused():
+    # SeaweedFS normalises "a//b" itself, so a stub listing stands in for a store that does not.
+    from shardserve.storage import s3
+    from shardserve.storage.uri import S3Location
+
+    class Listing:
+        def get_paginator(self, name):
+            return self
+
+        def paginate(self, **_):
+            keys = ["m/a/b.bin", "m/a//b.bin"]
+            return [{"Contents": [{"Key": k, "Size": 1, "ETag": '"e"'} for k in keys]}]
+
+    with pytest.raises(StorageError, match="'m/a/b.bin' and 'm/a//b.bin' map to the same file"):
+        s3.list_objects(Listing(), S3Location("bucket", "m"))
+
+
 def test_missing_single_object(put_model, tmp_path):
     bucket = put_model({"a.bin": b"x"})
     with pytest.raises(StorageError, match="is empty"):
