@@ -41,7 +41,7 @@ _S3_ORDER = ("crc32", "sha256", "sha1")  # cheapest first
 class Expected:
     """A digest the downloaded bytes must reproduce."""
 
-    source: str  # for messages: "sha256 in manifest.json", "S3 ChecksumCRC32", "ETag (MD5)"
+    source: str  # for messages: "sha256 in the partition manifest", "S3 ChecksumCRC32", ...
     algo: str
     value: str  # as the store writes it: hex or base64, "-N" suffix when composite
     encoding: str  # "hex" | "base64"

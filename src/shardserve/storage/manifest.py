@@ -1,9 +1,10 @@
-"""Reading the per-file sha256 and size our partition manifest records (`shardserve partition`).
+"""Reading the per-file sha256 and size our partition manifest records (`shardserve partition`,
+weights/presharded.py), so a download is checked against the digests written at partitioning.
 
-Accepted shapes (a JSON object at the model root named MANIFEST_NAME):
-    {"files": {"rank0.safetensors": {"size": 123, "sha256": "<64 hex>"}, ...}}
-    {"files": [{"name" | "path" | "file": "rank0.safetensors", "size": 123, "sha256": "..."}]}
-A manifest.json of another tool, without such entries, simply yields nothing to check.
+The manifest is MANIFEST_NAME at the model root; the shapes read:
+    {"files": [{"name": "rank-00000-of-00002.safetensors", "bytes": 123, "sha256": "<hex>"}]}
+    {"files": {"rank-00000-of-00002.safetensors": {"size": 123, "sha256": "<hex>"}}}
+Entries without a sha256 are simply not checked this way.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 
 from shardserve.errors import StorageError
 
-MANIFEST_NAME = "manifest.json"
+# Same name as weights.presharded.MANIFEST (not imported: that module pulls in torch).
+MANIFEST_NAME = "shardserve-manifest.json"
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
@@ -36,7 +38,12 @@ def file_digests(path: Path) -> dict[str, tuple[int | None, str]]:
     else:
         return {}
     return {
-        str(name): (int(e["size"]) if isinstance(e.get("size"), int) else None, e["sha256"].lower())
+        str(name): (_size(e), e["sha256"].lower())
         for name, e in entries
         if name and isinstance(e.get("sha256"), str) and _SHA256.match(e["sha256"])
     }
+
+
+def _size(entry: dict) -> int | None:
+    size = entry.get("bytes", entry.get("size"))
+    return size if isinstance(size, int) else None
