@@ -41,16 +41,15 @@ def _positive_int(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from shardserve.storage import fetch  # boto3 and friends only when the command runs
 
-    common = dict(
+    path = fetch.fetch_model(
+        args.location,
+        dest=args.dest,
+        cache_dir=args.cache_dir,
         timeout_s=args.timeout,
         concurrency=args.concurrency,
         endpoint_url=args.endpoint_url,
         progress=not args.no_progress,
         part_size=args.part_size_mb << 20,
     )
-    if args.dest:
-        path = fetch.download_to(args.location, args.dest, **common)
-    else:
-        path = fetch.fetch_model(args.location, cache_dir=args.cache_dir, **common)
     print(path)
     return 0

@@ -36,6 +36,7 @@ def fetch_model(
     endpoint_url: str | None = None,
     progress: bool = True,
     part_size: int = DEFAULT_PART_SIZE,
+    dest: str | os.PathLike | None = None,
 ) -> Path:
     """A local directory holding the model at `location`, ready to load.
 
@@ -48,7 +49,9 @@ def fetch_model(
         and env `ModelDataDownloadTimeoutInSeconds` applies; None with neither = no limit.
     concurrency: parallel range GETs; part_size: bytes per ranged GET.
     endpoint_url: S3-compatible endpoint; default `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`.
-    progress: show a progress bar when stderr is a terminal (a summary line is always logged).
+    progress: a progress bar when stderr is a terminal, and a summary log line (GB, s, GB/s).
+    dest: put the model in this directory (new, empty, or a finished download of the same
+        location) instead of the cache; `dest.lock` and `dest.partial/` appear beside it.
 
     However many processes call this at once, one downloads (under a file lock) and the others
     wait and get the same directory. Every object is checked against its size and a checksum
@@ -59,28 +62,24 @@ def fetch_model(
     """
     loc = parse_location(str(location))
     if isinstance(loc, LocalLocation) and not loc.is_archive:
+        if dest is not None:
+            raise StorageError(f"{loc.path} is already a local model directory: use it as it is")
         return loc.path
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    dest = root / _entry_name(loc, s3.endpoint(endpoint_url))
-    return _materialize(loc, dest, True, timeout_s, concurrency, endpoint_url, progress, part_size)
-
-
-def download_to(
-    location: str,
-    dest: str | os.PathLike,
-    *,
-    timeout_s: float | None = None,
-    concurrency: int = 8,
-    endpoint_url: str | None = None,
-    progress: bool = True,
-    part_size: int = DEFAULT_PART_SIZE,
-) -> Path:
-    """Like fetch_model, into the directory `dest` (new or empty) instead of the cache."""
-    loc = parse_location(str(location))
-    if isinstance(loc, LocalLocation) and not loc.is_archive:
-        raise StorageError(f"{loc.path} is already a local model directory: use it as it is")
-    dest = Path(dest).expanduser().absolute()
-    return _materialize(loc, dest, False, timeout_s, concurrency, endpoint_url, progress, part_size)
+    if dest is not None:
+        target, owned = Path(dest).expanduser().absolute(), False
+    else:
+        root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        target, owned = root / _entry_name(loc, s3.endpoint(endpoint_url)), True
+    deadline = Deadline(effective_timeout(timeout_s))
+    options = TransferOptions(concurrency=concurrency, part_size=part_size, progress=progress)
+    if isinstance(loc, LocalLocation):
+        build = partial(_from_archive_file, loc)
+    else:
+        build = partial(
+            _from_s3, loc, options=options, deadline=deadline, endpoint_url=endpoint_url
+        )
+    identity = {"location": str(loc)}
+    return ensure(target, build, deadline=deadline, what=str(loc), owned=owned, identity=identity)
 
 
 def effective_timeout(timeout_s: float | None) -> float | None:
@@ -106,22 +105,6 @@ def _entry_name(loc: Location, endpoint: str | None) -> str:
     tail = re.sub(r"[^A-Za-z0-9._-]+", "_", str(loc).split("://")[-1]).strip("_")[-60:]
     digest = hashlib.sha256(f"{endpoint or ''}|{loc}".encode()).hexdigest()
     return f"{tail}-{digest[:12]}"
-
-
-def _materialize(
-    loc, dest, owned, timeout_s, concurrency, endpoint_url, progress, part_size
-) -> Path:
-    deadline = Deadline(effective_timeout(timeout_s))
-    options = TransferOptions(concurrency=concurrency, part_size=part_size, progress=progress)
-    if isinstance(loc, LocalLocation):
-        build = partial(_from_archive_file, loc)
-    else:
-        build = partial(
-            _from_s3, loc, options=options, deadline=deadline, endpoint_url=endpoint_url
-        )
-    return ensure(
-        dest, build, deadline=deadline, what=str(loc), owned=owned, identity={"location": str(loc)}
-    )
 
 
 def _from_archive_file(loc: LocalLocation, work: Path) -> tuple[Path, dict]:
