@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import re
 import shutil
@@ -67,6 +69,30 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing a just-written range to disk now, without waiting (Linux sync_file_range).
+
+    Downloads fsync every file before the DONE marker; left to the kernel, a model smaller
+    than RAM would sit dirty in the page cache until that fsync, which then costs a full disk
+    write after the network is done. Started per range, the writes overlap the download.
+    A no-op where the call is unavailable.
+    """
+    sync_file_range = _sync_file_range()
+    if sync_file_range is not None:
+        sync_file_range(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE: queue, do not wait
+
+
+@functools.cache
+def _sync_file_range():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.sync_file_range
+    except (OSError, AttributeError):  # not Linux/glibc
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    return call
 
 
 def remove(path: Path) -> None:

@@ -23,7 +23,7 @@ from shardserve.errors import StorageError
 from shardserve.storage import s3
 from shardserve.storage.deadline import Deadline
 from shardserve.storage.digest import Digester, choose
-from shardserve.storage.disk import check_free_space, fsync_path
+from shardserve.storage.disk import check_free_space, fsync_path, start_writeback
 from shardserve.storage.exceptions import BadDownload
 from shardserve.storage.journal import Journal
 from shardserve.storage.ordered_digest import OrderedDigest, feed_file
@@ -186,6 +186,7 @@ class _Transfer:
                             f"reading s3://{self.bucket}/{obj.info.key} failed {failures} times, last: {e}"
                         ) from None
                     time.sleep(min(20.0, 0.25 * 2**failures) * random.uniform(0.5, 1.0))
+            start_writeback(fd, start, end - start)
         except OSError as e:
             raise StorageError(f"cannot write {obj.path}: {e.strerror or e}") from None
         finally:
