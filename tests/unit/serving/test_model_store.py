@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from shardserve.serving import model_loader
 from shardserve.serving.http_errors import APIError
 from shardserve.serving.model_store import ModelStore, model_name
 
@@ -31,7 +32,7 @@ def test_phases_from_download_to_ready(tmp_path, monkeypatch):
         release.wait(10)
         return local
 
-    monkeypatch.setattr(ModelStore, "_fetch", staticmethod(slow_fetch))
+    monkeypatch.setattr(model_loader, "fetch_location", slow_fetch)
     phases = []
     store = ModelStore(on_phase=lambda m, p, s: phases.append(p), environ={})
     model = store.add("m", "s3://bucket/model.tar.gz")

@@ -1,0 +1,162 @@
+"""Loading one model, on a background thread, phase by phase:
+
+    downloading: the artifact (storage.fetch for s3:// and archives; local dirs as they are),
+                 serving.properties + env, requirements.txt, the weights (`option.model_id`)
+    loading:     a custom handler (model.py) and its initialisation call, or the engine copies
+    warm-up:     one tiny request through every copy
+
+Each phase's seconds are recorded (and reported to `on_phase`, the metrics); the whole load is
+bounded by `option.model_loading_timeout`. A failure leaves the model `failed` with the phase and
+the reason, which /ping and the management API show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shardserve.engine.sampling_params import SamplingParams
+from shardserve.errors import ModelLoadError, ShardserveError
+from shardserve.serving import engines
+from shardserve.serving.admission import Admission
+from shardserve.serving.custom_engine import CustomHandler, find_entry_point
+from shardserve.serving.properties import (
+    ServingConfig,
+    build_config,
+    env_overrides,
+    read_properties,
+)
+
+if TYPE_CHECKING:
+    from shardserve.serving.model_store import ServedModel
+
+logger = logging.getLogger(__name__)
+
+READY, FAILED = "ready", "failed"
+
+
+class ModelLoader:
+    def __init__(self, on_phase: Callable[[str, str, float], None] | None = None,
+                 environ: Mapping[str, str] | None = None):
+        self._on_phase = on_phase
+        self._environ = environ
+
+    def load(self, model: ServedModel) -> None:
+        started = time.monotonic()
+        try:
+            self._load_steps(model, started)
+        except (ShardserveError, ValueError, OSError, TimeoutError) as e:
+            self._fail(model, str(e))
+        except Exception as e:  # a bug or a library failure: keep the server alive, say what
+            logger.exception("loading %s failed", model.name)
+            self._fail(model, f"{type(e).__name__}: {e}")
+        if model.removed or model.phase == FAILED:
+            model.shutdown()
+
+    def _load_steps(self, model: ServedModel, started: float) -> None:
+        env = env_overrides(self._environ)
+        timeout = float(env.get("option.model_loading_timeout") or 1800.0)
+        with self._phase(model, "downloading", started, timeout):
+            artifact = fetch_location(model.location, timeout)
+            config = model.config = build_config(model.name, artifact, read_properties(artifact), env)
+            timeout = config.model_loading_timeout_s
+            _install_requirements(artifact, config.install_requirements)
+            weights = self._weights_dir(config, artifact)
+        entry = find_entry_point(artifact, config.entry_point)
+        with self._phase(model, "loading", started, timeout):
+            if entry is not None:
+                model.handler = CustomHandler(model.name, entry, _handler_properties(config, artifact, weights))
+                model.handler.load()
+                model.admission = Admission(1, config.job_queue_size)
+            else:
+                if config.unknown_keys:
+                    raise ValueError(f"{config.unknown_keys[0]}: unknown key in serving.properties or the environment")
+                model.engine, concurrency = _load_engine(config, weights)
+                model.admission = Admission(concurrency, config.job_queue_size)
+                eos = model.engine.tokenizer.eos_token_id
+                model.eos_ids = frozenset(() if eos is None else (eos,))
+        if model.engine is not None:
+            with self._phase(model, "warm-up", started, timeout):
+                asyncio.run(_warm_up(model.engine))
+        model.phase = READY
+        logger.info("model %s ready in %.1f s (%s)", model.name, time.monotonic() - started,
+                    ", ".join(f"{k} {v:.1f} s" for k, v in model.phase_seconds.items()))
+
+    @contextmanager
+    def _phase(self, model: ServedModel, name: str, started: float, timeout: float):
+        """Enter a load phase; record its seconds; enforce option.model_loading_timeout."""
+        if model.removed:
+            raise ModelLoadError("unregistered while loading")
+        model.phase = name
+        t0 = time.monotonic()
+        yield
+        model.phase_seconds[name] = time.monotonic() - t0
+        if self._on_phase is not None:
+            self._on_phase(model.name, name, model.phase_seconds[name])
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"loading took longer than option.model_loading_timeout ({timeout:g} s)")
+
+    def _fail(self, model: ServedModel, reason: str) -> None:
+        model.error = f"{model.phase}: {reason}"
+        model.phase = FAILED
+        logger.error("model %s failed to load: %s", model.name, model.error)
+
+    @staticmethod
+    def _weights_dir(config: ServingConfig, artifact: Path) -> Path:
+        if not config.model_id:
+            return artifact
+        relative = artifact / config.model_id
+        if relative.is_dir():
+            return relative.resolve()
+        return fetch_location(config.model_id, config.model_loading_timeout_s)
+
+
+def fetch_location(location: str, timeout: float) -> Path:
+    """A local directory for a location: itself when it is one, else storage's download."""
+    local = Path(location[len("file://"):] if location.startswith("file://") else location)
+    if local.is_dir():
+        return local.resolve()
+    from shardserve.storage.fetch import fetch_model
+
+    return Path(fetch_model(location, timeout_s=timeout))
+
+
+def _load_engine(config: ServingConfig, weights: Path):
+    """The engine copies and how many requests they run at once."""
+    if engines.generation_engine(config, weights) == engines.ACCELERATE:
+        from shardserve.serving.accelerate_engine import AccelerateEngine
+
+        return engines.ReplicaSet([AccelerateEngine(config, weights)]), config.batch_size
+    copies = engines.load_tp_copies(config, weights)
+    return engines.ReplicaSet(copies), config.max_rolling_batch_size * len(copies)
+
+
+def _handler_properties(config: ServingConfig, artifact: Path, weights: Path) -> dict[str, str]:
+    """What DJLServing gives a handler's initialisation call: its options and where it lives."""
+    props = {k: str(v) for k, v in config.options.items()}
+    props.update(model_dir=str(artifact), tensor_parallel_degree=str(config.tensor_parallel_degree))
+    if config.model_id:
+        props["model_id"] = str(weights)
+    return props
+
+
+def _install_requirements(artifact: Path, enabled: bool) -> None:
+    if not (artifact / "requirements.txt").is_file() and not (artifact / "code" / "requirements.txt").is_file():
+        return
+    from shardserve.storage.requirements import install_requirements
+
+    install_requirements(artifact, enabled=enabled)
+
+
+async def _warm_up(replicas) -> None:
+    """One tiny request through every copy: the first forward pass pays for lazy initialisation
+    (allocator, kernels), not the first user."""
+    params = SamplingParams(max_new_tokens=2, temperature=0.0)
+    for i, engine in enumerate(replicas.engines):
+        async for _ in engine.generate("Hello", params, f"warm-up-{i}"):
+            pass
