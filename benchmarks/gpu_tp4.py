@@ -36,8 +36,10 @@ def sweep():
 
 
 if __name__ == "__main__":
-    stage("fast_all_reduce_test", lambda: run_pytest(["tests/gpu/test_fast_all_reduce.py"], 90), 60, DEADLINE)
-    stage("allreduce_sweep", sweep, 60, DEADLINE)
+    tests = ["tests/gpu/test_fast_all_reduce.py", "tests/gpu/test_fused_kernels.py"]
+    stage("gpu_tests", lambda: run_pytest(tests, 90), 60, DEADLINE)
+    if "--sweep" in sys.argv:
+        stage("allreduce_sweep", sweep, 60, DEADLINE)
     stage("opt30b_tp4", opt30b, 200, DEADLINE)
     save()
     print("\n==== summary")

@@ -31,6 +31,18 @@ def check_rms_norm(device, dtype, tol: float) -> float:
     return _rel(rms_norm(x, norm.weight, norm.eps), ref, tol)
 
 
+def check_layer_norm(device, dtype, tol: float) -> float:
+    from shardserve.kernels.layer_norm import layer_norm
+    from shardserve.layers.norm import LayerNorm
+
+    norm = LayerNorm(1000, 1e-5)
+    for name in ("weight", "bias"):
+        setattr(norm, name, torch.nn.Parameter(torch.randn(1000, dtype=dtype, device=device), requires_grad=False))
+    x = (torch.randn(7, 2000, device=device) * 3 + 1).to(dtype)[:, 500:1500]  # strided rows, mean != 0
+    ref = _reference(lambda: norm(x))
+    return _rel(layer_norm(x, norm.weight, norm.bias, norm.eps), ref, tol)
+
+
 def check_rotary(device, dtype, tol: float) -> float:
     from shardserve.kernels.rotary import rotary_inplace
     from shardserve.layers.rotary import RotaryEmbedding
@@ -57,7 +69,7 @@ def check_silu_and_mul(device, dtype, tol: float) -> float:
     return _rel(silu_and_mul(x), ref, tol)
 
 
-FUSED_CHECKS = {"rms_norm": check_rms_norm, "rotary": check_rotary, "silu_and_mul": check_silu_and_mul}
+FUSED_CHECKS = {"rms_norm": check_rms_norm, "layer_norm": check_layer_norm, "rotary": check_rotary, "silu_and_mul": check_silu_and_mul}
 
 
 def _rel(out: torch.Tensor, ref: torch.Tensor, tol: float) -> float:

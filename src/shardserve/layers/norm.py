@@ -44,4 +44,8 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, dim] -> [T, dim]."""
+        if use_fused_kernels(x) and x.dim() == 2:
+            from shardserve.kernels.layer_norm import layer_norm
+
+            return layer_norm(x, self.weight, self.bias, self.eps)
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
