@@ -30,6 +30,15 @@ def opt30b():
             "machine": context["machine"]}
 
 
+def llama_check():
+    """Llama-3-8B bf16 logits vs transformers bf16 and float32 (the half-precision noise floor)."""
+    from shardserve.bench.latency import BenchConfig, run_bench
+
+    cfg = BenchConfig(model="llama-3-8b", random_weights=True, tp=1, batch=1, prompt_len=32, new_tokens=8,
+                      reps=1, engines=("tp",), dtype="bf16", check_tokens=16, out_dir=OUT / "llama")
+    return run_bench(cfg)[1]["correctness"]
+
+
 def sweep():
     from allreduce_sweep import sweep as run
 
@@ -41,6 +50,8 @@ if __name__ == "__main__":
     stage("gpu_tests", lambda: run_pytest(tests, 90), 60, DEADLINE)
     if "--sweep" in sys.argv:
         stage("allreduce_sweep", sweep, 60, DEADLINE)
+    if "--llama-check" in sys.argv:
+        stage("llama_check", llama_check, 60, DEADLINE)
     stage(f"opt30b_tp{min(4, torch.cuda.device_count())}", opt30b, 200, DEADLINE)
     save()
     print("\n==== summary")
