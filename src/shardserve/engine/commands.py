@@ -20,6 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop string; repeatable")
     p.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    p.add_argument("--quantize", choices=["int8", "fp8"], default=None, help="8-bit weight-only linear layers")
     p.add_argument("--no-stream", action="store_true", help="print each result when complete")
     p.set_defaults(func=run)
 
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         stop=args.stop,
     )
-    with LLM(args.model, dtype=args.dtype, tensor_parallel_size=args.tp) as llm:
+    with LLM(args.model, dtype=args.dtype, tensor_parallel_size=args.tp, quantization=args.quantize) as llm:
         if len(args.prompt) == 1 and not args.no_stream:
             sys.stdout.write(args.prompt[0])
             for out in llm.stream(args.prompt[0], params):

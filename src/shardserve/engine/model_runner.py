@@ -20,6 +20,7 @@ from shardserve.layers.forward_context import AttentionMetadata, forward_context
 from shardserve.models import load_model
 from shardserve.models.config import ModelConfig
 from shardserve.parallel import get_tp_size
+from shardserve.weights.fast_read import LoadStats
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +55,10 @@ class ModelRunner:
         self.cuda_graphs: DecodeGraphs | None = None
         self.max_model_len = self.model_config.max_position_embeddings
         torch.manual_seed(config.seed)
+        self.load_stats = LoadStats()
         self.model = load_model(
-            self.model_config, config.model, self.dtype, device, config.load_format, seed=config.seed
+            self.model_config, config.model, self.dtype, device, config.load_format, seed=config.seed,
+            quantization=config.quantization, stats=self.load_stats,
         )
         self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.block_size = config.block_size
@@ -104,6 +107,10 @@ class ModelRunner:
             max_blocks = -(-self.max_model_len // self.block_size)
             self.cuda_graphs = DecodeGraphs(self.model, self.device, self.config.max_num_seqs, max_blocks)
             self.cuda_graphs.capture()
+
+    def load_phases(self) -> dict:
+        """This rank's load: seconds per phase and bytes read (weights/fast_read.LoadStats)."""
+        return self.load_stats.as_dict()
 
     def warmup_seconds(self) -> float:
         """Time spent capturing CUDA graphs (reported apart from loading)."""

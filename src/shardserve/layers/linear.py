@@ -7,17 +7,19 @@ Weights are [out_features, in_features] as in nn.Linear / HF checkpoints.
 - MergedColumnParallelLinear: several column-parallel outputs packed in one matmul (gate/up).
 - QKVParallelLinear: q, k, v packed; ranks own whole heads, kv heads replicated when tp > kv.
 Each parameter's `weight_loader` narrows the checkpoint tensor to this rank's part.
+How the weight is stored and multiplied (full precision, int8, fp8) is the layer's
+`quant_method`, taken at construction from layers.quant's scoped setting.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from shardserve.layers.quant import current_linear_method
 from shardserve.parallel import get_tp_rank, get_tp_size
 from shardserve.parallel.comm import all_gather, all_reduce
-from shardserve.weights import Loaded, narrow, new_param, replicated_param
+from shardserve.weights import Loaded, narrow, new_param, read_all, replicated_param
 
 
 def divide(numerator: int, denominator: int, what: str) -> int:
@@ -26,16 +28,31 @@ def divide(numerator: int, denominator: int, what: str) -> int:
     return numerator // denominator
 
 
+def store_rows(param: nn.Parameter, offset: int, src: torch.Tensor) -> None:
+    """param[offset : offset + len(src)] = src. An 8-bit weight brings its own `store_rows`,
+    which quantises the slice on the way in (layers/quant.py)."""
+    store = getattr(param, "store_rows", None)
+    if store is not None:
+        store(param, offset, src)
+    else:
+        param.data.narrow(0, offset, src.shape[0]).copy_(src)
+
+
 class ReplicatedLinear(nn.Module):
     """Every rank holds the full weight (small projections such as OPT's project_in/out)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool):
         super().__init__()
-        self.weight = replicated_param((out_features, in_features))
+        self.quant_method = current_linear_method()
+        shape = (out_features, in_features)
+        self.quant_method.create_weights(self, shape, self.weight_loader, {None: shape})
         self.bias = replicated_param((out_features,)) if bias else None
 
+    def weight_loader(self, param: nn.Parameter, loaded: Loaded, shard_id=None) -> None:
+        store_rows(param, 0, read_all(loaded))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return self.quant_method.apply(self, x, self.bias)
 
 
 class ColumnParallelLinear(nn.Module):
@@ -61,9 +78,9 @@ class ColumnParallelLinear(nn.Module):
         # the checkpoint tensor)}; full_rows: {shard_id: rows of the checkpoint tensor}.
         self.shard_layout = layout
         local_rows = sum(rows for _, rows, _ in layout.values())
-        self.weight = new_param(
-            (local_rows, in_features), self.weight_loader,
-            {k: (n, in_features) for k, n in full_rows.items()},
+        self.quant_method = current_linear_method()
+        self.quant_method.create_weights(
+            self, (local_rows, in_features), self.weight_loader, {k: (n, in_features) for k, n in full_rows.items()}
         )
         self.bias = (
             new_param((local_rows,), self.weight_loader, {k: (n,) for k, n in full_rows.items()})
@@ -73,10 +90,10 @@ class ColumnParallelLinear(nn.Module):
     def weight_loader(self, param: nn.Parameter, loaded: Loaded, shard_id=None) -> None:
         # Weight [out, in] and bias [out] are both split along dim 0.
         offset, rows, start = self.shard_layout[shard_id]
-        param.data.narrow(0, offset, rows).copy_(narrow(loaded, 0, start, rows))
+        store_rows(param, offset, narrow(loaded, 0, start, rows))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)  # [T, out / tp]
+        y = self.quant_method.apply(self, x, self.bias)  # [T, out / tp]
         return all_gather(y, dim=-1) if self.gather_output else y
 
 
@@ -137,17 +154,18 @@ class RowParallelLinear(nn.Module):
         super().__init__()
         self.tp_rank, self.tp_size = get_tp_rank(), get_tp_size()
         self.in_local = divide(in_features, self.tp_size, "input features")
-        self.weight = new_param(
-            (out_features, self.in_local), self.weight_loader, {None: (out_features, in_features)}
+        self.quant_method = current_linear_method()
+        self.quant_method.create_weights(
+            self, (out_features, self.in_local), self.weight_loader, {None: (out_features, in_features)}
         )
         # The bias is replicated and added after the reduce, so it is counted once.
         self.bias = replicated_param((out_features,)) if bias else None
 
     def weight_loader(self, param: nn.Parameter, loaded: Loaded, shard_id=None) -> None:
-        param.data.copy_(narrow(loaded, 1, self.tp_rank * self.in_local, self.in_local))
+        store_rows(param, 0, narrow(loaded, 1, self.tp_rank * self.in_local, self.in_local))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:
-            return F.linear(x, self.weight, self.bias)
-        y = all_reduce(F.linear(x, self.weight))  # [T, out], summed over ranks
+            return self.quant_method.apply(self, x, self.bias)
+        y = all_reduce(self.quant_method.apply(self, x, None))  # [T, out], summed over ranks
         return y + self.bias if self.bias is not None else y

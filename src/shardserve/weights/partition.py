@@ -1,7 +1,9 @@
 """Write a pre-sharded checkpoint: each rank's slices in their own file (see presharded.py).
 
 Peak host memory: one rank's slice of the model at a time (it is loaded on the CPU, written,
-and dropped before the next rank), plus one tensor slice while that rank is read.
+and dropped before the next rank), plus one tensor slice while that rank is read. With
+--quantize the linear weights are quantised as they are read (layers/quant.py), so a rank's
+slice is held in 8 bits, with its per-channel scales.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import torch
 from shardserve.config import canonical_dtype
 from shardserve.parallel.state import ParallelInfo, get_parallel_info, set_parallel_info
 from shardserve.weights.presharded import (
+    BLOCK_BYTES,
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
+    file_digests,
     is_presharded,
     rank_file_name,
-    sha256_of,
     tensor_entries,
 )
 
@@ -33,8 +36,11 @@ _NOT_COPIED = {"config.json", "model.safetensors.index.json", "pytorch_model.bin
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def partition(model_dir: str | Path, out_dir: str | Path, tp_size: int, dtype: str = "auto") -> Path:
-    """Partition the HF checkpoint in `model_dir` for `tp_size` ranks into `out_dir`.
+def partition(
+    model_dir: str | Path, out_dir: str | Path, tp_size: int, dtype: str = "auto", quantization: str | None = None
+) -> Path:
+    """Partition the HF checkpoint in `model_dir` for `tp_size` ranks into `out_dir`;
+    quantization "int8" | "fp8" stores the linear weights quantised (weight + weight_scale).
 
     The manifest is written last, so a directory without one is never taken as complete.
     """
@@ -50,6 +56,9 @@ def partition(model_dir: str | Path, out_dir: str | Path, tp_size: int, dtype: s
         raise ValueError(f"--tp must be >= 1, got {tp_size}")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ValueError(f"output directory {out_dir} is not empty")
+    from shardserve.layers.quant import get_linear_method
+
+    get_linear_method(quantization)  # ValueError naming the option, before any work
     config = ModelConfig.from_hf(model_dir)
     name = canonical_dtype(dtype)
     torch_dtype = _DTYPES[name if name != "auto" else (config.torch_dtype or "float32")]
@@ -62,11 +71,13 @@ def partition(model_dir: str | Path, out_dir: str | Path, tp_size: int, dtype: s
     try:
         for rank in range(tp_size):
             set_parallel_info(ParallelInfo(rank=rank, world_size=tp_size))
-            model = load_model(config, model_dir, torch_dtype, "cpu")
+            model = load_model(config, model_dir, torch_dtype, "cpu", quantization=quantization)
             state = {n: p.data.contiguous() for n, p in model.named_parameters()}
             path = out_dir / rank_file_name(rank, tp_size)
             save_file(state, str(path), metadata={"format": FORMAT, "rank": str(rank), "tp_size": str(tp_size)})
-            files.append({"rank": rank, "name": path.name, "bytes": path.stat().st_size, "sha256": sha256_of(path)})
+            digest, blocks = file_digests(path, BLOCK_BYTES)
+            files.append({"rank": rank, "name": path.name, "bytes": path.stat().st_size, "sha256": digest,
+                          "block_bytes": BLOCK_BYTES, "block_sha256": blocks})
             if rank == 0:
                 tensors = tensor_entries(state)
             del model, state
@@ -87,6 +98,7 @@ def partition(model_dir: str | Path, out_dir: str | Path, tp_size: int, dtype: s
         "config": hf_config,
         "tp_size": tp_size,
         "dtype": hf_config["torch_dtype"],
+        "quantization": quantization,
         "files": files,
         "tensors_rank0": tensors,
     }

@@ -1,29 +1,36 @@
 """Pre-sharded checkpoints: one safetensors file per tensor-parallel rank plus a manifest.
 
 Layout of a directory written by `shardserve partition`:
-  shardserve-manifest.json   format version, architecture, HF config, tp size, dtype, and for
-                             every rank file its byte size and sha256; per-tensor dtype/shape,
-                             with quantized weights described as (int8|fp8 weight, scale) pairs
+  shardserve-manifest.json   format version, architecture, HF config, tp size, dtype,
+                             quantization (null | int8 | fp8), and for every rank file its byte
+                             size, sha256 and the sha256 of each BLOCK_BYTES block (checked while
+                             the file is read); per-tensor dtype/shape, with quantized weights
+                             described as (int8|fp8 weight, scale) pairs
   rank-00000-of-00004.safetensors ...   each rank's parameters, named as in our models
   config.json, tokenizer files           copied, so the directory is a model dir on its own
 
-Loading reads the rank's own file straight into its parameters: no slicing, no name mapping.
+Loading reads the rank's own file straight into its parameters: no slicing, no name mapping
+(weights/fast_read.py: large overlapped reads on GPUs, safetensors on CPUs). An 8-bit
+checkpoint is loaded as it is, into a model built with the manifest's quantization.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from shardserve.errors import ModelLoadError
+from shardserve.weights.fast_read import LoadStats, read_rank_file, read_with_safetensors
 
 MANIFEST = "shardserve-manifest.json"
 FORMAT = "shardserve-presharded"
 FORMAT_VERSION = 1
+BLOCK_BYTES = 16 << 20  # hash granularity: blocks are verified in parallel as they are read
 
 
 def rank_file_name(rank: int, tp_size: int) -> str:
@@ -56,6 +63,28 @@ def sha256_of(path: Path, chunk: int = 16 << 20) -> str:
     return digest.hexdigest()
 
 
+def file_digests(path: Path, block_bytes: int = BLOCK_BYTES) -> tuple[str, list[str]]:
+    """(sha256 of the file, sha256 of each consecutive block_bytes block) in one pass."""
+    digest, blocks = hashlib.sha256(), []
+    with open(path, "rb") as f:
+        while block := f.read(block_bytes):
+            digest.update(block)
+            blocks.append(hashlib.sha256(block).hexdigest())
+    return digest.hexdigest(), blocks
+
+
+def presharded_quantization(model_dir: str | Path, requested: str | None) -> str | None:
+    """The quantization a pre-sharded checkpoint was written with; `requested` (None = take
+    the checkpoint's) must agree: 8-bit weights are not converted back or re-quantised."""
+    stored = read_manifest(model_dir).get("quantization")
+    if requested is not None and requested != stored:
+        raise ValueError(
+            f"quantization={requested!r}, but {model_dir} was partitioned with quantization={stored!r}: "
+            f"drop the option or re-partition the original checkpoint with --quantize {requested}"
+        )
+    return stored
+
+
 def verify_rank_file(model_dir: Path, entry: dict, check_hash: bool = True) -> Path:
     """Size always, sha256 unless disabled; raises ModelLoadError naming the file."""
     path = model_dir / entry["name"]
@@ -69,11 +98,17 @@ def verify_rank_file(model_dir: Path, entry: dict, check_hash: bool = True) -> P
     return path
 
 
-def load_presharded(model: nn.Module, model_dir: str | Path, rank: int, tp_size: int, verify: bool = True) -> None:
-    """Fill a materialised model (this rank's shapes) from its rank file."""
-    from safetensors import safe_open
+def load_presharded(
+    model: nn.Module, model_dir: str | Path, rank: int, tp_size: int, verify: bool = True,
+    stats: LoadStats | None = None,
+) -> None:
+    """Fill a materialised model (this rank's shapes) from its rank file.
 
+    GPU: chunked overlapped reads, verified block by block when the manifest has block hashes
+    (else a whole-file sha256 first). CPU: safetensors, after the whole-file sha256.
+    """
     model_dir = Path(model_dir)
+    stats = stats if stats is not None else LoadStats()
     manifest = read_manifest(model_dir)
     if manifest["tp_size"] != tp_size:
         raise ModelLoadError(
@@ -81,20 +116,17 @@ def load_presharded(model: nn.Module, model_dir: str | Path, rank: int, tp_size:
             f"engine runs {tp_size} ranks: use degree {manifest['tp_size']} or re-partition the "
             f"original checkpoint with `shardserve partition --tp {tp_size}`"
         )
-    path = verify_rank_file(model_dir, manifest["files"][rank], check_hash=verify)
+    entry = manifest["files"][rank]
     params = dict(model.named_parameters())
-    with safe_open(str(path), framework="pt", device=str(next(iter(params.values())).device)) as f:
-        names = set(f.keys())
-        missing = sorted(set(params) - names)
-        if missing:
-            raise ModelLoadError(f"{path}: missing tensor(s) {missing[:5]}")
-        for name in names:
-            if name not in params:
-                raise ModelLoadError(f"{path}: unexpected tensor {name!r}")
-            tensor = f.get_tensor(name)
-            if tensor.shape != params[name].shape:
-                raise ModelLoadError(f"{path}: tensor {name!r} has shape {list(tensor.shape)}, expected {list(params[name].shape)}")
-            params[name].data.copy_(tensor)
+    chunked = next(iter(params.values())).device.type == "cuda"
+    blocks = entry.get("block_sha256") if verify and chunked else None
+    started = time.perf_counter()
+    path = verify_rank_file(model_dir, entry, check_hash=verify and blocks is None)
+    stats.verify_s += time.perf_counter() - started
+    if chunked:
+        read_rank_file(path, params, block_sha256=blocks, block_bytes=entry.get("block_bytes"), stats=stats)
+    else:
+        read_with_safetensors(path, params, stats)
 
 
 def tensor_entries(state: dict[str, torch.Tensor]) -> dict[str, dict]:

@@ -61,5 +61,7 @@ def init_random_weights(model: nn.Module, seed: int = 0, std: float = DEFAULT_ST
             continue
         for shard_id, shape in param.shard_shapes.items():
             key = f"{seed}:{name}:{shard_id}".encode()
-            lazy = RandomTensor(shape, zlib.crc32(key), std, param.dtype, param.device)
+            # An 8-bit weight quantises what its loader is given: generate in the model dtype.
+            dtype = getattr(param, "checkpoint_dtype", param.dtype)
+            lazy = RandomTensor(shape, zlib.crc32(key), std, dtype, param.device)
             param.weight_loader(param, lazy, shard_id)

@@ -1,0 +1,46 @@
+"""Random 8-bit linear cases shared by the kernel tests on the GPU (tests/gpu) and in Triton's
+CPU interpreter (tests/unit/quant): the fused kernel against its float32 reference."""
+
+from __future__ import annotations
+
+import torch
+
+from shardserve.kernels.int8_gemm import KernelConfig, quantize_rows, w8_linear, w8_linear_reference
+
+# (M activation rows, N outputs, K inputs): odd sizes cross every tile edge; the last ones are
+# Llama-3-8B's o_proj and a 2-row slice of its down_proj at decode batch sizes.
+SHAPES = [(1, 200, 328), (3, 64, 64), (16, 130, 520), (17, 96, 256), (64, 72, 200), (1, 4096, 4096), (4, 512, 14336)]
+SMALL_SHAPES = SHAPES[:5]
+# Forced tilings: no split, split-K with a ragged last split, BLOCK_M 32 over a 17-row batch.
+CONFIGS = [KernelConfig(16, 64, 64, 1), KernelConfig(16, 32, 64, 3), KernelConfig(32, 64, 128, 2, num_stages=2)]
+
+
+def make_case(m: int, n: int, k: int, qdtype: torch.dtype, dtype: torch.dtype, device, bias: bool = True,
+              seed: int = 0, strided: bool = False):
+    """(x [m, k], qweight [n, k], scale [n], bias [n] | None) on `device`; x may be a strided view."""
+    gen = torch.Generator().manual_seed(seed)
+    # Rows of different magnitudes, so a scale applied to the wrong row shows.
+    w = torch.randn(n, k, generator=gen) * torch.rand(n, 1, generator=gen).add(0.1)
+    qweight, scale = quantize_rows(w, qdtype)
+    x = torch.randn(m, 2 * k if strided else k, generator=gen)[:, :k]
+    b = torch.randn(n, generator=gen) if bias else None
+    to = lambda t, dt=None: None if t is None else t.to(device=device, dtype=dt or t.dtype)  # noqa: E731
+    return to(x, dtype), to(qweight), to(scale), to(b, dtype)
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double(), ref.double()
+    if not torch.isfinite(out).all():
+        return float("inf")
+    return float((out - ref).norm() / ref.norm())
+
+
+def check_kernel(m, n, k, qdtype, dtype, device, config: KernelConfig | None = None, tol: float = 3e-3, **kw) -> float:
+    """The kernel's output vs the reference summed in float32 (the kernel rounds once, to dtype)."""
+    x, qweight, scale, bias = make_case(m, n, k, qdtype, dtype, device, **kw)
+    out = w8_linear(x, qweight, scale, bias, config=config)
+    assert out.shape == (m, n) and out.dtype == dtype
+    ref = w8_linear_reference(x.float(), qweight, scale, None if bias is None else bias.float())
+    err = relative_error(out, ref)
+    assert err < tol, f"{(m, n, k, qdtype, dtype, config)}: relative error {err:.2e} >= {tol:.0e}"
+    return err
