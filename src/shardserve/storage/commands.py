@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 
 def register(subparsers) -> None:
@@ -40,6 +41,9 @@ def _positive_int(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from shardserve.storage import fetch  # boto3 and friends only when the command runs
+
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("botocore").setLevel(logging.WARNING)  # "Found credentials in env..."
 
     path = fetch.fetch_model(
         args.location,

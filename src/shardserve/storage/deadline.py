@@ -27,5 +27,5 @@ class Deadline:
     def error(self, doing: str) -> DownloadTimeout:
         return DownloadTimeout(
             f"{doing} did not finish within {self.timeout_s:g} s (the limit comes from "
-            "option.model_loading_timeout or ModelDataDownloadTimeoutInSeconds)"
+            "option.model_loading_timeout, ModelDataDownloadTimeoutInSeconds or --timeout)"
         )
