@@ -208,10 +208,13 @@ class _Transfer:
         except Exception as e:
             error = s3.storage_error(e, what)
             raise (BadDownload(str(error)) if s3.http_status(e) == 412 else error) from None
-        if not str(resp.get("ContentRange", "")).startswith(f"bytes {pos}-{end - 1}/"):
-            raise StorageError(f"{what}: the server ignored the byte range {pos}-{end - 1}")
+        expected_range = f"bytes {pos}-{end - 1}/{obj.info.size}"
+        if resp.get("ContentRange") != expected_range:  # also checks the object's total size
+            raise StorageError(
+                f"{what}: asked for {expected_range}, the server answered {resp.get('ContentRange')}"
+            )
         body, view = resp["Body"], self._buffer()
-        while n := body.readinto(view):  # straight from the socket into our buffer: no copies
+        while n := body.readinto(view):  # into one reused buffer: no allocation per chunk
             if pos + n > end:
                 raise StorageError(
                     f"{what}: the server sent more than the byte range {pos}-{end - 1}"
@@ -242,14 +245,14 @@ class _Transfer:
             raise BadDownload(
                 f"{obj.path}: size {obj.path.stat().st_size}, expected {obj.info.size}"
             )
-        got = obj.digest.value()
-        if obj.digest.expected is not None and got != obj.digest.expected.value:
+        expected, got = obj.digest.expected, obj.digest.value()
+        if expected is not None and got != expected.value:
             got = self._recheck_parts(obj, got)
-        if obj.digest.expected is not None and got != obj.digest.expected.value:
-            raise BadDownload(
-                f"s3://{self.bucket}/{obj.info.key}: the downloaded bytes do not match its "
-                f"{obj.digest.expected.source} (expected {obj.digest.expected.value}, got {got}); download deleted"
-            )
+            if got != expected.value:
+                raise BadDownload(
+                    f"s3://{self.bucket}/{obj.info.key}: the downloaded bytes do not match its "
+                    f"{expected.source} (expected {expected.value}, got {got}); download deleted"
+                )
         fsync_path(obj.path)
 
     def _recheck_parts(self, obj: _Object, got: str | None) -> str | None:
