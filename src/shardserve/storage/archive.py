@@ -120,15 +120,16 @@ class _Unpacker:
         self._count(rel, size)
         path.parent.mkdir(parents=True, exist_ok=True)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-        written = 0
+        written, counted = 0, size
         with (
             opener() as src,
             os.fdopen(os.open(path, flags, 0o755 if executable else 0o644), "wb") as dst,
         ):
             while chunk := src.read(_COPY_CHUNK):
                 written += len(chunk)
-                if written > size:  # a header that understates its data
-                    self._count(rel, written - size)
+                if written > counted:  # more data than the header said: count it too
+                    self._count(rel, written - counted)
+                    counted = written
                 dst.write(chunk)
         self.files.add(rel)
 

@@ -1,8 +1,8 @@
-"""S3 through boto3: a client with retries, listing, HEAD, and errors that name the object.
+"""S3 via botocore: a client with retries, listing, HEAD, and errors that name the object.
 
 Credentials come from boto3's standard chain (env, profile, SSO, instance/task role); the
 endpoint from the argument, else `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` (S3-compatible
-stores such as SeaweedFS or MinIO). boto3 is imported lazily so the CLI stays fast to start.
+stores such as SeaweedFS or MinIO). botocore is imported lazily: the CLI stays fast to start.
 """
 
 from __future__ import annotations
