@@ -27,6 +27,27 @@ logger = logging.getLogger(__name__)
 Prompt = str | Sequence[int]
 
 
+def encode_prompt(tokenizer, prompt: Prompt, params: SamplingParams, vocab_size: int, max_model_len: int) -> list[int]:
+    """Token ids of a text or token-id prompt, validated for any engine serving this model.
+
+    Raises ValueError naming the problem; a too-long request names both numbers.
+    """
+    if isinstance(prompt, str):
+        token_ids = tokenizer.encode(prompt)
+    else:
+        token_ids = list(prompt)
+        if not all(isinstance(t, int) and 0 <= t < vocab_size for t in token_ids):
+            raise ValueError(f"prompt token ids must be integers in [0, {vocab_size})")
+    if not token_ids:
+        raise ValueError("prompt must not be empty")
+    if len(token_ids) + params.max_new_tokens > max_model_len:
+        raise ValueError(
+            f"prompt has {len(token_ids)} tokens + max_new_tokens {params.max_new_tokens} "
+            f"= {len(token_ids) + params.max_new_tokens} > max_model_len {max_model_len}"
+        )
+    return token_ids
+
+
 class LLM:
     def __init__(self, model: str | None = None, *, config: EngineConfig | None = None, **options):
         if config is None:
@@ -69,21 +90,7 @@ class LLM:
     # -- requests ---------------------------------------------------------------------------
     def encode(self, prompt: Prompt, params: SamplingParams) -> list[int]:
         """Token ids of a prompt, checked against the model length (ValueError names both)."""
-        if isinstance(prompt, str):
-            token_ids = self.tokenizer.encode(prompt)
-        else:
-            token_ids = list(prompt)
-            vocab = self.model_config.vocab_size
-            if not all(isinstance(t, int) and 0 <= t < vocab for t in token_ids):
-                raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
-        if not token_ids:
-            raise ValueError("prompt must not be empty")
-        if len(token_ids) + params.max_new_tokens > self.max_model_len:
-            raise ValueError(
-                f"prompt has {len(token_ids)} tokens + max_new_tokens {params.max_new_tokens} "
-                f"= {len(token_ids) + params.max_new_tokens} > max_model_len {self.max_model_len}"
-            )
-        return token_ids
+        return encode_prompt(self.tokenizer, prompt, params, self.model_config.vocab_size, self.max_model_len)
 
     def add_request(
         self, request_id: str | None, prompt: Prompt, params: SamplingParams | None = None,

@@ -12,6 +12,7 @@ Sequence i owns new tokens `query_start_loc[i]:query_start_loc[i+1]` and, after 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,20 +41,22 @@ class AttentionMetadata:
         return self.max_query_len == 1
 
 
-_context: AttentionMetadata | None = None
+# Per thread: a server process may step several engines (model copies) at once.
+_local = threading.local()
 
 
 @contextmanager
 def forward_context(meta: AttentionMetadata) -> Iterator[None]:
-    global _context
-    previous, _context = _context, meta
+    previous = getattr(_local, "context", None)
+    _local.context = meta
     try:
         yield
     finally:
-        _context = previous
+        _local.context = previous
 
 
 def get_forward_context() -> AttentionMetadata:
-    if _context is None:
+    context = getattr(_local, "context", None)
+    if context is None:
         raise RuntimeError("attention called outside forward_context(); the model runner sets it")
-    return _context
+    return context

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from shardserve.engine.llm import LLM
+from shardserve.engine.llm import encode_prompt
 from shardserve.engine.output_processor import OutputProcessor
 from shardserve.engine.request import FinishReason, Request, RequestStatus
 from shardserve.engine.sampling_params import SamplingParams
@@ -88,9 +88,8 @@ class AccelerateEngine:
         return {"num_running": self._running, "num_waiting": self._queue.qsize(), "kv_cache_usage": 0.0}
 
     def encode(self, prompt, params: SamplingParams) -> list[int]:
-        """Prompt token ids, validated exactly as our engine does it (same checks, same messages):
-        LLM.encode needs only `tokenizer`, `model_config.vocab_size` and `max_model_len`."""
-        return LLM.encode(self, prompt, params)
+        """Prompt token ids, validated exactly as our engine does it (same checks, same messages)."""
+        return encode_prompt(self.tokenizer, prompt, params, self.model_config.vocab_size, self.max_model_len)
 
     async def generate(self, prompt, params: SamplingParams | None = None, request_id: str | None = None):
         params = params or SamplingParams()
