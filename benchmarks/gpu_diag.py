@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from gpu_single import graph_time_us  # noqa: E402
-from stages import OUT, RESULTS, save, stage  # noqa: E402
+from stages import OUT, finish, stage  # noqa: E402
 
 DEADLINE = 500
 
@@ -82,7 +82,4 @@ def opt30b_profile():
 if __name__ == "__main__":
     stage("gemm_bias", gemm_bias, 30, DEADLINE)
     stage("opt30b_tp1_profile", opt30b_profile, 60, DEADLINE)
-    save()
-    print("\n==== summary")
-    for name, r in RESULTS.items():
-        print(name, "->", str(r)[:3000])
+    finish()

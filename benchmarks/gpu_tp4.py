@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import torch  # noqa: E402
-from stages import OUT, RESULTS, run_pytest, save, stage  # noqa: E402
+from stages import OUT, finish, run_pytest, stage  # noqa: E402
 
 DEADLINE = 570
 os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
@@ -53,7 +53,4 @@ if __name__ == "__main__":
     if "--llama-check" in sys.argv:
         stage("llama_check", llama_check, 60, DEADLINE)
     stage(f"opt30b_tp{min(4, torch.cuda.device_count())}", opt30b, 200, DEADLINE)
-    save()
-    print("\n==== summary")
-    for name, r in RESULTS.items():
-        print(name, "->", str(r)[:2500])
+    finish()

@@ -43,6 +43,14 @@ def save() -> None:
     (OUT / "results.json").write_text(json.dumps(RESULTS, indent=2, default=str))
 
 
+def finish() -> None:
+    """Save, then print every stage's result last (the device reply keeps the output's tail)."""
+    save()
+    print("\n==== summary")
+    for name, r in RESULTS.items():
+        print(name, "->", str(r)[:3000])
+
+
 def run_pytest(args: list[str], timeout_s: int) -> dict:
     import subprocess
 

@@ -27,13 +27,17 @@ def _worker(rank: int, world: int, port: int, results: dict) -> None:
     errors = []
     assert fast is not None, "fast all-reduce not available"
     gen = torch.Generator(device=device).manual_seed(rank)
-    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+    for dtype in (torch.bfloat16, torch.float32):
         for n in SIZES:
             x = torch.randn(n, generator=gen, device=device).to(dtype)
             want = x.clone()
             dist.all_reduce(want)
             got = fast(x)
-            errors.append(float((got.float() - want.float()).abs().max()) if got is not None else float("inf"))
+            if (n * x.element_size()) % 16:  # sizes the kernel cannot take go to NCCL
+                assert got is None
+                continue
+            errors.append(float((got.float() - want.float()).abs().max()))
+    assert fast(torch.randn(4, 7168, device=device).half()) is None  # float16 stays on NCCL
     # Inside a CUDA graph: capture once, replay on fresh data.
     static = torch.randn(4, 7168, generator=gen, device=device).to(torch.bfloat16)
     fast(static)
