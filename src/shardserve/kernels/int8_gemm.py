@@ -7,8 +7,9 @@ Decode steps multiply a few rows of activations by every weight of the model, so
 the time to read the weights: the kernel reads each 8-bit weight byte once, converts the tile to
 the activation dtype in registers, accumulates in float32 and applies the per-channel scale (and
 the bias) to the accumulator, so it moves half the bytes of a bf16 matmul. Tiles are
-[BLOCK_N output rows x BLOCK_K inputs]; with few output tiles (o_proj, down_proj at batch 1) the
-K range is split over SPLIT_K programs that atomically add float32 partials, so every SM streams.
+[BLOCK_N output rows x BLOCK_K inputs], narrowed until every SM streams; where even 16-row tiles
+leave SMs idle (small N), the K range is split over programs that atomically add float32
+partials (one extra memset and cast, which is why splitting is the last resort).
 
 `w8_linear_reference` (dequantise, then one ordinary matmul) is the definition the kernel is
 tested against, the CPU path, and the GPU path for batches too large to be bandwidth-bound.
@@ -93,15 +94,18 @@ def kernel_applies(x: torch.Tensor, qweight: torch.Tensor) -> bool:
 
 
 def pick_config(m: int, n: int, k: int, num_sms: int) -> KernelConfig:
-    """Tiles for an [m, k] x [k, n] product: split K until there are >= 2 programs per SM (each
-    split keeps >= 2 K tiles, so the atomics stay a small part of the traffic)."""
+    """Tiles for an [m, k] x [k, n] product at decode sizes. Output tiles are narrowed (down to
+    16 rows of W) until there are >= 2 programs per SM; only if one wave is still not filled is
+    K split (float32 partials added atomically, each split keeping >= 2 K tiles)."""
     block_m = 16 if m <= 16 else 32 if m <= 32 else 64
-    block_n = 64
     block_k = min(256, max(32, 1 << (k - 1).bit_length()))  # next power of two, 32..256
-    tiles = -(-n // block_n) * -(-m // block_m)
-    k_tiles = -(-k // block_k)
+    m_tiles = -(-m // block_m)
+    block_n = 64
+    while block_n > 16 and -(-n // block_n) * m_tiles < 2 * num_sms:
+        block_n //= 2
+    tiles, k_tiles = -(-n // block_n) * m_tiles, -(-k // block_k)
     split = 1
-    while tiles * split < 2 * num_sms and 2 * split * 2 <= k_tiles and split < 16:
+    while tiles * split < num_sms and 2 * split * 2 <= k_tiles and split < 16:
         split *= 2
     return KernelConfig(block_m, block_n, block_k, split, num_warps=4, num_stages=3 if block_m == 64 else 4)
 

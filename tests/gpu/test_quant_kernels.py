@@ -1,0 +1,96 @@
+"""8-bit linear on the GPU: the Triton kernel against its reference on random inputs (int8 and
+fp8 weights, fp16 and bf16 activations, decode shapes, forced tilings), inside a CUDA graph, the
+quantised layer's choice of path, and FP8 torch._scaled_mm on Hopper."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers.quant_cases import CONFIGS, SHAPES, check_kernel, make_case, relative_error
+from helpers.quant_layers import error_bound
+from shardserve.kernels.fp8_gemm import fp8_scaled_mm, fp8_scaled_mm_reference, scaled_mm_applies
+from shardserve.kernels.int8_gemm import w8_linear, w8_linear_reference
+from shardserve.layers import quant
+from shardserve.layers.linear import ColumnParallelLinear
+
+# Output rounding of one half-precision value, as a relative error over many: fp16 2^-11, bf16 2^-8.
+TOL = {torch.float16: 1.5e-3, torch.bfloat16: 8e-3}
+
+
+def _capability() -> tuple[int, int]:
+    return torch.cuda.get_device_capability() if torch.cuda.is_available() else (0, 0)
+
+
+FP8_WEIGHTS = pytest.param(
+    torch.float8_e4m3fn, id="fp8", marks=pytest.mark.skipif(_capability() < (8, 9), reason="fp8 needs sm89+")
+)
+QDTYPES = [pytest.param(torch.int8, id="int8"), FP8_WEIGHTS]
+HOPPER = pytest.mark.skipif(_capability() < (9, 0), reason="torch._scaled_mm row-wise fp8 needs sm90+")
+
+
+@pytest.mark.parametrize("qdtype", QDTYPES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_kernel_matches_reference(shape, dtype, qdtype):
+    for config in [None, *CONFIGS]:
+        check_kernel(*shape, qdtype, dtype, "cuda", config=config, tol=TOL[dtype])
+    check_kernel(*shape, qdtype, dtype, "cuda", tol=TOL[dtype], bias=False, strided=True)
+
+
+@pytest.mark.parametrize("qdtype", QDTYPES)
+@pytest.mark.parametrize("shape", [(4, 4096, 4096), (4, 512, 14336)], ids=["tiles", "split-k"])
+def test_kernel_replays_in_a_cuda_graph(shape, qdtype):
+    """Decode runs in CUDA graphs: split-K's zeroed workspace and cast must be captured too."""
+    x, qweight, scale, bias = make_case(*shape, qdtype, torch.bfloat16, "cuda")
+    static_x = x.clone()
+    w8_linear(static_x, qweight, scale, bias)  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = w8_linear(static_x, qweight, scale, bias)
+    for seed in range(2):
+        fresh = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).to(x)
+        static_x.copy_(fresh)
+        graph.replay()
+        ref = w8_linear_reference(fresh.float(), qweight, scale, bias.float())
+        assert relative_error(static_out, ref) < TOL[torch.bfloat16]
+
+
+@pytest.mark.parametrize("quantization", ["int8", pytest.param("fp8", marks=FP8_WEIGHTS.marks)])
+def test_layer_uses_the_kernel_for_decode_and_stays_within_the_bound(quantization, monkeypatch):
+    calls = []
+    monkeypatch.setattr(quant, "w8_linear", lambda *a, **k: calls.append(a[0].shape[0]) or w8_linear(*a, **k))
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"), quant.linear_quantization(quantization):
+            layer = ColumnParallelLinear(1024, 768, bias=True)
+    finally:
+        torch.set_default_dtype(previous)
+    gen = torch.Generator().manual_seed(0)
+    w, b = torch.randn(768, 1024, generator=gen), torch.randn(768, generator=gen)
+    layer.weight.weight_loader(layer.weight, w.bfloat16(), None)
+    layer.bias.weight_loader(layer.bias, b.bfloat16(), None)
+    for tokens in (1, 4, 300):  # decode sizes -> kernel; 300 -> dequantise + cuBLAS (or fp8 GEMM)
+        x = torch.randn(tokens, 1024, generator=gen).bfloat16()
+        with torch.no_grad():
+            out = layer(x.cuda()).float().cpu()
+        w16 = w.bfloat16().float()  # what the checkpoint held
+        ref = x.float() @ w16.T + b.bfloat16().float()
+        # Beyond the quantisation bound: bf16 rounding of the output and of dequantised weights
+        # (2^-9 each), and for fp8 prefill (W8A8) the activations' e4m3 rounding (2^-4).
+        w8a8 = quantization == "fp8" and tokens > 64
+        slack = (x.float().abs() @ w16.abs().T) * (2**-8 + (2**-4 if w8a8 else 0))
+        assert torch.all((out - ref).abs() <= error_bound(x.float(), w16, quantization) + slack), tokens
+    assert calls == [1, 4]
+
+
+@HOPPER
+def test_fp8_scaled_mm_matches_its_reference():
+    x, qweight, scale, bias = make_case(300, 1024, 4096, torch.float8_e4m3fn, torch.bfloat16, "cuda")
+    assert scaled_mm_applies(x, qweight)
+    out = fp8_scaled_mm(x, qweight, scale, bias)
+    assert relative_error(out, fp8_scaled_mm_reference(x, qweight, scale, bias)) < TOL[torch.bfloat16]
+    # Against weight-only (bf16 activations): the activations' rounding, 2^-4 at most per value.
+    assert relative_error(out, w8_linear_reference(x.float(), qweight, scale, bias.float())) < 0.05
