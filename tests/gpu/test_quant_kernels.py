@@ -9,6 +9,7 @@ import torch
 
 from helpers.quant_cases import CONFIGS, SHAPES, check_kernel, make_case, relative_error
 from helpers.quant_layers import error_bound
+from shardserve import kernels
 from shardserve.kernels.fp8_gemm import fp8_scaled_mm, fp8_scaled_mm_reference, scaled_mm_applies
 from shardserve.kernels.int8_gemm import w8_linear, w8_linear_reference
 from shardserve.layers import quant
@@ -60,6 +61,7 @@ def test_kernel_replays_in_a_cuda_graph(shape, qdtype):
 @pytest.mark.parametrize("quantization", ["int8", pytest.param("fp8", marks=FP8_WEIGHTS.marks)])
 def test_layer_uses_the_kernel_for_decode_and_stays_within_the_bound(quantization, monkeypatch):
     calls = []
+    monkeypatch.setattr(kernels, "_enabled", True)  # an earlier engine may have switched them off
     monkeypatch.setattr(quant, "w8_linear", lambda *a, **k: calls.append(a[0].shape[0]) or w8_linear(*a, **k))
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
