@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-import zlib
 from pathlib import Path
 
 import torch
@@ -23,11 +22,6 @@ import torch
 from shardserve.models.config import ModelConfig
 
 logger = logging.getLogger(__name__)
-
-
-def random_seed_key(seed: int, name: str, shard_id) -> int:
-    """The generator seed of one (parameter, shard): must stay equal to random_init's."""
-    return zlib.crc32(f"{seed}:{name}:{shard_id}".encode())
 
 
 class AccelerateBaseline:
@@ -114,13 +108,13 @@ def _random_model(hf_config, model_config: ModelConfig, dtype, devices, seed: in
 def same_random_tensors(hf_model, model_config: ModelConfig, dtype, device_map: dict, seed: int):
     """(HF parameter name, tensor on its device) equal to our engine's load_format="random"."""
     from shardserve.models import create_model
-    from shardserve.weights.loader import _param_for
-    from shardserve.weights.random_init import DEFAULT_STD, RandomTensor
+    from shardserve.weights.loader import param_for
+    from shardserve.weights.random_init import random_tensor
 
     ours = create_model(model_config, dtype)  # meta device; this process is a single rank
     params = dict(ours.named_parameters())
     for hf_name, _ in hf_model.named_parameters():  # tied weights appear once
-        target = _param_for(ours, hf_name)
+        target = param_for(ours, hf_name)
         if target is None:
             continue
         name, shard_id = target
@@ -130,8 +124,7 @@ def same_random_tensors(hf_model, model_config: ModelConfig, dtype, device_map: 
         if fill is not None:
             yield hf_name, torch.full(param.shard_shapes[shard_id], fill, dtype=dtype, device=device)
             continue
-        lazy = RandomTensor(param.shard_shapes[shard_id], random_seed_key(seed, name, shard_id), DEFAULT_STD, dtype, device)
-        yield hf_name, lazy[:]
+        yield hf_name, random_tensor(seed, name, shard_id, param.shard_shapes[shard_id], dtype, device)[:]
 
 
 def _device_for(param_name: str, device_map: dict) -> torch.device:

@@ -52,7 +52,7 @@ def load_weights(model: nn.Module, model_dir: str | Path, load_format: str = "au
     params = dict(model.named_parameters())
     pending = {(name, shard) for name, p in params.items() for shard in p.shard_shapes}
     for file, name, loaded in iter_checkpoint(Path(model_dir), load_format):
-        target = _param_for(model, name)
+        target = param_for(model, name)
         if target is None:
             continue
         param_name, shard_id = target
@@ -73,8 +73,10 @@ def load_weights(model: nn.Module, model_dir: str | Path, load_format: str = "au
         raise ModelLoadError(f"{model_dir}: checkpoint is missing tensor(s) {missing[:5]}{more}")
 
 
-def _param_for(model: nn.Module, name: str) -> tuple[str, object] | None:
-    """Checkpoint tensor name -> (parameter name, shard id), or None for tensors we do not use."""
+def param_for(model: nn.Module, name: str) -> tuple[str, object] | None:
+    """Checkpoint tensor name -> (parameter name, shard id), or None for tensors we do not use.
+
+    Public: the benchmark maps the Accelerate baseline's HF names onto ours with it."""
     if name.endswith("rotary_emb.inv_freq"):  # a buffer some old checkpoints saved
         return None
     if name == "lm_head.weight" and model.config.tie_word_embeddings:

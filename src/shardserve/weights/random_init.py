@@ -52,6 +52,13 @@ class RandomTensor:
         return out.normal_(0.0, self.std, generator=gen).to(self.dtype)
 
 
+def random_tensor(
+    seed: int, name: str, shard_id, shape, dtype: torch.dtype, device, std: float = DEFAULT_STD
+) -> RandomTensor:
+    """The full logical tensor of one (parameter, shard): the same for every rank and engine."""
+    return RandomTensor(shape, zlib.crc32(f"{seed}:{name}:{shard_id}".encode()), std, dtype, device)
+
+
 def init_random_weights(model: nn.Module, seed: int = 0, std: float = DEFAULT_STD) -> None:
     """Fill every parameter of a materialised model; norms get their constant (1 or 0)."""
     for name, param in model.named_parameters():
@@ -60,8 +67,6 @@ def init_random_weights(model: nn.Module, seed: int = 0, std: float = DEFAULT_ST
             param.data.fill_(fill)
             continue
         for shard_id, shape in param.shard_shapes.items():
-            key = f"{seed}:{name}:{shard_id}".encode()
             # An 8-bit weight quantises what its loader is given: generate in the model dtype.
             dtype = getattr(param, "checkpoint_dtype", param.dtype)
-            lazy = RandomTensor(shape, zlib.crc32(key), std, dtype, param.device)
-            param.weight_loader(param, lazy, shard_id)
+            param.weight_loader(param, random_tensor(seed, name, shard_id, shape, dtype, param.device, std), shard_id)
