@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import torch  # noqa: E402
-from stages import OUT, RESULTS, run_pytest, save, stage  # noqa: E402
+from stages import OUT, RESULTS, finish, run_pytest, stage  # noqa: E402
 
 DEADLINE = 570
 os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
@@ -272,7 +272,4 @@ if __name__ == "__main__":
         load(args.workdir, args.model, args.tp)
     else:
         stage(args.part, {"llama8b": llama8b, "bloom176b": bloom176b}[args.part], 60, DEADLINE)
-    save()
-    print("\n==== summary")
-    for name, r in RESULTS.items():
-        print(name, "->", json.dumps(r, default=str)[:3000])
+    finish()
