@@ -108,11 +108,9 @@ def _bench_ours(cfg, label, overrides, model_dir, dtype_name, prompts, reference
         num_kv_blocks=(cfg.batch + 1) * blocks_per_seq + 8,
         max_num_batched_tokens=max(2048, cfg.batch * cfg.prompt_len),
     ) | overrides
-    started = time.perf_counter()
     llm = LLM(config=EngineConfig(**options))
     try:
-        warmup = llm.executor.call("warmup_seconds")
-        load = time.perf_counter() - started - warmup
+        load, warmup = llm.load_seconds, llm.warmup_seconds
         check = _check(llm, reference) if reference else {}
         if check:
             print(f"correctness [{label}] vs transformers: {_format_check(check)}", flush=True)

@@ -84,8 +84,10 @@ class LLM:
         )
         self.outputs = OutputProcessor(self.tokenizer)
         self._ids = itertools.count()
-        self.load_seconds = time.perf_counter() - started
-        logger.info("engine ready in %.1f s: %s", self.load_seconds, config.model)
+        # Warm-up (CUDA graph capture) is reported apart from loading the weights.
+        self.warmup_seconds = self.executor.call("warmup_seconds")
+        self.load_seconds = time.perf_counter() - started - self.warmup_seconds
+        logger.info("engine ready: load %.1f s, warm-up %.1f s: %s", self.load_seconds, self.warmup_seconds, config.model)
 
     # -- requests ---------------------------------------------------------------------------
     def encode(self, prompt: Prompt, params: SamplingParams) -> list[int]:
