@@ -33,9 +33,11 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
     modes = p.add_subparsers(dest="bench_mode", metavar="MODE")
     if importlib.util.find_spec("shardserve.bench.load") is not None:
+        from shardserve.bench import load  # standard library only: cheap to import
+
         s = modes.add_parser("serve", help="HTTP load test of a running server (TTFT, ITL, goodput)")
-        s.add_argument("load_args", nargs=argparse.REMAINDER, help="arguments of the load test")
-        s.set_defaults(func=run_load)
+        load.add_arguments(s)
+        s.set_defaults(func=load.main)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,9 +89,3 @@ def _parse_value(raw: str):
         except ValueError:
             pass
     return raw
-
-
-def run_load(args: argparse.Namespace) -> int | None:
-    from shardserve.bench import load
-
-    return load.main(args.load_args)
