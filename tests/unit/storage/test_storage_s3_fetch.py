@@ -198,7 +198,7 @@ def test_connection_cut_mid_body_is_resumed_from_the_last_byte(
     assert len(gets) == ranges(MODEL) + 1  # one extra GET, for the rest of the cut range
 
 
-def test_throttling_is_retried(put_model, tmp_path, monkeypatch):
+def test_throttling_and_server_errors_are_retried(put_model, tmp_path, monkeypatch, gets):
     from botocore.awsrequest import AWSResponse
 
     class Raw:
@@ -208,20 +208,24 @@ def test_throttling_is_retried(put_model, tmp_path, monkeypatch):
         def stream(self, **_):
             yield self.body
 
-    failures = iter([503])
+    errors = [(503, "SlowDown"), (500, "InternalError")]  # the first two GETs fail once each
+    served = []
 
-    def fail_once(request, **_):
-        status = next(failures, None)
-        if status is not None and request.method == "GET":
-            body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
-            return AWSResponse(request.url, status, {}, Raw(body))
-        return None
+    def fail(request, **_):
+        if not errors:
+            return None
+        status, code = errors.pop(0)
+        served.append(status)
+        body = f"<Error><Code>{code}</Code><Message>try again</Message></Error>".encode()
+        return AWSResponse(request.url, status, {}, Raw(body))
 
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
     bucket = put_model(MODEL)
-    _on_client_event(monkeypatch, "before-send.s3", fail_once)
+    _on_client_event(monkeypatch, "before-send.s3.GetObject", fail)
     path = fetch(f"s3://{bucket}/model", tmp_path)
-    assert (path / "config.json").read_bytes() == MODEL["config.json"]
+    assert served == [503, 500]
+    assert all((path / n).read_bytes() == d for n, d in MODEL.items())
+    assert len(gets) == ranges(MODEL)  # botocore retried below our GET calls
 
 
 def test_missing_bucket(s3env, tmp_path):
