@@ -219,7 +219,7 @@ class _Transfer:
                 f"{what}: asked for {expected_range}, the server answered {resp.get('ContentRange')}"
             )
         body, view = resp["Body"], self._buffer()
-        while n := body.readinto(view):  # into one reused buffer: no allocation per chunk
+        while n := _readinto(body, view):  # into one reused buffer: no allocation per chunk
             if pos + n > end:
                 raise StorageError(
                     f"{what}: the server sent more than the byte range {pos}-{end - 1}"
@@ -273,6 +273,14 @@ class _Transfer:
         digester = Digester(obj.digest.expected.with_parts(exact))
         feed_file(obj.path, 0, obj.info.size, digester)
         return digester.value()
+
+
+def _readinto(body, view: memoryview) -> int:
+    if hasattr(body, "readinto"):  # botocore >= 1.38
+        return body.readinto(view)
+    data = body.read(len(view))
+    view[: len(data)] = data
+    return len(data)
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
