@@ -107,3 +107,24 @@ def test_accelerate_engine_batches_concurrent_requests(server):
     responses = asyncio.run(burst())
     assert [r.status_code for r in responses] == [200] * 4
     assert len({r.json()["generated_text"] for r in responses}) == 1  # greedy: same text batched or not
+
+
+def test_requirements_txt_is_installed_for_the_handler(client, tmp_path, monkeypatch):
+    import shutil
+    from pathlib import Path
+
+    from helpers.wheels import tiny_wheel
+
+    monkeypatch.setenv("SERVING_DOWNLOAD_DIR", str(tmp_path / "cache"))
+    artifact = tmp_path / "withdeps"
+    artifact.mkdir()
+    shutil.copy(Path(__file__).parent / "handlers" / "uses_dependency.py", artifact / "model.py")
+    wheel = tiny_wheel(artifact, name="tinydep_e2e", value=7)
+    (artifact / "requirements.txt").write_text(f"--no-index\n./{wheel}\n")
+    r = client.post("/models", params={"url": str(artifact), "model_name": "withdeps", "synchronous": "true"})
+    assert r.status_code == 200, r.text
+    try:
+        r = client.post("/predictions/withdeps", json={})
+        assert r.status_code == 200 and r.json() == {"value": 7}
+    finally:
+        client.delete("/models/withdeps")

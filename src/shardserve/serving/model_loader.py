@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
@@ -117,10 +118,7 @@ class ModelLoader:
 
 
 def fetch_location(location: str, timeout: float) -> Path:
-    """A local directory for a location: itself when it is one, else storage's download."""
-    local = Path(location[len("file://"):] if location.startswith("file://") else location)
-    if local.is_dir():
-        return local.resolve()
+    """A local directory for a location (a local dir is returned as is; the rest is fetched)."""
     from shardserve.storage.fetch import fetch_model
 
     return Path(fetch_model(location, timeout_s=timeout))
@@ -146,11 +144,12 @@ def _handler_properties(config: ServingConfig, artifact: Path, weights: Path) ->
 
 
 def _install_requirements(artifact: Path, enabled: bool) -> None:
-    if not (artifact / "requirements.txt").is_file() and not (artifact / "code" / "requirements.txt").is_file():
-        return
+    """Install the artifact's requirements.txt privately and let its handler import them."""
     from shardserve.storage.requirements import install_requirements
 
-    install_requirements(artifact, enabled=enabled)
+    site = install_requirements(artifact, enabled=enabled)
+    if site is not None and str(site) not in sys.path:
+        sys.path.insert(0, str(site))
 
 
 async def _warm_up(replicas) -> None:

@@ -4,36 +4,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import zipfile
 
 import pytest
 
+from helpers.wheels import tiny_wheel
 from shardserve.errors import ModelLoadError
 from shardserve.storage import requirements
 from shardserve.storage.requirements import install_requirements
 
 
-def _wheel(directory, name="tinydep", version="0.1"):
-    """A minimal pure-Python wheel, so pip needs no index (CI has no network)."""
-    path = directory / f"{name}-{version}-py3-none-any.whl"
-    info = f"{name}-{version}.dist-info"
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr(f"{name}.py", "VALUE = 42\n")
-        z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-        z.writestr(
-            f"{info}/WHEEL",
-            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-        )
-        z.writestr(
-            f"{info}/RECORD", f"{name}.py,,\n{info}/METADATA,,\n{info}/WHEEL,,\n{info}/RECORD,,\n"
-        )
-    return path.name
-
-
 def test_installs_into_a_private_dir_once(tmp_path, monkeypatch):
     model = tmp_path / "model"
     (model / "code").mkdir(parents=True)
-    wheel = _wheel(model / "code")
+    wheel = tiny_wheel(model / "code")
     (model / "code" / "requirements.txt").write_text(f"--no-index\n./{wheel}\n")
     site = install_requirements(model, cache_dir=tmp_path / "cache")
     assert site.parent == tmp_path / "cache" / "pydeps"
