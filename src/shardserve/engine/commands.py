@@ -19,7 +19,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=[], help="stop string; repeatable")
     p.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    p.add_argument("--tp", default=None, help="tensor-parallel degree: an integer or 'max' "
+                   "(default: $TENSOR_PARALLEL_DEGREE, else 1)")
     p.add_argument("--quantize", choices=["int8", "fp8"], default=None, help="8-bit weight-only linear layers")
     p.add_argument("--no-stream", action="store_true", help="print each result when complete")
     p.set_defaults(func=run)
@@ -27,6 +28,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from shardserve import LLM, SamplingParams
+    from shardserve.assets import default_model_path
+    from shardserve.config import EngineConfig, parse_tp_degree
 
     params = SamplingParams(
         max_new_tokens=args.max_new_tokens,
@@ -38,7 +41,11 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         stop=args.stop,
     )
-    with LLM(args.model, dtype=args.dtype, tensor_parallel_size=args.tp, quantization=args.quantize) as llm:
+    options = dict(dtype=args.dtype, quantization=args.quantize)
+    if args.tp is not None:
+        options["tensor_parallel_size"] = parse_tp_degree(args.tp)
+    config = EngineConfig.from_env(args.model or str(default_model_path()), **options)
+    with LLM(config=config) as llm:
         if len(args.prompt) == 1 and not args.no_stream:
             sys.stdout.write(args.prompt[0])
             for out in llm.stream(args.prompt[0], params):
