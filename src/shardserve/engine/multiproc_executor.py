@@ -151,11 +151,18 @@ class LauncherExecutor(Executor):
             if method == "shutdown":
                 break
             self.worker.handle(method, args)
-        dist.destroy_process_group()
+        _leave_group(self.control)
 
     def shutdown(self) -> None:
         if self._closed or self.rank != 0:
             return
         self._closed = True
         dist.broadcast_object_list(["shutdown", ()], src=0, group=self.control)
-        dist.destroy_process_group()
+        _leave_group(self.control)
+
+
+def _leave_group(control) -> None:
+    """Every rank leaves together: rank 0 hosts the rendezvous store, and tearing it down while
+    another rank still talks to it aborts the process."""
+    dist.barrier(group=control)
+    dist.destroy_process_group()
