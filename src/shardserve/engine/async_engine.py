@@ -24,6 +24,8 @@ from shardserve.errors import EngineDeadError
 
 logger = logging.getLogger(__name__)
 
+_IDLE_HEALTH_CHECK_S = 1.0
+
 
 class AsyncEngine:
     def __init__(self, config: EngineConfig, llm: LLM | None = None):
@@ -103,8 +105,8 @@ class AsyncEngine:
     def _loop(self) -> None:
         try:
             while not self._stopping:
-                # Block for work only when idle; otherwise drain commands between steps.
-                self._handle(self._commands.get() if not self.llm.has_unfinished() else None)
+                if not self.llm.has_unfinished():
+                    self._wait_for_work()
                 while True:
                     try:
                         self._handle(self._commands.get_nowait())
@@ -124,6 +126,16 @@ class AsyncEngine:
                 streams = list(self._streams)
             for request_id in streams:
                 self._deliver(request_id, error)
+
+    def _wait_for_work(self) -> None:
+        """Block until a command arrives; while idle, check every second that the ranks live,
+        so a rank lost between requests shows as an errored engine (and on /ping) at once."""
+        while True:
+            try:
+                self._handle(self._commands.get(timeout=_IDLE_HEALTH_CHECK_S))
+                return
+            except queue.Empty:
+                self.llm.executor.check_health()
 
     def _handle(self, command) -> None:
         if command is None:

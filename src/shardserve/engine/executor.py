@@ -20,6 +20,9 @@ class Executor(ABC):
     def call(self, method: str, *args: Any) -> Any:
         """Run ModelRunner.<method>(*args) on every rank; return rank 0's result."""
 
+    def check_health(self) -> None:  # noqa: B027 - an in-process rank cannot be lost
+        """Raise EngineDeadError if a rank is gone (cheap; called while the engine is idle)."""
+
     def shutdown(self) -> None:  # noqa: B027 - nothing to release for in-process ranks
         """Stop every rank and release its resources."""
 

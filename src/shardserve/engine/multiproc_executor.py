@@ -74,6 +74,13 @@ class MultiProcExecutor(Executor):
             self._fail(f"cannot reach a rank: {e}")
         return self._await(lambda replies: 0 in replies, expect="ok")[0]
 
+    def check_health(self) -> None:
+        if self._closed:
+            raise EngineDeadError("the engine's ranks are shut down")
+        for rank, proc in enumerate(self.procs):
+            if not proc.is_alive():
+                self._fail(f"rank {rank} exited unexpectedly (exit code {proc.exitcode})")
+
     def _await(self, done, expect: str) -> dict[int, Any]:
         replies: dict[int, Any] = {}
         sentinels = {p.sentinel: rank for rank, p in enumerate(self.procs)}

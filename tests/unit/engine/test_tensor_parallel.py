@@ -81,3 +81,22 @@ def test_two_hosts_via_launcher_env_equal_one_rank(tiny_checkpoint, tmp_path):
     result = [line for line in outputs[0][0].splitlines() if line.startswith("RESULT")]
     assert json.loads(result[0][len("RESULT"):]) == one_rank_tokens(path)
     assert "RESULT" not in outputs[1][0]  # rank 1 only served
+
+
+def test_rank_lost_while_idle_marks_the_async_engine_errored(tiny_checkpoint):
+    from shardserve import AsyncEngine, EngineConfig
+
+    engine = AsyncEngine(EngineConfig(model=str(tiny_checkpoint("llama")), dtype="fp32", tensor_parallel_size=2))
+    try:
+        procs = list(engine.llm.executor.procs)
+        assert not engine.errored
+        procs[1].kill()
+        deadline = time.monotonic() + 10
+        while not engine.errored and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert engine.errored
+        assert isinstance(engine._dead, EngineDeadError) and "rank 1" in str(engine._dead)
+        time.sleep(0.5)
+        assert not any(p.is_alive() for p in procs)
+    finally:
+        engine.shutdown()
