@@ -16,9 +16,11 @@ def hf_greedy():
         if key not in models:
             models[key] = AutoModelForCausalLM.from_pretrained(key, dtype=torch.float32).eval()
         with torch.no_grad():
+            ids = torch.tensor([prompt_ids])
+            # An explicit mask: a pad id that equals a real token (e.g. BOS) must not mask it.
             out = models[key].generate(
-                torch.tensor([prompt_ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                pad_token_id=0,
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                do_sample=False, pad_token_id=models[key].config.eos_token_id,
             )
         return out[0, len(prompt_ids):].tolist()
 
