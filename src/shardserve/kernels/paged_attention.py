@@ -68,3 +68,42 @@ def paged_attention_reference(
         probs = torch.softmax(scores, dim=-1)
         out[start:end] = torch.einsum("hqk,khd->qhd", probs, v).to(query.dtype)
     return out
+
+
+def paged_decode_batched(
+    query: torch.Tensor,  # [num_seqs, num_heads, head_dim]: one new token per sequence
+    k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,  # [num_seqs, max_blocks] int32
+    seq_lens: torch.Tensor,  # [num_seqs] int32 on the query's device
+    max_seq_len: int,
+    scale: float,
+    alibi_slopes: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The reference's decode case in a few batched ops instead of a loop over sequences.
+
+    The CPU backend's decode path (a GPU runs kernels/paged_decode.py instead); same numbers as
+    paged_attention_reference, checked in tests/unit/kernels. Every sequence's context is
+    gathered to `max_seq_len` rows and the padding masked, so cost follows the longest one.
+    """
+    num_seqs, num_heads, head_dim = query.shape
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    num_blocks = (max_seq_len + block_size - 1) // block_size
+    blocks = block_tables[:, :num_blocks].long()  # [num_seqs, num_blocks]
+    # [num_seqs, max_seq_len, num_kv_heads, head_dim]
+    k = k_cache[blocks].reshape(num_seqs, -1, num_kv_heads, head_dim)[:, :max_seq_len].float()
+    v = v_cache[blocks].reshape(num_seqs, -1, num_kv_heads, head_dim)[:, :max_seq_len].float()
+    q = query.float().view(num_seqs, num_kv_heads, group, head_dim)
+    scores = torch.einsum("skgd,stkd->skgt", q, k) * scale  # [num_seqs, kv_heads, group, max_len]
+    k_pos = torch.arange(max_seq_len, device=query.device)
+    if alibi_slopes is not None:
+        rel = (k_pos[None, :] - (seq_lens.long()[:, None] - 1)).float()  # [num_seqs, max_len]
+        scores = scores + alibi_slopes.float().view(num_kv_heads, group)[None, :, :, None] * rel[:, None, None, :]
+    padding = k_pos[None, :] >= seq_lens.long()[:, None]  # [num_seqs, max_len]
+    probs = torch.softmax(scores.masked_fill(padding[:, None, None, :], float("-inf")), dim=-1)
+    # Padding rows hold whatever the cache had there (uninitialised memory, even NaN): a zero
+    # probability times NaN is NaN, so the values themselves are zeroed too.
+    v = v.masked_fill(padding[:, :, None, None], 0.0)
+    out = torch.einsum("skgt,stkd->skgd", probs, v)
+    return out.reshape(num_seqs, num_heads, head_dim).to(query.dtype)

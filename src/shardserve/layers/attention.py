@@ -11,7 +11,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shardserve.kernels.paged_attention import paged_attention_reference, write_kv_cache
+from shardserve.kernels.paged_attention import (
+    paged_attention_reference,
+    paged_decode_batched,
+    write_kv_cache,
+)
 from shardserve.layers.forward_context import AttentionMetadata, get_forward_context
 
 _BACKENDS = ("torch", "triton")
@@ -68,6 +72,11 @@ class Attention(nn.Module):
 
     def _torch_forward(self, q, k, v, k_cache, v_cache, meta: AttentionMetadata) -> torch.Tensor:
         write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
+        if meta.is_decode_only:
+            return paged_decode_batched(
+                q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.max_seq_len,
+                self.scale, self.alibi_slopes,
+            )
         return paged_attention_reference(
             q,
             k_cache,

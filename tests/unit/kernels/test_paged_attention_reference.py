@@ -54,3 +54,25 @@ def test_reference_ignores_stale_block_ids_past_the_length():
     tables[0, 2:] = 0  # entries past ceil(6 / 4) blocks must not matter
     again = paged_attention_reference(case.query, k_cache, v_cache, tables, case.query_start_loc, case.seq_lens, case.scale)
     torch.testing.assert_close(out[:1], again[:1])
+
+
+@pytest.mark.parametrize(
+    "cached,heads,kv_heads,alibi",
+    [([20, 3, 0, 47], 4, 2, False), ([16, 1, 30], 8, 2, True), ([9, 64], 6, 1, False), ([5], 4, 4, True)],
+)
+def test_batched_decode_equals_the_reference(cached, heads, kv_heads, alibi):
+    from shardserve.kernels.paged_attention import paged_decode_batched
+
+    case = make_case(cached, [1] * len(cached), num_heads=heads, num_kv_heads=kv_heads, alibi=alibi, block_size=8)
+    out, written_k, written_v = case.expected()
+    # Everything outside the sequences' contexts is NaN, as uninitialised cache memory may be.
+    k_cache, v_cache = torch.full_like(written_k, float("nan")), torch.full_like(written_v, float("nan"))
+    for i, seq_len in enumerate(case.seq_lens):
+        for p in range(seq_len):
+            block, offset = int(case.block_tables[i, p // 8]), p % 8
+            k_cache[block, offset], v_cache[block, offset] = written_k[block, offset], written_v[block, offset]
+    got = paged_decode_batched(
+        case.query, k_cache, v_cache, case.block_tables, torch.tensor(case.seq_lens, dtype=torch.int32),
+        max(case.seq_lens), case.scale, case.alibi_slopes,
+    )
+    torch.testing.assert_close(got, out, atol=1e-5, rtol=1e-5)
