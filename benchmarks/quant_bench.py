@@ -174,13 +174,13 @@ def drop_page_cache(paths: list[Path]) -> str:
 
 def _rank_load(rank: int, tp: int, model_dir: str, verify: bool, ready, go, results) -> None:
     """One rank: CUDA ready, then (on `go`) build + read its rank file onto cuda:rank (CPU:
-    the safetensors path)."""
+    the safetensors path); for an HF checkpoint dir, its slices through the generic loader."""
     from shardserve.models import create_model
     from shardserve.models.config import ModelConfig
     from shardserve.parallel import ParallelInfo, set_parallel_info
     from shardserve.weights.fast_read import LoadStats
-    from shardserve.weights.loader import materialize
-    from shardserve.weights.presharded import load_presharded
+    from shardserve.weights.loader import load_weights, materialize
+    from shardserve.weights.presharded import is_presharded, load_presharded
 
     device = f"cuda:{rank}" if CUDA else "cpu"
     if CUDA:
@@ -197,7 +197,11 @@ def _rank_load(rank: int, tp: int, model_dir: str, verify: bool, ready, go, resu
     model = create_model(config, torch.float16)
     materialize(model, device)
     stats.build_s = time.time() - t0
-    load_presharded(model, model_dir, rank, tp, verify=verify, stats=stats)
+    if is_presharded(model_dir):
+        load_presharded(model, model_dir, rank, tp, verify=verify, stats=stats)
+    else:
+        load_weights(model, model_dir)
+        stats.bytes_read = sum(p.numel() * p.element_size() for p in model.parameters())
     if CUDA:
         torch.cuda.synchronize()
     stats.total_s = time.time() - t0
@@ -250,6 +254,8 @@ def load(workdir: Path, model: str, tp: int) -> None:
         shutil.rmtree(pre, ignore_errors=True)  # an earlier command stopped half way
         stage("partition", lambda: str(partition(hf, pre, tp, "fp16")), 200, DEADLINE)
     theirs = stage("transformers_device_map_auto", lambda: transformers_load(hf), 120, DEADLINE)
+    # Issue 3's comparison: our own loader on the HF checkpoint (sliced reads) vs pre-sharded.
+    stage("ours_from_hf_checkpoint", lambda: ours(hf, tp, True), 120, DEADLINE)
     for verify in (True, False):
         mine = stage(f"ours_verify={verify}", lambda v=verify: ours(pre, tp, v), 60, DEADLINE)
         if mine and theirs:
