@@ -113,11 +113,10 @@ class BlockManager:
             return
         hashes = self._hashes.setdefault(request.request_id, [])
         num_full = request.num_computed_tokens // self.block_size
-        tokens = request.all_token_ids
-        while len(hashes) < num_full:
+        while len(hashes) < num_full:  # usually no new full block: nothing to do
             i = len(hashes)
             parent = hashes[-1] if hashes else None
-            digest = hash_block(parent, tokens[i * self.block_size : (i + 1) * self.block_size])
+            digest = hash_block(parent, request.token_slice(i * self.block_size, (i + 1) * self.block_size))
             hashes.append(digest)
             block = self.blocks[request.block_ids[i]]
             if block.hash is None and digest not in self._cached:

@@ -148,9 +148,10 @@ class Scheduler:
         completes = start + num_new == request.num_tokens
         return ScheduledSeq(
             request_id=request.request_id,
-            token_ids=request.all_token_ids[start : start + num_new],
+            token_ids=request.token_slice(start, start + num_new),
             start_pos=start,
-            block_ids=list(request.block_ids),
+            # Not copied: the step consumes it before the request's table can change again.
+            block_ids=request.block_ids,
             sampling=self._sampling_info(request) if completes else None,
         )
 

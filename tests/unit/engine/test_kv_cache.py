@@ -81,3 +81,11 @@ def test_prefix_caching_off_finds_nothing():
 def test_needs_a_block():
     with pytest.raises(ValueError, match="at least 1 block"):
         BlockManager(num_blocks=0, block_size=4)
+
+
+def test_token_slice_equals_slicing_all_tokens():
+    req = make_request("a", [1, 2, 3, 4, 5])
+    req.output_token_ids = [6, 7, 8]
+    for start in range(9):
+        for end in range(start, 9):
+            assert req.token_slice(start, end) == req.all_token_ids[start:end]
