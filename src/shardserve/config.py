@@ -22,6 +22,16 @@ def canonical_dtype(name: str) -> str:
     return _DTYPES[key]
 
 
+def torch_dtype(name: str):
+    """'fp16' / 'half' / 'float16' -> torch.float16 ('auto' is resolved by the caller)."""
+    canonical = canonical_dtype(name)
+    if canonical == "auto":
+        raise ValueError("dtype 'auto' has no torch dtype until it is resolved against a checkpoint")
+    import torch  # lazily: reading configs must not import torch
+
+    return getattr(torch, canonical)
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Everything the engine needs to load a model and serve requests.

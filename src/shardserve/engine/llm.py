@@ -70,7 +70,7 @@ class LLM:
                     f"the KV cache holds {num_blocks * config.block_size} tokens, fewer than "
                     f"max_model_len {self.max_model_len}: lower max_model_len or give it more memory"
                 )
-            self.executor.call("allocate_kv_cache", num_blocks)
+            self.executor.call("allocate_kv_cache", num_blocks, self.max_model_len)
         except BaseException:
             self.executor.shutdown()
             raise

@@ -10,7 +10,7 @@ import logging
 
 import torch
 
-from shardserve.config import EngineConfig
+from shardserve.config import EngineConfig, torch_dtype
 from shardserve.engine.cuda_graphs import DecodeGraphs
 from shardserve.engine.sampler import Sampler
 from shardserve.engine.scheduler import ScheduledSeq, SchedulerOutput
@@ -24,16 +24,13 @@ from shardserve.weights.fast_read import LoadStats
 
 logger = logging.getLogger(__name__)
 
-_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
 def resolve_dtype(requested: str, checkpoint_dtype: str | None, device: torch.device) -> torch.dtype:
     """'auto' keeps the checkpoint's dtype on GPUs and uses float32 on CPUs."""
     if requested != "auto":
-        return _TORCH_DTYPES[requested]
+        return torch_dtype(requested)
     if device.type == "cpu":
         return torch.float32
-    return _TORCH_DTYPES.get(checkpoint_dtype or "", torch.bfloat16)
+    return torch_dtype(checkpoint_dtype) if checkpoint_dtype else torch.bfloat16
 
 
 class ModelRunner:
@@ -53,7 +50,6 @@ class ModelRunner:
         # Decode CUDA graphs need kernels that read no per-step host values (triton backend).
         self.use_cuda_graphs = device.type == "cuda" and backend == "triton" and not config.enforce_eager
         self.cuda_graphs: DecodeGraphs | None = None
-        self.max_model_len = self.model_config.max_position_embeddings
         torch.manual_seed(config.seed)
         self.load_stats = LoadStats()
         self.model = load_model(
@@ -73,7 +69,6 @@ class ModelRunner:
 
     def available_kv_blocks(self, max_model_len: int) -> int:
         """How many blocks this rank can hold; the executor takes the minimum over ranks."""
-        self.max_model_len = max_model_len  # sizes the decode graphs' block tables
         if self.config.num_kv_blocks is not None:
             return self.config.num_kv_blocks
         if self.device.type == "cuda":
@@ -81,8 +76,7 @@ class ModelRunner:
             # Activations of the largest step stay outside the cache (rough upper bound).
             mc = self.model_config
             activations = self.config.max_num_batched_tokens * (
-                8 * mc.hidden_size + 3 * getattr(mc, "intermediate_size", 4 * mc.hidden_size) // get_tp_size()
-                + mc.vocab_size
+                8 * mc.hidden_size + 3 * mc.intermediate_size // get_tp_size() + mc.vocab_size
             ) * 4
             budget = total * self.config.gpu_memory_utilization - (total - free) - activations
         else:
@@ -92,7 +86,7 @@ class ModelRunner:
             budget = min(budget, 4 * self.config.max_num_seqs * per_seq * self.bytes_per_block())
         return max(int(budget // self.bytes_per_block()), 0)
 
-    def allocate_kv_cache(self, num_blocks: int) -> None:
+    def allocate_kv_cache(self, num_blocks: int, max_model_len: int) -> None:
         for layer in self.attention_layers:
             shape = (num_blocks, self.block_size, layer.num_kv_heads, layer.head_dim)
             layer.kv_cache = (
@@ -104,7 +98,7 @@ class ModelRunner:
             self.rank, num_blocks, self.block_size, num_blocks * self.bytes_per_block() / 2**30,
         )
         if self.use_cuda_graphs:  # warm-up: capture once the cache the graphs read exists
-            max_blocks = -(-self.max_model_len // self.block_size)
+            max_blocks = -(-max_model_len // self.block_size)  # block-table width
             self.cuda_graphs = DecodeGraphs(self.model, self.device, self.config.max_num_seqs, max_blocks)
             self.cuda_graphs.capture()
 

@@ -15,9 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
-
-from shardserve.config import canonical_dtype
+from shardserve.config import canonical_dtype, torch_dtype
 from shardserve.parallel.state import ParallelInfo, get_parallel_info, set_parallel_info
 from shardserve.weights.presharded import (
     BLOCK_BYTES,
@@ -33,7 +31,6 @@ from shardserve.weights.presharded import (
 logger = logging.getLogger(__name__)
 
 _NOT_COPIED = {"config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json", MANIFEST}
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def partition(
@@ -60,8 +57,7 @@ def partition(
 
     get_linear_method(quantization)  # ValueError naming the option, before any work
     config = ModelConfig.from_hf(model_dir)
-    name = canonical_dtype(dtype)
-    torch_dtype = _DTYPES[name if name != "auto" else (config.torch_dtype or "float32")]
+    weights_dtype = torch_dtype(dtype if canonical_dtype(dtype) != "auto" else (config.torch_dtype or "float32"))
     out_dir.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
@@ -71,7 +67,7 @@ def partition(
     try:
         for rank in range(tp_size):
             set_parallel_info(ParallelInfo(rank=rank, world_size=tp_size))
-            model = load_model(config, model_dir, torch_dtype, "cpu", quantization=quantization)
+            model = load_model(config, model_dir, weights_dtype, "cpu", quantization=quantization)
             state = {n: p.data.contiguous() for n, p in model.named_parameters()}
             path = out_dir / rank_file_name(rank, tp_size)
             save_file(state, str(path), metadata={"format": FORMAT, "rank": str(rank), "tp_size": str(tp_size)})
@@ -86,7 +82,7 @@ def partition(
         set_parallel_info(previous)
 
     hf_config = json.loads((model_dir / "config.json").read_text())
-    hf_config["torch_dtype"] = str(torch_dtype).removeprefix("torch.")
+    hf_config["torch_dtype"] = str(weights_dtype).removeprefix("torch.")
     (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2))
     for item in model_dir.iterdir():
         if item.is_file() and item.name not in _NOT_COPIED and item.suffix not in (".safetensors", ".bin", ".pt"):
