@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shardserve.engine.sampling_params import SamplingParams
+from shardserve.engine.tokenizer import eos_token_ids
 from shardserve.errors import ModelLoadError, ShardserveError
 from shardserve.serving import engines
 from shardserve.serving.admission import Admission
@@ -79,8 +80,10 @@ class ModelLoader:
                     raise ValueError(f"{config.unknown_keys[0]}: unknown key in serving.properties or the environment")
                 model.engine, concurrency = _load_engine(config, weights)
                 model.admission = Admission(concurrency, config.job_queue_size)
-                eos = model.engine.tokenizer.eos_token_id
-                model.eos_ids = frozenset(() if eos is None else (eos,))
+                # Every id the engine stops on (generation_config.json may list several), so that
+                # finish_reason tells an EOS stop from a stop string as the engine decided it.
+                model.eos_ids = frozenset(eos_token_ids(str(weights), model.engine.engines[0].model_config,
+                                                        model.engine.tokenizer))
         if model.engine is not None:
             with self._phase(model, "warm-up", started, timeout):
                 asyncio.run(_warm_up(model.engine))
