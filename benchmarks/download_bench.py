@@ -53,12 +53,12 @@ def upload(client, bucket: str, workdir: Path, size: int, files: int) -> None:
 
 
 def run_shardserve(args, bucket: str, target: Path, durable: bool = True) -> None:
-    from shardserve.storage import transfer
+    from shardserve.storage import transfer, verify
     from shardserve.storage.fetch import fetch_model
 
-    saved = transfer.fsync_path, transfer.start_writeback
+    saved = verify.fsync_path, transfer.start_writeback
     if not durable:  # measurement only: the product always syncs before the DONE marker
-        transfer.fsync_path = transfer.start_writeback = lambda *a: None
+        verify.fsync_path = transfer.start_writeback = lambda *a: None
     try:
         fetch_model(
             f"s3://{bucket}/{PREFIX}",
@@ -69,7 +69,7 @@ def run_shardserve(args, bucket: str, target: Path, durable: bool = True) -> Non
             endpoint_url=args.endpoint,
         )
     finally:
-        transfer.fsync_path, transfer.start_writeback = saved
+        verify.fsync_path, transfer.start_writeback = saved
 
 
 def run_boto3(client, bucket: str, target: Path, threads: bool) -> None:

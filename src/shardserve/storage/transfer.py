@@ -4,7 +4,8 @@ Every object is cut into `part_size` byte ranges; `concurrency` threads GET rang
 from one queue and write each body straight to its offset (never a whole object in memory).
 Each GET sends `If-Match: <ETag from the listing>`, so an object replaced mid-download fails
 with 412 instead of mixing two versions. Checksums are computed while the download goes on
-(ordered_digest.py); finished ranges are journaled so a killed download resumes (journal.py).
+(ordered_digest.py) and checked once an object is whole (verify.py); finished ranges are
+journaled so a killed download resumes (journal.py).
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from http.client import IncompleteRead
 from pathlib import Path
 
 from shardserve.errors import StorageError
-from shardserve.storage import s3
+from shardserve.storage import s3, verify
 from shardserve.storage.deadline import Deadline
-from shardserve.storage.digest import Digester, choose
-from shardserve.storage.disk import check_free_space, fsync_path, start_writeback
+from shardserve.storage.digest import choose
+from shardserve.storage.disk import check_free_space, start_writeback
 from shardserve.storage.exceptions import BadDownload
 from shardserve.storage.journal import Journal
-from shardserve.storage.ordered_digest import OrderedDigest, feed_file
+from shardserve.storage.ordered_digest import OrderedDigest
 from shardserve.storage.progress import Progress
 
 CHUNK = 1 << 20  # read buffer per thread: big enough to amortise Python overhead per call
@@ -136,7 +137,7 @@ class _Transfer:
                 self.journal.close()
                 if self.progress is not None:
                     self.progress.close(ok)
-        return {o.remote.relpath: _record(o) for o in objects}
+        return {o.remote.relpath: verify.record(o.info, o.digest) for o in objects}
 
     def _wait(self, pool, futures) -> list:
         done, pending = wait(
@@ -200,6 +201,9 @@ class _Transfer:
         obj.digest.mark_written(index)
         self._complete(obj)
 
+    def _complete(self, obj: _Object) -> None:
+        verify.complete(self.client, self.bucket, obj.info, obj.path, obj.digest)
+
     def _stream(self, obj: _Object, fd: int, pos: int, end: int) -> int:
         self._check_running()
         what = f"s3://{self.bucket}/{obj.info.key}"
@@ -244,36 +248,6 @@ class _Transfer:
             raise _Cancelled()
         self.deadline.check(f"download of {self.label}")
 
-    def _complete(self, obj: _Object) -> None:
-        if not obj.digest.advance():
-            return
-        if obj.path.stat().st_size != obj.info.size:
-            raise BadDownload(
-                f"{obj.path}: size {obj.path.stat().st_size}, expected {obj.info.size}"
-            )
-        expected, got = obj.digest.expected, obj.digest.value()
-        if expected is not None and got != expected.value:
-            got = self._recheck_parts(obj, got)
-            if got != expected.value:
-                raise BadDownload(
-                    f"s3://{self.bucket}/{obj.info.key}: the downloaded bytes do not match its "
-                    f"{expected.source} (expected {expected.value}, got {got}); download deleted"
-                )
-        fsync_path(obj.path)
-
-    def _recheck_parts(self, obj: _Object, got: str | None) -> str | None:
-        """A composite digest can also miss because the uploader used unequal parts: recompute
-        with the exact part sizes (one HEAD per part) before calling the data corrupt."""
-        parts = obj.digest.expected.parts
-        if parts is None:
-            return got
-        exact = tuple(s3.part_sizes(self.client, self.bucket, obj.info.key, len(parts)))
-        if exact == parts:
-            return got
-        digester = Digester(obj.digest.expected.with_parts(exact))
-        feed_file(obj.path, 0, obj.info.size, digester)
-        return digester.value()
-
 
 def _readinto(body, view: memoryview) -> int:
     if hasattr(body, "readinto"):  # botocore >= 1.38
@@ -294,12 +268,3 @@ def _stream_errors() -> tuple[type[BaseException], ...]:
     from urllib3.exceptions import ProtocolError
 
     return (IncompleteReadError, ReadTimeoutError, ResponseStreamingError, ProtocolError)
-
-
-def _record(obj: _Object) -> dict:
-    return {
-        "key": obj.info.key,
-        "size": obj.info.size,
-        "etag": obj.info.etag,
-        "verified": obj.digest.expected.source if obj.digest.expected else "size only",
-    }
