@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from shardserve.errors import StorageError
 from shardserve.storage.disk import safe_relative
+from shardserve.storage.exceptions import BadDownload
 from shardserve.storage.uri import S3Location
 
 # botocore "standard" retries: throttling, 5xx and connection errors, exponential backoff with
@@ -212,8 +213,8 @@ def storage_error(exc: Exception, what: str, *, bucket: str | None = None) -> Ex
             )
         if status == 404:
             return StorageError(f"{what} does not exist ({code})")
-        if status == 412:
-            return StorageError(f"{what} changed on the server during the download; try again")
+        if status == 412:  # If-Match failed: bytes fetched before cannot be trusted
+            return BadDownload(f"{what} changed on the server during the download; try again")
         return StorageError(f"{what}: S3 error {code} (HTTP {status}): {message}")
     if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectionError, bx.HTTPClientError)):
         return StorageError(f"cannot reach S3 for {what} after {max_attempts()} attempts: {exc}")

@@ -215,8 +215,7 @@ class _Transfer:
                 IfMatch=f'"{obj.info.etag}"',
             )
         except Exception as e:
-            error = s3.storage_error(e, what)
-            raise (BadDownload(str(error)) if s3.http_status(e) == 412 else error) from None
+            raise s3.storage_error(e, what) from None  # 412 (If-Match failed): BadDownload
         expected_range = f"bytes {pos}-{end - 1}/{obj.info.size}"
         if resp.get("ContentRange") != expected_range:  # also checks the object's total size
             raise StorageError(
