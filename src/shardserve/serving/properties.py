@@ -61,8 +61,8 @@ OUTPUT_FORMATTERS = {"json", "jsonlines", "sse"}
 
 @dataclass(frozen=True)
 class ServingConfig:
-    """One model's serving settings. `engine` is the key as written (see model_store for the
-    choice between our engine, Accelerate and a custom handler)."""
+    """One model's serving settings. `engine` is the key as written (for the
+    choice between our engine, Accelerate and a custom handler: engines.py, model_loader.py)."""
 
     name: str
     artifact_dir: str
@@ -89,10 +89,6 @@ class ServingConfig:
     # Every option.* as written (prefix stripped): custom handlers read their own keys here.
     options: dict = field(default_factory=dict)
     unknown_keys: tuple[str, ...] = ()  # rejected unless a custom handler reads them
-
-    @property
-    def uses_tp_engine_name(self) -> bool:
-        return self.engine is None or self.engine.lower() in TP_ENGINES
 
 
 def read_properties(artifact_dir: str | Path) -> dict[str, str]:
