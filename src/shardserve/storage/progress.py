@@ -15,8 +15,7 @@ class Progress:
         self.fetched = 0  # bytes transferred by this run (resumed bytes excluded)
         self._lock = threading.Lock()
         self._start = time.monotonic()
-        self._bar = None
-        self._enabled = enabled
+        self._bar = None  # None: disabled (no bar, no summary line)
         if enabled:
             from tqdm import tqdm
 
@@ -42,7 +41,7 @@ class Progress:
     def close(self, ok: bool) -> None:
         if self._bar is not None:
             self._bar.close()
-        if ok and self._enabled:
+        if ok and self._bar is not None:
             seconds = max(time.monotonic() - self._start, 1e-9)
             logger.info(
                 "downloaded %s: %.3f GB in %.2f s (%.3f GB/s)",
