@@ -67,12 +67,17 @@ class AccelerateBaseline:
     @torch.inference_mode()
     def logits_fp32(self, token_ids: list[int]) -> torch.Tensor:
         """The same logits computed in float32 (the model upcast for the call, then cast back:
-        half-precision weights survive the round trip exactly): the half-precision noise floor."""
+        half-precision weights survive the round trip exactly; buffers, such as a float32 rotary
+        inv_freq that the cast back would round, are put back as they were): the half-precision
+        noise floor."""
+        buffers = [(module, name, b) for module in self.model.modules() for name, b in module._buffers.items()]
         self.model.to(torch.float32)
         try:
             return self.logits(token_ids)
         finally:
             self.model.to(self.dtype)
+            for module, name, b in buffers:
+                module._buffers[name] = b
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
