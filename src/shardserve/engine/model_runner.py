@@ -157,9 +157,9 @@ class ModelRunner:
         query_start_loc[1:] = q_lens.cumsum(0)
         seq_lens = (starts + q_lens).to(torch.int32)
         max_blocks = max(len(s.block_ids) for s in seqs)
-        block_tables = torch.zeros(len(seqs), max_blocks, dtype=torch.int32)
-        for i, s in enumerate(seqs):
-            block_tables[i, : len(s.block_ids)] = torch.tensor(s.block_ids, dtype=torch.int32)
+        block_tables = torch.tensor(
+            [s.block_ids + [0] * (max_blocks - len(s.block_ids)) for s in seqs], dtype=torch.int32
+        )
 
         # Per token: which sequence it belongs to, its position, and its cache slot.
         seq_idx = torch.repeat_interleave(torch.arange(len(seqs)), q_lens)

@@ -28,7 +28,8 @@ class Sampler:
     ) -> list[tuple[int, float | None]]:
         """logits: [num_seqs, vocab] float32 -> (token id, logprob of it or None) per row."""
         raw_logprobs = torch.log_softmax(logits, dim=-1) if any(i.logprobs for i in infos) else None
-        logits = logits.clone()
+        if any(i.penalty_token_ids or i.suppress_token_ids for i in infos):
+            logits = logits.clone()  # edited in place below; the caller's tensor stays as it was
         for row, info in enumerate(infos):
             if info.penalty_token_ids:
                 _apply_repetition_penalty(logits[row], info.penalty_token_ids, info.repetition_penalty)
@@ -36,7 +37,7 @@ class Sampler:
                 logits[row, info.suppress_token_ids] = float("-inf")
 
         tokens = logits.argmax(dim=-1)
-        sampled_rows = [r for r, i in enumerate(infos) if not (i.temperature == 0.0 or i.top_k == 1)]
+        sampled_rows = [r for r, i in enumerate(infos) if not i.greedy]
         if sampled_rows:
             rows = torch.tensor(sampled_rows, device=logits.device)
             probs = _processed_probs(logits[rows], [infos[r] for r in sampled_rows])
@@ -52,10 +53,12 @@ class Sampler:
                 noise[idx] = torch.empty_like(noise[idx]).exponential_(generator=self._generator)
             tokens[rows] = (probs / noise).argmax(dim=-1)
 
-        chosen = tokens.tolist()  # the one host sync of the step
-        if raw_logprobs is None:
+        # Everything is queued before the one wait of the step (the first .tolist()).
+        chosen_lp = raw_logprobs.gather(1, tokens[:, None]).squeeze(1) if raw_logprobs is not None else None
+        chosen = tokens.tolist()
+        if chosen_lp is None:
             return [(t, None) for t in chosen]
-        lp = raw_logprobs.gather(1, tokens[:, None]).squeeze(1).tolist()
+        lp = chosen_lp.tolist()
         return [(t, lp[r] if infos[r].logprobs else None) for r, t in enumerate(chosen)]
 
     def _generator_for(self, request_id: str, seed: int) -> torch.Generator:

@@ -22,6 +22,7 @@ from shardserve.engine.sampling_params import SamplingParams
 class SamplingInfo:
     """What rank 0 needs to sample one sequence's next token (plain values only)."""
 
+    greedy: bool  # SamplingParams.greedy: argmax, no noise
     temperature: float
     top_p: float
     top_k: int
@@ -161,6 +162,7 @@ class Scheduler:
         if len(request.output_token_ids) < p.min_new_tokens:
             suppress = list(p.stop_token_ids) + ([] if p.ignore_eos else list(self.eos_token_ids))
         return SamplingInfo(
+            greedy=p.greedy,
             temperature=p.temperature,
             top_p=p.top_p,
             top_k=p.top_k,

@@ -1,6 +1,7 @@
 import torch
 
 from shardserve.engine.sampler import Sampler, _processed_probs
+from shardserve.engine.sampling_params import SamplingParams
 from shardserve.engine.scheduler import SamplingInfo
 
 
@@ -8,7 +9,8 @@ def info(**kw) -> SamplingInfo:
     base = dict(temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0, seed=None,
                 logprobs=False, penalty_token_ids=None, suppress_token_ids=[])
     base.update(kw)
-    return SamplingInfo(**base)
+    greedy = SamplingParams(temperature=base["temperature"], top_k=base["top_k"]).greedy
+    return SamplingInfo(greedy=greedy, **base)
 
 
 def random_logits(rows: int, vocab: int = 50, seed: int = 0) -> torch.Tensor:
