@@ -151,10 +151,16 @@ def completion_logprobs(tokenizer, token_ids: list[int], logprobs: list[float]) 
 
 
 def chat_logprobs(tokenizer, token_ids: list[int], logprobs: list[float]) -> dict:
+    tokens = [tokenizer.decode([t]) for t in token_ids]
     return {"content": [
-        {"token": tokenizer.decode([t]), "logprob": lp, "bytes": list(tokenizer.decode([t]).encode()), "top_logprobs": []}
-        for t, lp in zip(token_ids, logprobs, strict=False)
+        {"token": token, "logprob": lp, "bytes": list(token.encode()), "top_logprobs": []}
+        for token, lp in zip(tokens, logprobs, strict=False)
     ]}
+
+
+def delta_logprobs(out: RequestOutput) -> list[float]:
+    """The log-probabilities of this update's new tokens (out.logprobs is cumulative)."""
+    return (out.logprobs or [])[len(out.token_ids) - len(out.delta_token_ids):]
 
 
 def envelope(kind: str, request_id: str, model: str, choices: list[dict], extra: dict | None = None) -> dict:

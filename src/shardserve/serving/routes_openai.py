@@ -44,8 +44,8 @@ async def completions(body: oa.CompletionRequest, request: Request):
 
     def to_events(out, first):
         prefix = _echo(prompts[0], tokenizer) if body.echo and first else ""
-        delta_lps = (out.logprobs or [])[len(out.token_ids) - len(out.delta_token_ids):]
-        event = oa.envelope("text_completion", rid, name, [choice(0, prefix + out.delta_text, out, out.delta_token_ids, delta_lps)])
+        event = oa.envelope("text_completion", rid, name,
+                            [choice(0, prefix + out.delta_text, out, out.delta_token_ids, oa.delta_logprobs(out))])
         return [_with_usage(event, out, body)]
 
     def to_body(finals):
@@ -77,13 +77,12 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request):
 
     def to_events(out, first):
         events = []
-        delta_lps = (out.logprobs or [])[len(out.token_ids) - len(out.delta_token_ids):]
         if first:
             events.append(oa.envelope("chat.completion.chunk", rid, name, [
                 {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None}]))
         choice = {"index": 0, "delta": {"content": out.delta_text} if out.delta_text else {},
                   "finish_reason": oa.openai_finish_reason(out.finish_reason),
-                  "logprobs": logprobs(out.delta_token_ids, delta_lps)}
+                  "logprobs": logprobs(out.delta_token_ids, oa.delta_logprobs(out))}
         if out.delta_text or out.finished:
             events.append(oa.envelope("chat.completion.chunk", rid, name, [choice]))
         return [_with_usage(e, out, body) for e in events]
