@@ -12,26 +12,22 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from shardserve.engine.request import FinishReason, RequestOutput
 from shardserve.engine.sampling_params import SamplingParams
 from shardserve.serving.http_errors import bad_request
-from shardserve.serving.protocol import make_sampling_params
+from shardserve.serving.protocol import Strict, make_sampling_params
 
 _NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens"}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-
-class StreamOptions(_Strict):
+class StreamOptions(Strict):
     include_usage: bool = False
     continuous_usage_stats: bool = False
 
 
-class _Sampling(_Strict):
+class _Sampling(Strict):
     model: str | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -91,12 +87,12 @@ class CompletionRequest(_Sampling):
             raise bad_request("logprobs: only 0 or 1 (the chosen token) is supported", "logprobs")
 
 
-class TextPart(_Strict):
+class TextPart(Strict):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(_Strict):
+class ChatMessage(Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
@@ -107,7 +103,7 @@ class ChatMessage(_Strict):
         return self.content or ""
 
 
-class ResponseFormat(_Strict):
+class ResponseFormat(Strict):
     type: Literal["text"]
 
 

@@ -20,12 +20,12 @@ from shardserve.serving.http_errors import bad_request
 DEFAULT_MAX_NEW_TOKENS = 30  # DJLServing LMI's default
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     # Strict: "5" is not a number and a misspelt key is an error, not silently ignored.
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
-class GenerateParameters(_Strict):
+class GenerateParameters(Strict):
     max_new_tokens: int | None = None
     min_new_tokens: int | None = None
     do_sample: bool | None = Field(None, description="absent: sample when temperature/top_p/top_k is given")
@@ -40,7 +40,7 @@ class GenerateParameters(_Strict):
     ignore_eos: bool = False
 
 
-class GenerateRequest(_Strict):
+class GenerateRequest(Strict):
     inputs: str | list[str] = Field(..., description="a prompt, or a list of prompts (a batch)")
     parameters: GenerateParameters = Field(default_factory=GenerateParameters)
     stream: bool = False
