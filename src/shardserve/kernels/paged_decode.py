@@ -20,9 +20,14 @@ import torch
 import triton
 import triton.language as tl
 
-from shardserve.kernels.paged_tiles import dot_precision, load_kv_tile, online_softmax_step
+from shardserve.kernels.paged_tiles import (
+    dot_precision,
+    layout_args,
+    load_kv_tile,
+    online_softmax_step,
+    paged_out,
+)
 
-_LOG2E = 1.4426950408889634
 _MAX_SPLITS = 16
 
 
@@ -139,10 +144,8 @@ def paged_decode_attention(
 ) -> torch.Tensor:
     num_seqs, num_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
-    assert query.stride(2) == 1 and k_cache.is_contiguous() and v_cache.is_contiguous()
     group = num_heads // num_kv_heads
-    if out is None:
-        out = torch.empty_like(query)
+    out = paged_out(query, k_cache, v_cache, out)
     if num_splits is None:
         num_splits = default_num_splits(num_seqs, num_kv_heads, query.device)
     assert num_splits & (num_splits - 1) == 0, "num_splits must be a power of two"
@@ -156,11 +159,7 @@ def paged_decode_attention(
         query, k_cache, v_cache, block_tables, seq_lens,
         alibi_slopes if alibi_slopes is not None else query,
         out, part_acc, part_ml,
-        query.stride(0), query.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        block_tables.stride(0),
-        out.stride(0), out.stride(1),
-        scale * _LOG2E,
+        *layout_args(query, k_cache, block_tables, out, scale),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=head_dim, BLOCK_D=block_d,
         BLOCK_SIZE=block_size, BLOCK_N=block_n,

@@ -15,9 +15,13 @@ import torch
 import triton
 import triton.language as tl
 
-from shardserve.kernels.paged_tiles import dot_precision, load_kv_tile, online_softmax_step
-
-_LOG2E = 1.4426950408889634
+from shardserve.kernels.paged_tiles import (
+    dot_precision,
+    layout_args,
+    load_kv_tile,
+    online_softmax_step,
+    paged_out,
+)
 
 
 @triton.jit
@@ -95,20 +99,14 @@ def paged_prefill_attention(
 ) -> torch.Tensor:
     num_tokens, num_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
-    assert query.stride(2) == 1 and k_cache.is_contiguous() and v_cache.is_contiguous()
-    if out is None:
-        out = torch.empty_like(query)
+    out = paged_out(query, k_cache, v_cache, out)
     num_seqs = seq_lens.shape[0]
     grid = (triton.cdiv(max_query_len, block_m), num_seqs, num_heads)
     _prefill_kernel[grid](
         query, k_cache, v_cache, block_tables, query_start_loc, seq_lens,
         alibi_slopes if alibi_slopes is not None else query,
         out,
-        query.stride(0), query.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        block_tables.stride(0),
-        out.stride(0), out.stride(1),
-        scale * _LOG2E,
+        *layout_args(query, k_cache, block_tables, out, scale),
         GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
         BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_N=block_n,
         HAS_ALIBI=alibi_slopes is not None, DOT_PRECISION=dot_precision(query.dtype),

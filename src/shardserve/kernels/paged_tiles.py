@@ -1,11 +1,35 @@
-"""Triton device functions shared by the paged-attention kernels (paged_decode, paged_prefill):
-reading K/V tiles through a block table, and the online-softmax update of flash attention."""
+"""What the paged-attention kernels (paged_decode, paged_prefill) share: on the device, reading
+K/V tiles through a block table and the online-softmax update of flash attention; on the host,
+the layout checks and the stride arguments both kernels take."""
 
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+
+LOG2E = 1.4426950408889634  # scores are scaled into base 2 (exp2)
+
+
+def paged_out(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+              out: torch.Tensor | None) -> torch.Tensor:
+    """Check the layouts both kernels assume (contiguous caches, unit head-dim stride) and
+    return the output buffer: `out`, or a new one like query."""
+    assert query.stride(2) == 1 and k_cache.is_contiguous() and v_cache.is_contiguous()
+    return torch.empty_like(query) if out is None else out
+
+
+def layout_args(query: torch.Tensor, k_cache: torch.Tensor, block_tables: torch.Tensor, out: torch.Tensor,
+                scale: float) -> tuple:
+    """Both kernels' stride arguments, in their order, and the softmax scale in base 2:
+    query (token, head), cache (block, slot, head), block-table row, out (token, head)."""
+    return (
+        query.stride(0), query.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_tables.stride(0),
+        out.stride(0), out.stride(1),
+        scale * LOG2E,
+    )
 
 
 def dot_precision(dtype: torch.dtype) -> str:
