@@ -53,7 +53,7 @@ class OutputProcessor:
                 return True
         return False
 
-    def output(self, request: Request, error: str | None = None) -> RequestOutput:
+    def output(self, request: Request) -> RequestOutput:
         state = self._states[request.request_id]
         finished = request.is_finished
         visible = len(state.text) if finished else max(len(state.text) - state.holdback, state.emitted_chars)
@@ -76,7 +76,6 @@ class OutputProcessor:
             finish_reason=request.finish_reason,
             logprobs=list(request.logprobs) if request.params.logprobs else None,
             num_cached_tokens=request.num_cached_tokens,
-            error=error,
         )
 
     def discard(self, request_id: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import time
 from dataclasses import dataclass, field
 
 from shardserve.engine.sampling_params import SamplingParams
@@ -19,8 +18,7 @@ class RequestStatus(enum.Enum):
 class FinishReason(str, enum.Enum):
     LENGTH = "length"  # max_new_tokens or the model length reached
     STOP = "stop"  # EOS, a stop token id or a stop string
-    ABORT = "abort"  # cancelled by the caller
-    ERROR = "error"  # the engine failed while serving it
+    ABORT = "abort"  # cancelled by the caller (an engine failure raises EngineDeadError instead)
 
     def __str__(self) -> str:
         return self.value
@@ -32,7 +30,6 @@ class Request:
     prompt_token_ids: list[int]
     params: SamplingParams
     prompt: str | None = None
-    arrival_time: float = field(default_factory=time.monotonic)
     output_token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     status: RequestStatus = RequestStatus.WAITING
@@ -80,4 +77,3 @@ class RequestOutput:
     finish_reason: FinishReason | None = None
     logprobs: list[float] | None = None  # log-probability of each generated token
     num_cached_tokens: int = 0
-    error: str | None = None
