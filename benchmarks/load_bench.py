@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -21,12 +20,7 @@ import time
 import httpx
 
 from shardserve.bench.load import LoadConfig, format_report, run_load
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from shardserve.engine.worker import free_port
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:

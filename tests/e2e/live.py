@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,16 +14,11 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from shardserve.engine.worker import free_port
 from shardserve.serving.app import create_app
 from shardserve.serving.settings import ServerSettings
 
 MAX_BODY_BYTES = 64 * 1024  # the shared server's request body limit
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
