@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from shardserve.config import EngineConfig
-from shardserve.engine.llm import LLM, Prompt
+from shardserve.engine.llm import LLM, Prompt, encode_prompt
 from shardserve.engine.request import RequestOutput
 from shardserve.engine.sampling_params import SamplingParams
 from shardserve.engine.tokenizer import load_tokenizer
@@ -57,10 +57,8 @@ class AsyncEngine:
 
     # -- the caller side (event loop) ----------------------------------------------------------
     def encode(self, prompt: Prompt, params: SamplingParams) -> list[int]:
-        """Validated prompt token ids; raises ValueError naming the problem."""
-        if isinstance(prompt, str):
-            prompt = self.tokenizer.encode(prompt)
-        return self.llm.encode(list(prompt), params)
+        """Validated prompt token ids (this thread's tokenizer); ValueError names the problem."""
+        return encode_prompt(self.tokenizer, prompt, params, self.model_config.vocab_size, self.max_model_len)
 
     async def generate(
         self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None
