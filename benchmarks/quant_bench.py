@@ -180,7 +180,8 @@ def _rank_load(rank: int, tp: int, model_dir: str, verify: bool, ready, go, resu
     from shardserve.parallel import ParallelInfo, set_parallel_info
     from shardserve.weights.fast_read import LoadStats
     from shardserve.weights.loader import load_weights, materialize
-    from shardserve.weights.presharded import is_presharded, load_presharded
+    from shardserve.weights.manifest import is_presharded
+    from shardserve.weights.presharded import load_presharded
 
     device = f"cuda:{rank}" if CUDA else "cpu"
     if CUDA:

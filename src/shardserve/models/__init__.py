@@ -76,11 +76,8 @@ def load_model(
     """
     from shardserve.parallel import get_tp_rank, get_tp_size
     from shardserve.weights.loader import load_weights, materialize
-    from shardserve.weights.presharded import (
-        is_presharded,
-        load_presharded,
-        presharded_quantization,
-    )
+    from shardserve.weights.manifest import is_presharded
+    from shardserve.weights.presharded import load_presharded, presharded_quantization
     from shardserve.weights.random_init import init_random_weights
 
     stats = stats if stats is not None else LoadStats()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from shardserve.config import canonical_dtype, torch_dtype
 from shardserve.parallel.state import ParallelInfo, get_parallel_info, set_parallel_info
-from shardserve.weights.presharded import (
+from shardserve.weights.manifest import (
     BLOCK_BYTES,
     FORMAT,
     FORMAT_VERSION,
@@ -25,8 +25,8 @@ from shardserve.weights.presharded import (
     file_digests,
     is_presharded,
     rank_file_name,
-    tensor_entries,
 )
+from shardserve.weights.presharded import tensor_entries
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """Pre-sharded checkpoints: one safetensors file per tensor-parallel rank plus a manifest.
 
-Layout of a directory written by `shardserve partition`:
+Layout of a directory written by `shardserve partition` (the manifest's format and digests live
+in weights/manifest.py):
   shardserve-manifest.json   format version, architecture, HF config, tp size, dtype,
                              quantization (null | int8 | fp8), and for every rank file its byte
                              size, sha256 and the sha256 of each BLOCK_BYTES block (checked while
@@ -16,8 +17,6 @@ checkpoint is loaded as it is, into a model built with the manifest's quantizati
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -26,51 +25,7 @@ from torch import nn
 
 from shardserve.errors import ModelLoadError
 from shardserve.weights.fast_read import LoadStats, read_rank_file, read_with_safetensors
-
-MANIFEST = "shardserve-manifest.json"
-FORMAT = "shardserve-presharded"
-FORMAT_VERSION = 1
-BLOCK_BYTES = 16 << 20  # hash granularity: blocks are verified in parallel as they are read
-
-
-def rank_file_name(rank: int, tp_size: int) -> str:
-    return f"rank-{rank:05d}-of-{tp_size:05d}.safetensors"
-
-
-def is_presharded(model_dir: str | Path) -> bool:
-    return (Path(model_dir) / MANIFEST).is_file()
-
-
-def read_manifest(model_dir: str | Path) -> dict:
-    path = Path(model_dir) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{path}: not a readable manifest ({e})") from None
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise ModelLoadError(
-            f"{path}: format {manifest.get('format')!r} version {manifest.get('format_version')!r} "
-            f"is not {FORMAT!r} version {FORMAT_VERSION}"
-        )
-    return manifest
-
-
-def sha256_of(path: Path, chunk: int = 16 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_digests(path: Path, block_bytes: int = BLOCK_BYTES) -> tuple[str, list[str]]:
-    """(sha256 of the file, sha256 of each consecutive block_bytes block) in one pass."""
-    digest, blocks = hashlib.sha256(), []
-    with open(path, "rb") as f:
-        while block := f.read(block_bytes):
-            digest.update(block)
-            blocks.append(hashlib.sha256(block).hexdigest())
-    return digest.hexdigest(), blocks
+from shardserve.weights.manifest import MANIFEST, read_manifest, sha256_of
 
 
 def presharded_quantization(model_dir: str | Path, requested: str | None) -> str | None:

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from shardserve.errors import ModelLoadError
 from shardserve.weights.fast_read import LoadStats, read_rank_file
-from shardserve.weights.presharded import file_digests
+from shardserve.weights.manifest import file_digests
 
 gen = torch.Generator().manual_seed(0)
 

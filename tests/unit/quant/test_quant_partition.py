@@ -15,7 +15,7 @@ from shardserve.layers import quant
 from shardserve.models import create_model, load_model
 from shardserve.models.config import ModelConfig
 from shardserve.weights.fast_read import read_rank_file
-from shardserve.weights.presharded import MANIFEST, file_digests
+from shardserve.weights.manifest import MANIFEST, file_digests
 
 GREEDY = SamplingParams(max_new_tokens=10, min_new_tokens=10, temperature=0.0)
 

@@ -8,7 +8,7 @@ import torch
 from shardserve import LLM, SamplingParams
 from shardserve.cli import main as cli_main
 from shardserve.errors import ModelLoadError
-from shardserve.weights.presharded import MANIFEST
+from shardserve.weights.manifest import MANIFEST
 
 PROMPTS = ["The quick brown fox", "Hi there"]
 GREEDY = SamplingParams(max_new_tokens=12, min_new_tokens=12, temperature=0.0)

@@ -1,0 +1,56 @@
+"""The pre-sharded checkpoint's manifest (see weights/presharded.py): its name, format and
+digests. Free of torch, so storage can verify a download against it cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from shardserve.errors import ModelLoadError
+
+MANIFEST = "shardserve-manifest.json"
+FORMAT = "shardserve-presharded"
+FORMAT_VERSION = 1
+BLOCK_BYTES = 16 << 20  # hash granularity: blocks are verified in parallel as they are read
+
+
+def rank_file_name(rank: int, tp_size: int) -> str:
+    return f"rank-{rank:05d}-of-{tp_size:05d}.safetensors"
+
+
+def is_presharded(model_dir: str | Path) -> bool:
+    return (Path(model_dir) / MANIFEST).is_file()
+
+
+def read_manifest(model_dir: str | Path) -> dict:
+    path = Path(model_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{path}: not a readable manifest ({e})") from None
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise ModelLoadError(
+            f"{path}: format {manifest.get('format')!r} version {manifest.get('format_version')!r} "
+            f"is not {FORMAT!r} version {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def sha256_of(path: Path, chunk: int = 16 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_digests(path: Path, block_bytes: int = BLOCK_BYTES) -> tuple[str, list[str]]:
+    """(sha256 of the file, sha256 of each consecutive block_bytes block) in one pass."""
+    digest, blocks = hashlib.sha256(), []
+    with open(path, "rb") as f:
+        while block := f.read(block_bytes):
+            digest.update(block)
+            blocks.append(hashlib.sha256(block).hexdigest())
+    return digest.hexdigest(), blocks
