@@ -38,8 +38,12 @@ class _Cancelled(Exception):
     """Another range failed or time ran out: stop this one quietly."""
 
 
-class _ShortBody(Exception):
-    """The connection closed before the range was complete."""
+class _BodyCut(Exception):
+    """The body of a ranged GET stopped at byte `pos`, before the end of its range."""
+
+    def __init__(self, pos: int, cause: object) -> None:
+        super().__init__(str(cause))
+        self.pos, self.cause = pos, cause
 
 
 @dataclass(frozen=True)
@@ -184,12 +188,12 @@ class _Transfer:
             while pos < end:
                 try:
                     pos = self._stream(obj, fd, pos, end)
-                except (_ShortBody, IncompleteRead, ConnectionError, *_stream_errors()) as e:
-                    # botocore retries a request until its headers arrive; a body cut later is ours.
+                except _BodyCut as cut:  # the next GET asks for the rest, from the cut byte
+                    pos = cut.pos
                     failures += 1
                     if failures >= s3.max_attempts():
                         raise StorageError(
-                            f"reading s3://{self.bucket}/{obj.info.key} failed {failures} times, last: {e}"
+                            f"reading s3://{self.bucket}/{obj.info.key} failed {failures} times, last: {cut.cause}"
                         ) from None
                     time.sleep(min(20.0, 0.25 * 2**failures) * random.uniform(0.5, 1.0))
             start_writeback(fd, start, end - start)
@@ -222,18 +226,22 @@ class _Transfer:
                 f"{what}: asked for {expected_range}, the server answered {resp.get('ContentRange')}"
             )
         body, view = resp["Body"], self._buffer()
-        while n := _readinto(body, view):  # into one reused buffer: no allocation per chunk
-            if pos + n > end:
-                raise StorageError(
-                    f"{what}: the server sent more than the byte range {pos}-{end - 1}"
-                )
-            self._check_running()
-            with self._writers:
-                _pwrite_all(fd, view[:n], pos)
-            pos += n
-            self.progress.add(n)
+        try:
+            while n := _readinto(body, view):  # into one reused buffer: no allocation per chunk
+                if pos + n > end:
+                    raise StorageError(
+                        f"{what}: the server sent more than the byte range {pos}-{end - 1}"
+                    )
+                self._check_running()
+                with self._writers:
+                    _pwrite_all(fd, view[:n], pos)
+                pos += n
+                self.progress.add(n)
+        except (IncompleteRead, ConnectionError, *_stream_errors()) as e:
+            # botocore retries a request until its headers arrive; a body cut later is ours.
+            raise _BodyCut(pos, e) from None
         if pos < end:
-            raise _ShortBody(f"connection closed at byte {pos} of range ending {end}")
+            raise _BodyCut(pos, f"connection closed at byte {pos} of range ending {end}")
         return pos
 
     def _buffer(self) -> memoryview:
