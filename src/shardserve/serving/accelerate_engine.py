@@ -110,9 +110,6 @@ class AccelerateEngine:
         finally:
             pending.aborted = not finished  # the batch loop drops it at its next step
 
-    async def abort(self, request_id: str) -> None:
-        """Requests are aborted by closing their generate() stream (the server always does)."""
-
     def shutdown(self, timeout: float = 30.0) -> None:
         self._queue.put(None)
         self._thread.join(timeout)
