@@ -206,10 +206,12 @@ class _Rows:
         self.want_logprobs = any(p.request.params.logprobs for p in group)
 
     def eos_mask(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        for i, pending in enumerate(self.group):
-            p, n = pending.request.params, len(pending.request.output_token_ids)
-            if len(self.eos) and (p.ignore_eos or n < p.min_new_tokens):
-                scores[i, self.eos.to(scores.device)] = float("-inf")
+        if len(self.eos):
+            eos = self.eos.to(scores.device)
+            for i, pending in enumerate(self.group):
+                p, n = pending.request.params, len(pending.request.output_token_ids)
+                if p.ignore_eos or n < p.min_new_tokens:
+                    scores[i, eos] = float("-inf")
         if self.want_logprobs:
             self.logprobs = torch.log_softmax(scores.float(), dim=-1).cpu()
         return scores
