@@ -1,5 +1,5 @@
 """Reading the per-file sha256 and size our partition manifest records (`shardserve partition`,
-weights/presharded.py), so a download is checked against the digests written at partitioning.
+weights/manifest.py), so a download is checked against the digests written at partitioning.
 
 The manifest is MANIFEST_NAME at the model root; the shapes read:
     {"files": [{"name": "rank-00000-of-00002.safetensors", "bytes": 123, "sha256": "<hex>"}]}
@@ -15,7 +15,8 @@ from pathlib import Path
 
 from shardserve.errors import StorageError
 
-# Same name as weights.presharded.MANIFEST (not imported: that module pulls in torch).
+# Same name as weights.manifest.MANIFEST, not imported from there: the `shardserve.weights`
+# package's __init__ imports torch, which `shardserve download` must not load.
 MANIFEST_NAME = "shardserve-manifest.json"
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 

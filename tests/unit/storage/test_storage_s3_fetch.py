@@ -100,7 +100,7 @@ def test_partition_manifest_sha256_is_checked(put_model, tmp_path):
 
 
 def test_manifest_name_is_the_one_partition_writes():
-    from shardserve.weights.presharded import MANIFEST
+    from shardserve.weights.manifest import MANIFEST
 
     assert MANIFEST_NAME == MANIFEST
 
