@@ -35,8 +35,6 @@ from shardserve.serving.properties import ServingConfig
 
 logger = logging.getLogger(__name__)
 
-_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
 
 @dataclasses.dataclass
 class _Pending:
@@ -53,13 +51,13 @@ class AccelerateEngine:
     def __init__(self, config: ServingConfig, model_dir: Path):
         from transformers import AutoModelForCausalLM
 
-        from shardserve.config import canonical_dtype
+        from shardserve.config import torch_dtype
 
-        dtype = canonical_dtype(config.dtype)
+        dtype = "auto" if config.dtype == "auto" else torch_dtype(config.dtype)
         device_map = config.device_map or ("auto" if torch.cuda.is_available() else None)
         try:
             self.model = AutoModelForCausalLM.from_pretrained(
-                str(model_dir), dtype=_TORCH_DTYPES.get(dtype, "auto"), device_map=device_map,
+                str(model_dir), dtype=dtype, device_map=device_map,
                 local_files_only=True,
             ).eval()
         except Exception as e:
