@@ -73,14 +73,12 @@ class WeightOnly8Bit(LinearMethod):
         self.name, self.qdtype = name, qdtype
 
     def create_weights(self, layer, shape, weight_loader, shard_shapes) -> None:
-        weight = nn.Parameter(torch.empty(shape, dtype=self.qdtype), requires_grad=False)
-        weight.weight_loader, weight.shard_shapes = weight_loader, shard_shapes
+        weight = new_param(shape, weight_loader, shard_shapes, dtype=self.qdtype)
         # Checkpoint slices (and random init) come in the model dtype, the default while building.
         weight.checkpoint_dtype = torch.get_default_dtype()
         # linear.store_rows hands every slice meant for the weight to this, which quantises it.
         weight.store_rows = functools.partial(self._store_rows, layer)
-        scale = nn.Parameter(torch.empty(shape[0], dtype=torch.float32), requires_grad=False)
-        scale.weight_loader, scale.shard_shapes = _filled_by_weight, {}
+        scale = new_param((shape[0],), _filled_by_weight, {}, dtype=torch.float32)
         layer.weight, layer.weight_scale = weight, scale
 
     def _store_rows(self, layer: nn.Module, param: nn.Parameter, offset: int, src: torch.Tensor) -> None:

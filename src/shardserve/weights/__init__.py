@@ -47,9 +47,11 @@ def read_all(loaded: Loaded) -> torch.Tensor:
     return loaded if isinstance(loaded, torch.Tensor) else loaded[:]
 
 
-def new_param(shape: tuple[int, ...], weight_loader: WeightLoader, shard_shapes: dict) -> nn.Parameter:
+def new_param(
+    shape: tuple[int, ...], weight_loader: WeightLoader, shard_shapes: dict, dtype: torch.dtype | None = None
+) -> nn.Parameter:
     """An uninitialised inference parameter (default dtype/device: the model is built on meta)."""
-    param = nn.Parameter(torch.empty(shape), requires_grad=False)
+    param = nn.Parameter(torch.empty(shape, dtype=dtype), requires_grad=False)
     param.weight_loader = weight_loader
     param.shard_shapes = shard_shapes
     return param
