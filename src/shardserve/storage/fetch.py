@@ -150,13 +150,15 @@ def _from_s3(
             work / "tree",
             {**info, "archive": objects[0].etag},
         )
-    tree = work / "tree"
-    sha = {}
+    tree, files, sha = work / "tree", {}, {}
     manifests = [o for o in objects if o.relpath == MANIFEST_NAME]
     if manifests:  # first, so its sha256s replace the store's checksums for the other files
-        get(manifests, tree, replace(options, progress=False))
+        files = get(manifests, tree, replace(options, progress=False))
         sha = _manifest_sha(tree / MANIFEST_NAME, objects)
-    return tree, {**info, "files": get(objects, tree, sha=sha)}  # the manifest is journaled by now
+    rest = [o for o in objects if o.relpath != MANIFEST_NAME]
+    if rest:
+        files.update(get(rest, tree, sha=sha))
+    return tree, {**info, "files": {o.relpath: files[o.relpath] for o in objects}}
 
 
 def _manifest_sha(path: Path, objects: list[s3.RemoteObject]) -> dict[str, str]:
