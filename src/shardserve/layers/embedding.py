@@ -14,7 +14,7 @@ from torch import nn
 
 from shardserve.parallel import get_tp_rank, get_tp_size
 from shardserve.parallel.comm import all_gather, all_reduce
-from shardserve.weights import Loaded, narrow, new_param
+from shardserve.weights.params import Loaded, narrow, new_param
 
 
 class VocabParallelEmbedding(nn.Module):

@@ -19,7 +19,7 @@ from torch import nn
 from shardserve.layers.quant import current_linear_method
 from shardserve.parallel import get_tp_rank, get_tp_size
 from shardserve.parallel.comm import all_gather, all_reduce
-from shardserve.weights import Loaded, narrow, new_param, read_all, replicated_param
+from shardserve.weights.params import Loaded, narrow, new_param, read_all, replicated_param
 
 
 def divide(numerator: int, denominator: int, what: str) -> int:

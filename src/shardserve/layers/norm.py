@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shardserve.kernels import use_fused_kernels
-from shardserve.weights import replicated_param
+from shardserve.weights.params import replicated_param
 
 
 def _norm_param(dim: int, fill: float) -> nn.Parameter:

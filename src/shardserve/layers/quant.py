@@ -44,7 +44,7 @@ from shardserve.kernels.int8_gemm import (
     w8_linear,
     w8_linear_reference,
 )
-from shardserve.weights import WeightLoader, new_param
+from shardserve.weights.params import WeightLoader, new_param
 
 QUANTIZATIONS = (None, "int8", "fp8")
 _SOURCE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

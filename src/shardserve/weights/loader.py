@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from shardserve.errors import ModelLoadError
-from shardserve.weights import Loaded, shape_of
+from shardserve.weights.params import Loaded, shape_of
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"

@@ -16,7 +16,7 @@ from shardserve.layers.linear import (
     QKVParallelLinear,
     RowParallelLinear,
 )
-from shardserve.weights import narrow
+from shardserve.weights.params import narrow
 
 gen = torch.Generator().manual_seed(0)
 

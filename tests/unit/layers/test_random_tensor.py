@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from shardserve.weights import narrow
+from shardserve.weights.params import narrow
 from shardserve.weights.random_init import BLOCK_ROWS, RandomTensor
 
 
