@@ -110,3 +110,29 @@ def test_names_and_registry(tmp_path):
         store.get("m")
     assert e.value.status == 404
     assert store.health()[0] == 200
+
+
+def test_a_generation_model_knows_every_eos_id_the_engine_stops_on(tmp_path, monkeypatch):
+    """generation_config.json may list several EOS ids (Llama 3); finish_reason needs them all."""
+    from types import SimpleNamespace
+
+    from shardserve.engine.request import RequestOutput
+    from shardserve.serving.engines import ReplicaSet
+
+    class Engine:
+        errored = False
+        tokenizer = SimpleNamespace(eos_token_id=2)
+        model_config = SimpleNamespace(eos_token_id=2)
+
+        async def generate(self, prompt, params, request_id):
+            yield RequestOutput(request_id, prompt, [1], "x", [5], "x", [5], True)
+
+        def shutdown(self):
+            pass
+
+    local = artifact(tmp_path, model_py=None)
+    (local / "generation_config.json").write_text('{"eos_token_id": [2, 7]}')
+    monkeypatch.setattr(model_loader, "_load_engine", lambda config, weights: (ReplicaSet([Engine()]), 1))
+    model = ModelStore(environ={}).add("m", str(local), wait=True)
+    assert model.ready, model.error
+    assert model.eos_ids == {2, 7}
