@@ -14,7 +14,7 @@ from shardserve.storage import archive, s3
 from shardserve.storage.deadline import Deadline
 from shardserve.storage.disk import remove
 from shardserve.storage.journal import Journal
-from shardserve.storage.manifest import MANIFEST_NAME, file_digests
+from shardserve.storage.manifest import MANIFEST, file_digests
 from shardserve.storage.once import ensure
 from shardserve.storage.transfer import DEFAULT_PART_SIZE, TransferOptions, download
 from shardserve.storage.uri import LocalLocation, Location, S3Location, parse_location
@@ -151,11 +151,11 @@ def _from_s3(
             {**info, "archive": objects[0].etag},
         )
     tree, files, sha = work / "tree", {}, {}
-    manifests = [o for o in objects if o.relpath == MANIFEST_NAME]
+    manifests = [o for o in objects if o.relpath == MANIFEST]
     if manifests:  # first, so its sha256s replace the store's checksums for the other files
         files = get(manifests, tree, replace(options, progress=False))
-        sha = _manifest_sha(tree / MANIFEST_NAME, objects)
-    rest = [o for o in objects if o.relpath != MANIFEST_NAME]
+        sha = _manifest_sha(tree / MANIFEST, objects)
+    rest = [o for o in objects if o.relpath != MANIFEST]
     if rest:
         files.update(get(rest, tree, sha=sha))
     return tree, {**info, "files": {o.relpath: files[o.relpath] for o in objects}}

@@ -1,7 +1,7 @@
 """The one checkpoint loader: HF safetensors (single or sharded) or pytorch_model.bin.
 
 Driven by the model's parameters (each carries `weight_loader` and `shard_shapes`, see
-shardserve.weights) and its name mapping (`base_model_prefix`, `packed_modules`).
+shardserve.weights.params) and its name mapping (`base_model_prefix`, `packed_modules`).
 
 Peak host memory: one tensor slice at a time. Safetensors are opened with `safe_open` and read
 through `get_slice`, so a rank reads only the rows/columns it owns, in the checkpoint dtype; the

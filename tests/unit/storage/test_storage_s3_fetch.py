@@ -13,7 +13,7 @@ from shardserve.errors import StorageError
 from shardserve.storage import transfer
 from shardserve.storage.exceptions import DownloadTimeout
 from shardserve.storage.fetch import fetch_model
-from shardserve.storage.manifest import MANIFEST_NAME
+from shardserve.storage.manifest import MANIFEST
 from shardserve.storage.once import DONE_NAME
 
 MiB = 1 << 20
@@ -94,20 +94,14 @@ def _manifest(files, corrupt=None):
 
 def test_partition_manifest_sha256_is_checked(put_model, tmp_path):
     files = {"rank0.safetensors": RNG.randbytes(2 * MiB), "rank1.safetensors": RNG.randbytes(MiB)}
-    bucket = put_model({**files, MANIFEST_NAME: _manifest(files)})
+    bucket = put_model({**files, MANIFEST: _manifest(files)})
     done = json.loads((fetch(f"s3://{bucket}/model", tmp_path) / DONE_NAME).read_text())
     assert done["files"]["rank0.safetensors"]["verified"] == "sha256 in the partition manifest"
 
 
-def test_manifest_name_is_the_one_partition_writes():
-    from shardserve.weights.manifest import MANIFEST
-
-    assert MANIFEST_NAME == MANIFEST
-
-
 def test_wrong_manifest_sha256_is_refused_and_nothing_left(put_model, tmp_path):
     files = {"rank0.safetensors": RNG.randbytes(2 * MiB), "rank1.safetensors": RNG.randbytes(MiB)}
-    bucket = put_model({**files, MANIFEST_NAME: _manifest(files, corrupt="rank1.safetensors")})
+    bucket = put_model({**files, MANIFEST: _manifest(files, corrupt="rank1.safetensors")})
     with pytest.raises(
         StorageError, match=r"model/rank1.safetensors: the downloaded bytes do not match its sha256"
     ):
