@@ -24,7 +24,6 @@ from shardserve.models.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 @dataclass
@@ -47,13 +46,13 @@ class BenchConfig:
 
 
 def run_bench(cfg: BenchConfig) -> tuple[list[EngineResult], dict]:
-    from shardserve.config import canonical_dtype
+    from shardserve.config import canonical_dtype, torch_dtype
 
     with tempfile.TemporaryDirectory(prefix="shardserve-bench-") as tmp:
         model_dir = _model_dir(cfg, Path(tmp))
         model_config = ModelConfig.from_hf(model_dir)
         dtype_name = canonical_dtype(cfg.dtype or model_config.torch_dtype or "bfloat16")
-        dtype = _DTYPES[dtype_name]
+        dtype = torch_dtype(dtype_name)
         devices = [torch.device("cuda", i) for i in range(cfg.tp)] if torch.cuda.is_available() else [torch.device("cpu")]
         context = {"config": {k: str(v) for k, v in vars(cfg).items()}, "machine": describe(devices)}
         context["copy_bandwidth_GBps"] = bandwidth = copy_bandwidth(devices[0]) / 1e9

@@ -16,6 +16,7 @@ from shardserve.serving.custom_engine import CustomHandler
 from shardserve.serving.http_errors import APIError
 from shardserve.serving.model_loader import FAILED, READY, ModelLoader
 from shardserve.serving.properties import ServingConfig
+from shardserve.storage.uri import ARCHIVE_SUFFIXES
 
 
 class ServedModel:
@@ -129,7 +130,7 @@ class ModelStore:
 def model_name(location: str) -> str:
     """A model's default name: the last part of its location, without archive suffixes."""
     name = location.rstrip("/").rsplit("/", 1)[-1]
-    for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
+    for suffix in ARCHIVE_SUFFIXES:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
     return name or "model"
