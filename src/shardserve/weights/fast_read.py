@@ -9,6 +9,9 @@ already being read; a buffer is refilled only after its copies have finished (a 
 Python work is per tensor piece (a few per tensor), never per element or per page.
 Integrity: when the manifest has per-block sha256s, each block is hashed by the thread that
 read it, in parallel, instead of a separate whole-file pass before the load.
+direct=True opens the file with O_DIRECT: the disk writes straight into the pinned buffers,
+skipping the page cache (no second copy, no cache to evict; every load is a cold read). Where the
+file system refuses O_DIRECT, or the chunk layout is not page-aligned, reads are buffered.
 
 Peak host memory: num_buffers * chunk_bytes of pinned buffers (256 MiB by default), whatever the
 model size; the page cache holds what the kernel keeps. A parameter stored in another dtype than
@@ -35,6 +38,7 @@ import torch
 from shardserve.errors import ModelLoadError
 
 DEFAULT_CHUNK = 128 << 20
+_ALIGN = 4096  # O_DIRECT: buffer addresses, file offsets and lengths in whole pages
 _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -57,6 +61,7 @@ class LoadStats:
     to_device_s: float = 0.0  # waiting for host-to-device copies not hidden behind reads
     total_s: float = 0.0
     bytes_read: int = 0
+    direct_io: bool = False  # the rank file was read with O_DIRECT
 
     def as_dict(self) -> dict:
         loading = self.total_s - self.build_s
@@ -125,7 +130,7 @@ def read_with_safetensors(path: Path, params: dict[str, torch.Tensor], stats: Lo
 def read_rank_file(
     path: str | Path, params: dict[str, torch.Tensor], *, chunk_bytes: int = DEFAULT_CHUNK, num_buffers: int = 2,
     threads: int = 8, block_sha256: list[str] | None = None, block_bytes: int | None = None,
-    stats: LoadStats | None = None,
+    direct: bool = False, stats: LoadStats | None = None,
 ) -> LoadStats:
     """Fill `params` (name -> contiguous tensor, all on one device) from the safetensors file.
 
@@ -145,11 +150,12 @@ def read_rank_file(
         raise ModelLoadError(f"{path}: {size} bytes need {-(-size // piece)} block hashes, the manifest has {len(block_sha256)}")
     device = next(iter(params.values())).device if params else torch.device("cpu")
     copier = _Copier(entries, params, device)
-    bufs = [torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=device.type == "cuda") for _ in range(num_buffers)]
+    bufs = [_page_aligned(chunk_bytes, pin=device.type == "cuda") for _ in range(num_buffers)]
     views = [memoryview(b.numpy()) for b in bufs]
-    fd = os.open(path, os.O_RDONLY)
+    fd, stats.direct_io = _open(path, direct and piece % _ALIGN == 0 and chunk_bytes % _ALIGN == 0)
     try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        if not stats.direct_io:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         with ThreadPoolExecutor(threads, thread_name_prefix="fast-read") as pool:
             pending: deque[tuple[int, int, int, list[Future]]] = deque()
             for j, start in enumerate(range(0, size, chunk_bytes)):
@@ -157,7 +163,7 @@ def read_rank_file(
                 stats.to_device_s += copier.wait_buffer(b)
                 reads = [
                     pool.submit(_read_piece, fd, views[b], lo - start, lo, min(lo + piece, end),
-                                block_sha256[lo // piece] if block_sha256 is not None else None)
+                                block_sha256[lo // piece] if block_sha256 is not None else None, stats.direct_io)
                     for lo in range(start, end, piece)
                 ]
                 pending.append((start, end, b, reads))
@@ -172,16 +178,37 @@ def read_rank_file(
     return stats
 
 
-def _read_piece(fd: int, view: memoryview, at: int, lo: int, hi: int, sha256: str | None) -> bool:
-    """file[lo:hi] -> view[at : at + hi - lo]; False if its block hash differs."""
-    target = view[at : at + hi - lo]
+def _page_aligned(nbytes: int, pin: bool) -> torch.Tensor:
+    """A uint8 buffer whose first byte sits on a page boundary (O_DIRECT needs it)."""
+    raw = torch.empty(nbytes + _ALIGN, dtype=torch.uint8, pin_memory=pin)
+    skip = -raw.data_ptr() % _ALIGN
+    return raw[skip : skip + nbytes]
+
+
+def _open(path: Path, direct: bool) -> tuple[int, bool]:
+    """(fd, whether it is O_DIRECT): direct if asked and the file system allows it."""
+    if direct and hasattr(os, "O_DIRECT"):
+        try:
+            return os.open(path, os.O_RDONLY | os.O_DIRECT), True
+        except OSError:
+            pass  # e.g. tmpfs: buffered reads instead
+    return os.open(path, os.O_RDONLY), False
+
+
+def _read_piece(fd: int, view: memoryview, at: int, lo: int, hi: int, sha256: str | None, direct: bool) -> bool:
+    """file[lo:hi] -> view[at : at + hi - lo]; False if its block hash differs. O_DIRECT reads
+    whole pages: the file's last piece is asked for up to the next page boundary (the buffer
+    has room, chunks being whole pages) and comes back short at the end of the file."""
+    want = hi - lo
+    asked = -(-want // _ALIGN) * _ALIGN if direct else want
+    target = view[at : at + asked]
     done = 0
-    while done < hi - lo:
+    while done < want:
         n = os.preadv(fd, [target[done:]], lo + done)
         if n <= 0:
             raise ModelLoadError(f"unexpected end of file at byte {lo + done}")
         done += n
-    return sha256 is None or hashlib.sha256(target).hexdigest() == sha256
+    return sha256 is None or hashlib.sha256(target[:want]).hexdigest() == sha256
 
 
 def _finish(path: Path, copier: _Copier, bufs, start: int, end: int, b: int, reads: list[Future]) -> float:

@@ -55,12 +55,13 @@ def verify_rank_file(model_dir: Path, entry: dict, check_hash: bool = True) -> P
 
 def load_presharded(
     model: nn.Module, model_dir: str | Path, rank: int, tp_size: int, verify: bool = True,
-    stats: LoadStats | None = None,
+    direct: bool = False, stats: LoadStats | None = None,
 ) -> None:
     """Fill a materialised model (this rank's shapes) from its rank file.
 
-    GPU: chunked overlapped reads, verified block by block when the manifest has block hashes
-    (else a whole-file sha256 first). CPU: safetensors, after the whole-file sha256.
+    GPU: chunked overlapped reads (O_DIRECT if `direct`), verified block by block when the
+    manifest has block hashes (else a whole-file sha256 first). CPU: safetensors, after the
+    whole-file sha256.
     """
     model_dir = Path(model_dir)
     stats = stats if stats is not None else LoadStats()
@@ -79,7 +80,8 @@ def load_presharded(
     path = verify_rank_file(model_dir, entry, check_hash=verify and blocks is None)
     stats.verify_s += time.perf_counter() - started
     if chunked:
-        read_rank_file(path, params, block_sha256=blocks, block_bytes=entry.get("block_bytes"), stats=stats)
+        read_rank_file(path, params, block_sha256=blocks, block_bytes=entry.get("block_bytes"), direct=direct,
+                       stats=stats)
     else:
         read_with_safetensors(path, params, stats)
 

@@ -54,14 +54,29 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
                                               b.view(torch.uint8) if b.element_size() == 1 else b)
 
 
+@pytest.mark.parametrize("direct", [False, True])
 @pytest.mark.parametrize(("chunk", "block"), [(1 << 20, None), (3 * 4096, 4096), (64 << 20, 1 << 16)])
-def test_equals_safetensors(rank_file, chunk, block):
+def test_equals_safetensors(rank_file, chunk, block, direct):
     want = load_file(str(rank_file))
     params = _empty_like_file(rank_file)
     hashes = file_digests(rank_file, block)[1] if block else None
-    stats = read_rank_file(rank_file, params, chunk_bytes=chunk, threads=3, block_sha256=hashes, block_bytes=block)
+    stats = read_rank_file(rank_file, params, chunk_bytes=chunk, threads=3, block_sha256=hashes, block_bytes=block,
+                           direct=direct)
     assert all(_same(params[n], want[n]) for n in want)
     assert stats.bytes_read == rank_file.stat().st_size and stats.as_dict()["read_s"] >= 0
+    assert rank_file.stat().st_size % 4096  # the last read ends mid-page: O_DIRECT's short read
+
+
+def test_direct_io_is_used_where_the_file_system_allows_it(rank_file):
+    import os
+
+    try:
+        os.close(os.open(rank_file, os.O_RDONLY | os.O_DIRECT))
+        allowed = True
+    except OSError:  # e.g. tmpfs: the buffered fallback is what the test above ran
+        allowed = False
+    assert read_rank_file(rank_file, _empty_like_file(rank_file), chunk_bytes=1 << 20, direct=True).direct_io == allowed
+    assert not read_rank_file(rank_file, _empty_like_file(rank_file), chunk_bytes=1 << 20).direct_io
 
 
 def test_converts_half_precision_into_float32_parameters(rank_file):
