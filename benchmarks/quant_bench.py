@@ -4,7 +4,7 @@ one 10-minute command; every figure lands in $OUT/results.json (benchmarks/stage
 
     PYTHONPATH=src python3 benchmarks/quant_bench.py --part kernels     # 1 GPU: tests + kernel times
     PYTHONPATH=src python3 benchmarks/quant_bench.py --part llama8b     # 1 GPU: decode, batch 1
-    PYTHONPATH=src python3 benchmarks/quant_bench.py --part bloom176b   # 4 GPUs: TP4, batch 4 x 256
+    PYTHONPATH=src python3 benchmarks/quant_bench.py --part bloom176b   # --tp GPUs (4), batch 4 x 256
     PYTHONPATH=src python3 benchmarks/quant_bench.py --part load        # 4 GPUs, ~130 GB of disk
 
 `--part load` writes its checkpoints under --workdir and reuses them: if the first command runs
@@ -117,9 +117,9 @@ def llama8b() -> dict:
     return out
 
 
-def bloom176b() -> dict:
-    out = _bench("bloom", tp=4, batch=4, reps=5, check_tokens=0, variants={"int8": {"quantization": "int8"}})
-    print("BLOOM-176B int8 TP4 P50 ms (target <= 3500 on 4xH200):", out["variants"]["int8"]["p50_ms"], flush=True)
+def bloom176b(tp: int) -> dict:
+    out = _bench("bloom", tp=tp, batch=4, reps=5, check_tokens=0, variants={"int8": {"quantization": "int8"}})
+    print(f"BLOOM-176B int8 TP{tp} P50 ms (target <= 3500 on 4xH200 TP4):", out["variants"]["int8"]["p50_ms"], flush=True)
     return out
 
 
@@ -162,9 +162,14 @@ def write_hf_checkpoint(model: str, path: Path, shard_bytes: int = 5 << 30) -> P
 
 
 def drop_page_cache(paths: list[Path]) -> str:
-    """Cold reads: posix_fadvise(DONTNEED) drops these files' clean cached pages (after a sync),
-    without privileges and without touching the rest of the machine's page cache."""
+    """Cold reads: after a sync, drop the whole page cache where we may (root), else drop these
+    files' clean cached pages with posix_fadvise(DONTNEED) (no privileges needed)."""
     os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3")
+        return "drop_caches"
+    except OSError:
+        pass
     for p in paths:
         fd = os.open(p, os.O_RDONLY)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -172,7 +177,36 @@ def drop_page_cache(paths: list[Path]) -> str:
     return "fadvise_dontneed"
 
 
-def _rank_load(rank: int, tp: int, model_dir: str, verify: bool, ready, go, results) -> None:
+def disk_ceiling(paths: list[Path], threads: int, direct: bool) -> dict:
+    """What the disk gives with no loader around it: every file read cold, front to back, in
+    16 MiB requests by `threads` threads at once into throwaway page-aligned buffers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    piece = 16 << 20
+    cache = drop_page_cache(paths)
+    jobs = [(p, lo) for p in paths for lo in range(0, p.stat().st_size, piece)]
+    fds = {p: os.open(p, os.O_RDONLY | (os.O_DIRECT if direct else 0)) for p in paths}
+
+    def worker(k: int) -> int:
+        raw = np.empty(piece + 4096, dtype=np.uint8)
+        skip = -raw.ctypes.data % 4096
+        buf, n = memoryview(raw[skip : skip + piece]), 0
+        for p, lo in jobs[k::threads]:
+            n += os.preadv(fds[p], [buf], lo)
+        return n
+
+    t0 = time.time()
+    with ThreadPoolExecutor(threads) as pool:
+        total = sum(pool.map(worker, range(threads)))
+    wall = time.time() - t0
+    for fd in fds.values():
+        os.close(fd)
+    return {"page_cache": cache, "threads": threads, "direct": direct, "GB": total / 1e9, "GBps": total / wall / 1e9}
+
+
+def _rank_load(rank: int, tp: int, model_dir: str, verify: bool, direct: bool, ready, go, results) -> None:
     """One rank: CUDA ready, then (on `go`) build + read its rank file onto cuda:rank (CPU:
     the safetensors path); for an HF checkpoint dir, its slices through the generic loader."""
     from shardserve.models import create_model
@@ -199,7 +233,7 @@ def _rank_load(rank: int, tp: int, model_dir: str, verify: bool, ready, go, resu
     materialize(model, device)
     stats.build_s = time.time() - t0
     if is_presharded(model_dir):
-        load_presharded(model, model_dir, rank, tp, verify=verify, stats=stats)
+        load_presharded(model, model_dir, rank, tp, verify=verify, direct=direct, stats=stats)
     else:
         load_weights(model, model_dir)
         stats.bytes_read = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -209,12 +243,12 @@ def _rank_load(rank: int, tp: int, model_dir: str, verify: bool, ready, go, resu
     results.put((rank, t0, time.time(), stats.as_dict()))
 
 
-def ours(pre: Path, tp: int, verify: bool) -> dict:
+def ours(pre: Path, tp: int, verify: bool, direct: bool = False) -> dict:
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=_rank_load, args=(r, tp, str(pre), verify, ready, go, results)) for r in range(tp)]
+    procs = [ctx.Process(target=_rank_load, args=(r, tp, str(pre), verify, direct, ready, go, results)) for r in range(tp)]
     for p in procs:
         p.start()
     for _ in procs:
@@ -226,7 +260,7 @@ def ours(pre: Path, tp: int, verify: bool) -> dict:
         p.join()
     wall = max(r[2] for r in ranks) - min(r[1] for r in ranks)
     total = sum(r[3]["bytes_read"] for r in ranks)
-    return {"page_cache": cache, "verify": verify, "wall_s": wall, "GB": total / 1e9, "GBps": total / wall / 1e9,
+    return {"page_cache": cache, "verify": verify, "direct": direct, "wall_s": wall, "GB": total / 1e9, "GBps": total / wall / 1e9,
             "ranks": [r[3] for r in ranks]}
 
 
@@ -254,13 +288,18 @@ def load(workdir: Path, model: str, tp: int) -> None:
     if not (pre / "shardserve-manifest.json").is_file():
         shutil.rmtree(pre, ignore_errors=True)  # an earlier command stopped half way
         stage("partition", lambda: str(partition(hf, pre, tp, "fp16")), 200, DEADLINE)
+    files = sorted(pre.glob("*.safetensors"))
+    for threads, direct in ((1, False), (8, False), (8, True)):
+        stage(f"disk_ceiling_threads={threads}_direct={direct}", lambda t=threads, d=direct: disk_ceiling(files, t, d),
+              60, DEADLINE)
     theirs = stage("transformers_device_map_auto", lambda: transformers_load(hf), 120, DEADLINE)
     # Issue 3's comparison: our own loader on the HF checkpoint (sliced reads) vs pre-sharded.
     stage("ours_from_hf_checkpoint", lambda: ours(hf, tp, True), 120, DEADLINE)
-    for verify in (True, False):
-        mine = stage(f"ours_verify={verify}", lambda v=verify: ours(pre, tp, v), 60, DEADLINE)
+    for verify, direct in ((True, False), (True, True), (False, True)):
+        name = f"ours_verify={verify}_direct={direct}"
+        mine = stage(name, lambda v=verify, d=direct: ours(pre, tp, v, d), 60, DEADLINE)
         if mine and theirs:
-            RESULTS[f"ours_verify={verify}"]["speedup_vs_transformers"] = theirs["wall_s"] / mine["wall_s"]
+            RESULTS[name]["speedup_vs_transformers"] = theirs["wall_s"] / mine["wall_s"]
 
 
 if __name__ == "__main__":
@@ -268,7 +307,7 @@ if __name__ == "__main__":
     parser.add_argument("--part", required=True, choices=["kernels", "llama8b", "bloom176b", "load"])
     parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "quant-bench")
     parser.add_argument("--model", default="opt-30b", help="--part load: catalog model to write and load")
-    parser.add_argument("--tp", type=int, default=4, help="--part load: ranks (GPUs)")
+    parser.add_argument("--tp", type=int, default=4, help="--part load and bloom176b: ranks (GPUs)")
     args = parser.parse_args()
     if args.part == "kernels":
         stage("gpu_name", lambda: torch.cuda.get_device_name(0), 0, DEADLINE)
@@ -277,6 +316,8 @@ if __name__ == "__main__":
         stage("kernel_sweep_batch1", lambda: kernel_times(sweep=True), 90, DEADLINE)
     elif args.part == "load":
         load(args.workdir, args.model, args.tp)
+    elif args.part == "bloom176b":
+        stage(f"bloom176b_tp{args.tp}", lambda: bloom176b(args.tp), 60, DEADLINE)
     else:
-        stage(args.part, {"llama8b": llama8b, "bloom176b": bloom176b}[args.part], 60, DEADLINE)
+        stage("llama8b", llama8b, 60, DEADLINE)
     finish()
