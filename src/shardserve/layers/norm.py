@@ -1,4 +1,9 @@
-"""Normalisation layers (replicated on every rank). Norm weights random-init to 1, biases to 0."""
+"""Normalisation layers (replicated on every rank). Norm weights random-init to 1, biases to 0.
+
+Both take an optional residual: `norm(x, residual)` returns (norm(x + residual), x + residual),
+the residual add of a pre-norm decoder folded into the norm that follows it (one fused kernel
+instead of an add kernel plus a norm kernel). The sum is in the input dtype either way.
+"""
 
 from __future__ import annotations
 
@@ -24,12 +29,20 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = _norm_param(dim, 1.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [T, dim] -> [T, dim]."""
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """x [T, dim] -> [T, dim]; with residual [T, dim] -> (norm(x + residual), x + residual)."""
         if use_fused_kernels(x):
-            from shardserve.kernels.rms_norm import rms_norm
+            from shardserve.kernels.rms_norm import fused_add_rms_norm, rms_norm
 
-            return rms_norm(x, self.weight, self.eps)
+            if residual is None:
+                return rms_norm(x, self.weight, self.eps)
+            return fused_add_rms_norm(x, residual, self.weight, self.eps)
+        if residual is None:
+            return self._norm(x)
+        x = x + residual
+        return self._norm(x), x
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
@@ -42,10 +55,23 @@ class LayerNorm(nn.Module):
         self.weight = _norm_param(dim, 1.0)
         self.bias = _norm_param(dim, 0.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [T, dim] -> [T, dim]."""
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """x [T, dim] -> [T, dim]; with residual [T, dim] -> (norm(x + residual), x + residual)."""
         if use_fused_kernels(x) and x.dim() == 2:
-            from shardserve.kernels.layer_norm import layer_norm
+            from shardserve.kernels.layer_norm import fused_add_layer_norm, layer_norm
 
-            return layer_norm(x, self.weight, self.bias, self.eps)
+            if residual is None:
+                return layer_norm(x, self.weight, self.bias, self.eps)
+            return fused_add_layer_norm(x, residual, self.weight, self.bias, self.eps)
+        if residual is None:
+            return self._norm(x)
+        x = x + residual
+        return self._norm(x), x
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+def add_norm(norm: RMSNorm | LayerNorm, x: torch.Tensor, residual: torch.Tensor | None):
+    """(norm(x + residual), x + residual); (norm(x), x) where there is no residual yet (first layer)."""
+    return (norm(x), x) if residual is None else norm(x, residual)
