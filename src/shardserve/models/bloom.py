@@ -3,6 +3,9 @@
 The fused query_key_value weight is laid out per head, [num_heads, 3, head_dim] rows, so a
 contiguous block of rows is a contiguous block of whole heads: a plain column-parallel split
 gives each rank the q, k and v of its own heads.
+
+Every residual add happens inside the norm that follows it (LayerNorm(x, residual), one fused
+kernel), the residual travelling beside the hidden state from block to block (see models/llama.py).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from shardserve.layers.alibi import rank_alibi_slopes
 from shardserve.layers.attention import Attention
 from shardserve.layers.embedding import CausalLM, VocabParallelEmbedding
 from shardserve.layers.linear import ColumnParallelLinear, RowParallelLinear, divide
-from shardserve.layers.norm import LayerNorm
+from shardserve.layers.norm import LayerNorm, add_norm
 from shardserve.models.config import ModelConfig
 
 
@@ -63,11 +66,18 @@ class BloomBlock(nn.Module):
         self.mlp = BloomMLP(config)
         self.residual_post_ln = config.residual_post_layernorm
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        x = self.input_layernorm(hidden)
-        hidden = (x if self.residual_post_ln else hidden) + self.self_attention(x)
-        x = self.post_attention_layernorm(hidden)
-        return (x if self.residual_post_ln else hidden) + self.mlp(x)
+    def forward(
+        self, hidden: torch.Tensor, residual: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden, residual) -> (mlp output, residual it is still to be added to); the
+        residual stream is hidden + residual, and residual is None for the first block."""
+        x, residual = add_norm(self.input_layernorm, hidden, residual)
+        if self.residual_post_ln:  # the residual branch starts at the norm's output
+            residual = x
+        x, residual = self.post_attention_layernorm(self.self_attention(x), residual)
+        if self.residual_post_ln:
+            residual = x
+        return self.mlp(x), residual
 
 
 class BloomModel(nn.Module):
@@ -80,10 +90,10 @@ class BloomModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         # positions are unused: ALiBi biases attention by distance inside the Attention layer.
-        hidden = self.word_embeddings_layernorm(self.word_embeddings(input_ids))
+        hidden, residual = self.word_embeddings_layernorm(self.word_embeddings(input_ids)), None
         for block in self.h:
-            hidden = block(hidden)
-        return self.ln_f(hidden)
+            hidden, residual = block(hidden, residual)
+        return add_norm(self.ln_f, hidden, residual)[0]
 
 
 class BloomForCausalLM(CausalLM):

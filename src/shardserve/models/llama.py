@@ -2,6 +2,11 @@
 
 Pure math over a flat batch: `forward(input_ids [T], positions [T]) -> hidden [T, hidden]`,
 `compute_logits(hidden [N, hidden]) -> float32 [N, vocab]`.
+
+The residual stream travels beside the hidden state, vLLM-style: a layer returns its last
+sublayer's output and the residual *before* that output is added, and the add happens inside the
+next norm (RMSNorm(x, residual), one fused kernel instead of an add plus a norm). The final norm
+takes the last layer's add. Same numbers as `hidden = hidden + sublayer(norm(hidden))`.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from shardserve.layers.linear import (
     QKVParallelLinear,
     RowParallelLinear,
 )
-from shardserve.layers.norm import RMSNorm
+from shardserve.layers.norm import RMSNorm, add_norm
 from shardserve.layers.rotary import RotaryEmbedding
 from shardserve.models.config import ModelConfig
 
@@ -58,9 +63,14 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.norm_eps)
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        hidden = hidden + self.self_attn(positions, self.input_layernorm(hidden))
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+    def forward(
+        self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden, residual) -> (mlp output, residual it is still to be added to); the
+        residual stream is hidden + residual, and residual is None for the first layer."""
+        x, residual = add_norm(self.input_layernorm, hidden, residual)
+        x, residual = self.post_attention_layernorm(self.self_attn(positions, x), residual)
+        return self.mlp(x), residual
 
 
 class LlamaModel(nn.Module):
@@ -75,10 +85,10 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden = self.embed_tokens(input_ids)  # [T, hidden]
+        hidden, residual = self.embed_tokens(input_ids), None  # [T, hidden]
         for layer in self.layers:
-            hidden = layer(positions, hidden)
-        return self.norm(hidden)
+            hidden, residual = layer(positions, hidden, residual)
+        return add_norm(self.norm, hidden, residual)[0]
 
 
 class LlamaForCausalLM(CausalLM):

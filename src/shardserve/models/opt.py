@@ -4,6 +4,10 @@ Mirrors HF modeling_opt: with do_layer_norm_before=False (OPT-350m) the norms fo
 residual adds and the decoder has no final norm; when word_embed_proj_dim != hidden_size,
 embeddings are projected in (project_in) and hidden states out (project_out) before the LM head,
 so forward returns [T, word_embed_proj_dim].
+
+Every residual add happens inside the norm that follows it (LayerNorm(x, residual), one fused
+kernel). Pre-LN layers pass the residual on to the next layer's first norm, vLLM-style (see
+models/llama.py); post-LN layers normalise the sum at once, so they carry no residual.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from shardserve.layers.linear import (
     ReplicatedLinear,
     RowParallelLinear,
 )
-from shardserve.layers.norm import LayerNorm
+from shardserve.layers.norm import LayerNorm, add_norm
 from shardserve.models.config import ModelConfig
 
 # OPT's learned position table reserves its first two rows (a fairseq padding-offset artefact).
@@ -50,14 +54,21 @@ class OPTDecoderLayer(nn.Module):
         self.final_layer_norm = LayerNorm(config.hidden_size, config.norm_eps)
         self.act = get_activation(config.hidden_act)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        x = self.self_attn_layer_norm(hidden) if self.pre_ln else hidden
-        hidden = hidden + self.self_attn(x)
-        if not self.pre_ln:
-            hidden = self.self_attn_layer_norm(hidden)
-        x = self.final_layer_norm(hidden) if self.pre_ln else hidden
-        hidden = hidden + self.fc2(self.act(self.fc1(x)))
-        return hidden if self.pre_ln else self.final_layer_norm(hidden)
+    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+    def forward(
+        self, hidden: torch.Tensor, residual: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(hidden, residual) -> (last sublayer's output, residual it is still to be added to);
+        the residual stream is hidden + residual (residual None: the first layer, or post-LN)."""
+        if self.pre_ln:
+            x, residual = add_norm(self.self_attn_layer_norm, hidden, residual)
+            x, residual = self.final_layer_norm(self.self_attn(x), residual)
+            return self._ffn(x), residual
+        # Post-LN (OPT-350m): norm(hidden + sublayer(hidden)); the sum is not needed afterwards.
+        hidden = self.self_attn_layer_norm(self.self_attn(hidden), hidden)[0]
+        return self.final_layer_norm(self._ffn(hidden), hidden)[0], None
 
 
 class OPTDecoder(nn.Module):
@@ -77,11 +88,13 @@ class OPTDecoder(nn.Module):
         x = self.embed_tokens(input_ids)  # [T, word_embed_proj_dim]
         if self.project_in is not None:
             x = self.project_in(x)  # [T, hidden]
-        hidden = x + self.embed_positions(positions + POSITION_OFFSET)
+        hidden, residual = x + self.embed_positions(positions + POSITION_OFFSET), None
         for layer in self.layers:
-            hidden = layer(hidden)
+            hidden, residual = layer(hidden, residual)
         if self.final_layer_norm is not None:
-            hidden = self.final_layer_norm(hidden)
+            hidden = add_norm(self.final_layer_norm, hidden, residual)[0]
+        elif residual is not None:  # pre-LN without a final norm (_remove_final_layer_norm)
+            hidden = hidden + residual
         return self.project_out(hidden) if self.project_out is not None else hidden
 
 
