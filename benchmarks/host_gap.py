@@ -3,6 +3,8 @@
 Measures, on the same engine: the engine's step loop (ms/step), the bucket-1 decode graph
 replayed back to back with no host work between replays (the GPU's own step time, kernel gaps
 included), and the host's share of a step split into its beats (schedule, execute, update).
+Then time to first token of a 32-token prompt, timed and profiled (why is it slower with CUDA
+graphs captured than without?).
 Run on the device: PYTHONPATH=src python3 benchmarks/host_gap.py
 """
 
@@ -64,9 +66,33 @@ def host_gap(model: str = "llama-3-8b", steps: int = 128) -> dict:
         end.record()
         end.synchronize()
         replay_ms = start.elapsed_time(end) / 100
-    return {"loop_ms_per_step": loop_ms, "graph_back_to_back_ms": replay_ms,
+        ttft = prefill_profile(llm)
+    return ttft | {"loop_ms_per_step": loop_ms, "graph_back_to_back_ms": replay_ms,
             "host_share_ms": loop_ms - replay_ms, "replay_launch_us": launch_us,
             "beats_ms_per_step": {k: v * 1e3 / n for k, v in beats.items()}, "steps": n}
+
+
+def prefill_profile(llm) -> dict:
+    """TTFT (max_new_tokens=1) of a 32-token prompt, 5 times, then one under the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from shardserve import SamplingParams
+
+    one = SamplingParams(max_new_tokens=1, temperature=0.0, ignore_eos=True)
+    times = []
+    for i in range(5):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        llm.generate([[300 + 40 * i + j for j in range(32)]], one)
+        times.append((time.perf_counter() - t0) * 1e3)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        llm.generate([[900 + j for j in range(32)]], one)
+    averages = prof.key_averages()
+    (OUT / "prefill_profile.txt").write_text(
+        averages.table(sort_by="cuda_time_total", row_limit=20) + averages.table(sort_by="cpu_time_total", row_limit=20)
+    )
+    print(averages.table(sort_by="cpu_time_total", row_limit=12), flush=True)
+    return {"ttft_ms": times}
 
 
 if __name__ == "__main__":
