@@ -19,16 +19,23 @@ import torch  # noqa: E402
 from stages import OUT, finish, stage  # noqa: E402
 
 
-def host_gap(model: str = "llama-3-8b", steps: int = 128) -> dict:
-    from shardserve import LLM, SamplingParams
+def _engine(model: str, **options):
+    from shardserve import LLM
     from shardserve.bench.latency import write_placeholder_tokenizer
     from shardserve.models.config import ModelConfig
     from shardserve.weights.catalog import write_config_dir
 
     d = write_config_dir(model, OUT.parent / f"{model}-gap")
     write_placeholder_tokenizer(d, ModelConfig.from_hf(d))
+    return LLM(str(d), dtype="bf16", load_format="random", max_model_len=1024, num_kv_blocks=256, max_num_seqs=8,
+               **options)
+
+
+def host_gap(model: str = "llama-3-8b", steps: int = 128) -> dict:
+    from shardserve import SamplingParams
+
     params = SamplingParams(max_new_tokens=steps, temperature=0.0, ignore_eos=True)
-    with LLM(str(d), dtype="bf16", load_format="random", max_model_len=1024, num_kv_blocks=256, max_num_seqs=8) as llm:
+    with _engine(model) as llm:
         llm.generate([[100 + i for i in range(32)]], params)  # warm
         llm.add_request(None, [200 + i for i in range(32)], params)
         llm.step()  # the prefill
@@ -97,4 +104,10 @@ def prefill_profile(llm) -> dict:
 
 if __name__ == "__main__":
     stage("host_gap", host_gap, 60, 560)
+
+    def ttft_eager():
+        with _engine("llama-3-8b", enforce_eager=True) as llm:
+            return prefill_profile(llm)
+
+    stage("ttft_eager", ttft_eager, 30, 560)
     finish()
