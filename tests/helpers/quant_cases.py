@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from shardserve.kernels.int8_gemm import KernelConfig, quantize_rows, w8_linear, w8_linear_reference
+from shardserve.kernels.int8_gemm import (
+    DEQUANT,
+    KernelConfig,
+    quantize_rows,
+    w8_linear,
+    w8_linear_reference,
+)
 
 # (M activation rows, N outputs, K inputs): odd sizes cross every tile edge; the last ones are
 # Llama-3-8B's o_proj and a 2-row slice of its down_proj at decode batch sizes.
@@ -13,6 +19,10 @@ SHAPES = [(1, 200, 328), (3, 64, 64), (16, 130, 520), (17, 96, 256), (64, 72, 20
 SMALL_SHAPES = SHAPES[:5]
 # Forced tilings: no split, split-K with a ragged last split, BLOCK_M 32 over a 17-row batch.
 CONFIGS = [KernelConfig(16, 64, 64, 1), KernelConfig(16, 32, 64, 3), KernelConfig(32, 64, 128, 2, num_stages=2)]
+# The other paths (tests/gpu; the interpreter runs its own small set): the GEMV kernel over one row
+# per program and over two with a ragged split, and dequantise + matmul.
+OTHER_PATHS = [KernelConfig(1, 32, 64, 1, kernel="gemv"), KernelConfig(2, 16, 128, 3, num_warps=8, kernel="gemv"),
+               DEQUANT]
 
 
 def make_case(m: int, n: int, k: int, qdtype: torch.dtype, dtype: torch.dtype, device, bias: bool = True,

@@ -4,21 +4,47 @@ Format (layers/quant.py writes it): weight [N, K] int8 | float8_e4m3fn, row-majo
 float32 scale per output row, W ~= weight * scale[:, None] (symmetric, per output channel).
 
 Decode steps multiply a few rows of activations by every weight of the model, so their time is
-the time to read the weights: the kernel reads each 8-bit weight byte once, converts the tile to
-the activation dtype in registers, accumulates in float32 and applies the per-channel scale (and
-the bias) to the accumulator, so it moves half the bytes of a bf16 matmul. Tiles are
-[BLOCK_N output rows x BLOCK_K inputs], narrowed until every SM streams; where even 16-row tiles
-leave SMs idle (small N), the K range is split over programs that atomically add float32
-partials (one extra memset and cast, which is why splitting is the last resort).
+the time to read the weights: the kernels read each 8-bit weight byte once, convert it exactly in
+registers, accumulate in float32 and apply the per-channel scale (and the bias) to the
+accumulator, so they move half the bytes of a bf16 matmul. `w8_linear` runs one of three paths
+(`KernelConfig.kernel`):
+  "dot"     `_w8_gemm_kernel`: [BLOCK_M x BLOCK_K] activations times a converted [BLOCK_N x
+            BLOCK_K] weight tile on tensor cores (tl.dot). Any batch; the only kernel past
+            GEMV_MAX_TOKENS rows.
+  "gemv"    `_w8_gemv_kernel`: no tensor cores. Each program multiplies its float32 weight tile by
+            the broadcast activation rows elementwise and reduces over K once at the end; for 1-2
+            rows this skips the dot path's 16-row operand padding and register shuffles.
+  "dequant" prefill (more than DECODE_MAX_TOKENS rows, compute-bound): one Triton pass writes the
+            weight in the activation dtype (the reference's float32 product, rounded once, so the
+            result is the reference's bit for bit), then one cuBLAS matmul. Cost: a transient
+            [N, K] activation-dtype copy of the weight and 3 bytes of traffic per weight (~85 us
+            for Llama-3-8B's gate_up at 4 TB/s) on top of the bf16 matmul, against 19 bytes per
+            weight through float32 temporaries before. The dot kernel at prefill tiles (e.g.
+            KernelConfig(128, 128, 64, 1, 8, 3), wgmma) reads 1 byte per weight but runs its
+            tensor cores below cuBLAS's rate; benchmarks/quant_bench.py times both at 512 rows.
+Either kernel may split K over programs that atomically add float32 partials into a zeroed
+buffer, cast once at the end (one memset and one cast launch: worth it only where N alone leaves
+SMs idle).
 
-`w8_linear_reference` (dequantise, then one ordinary matmul) is the definition the kernel is
-tested against, the CPU path, and the GPU path for batches too large to be bandwidth-bound.
-Triton is optional: without it only the reference and the format helpers are defined.
+Tiles: at decode sizes on a CUDA device, the first eager call per (row class, N, K, dtypes,
+device) times the `candidates` on the real inputs under CUDA-graph replay, as decode runs, and
+caches the fastest (`_TUNED`). The engine runs every decode batch bucket eagerly before capturing
+its graph, so tuning happens then; during a capture, on the CPU and with tuning off
+(SHARDSERVE_W8_TUNE=0, or `TUNE = False`) `pick_config`, a heuristic fitted to an H200 sweep,
+decides. Triton compiles each config once per process (and caches it on disk).
+
+`w8_linear_reference` (dequantise, then one ordinary matmul) is the definition the kernels are
+tested against and the CPU path. Triton is optional: without it only the reference and the
+format helpers are defined.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import os
+import statistics
+import time
 from dataclasses import dataclass
 
 import torch
@@ -29,10 +55,18 @@ from shardserve.kernels import _has_triton
 if _has_triton:
     import triton
     import triton.language as tl
+    from triton.runtime.errors import OutOfResources, PTXASError
 
-# Largest number of activation rows the fused kernel takes; larger batches are compute-bound.
+logger = logging.getLogger(__name__)
+
+# Largest batch treated as decode (weight-bound; tuned); larger ones are prefill (compute-bound).
 DECODE_MAX_TOKENS = 64
+# The GEMV kernel is offered to the tuner up to this many rows. Past 2 its per-row FMAs and
+# conversions (sm_90 SASS: ~5.4 instructions per weight at 1 row, ~8 at 2, ~16 at 4, against ~4-5
+# for the dot kernel at any row count) make it slower than reading the weights.
+GEMV_MAX_TOKENS = 2
 QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}  # largest magnitude of each format
+TUNE = os.environ.get("SHARDSERVE_W8_TUNE", "1") != "0"
 
 
 def quantize_rows(w: torch.Tensor, qdtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,12 +100,22 @@ def w8_linear_reference(
 
 @dataclass(frozen=True)
 class KernelConfig:
-    block_m: int
+    block_m: int  # activation rows per program ("gemv": any power of two; "dot": >= 16)
     block_n: int
     block_k: int
     split_k: int
     num_warps: int = 4
     num_stages: int = 4
+    kernel: str = "dot"  # "dot" | "gemv" | "dequant" (prefill; the tile fields are unused)
+
+    def __str__(self) -> str:  # for logs and benchmark tables
+        if self.kernel == "dequant":
+            return "dequant"
+        return (f"{self.kernel} {self.block_m}x{self.block_n}x{self.block_k} split {self.split_k} "
+                f"warps {self.num_warps} stages {self.num_stages}")
+
+
+DEQUANT = KernelConfig(0, 0, 0, 1, kernel="dequant")
 
 
 @functools.lru_cache(maxsize=16)
@@ -84,64 +128,100 @@ def _device_facts(device: torch.device) -> tuple[int, tuple[int, int]]:
 
 
 def kernel_applies(x: torch.Tensor, qweight: torch.Tensor) -> bool:
-    """Whether `w8_linear` takes this call: a CUDA GPU, half-precision activations, a decode-
-    sized batch, and for fp8 weights a GPU with fp8 conversions (compute capability >= 8.9)."""
+    """Whether `w8_linear` takes this call: a CUDA GPU, half-precision activations, a row-major
+    weight, and for fp8 weights a GPU with fp8 conversions (compute capability >= 8.9). (FP8
+    prefill on Hopper goes to fp8_scaled_mm before this is asked: layers/quant.py.)"""
     if not (_has_triton and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)):
         return False
-    if x.numel() > DECODE_MAX_TOKENS * x.shape[-1] or qweight.stride(-1) != 1:
+    if qweight.stride(-1) != 1:
         return False
     return qweight.dtype == torch.int8 or _device_facts(x.device)[1] >= (8, 9)
 
 
-def pick_config(m: int, n: int, k: int, num_sms: int) -> KernelConfig:
-    """Tiles for an [m, k] x [k, n] product at decode sizes. Output tiles are narrowed (down to
-    16 rows of W) until there are >= 2 programs per SM; only if one wave is still not filled is
-    K split (float32 partials added atomically, each split keeping >= 2 K tiles)."""
-    block_m = 16 if m <= 16 else 32 if m <= 32 else 64
-    block_k = min(256, max(32, 1 << (k - 1).bit_length()))  # next power of two, 32..256
-    m_tiles = -(-m // block_m)
-    block_n = 64
-    while block_n > 16 and -(-n // block_n) * m_tiles < 2 * num_sms:
-        block_n //= 2
-    tiles, k_tiles = -(-n // block_n) * m_tiles, -(-k // block_k)
-    split = 1
-    while tiles * split < num_sms and 2 * split * 2 <= k_tiles and split < 16:
+def _pow2(v: int) -> int:
+    return 1 << max(0, v - 1).bit_length()
+
+
+def _fill_split(n_tiles: int, k: int, block_k: int, num_sms: int, most: int) -> int:
+    """Smallest power-of-two K split (<= most) giving >= 2 programs per SM, each split keeping
+    >= 2 K tiles (fewer would make the memset and the atomics cost more than they spread)."""
+    k_tiles, split = -(-k // block_k), 1
+    while n_tiles * split < 2 * num_sms and 2 * split * 2 <= k_tiles and split < most:
         split *= 2
-    return KernelConfig(block_m, block_n, block_k, split, num_warps=4, num_stages=3 if block_m == 64 else 4)
+    return split
+
+
+def pick_config(m: int, n: int, k: int, num_sms: int) -> KernelConfig:
+    """The untuned choice for an [m, k] x [k, n] product: the dequantise + cuBLAS path past
+    DECODE_MAX_TOKENS rows, else the dot kernel with tiles fitted to an H200 sweep at M=1 (Llama-
+    3-8B shapes, block_k 256): 32-wide tiles without a split won where they already make two
+    waves (gate_up 28672x4096) or where the weight is small (o_proj 4096x4096: the split's memset
+    and cast launches cost more than the extra programs gain); elsewhere 64-wide tiles split K up
+    to 4 ways (qkv 6144x4096, down 4096x14336)."""
+    if m > DECODE_MAX_TOKENS:
+        return DEQUANT
+    block_m = 16 if m <= 16 else 32 if m <= 32 else 64
+    block_k = min(256, max(32, _pow2(k)))
+    stages = 3 if block_m == 64 else 4
+    m_tiles = -(-m // block_m)
+    if -(-n // 32) * m_tiles >= 2 * num_sms or n * k < 20 * 2**20:
+        return KernelConfig(block_m, 32, block_k, 1, num_stages=stages)
+    split = _fill_split(-(-n // 64) * m_tiles, k, block_k, num_sms, most=4)
+    return KernelConfig(block_m, 64, block_k, split, num_stages=stages)
+
+
+def candidates(m: int, n: int, k: int, num_sms: int) -> list[KernelConfig]:
+    """What the tuner times for m <= DECODE_MAX_TOKENS rows, heuristic first: the dot kernel with
+    32- and 64-wide tiles, each unsplit and with the split that fills the GPU, and for m <=
+    GEMV_MAX_TOKENS the GEMV with 16x512 and 32x256 tiles likewise (num_warps so each thread
+    keeps 64 float32 accumulators: 4 for one row, 8 for two). At most 8 configs, ~8 compiles per
+    row class and dtype pair, shared by every layer shape."""
+    first = pick_config(m, n, k, num_sms)
+    out = [first]
+    m_tiles = -(-m // first.block_m)
+    for bn in (32, 64):
+        bk = min(256, max(32, _pow2(k)))
+        for split in (1, _fill_split(-(-n // bn) * m_tiles, k, bk, num_sms, most=4)):
+            out.append(KernelConfig(first.block_m, bn, bk, split, num_stages=first.num_stages))
+    if m <= GEMV_MAX_TOKENS:
+        bm = _pow2(m)
+        for bn, bk in ((16, 512), (32, 256)):
+            bk = min(bk, max(32, _pow2(k)))
+            warps = max(4, bm * bn * bk // (32 * 64))
+            for split in (1, _fill_split(-(-n // bn), k, bk, num_sms, most=4)):
+                out.append(KernelConfig(bm, bn, bk, split, warps, 4, kernel="gemv"))
+    return list(dict.fromkeys(out))  # duplicates removed, order kept
 
 
 if _has_triton:
 
     @triton.jit
-    def _w8_gemm_kernel(
-        x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_om,
-        K_ITERS: tl.constexpr, W_FP8: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    ):
-        # Program (n tile, k split, m tile) -> out[m tile, n tile] (+)= x[m, ks] @ W[n, ks].T * scale
-        pid_n, pid_k, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        rk = tl.arange(0, BLOCK_K)
-        m_mask, n_mask = rm < M, rn < N
-        x_rows = x_ptr + rm.to(tl.int64)[:, None] * stride_xm  # [BLOCK_M, 1]
-        w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        # This split's K range: K_ITERS tiles from k_start. A compile-time trip count (one variant
-        # per layer shape) lets Triton pipeline the loads; the last split may run past K (masked).
-        k_start = pid_k * (K_ITERS * BLOCK_K)
-        for i in range(0, K_ITERS):
-            kk = k_start + i * BLOCK_K + rk
-            k_mask = kk < K
-            x = tl.load(x_rows + kk[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-            # [BLOCK_N, BLOCK_K] bytes (fp8 weights come as their int8 bits, so that masked
-            # entries are +0 in either format), converted exactly to the activation dtype.
-            w = tl.load(w_rows + kk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
-            if W_FP8:
-                w = w.to(tl.float8e4nv, bitcast=True)
-            acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
+    def _dequant_tile(w, W_FP8: tl.constexpr, DTYPE: tl.constexpr):
+        """A tile of 8-bit weights (int8 bits; fp8 comes as its bits) -> DTYPE, exactly. Where
+        Triton's cast would use the quarter-rate conversion units (int8 -> fp32 / fp16 is I2F,
+        fp8 -> bf16 goes through F2F: seen in sm_90 SASS), the cast is built from full-rate ops."""
+        if W_FP8:
+            f8 = w.to(tl.float8e4nv, bitcast=True)
+            if DTYPE == tl.bfloat16:  # e4m3x2 -> f16x2, f16 -> f32 (HADD2), f32x2 -> bf16x2
+                out = f8.to(tl.float32).to(DTYPE)
+            else:
+                out = f8.to(DTYPE)
+        elif DTYPE == tl.float32:
+            # The float32 with bits 0x4B000000 + (w + 128) is 2^23 + w + 128: integer add, then
+            # one exact float subtraction.
+            out = (w.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+        elif DTYPE == tl.float16:  # the same with fp16's 10 mantissa bits: 2^10 + w + 128
+            out = (w.to(tl.int16) + 0x6480).to(tl.float16, bitcast=True) - 1152.0
+        else:  # bf16: Triton's own cast is already such a bit trick
+            out = w.to(DTYPE)
+        return out
+
+    @triton.jit
+    def _epilogue(acc, rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om,
+                  HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr):
+        # acc [BLOCK_M, BLOCK_N] float32 -> out (+)= acc * scale (+ bias, from the first K split).
         acc = acc * tl.load(scale_ptr + rn, mask=n_mask, other=0.0)[None, :]
-        if HAS_BIAS:  # added by the first K split only
+        if HAS_BIAS:
             bias = tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
             acc += tl.where(pid_k == 0, bias, 0.0)[None, :]
         out = out_ptr + rm.to(tl.int64)[:, None] * stride_om + rn[None, :]
@@ -151,33 +231,218 @@ if _has_triton:
         else:
             tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
+    # Both kernels: program (m tile, n tile, k split) -> out[m tile, n tile] (+)= x[m, ks] @
+    # W[n, ks].T * scale, over this split's k_iters tiles of K from k_start (the last split may
+    # run past K: masked). m tiles vary fastest, so the programs sharing a weight tile run
+    # together and read it from HBM once. k_iters and M are runtime values, so one compiled
+    # kernel per config serves every layer shape and batch of its row class (Triton still
+    # pipelines the loads: cp.async in the sm_90 SASS).
+    @triton.jit(do_not_specialize=["M", "k_iters"])
+    def _w8_gemm_kernel(
+        x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K, k_iters, stride_xm, stride_wn, stride_om,
+        W_FP8: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
+    ):
+        pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, BLOCK_K)
+        m_mask, n_mask = rm < M, rn < N
+        x_rows = x_ptr + rm.to(tl.int64)[:, None] * stride_xm  # [BLOCK_M, 1]
+        w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        k_start = pid_k * (k_iters * BLOCK_K)
+        for i in tl.range(0, k_iters, num_stages=NUM_STAGES):
+            kk = k_start + i * BLOCK_K + rk
+            k_mask = kk < K
+            x = tl.load(x_rows + kk[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+            # [BLOCK_N, BLOCK_K] bytes (fp8 weights come as their int8 bits, so that masked
+            # entries are +0 in either format), converted exactly to the activation dtype.
+            w = tl.load(w_rows + kk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
+            acc = tl.dot(x, tl.trans(_dequant_tile(w, W_FP8, x.dtype)), acc)
+        _epilogue(acc, rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS, ATOMIC)
+
+    @triton.jit(do_not_specialize=["M", "k_iters"])
+    def _w8_gemv_kernel(
+        x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K, k_iters, stride_xm, stride_wn, stride_om,
+        W_FP8: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
+    ):
+        pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, BLOCK_K)
+        m_mask, n_mask = rm < M, rn < N
+        x_rows = x_ptr + rm.to(tl.int64)[:, None, None] * stride_xm  # [BLOCK_M, 1, 1]
+        w_rows = w_ptr + rn.to(tl.int64)[None, :, None] * stride_wn  # [1, BLOCK_N, 1]
+        # One float32 product sum per (row, output, k lane): plain FMAs in the loop, a single
+        # cross-thread reduction over K after it.
+        acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
+        k_start = pid_k * (k_iters * BLOCK_K)
+        # An explicit num_stages: without it Triton does not pipeline loads that feed no tl.dot.
+        for i in tl.range(0, k_iters, num_stages=NUM_STAGES):
+            kk = (k_start + i * BLOCK_K + rk)[None, None, :]
+            k_mask = kk < K
+            x = tl.load(x_rows + kk, mask=m_mask[:, None, None] & k_mask, other=0.0).to(tl.float32)
+            w = tl.load(w_rows + kk, mask=n_mask[None, :, None] & k_mask, other=0)
+            acc += x * _dequant_tile(w, W_FP8, tl.float32)
+        _epilogue(tl.sum(acc, axis=2), rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om,
+                  HAS_BIAS, ATOMIC)
+
+    @triton.jit
+    def _dequant_kernel(w_ptr, scale_ptr, out_ptr, N, K, stride_wn, W_FP8: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # out [N, K] = (w * scale[:, None]) formed in float32 and rounded once: `dequantize`.
+        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask = (rn < N)[:, None] & (rk < K)[None, :]
+        w = tl.load(w_ptr + rn.to(tl.int64)[:, None] * stride_wn + rk[None, :], mask=mask, other=0)
+        s = tl.load(scale_ptr + rn, mask=rn < N, other=0.0)
+        out = _dequant_tile(w, W_FP8, tl.float32) * s[:, None]
+        tl.store(out_ptr + rn.to(tl.int64)[:, None] * K + rk[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _dequantize_fast(qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`dequantize` in one Triton pass (bit-identical): no float32 [N, K] intermediates."""
+    n, k = qweight.shape
+    out = torch.empty((n, k), dtype=dtype, device=qweight.device)
+    grid = (triton.cdiv(n, 16), triton.cdiv(k, 256))
+    _dequant_kernel[grid](qweight.view(torch.int8), scale, out, n, k, qweight.stride(0),
+                          W_FP8=qweight.dtype == torch.float8_e4m3fn, BLOCK_N=16, BLOCK_K=256)
+    return out
+
+
+def _run(cfg: KernelConfig, x2: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
+         bias: torch.Tensor | None) -> torch.Tensor:
+    """x2 [m, K] (unit stride along K) -> [m, N] in x2.dtype by `cfg`'s path."""
+    m, k = x2.shape
+    n = qweight.shape[0]
+    if cfg.kernel == "dequant":
+        return F.linear(x2, _dequantize_fast(qweight, scale, x2.dtype), bias)
+    atomic = cfg.split_k > 1
+    # Split K: float32 partials are summed in place, then rounded once to the output dtype.
+    out = torch.zeros((m, n), dtype=torch.float32, device=x2.device) if atomic else x2.new_empty((m, n))
+    if m:
+        k_iters = -(-k // (cfg.block_k * cfg.split_k))  # K tiles per split (the last may be short)
+        grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), cfg.split_k)
+        kernel = _w8_gemv_kernel if cfg.kernel == "gemv" else _w8_gemm_kernel
+        kernel[grid](
+            x2, qweight.view(torch.int8), scale, bias if bias is not None else scale, out, m, n, k, k_iters,
+            x2.stride(0), qweight.stride(0), out.stride(0),
+            W_FP8=qweight.dtype == torch.float8_e4m3fn, HAS_BIAS=bias is not None, ATOMIC=atomic,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, NUM_STAGES=cfg.num_stages,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+    return out.to(x2.dtype) if atomic else out
+
 
 def w8_linear(
     x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
     config: KernelConfig | None = None,
 ) -> torch.Tensor:
-    """The Triton kernel: x [..., K] fp16/bf16, qweight [N, K], scale [N] float32, bias [N] or
-    None -> [..., N] in x.dtype. `config` overrides the tile choice (benchmark sweeps)."""
+    """The Triton path: x [..., K] fp16/bf16, qweight [N, K], scale [N] float32, bias [N] or
+    None -> [..., N] in x.dtype. `config` overrides the tuned / heuristic choice (tests, sweeps)."""
     k = x.shape[-1]
     x2 = x.reshape(-1, k)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    m, n = x2.shape[0], qweight.shape[0]
+    n = qweight.shape[0]
     assert qweight.shape[1] == k and qweight.stride(1) == 1 and scale.dtype == torch.float32
-    cfg = config or pick_config(m, n, k, _device_facts(x.device)[0])
-    atomic = cfg.split_k > 1
-    # Split K: float32 partials are summed in place, then rounded once to the output dtype.
-    out = torch.zeros((m, n), dtype=torch.float32, device=x.device) if atomic else x2.new_empty((m, n))
-    if m:
-        k_iters = -(-k // (cfg.block_k * cfg.split_k))  # K tiles per split (the last may be short)
-        grid = (triton.cdiv(n, cfg.block_n), cfg.split_k, triton.cdiv(m, cfg.block_m))
-        _w8_gemm_kernel[grid](
-            x2, qweight.view(torch.int8), scale, bias if bias is not None else scale, out, m, n, k,
-            x2.stride(0), qweight.stride(0), out.stride(0), K_ITERS=k_iters,
-            W_FP8=qweight.dtype == torch.float8_e4m3fn, HAS_BIAS=bias is not None, ATOMIC=atomic,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )
-    if atomic:
-        out = out.to(x.dtype)
-    return out.reshape(*x.shape[:-1], n)
+    cfg = config or chosen_config(x2, qweight, scale, bias)
+    return _run(cfg, x2, qweight, scale, bias).reshape(*x.shape[:-1], n)
+
+
+# -- tuning -------------------------------------------------------------------------------------
+_TUNED: dict[tuple, KernelConfig] = {}  # (row class, N, K, weight dtype, x dtype, device) -> config
+
+
+def _can_tune(x: torch.Tensor) -> bool:
+    """Timing needs a GPU and must not run inside a CUDA graph capture (the heuristic serves then)."""
+    return TUNE and x.is_cuda and not torch.cuda.is_current_stream_capturing()
+
+
+def chosen_config(x2: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
+                  bias: torch.Tensor | None = None) -> KernelConfig:
+    """The config `w8_linear` runs for x2 [m, K]: tuned (once per key) where it can be, else
+    `pick_config`. Batches round up to a power of two (the engine's buckets 1, 2, 4, 8, then
+    every 8: 24 tunes as 32), so a model tunes at most 7 row classes per layer shape."""
+    m, k = x2.shape
+    n = qweight.shape[0]
+    num_sms = _device_facts(x2.device)[0]
+    if m == 0 or m > DECODE_MAX_TOKENS:
+        return pick_config(m, n, k, num_sms)
+    key = (_pow2(m), n, k, qweight.dtype, x2.dtype, x2.device)
+    cfg = _TUNED.get(key)
+    if cfg is None:
+        if not _can_tune(x2):
+            return pick_config(m, n, k, num_sms)
+        started = time.perf_counter()
+        try:
+            cfg, times = _tune(x2, qweight, scale, bias, candidates(m, n, k, num_sms), _graph_time_us)
+        except Exception:  # tuning only buys speed: never let it fail a forward pass
+            logger.warning("w8_linear %s: tuning failed, using the heuristic", key, exc_info=True)
+            cfg, times = pick_config(m, n, k, num_sms), {}
+        _TUNED[key] = cfg
+        logger.debug("w8_linear %s: %s in %.2f s; us per call: %s", key, cfg, time.perf_counter() - started,
+                     {str(c): round(t, 2) for c, t in times.items()})
+    return cfg
+
+
+def _tune(x2, qweight, scale, bias, configs: list[KernelConfig], timer) -> tuple[KernelConfig, dict]:
+    """The fastest of `configs` by timer(fn, qweight) -> us per fn(qweight=w) call on x2, among
+    those that compile and match the reference on random rows (not x2: a warm-up batch may hold
+    padding rows that are not finite), over up to 256 outputs. Outputs are discarded. Returns
+    (config, {config: us})."""
+    rows = min(qweight.shape[0], 256)
+    probe = torch.randn(x2.shape, generator=torch.Generator().manual_seed(0)).to(x2)
+    ref = F.linear(probe.float(), dequantize(qweight[:rows], scale[:rows], torch.float32),
+                   None if bias is None else bias[:rows].float())
+    times = {}
+    for cfg in configs:
+        try:
+            out = _run(cfg, probe, qweight, scale, bias)  # compiles it
+        except (OutOfResources, PTXASError) as e:  # e.g. shared memory on a smaller GPU
+            logger.debug("w8_linear config %s does not compile here: %s", cfg, e)
+            continue
+        err = float((out[:, :rows].float() - ref).norm() / ref.norm().clamp_min(1e-30))
+        if not err < 1e-2:  # bf16 output rounding is ~2e-3; this is a wrong kernel
+            logger.warning("w8_linear config %s is off by %.2e (relative) on this GPU: not used", cfg, err)
+            continue
+        times[cfg] = timer(functools.partial(_run, cfg, x2, scale=scale, bias=bias), qweight)
+    if not times:
+        return configs[0], times
+    return min(times, key=times.get), times
+
+
+def _graph_time_us(fn, qweight: torch.Tensor, calls: int = 16, replays: int = 5) -> float:
+    """Median us per fn(qweight=w) call over `replays` replays of a CUDA graph of `calls` calls,
+    as decode replays them: split-K memsets and casts included, and no CPU launch gaps. The calls
+    rotate over copies of the weight totalling >= 2x L2, so a small weight is read from HBM as
+    in a decode step (which streams every layer's weights) rather than from L2."""
+    copies = -(-2 * torch.cuda.get_device_properties(qweight.device).L2_cache_size // qweight.nbytes)
+    weights = [qweight]
+    try:
+        weights += [qweight.clone() for _ in range(min(copies, 8) - 1)]
+    except torch.cuda.OutOfMemoryError:  # then timed from L2, which still ranks most configs
+        pass
+    stream = torch.cuda.Stream(qweight.device)
+    stream.wait_stream(torch.cuda.current_stream(qweight.device))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream):
+        fn(qweight=qweight)  # the allocator's first blocks outside the capture
+        graph.capture_begin(capture_error_mode="thread_local")
+        for i in range(calls):
+            fn(qweight=weights[i % len(weights)])
+        graph.capture_end()
+    torch.cuda.current_stream(qweight.device).wait_stream(stream)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    graph.replay()  # the first replay uploads the graph
+    times = []
+    for _ in range(replays):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / calls)
+    graph.reset()
+    return statistics.median(times)

@@ -20,10 +20,12 @@ Row-parallel weights: each rank scales its own columns of a row, i.e. one scale 
 channel per rank. The rank's partial product is exact for its columns and the all-reduce sums
 them, so the math is unchanged; the scales are just finer than one per full row.
 
-Forward: decode-sized batches on a GPU run the fused Triton kernel (kernels/int8_gemm.py);
-larger ones dequantise to the model dtype and run one cuBLAS matmul, or for FP8 on Hopper
-quantise the activations too and use torch._scaled_mm (kernels/fp8_gemm.py). CPUs run the
-reference, which is the definition of all of them.
+Forward on a GPU: kernels/int8_gemm.w8_linear. Decode-sized batches run a fused Triton kernel
+whose tiles are tuned per layer shape on the first eager call (the engine's warm-up before it
+captures decode graphs); larger batches dequantise to the model dtype in one pass and run one
+cuBLAS matmul, except FP8 with bf16 activations on Hopper, which quantises the activations too
+and uses torch._scaled_mm (kernels/fp8_gemm.py). CPUs run the reference, which is the
+definition of all of them.
 """
 
 from __future__ import annotations

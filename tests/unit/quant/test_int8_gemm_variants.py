@@ -1,0 +1,135 @@
+"""The 8-bit matmul's three paths (GEMV kernel, dot kernel, dequantise + matmul) in Triton's CPU
+interpreter against the reference, and the tuner's bookkeeping (which it can check without a GPU:
+timing itself is CUDA-graph work, covered in tests/gpu/test_quant_kernels.py).
+
+Small odd shapes keep the interpreter quick. bfloat16 runs the GEMV and dequantise paths only:
+the interpreter's tl.dot on bfloat16 is wrong, and its float32 -> bfloat16 cast truncates (so
+bf16 outputs are within 2^-8, not 2^-9, and the dequantised weight is not bit-identical).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+import torch
+
+from helpers.quant_cases import check_kernel, make_case
+from shardserve.kernels import int8_gemm
+from shardserve.kernels.int8_gemm import (
+    DECODE_MAX_TOKENS,
+    DEQUANT,
+    GEMV_MAX_TOKENS,
+    KernelConfig,
+    candidates,
+    dequantize,
+    pick_config,
+    w8_linear,
+)
+
+pytest.importorskip("triton")
+interpreter = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1", reason="set TRITON_INTERPRET=1 to run Triton on the CPU"
+)
+QDTYPES = [pytest.param(torch.int8, id="int8"), pytest.param(torch.float8_e4m3fn, id="fp8")]
+N, K = 50, 100  # neither a multiple of any block
+GEMV = [
+    KernelConfig(1, 16, 32, 1, kernel="gemv"),
+    KernelConfig(2, 16, 64, 2, kernel="gemv"),  # split K in two
+    KernelConfig(4, 32, 32, 3, num_warps=8, kernel="gemv"),  # ragged split: the third has no K left
+    KernelConfig(16, 16, 64, 1, num_warps=8, kernel="gemv"),  # masked rows of 17 and 64 (not a real tile)
+]
+DOT = [KernelConfig(16, 16, 32, 1), KernelConfig(32, 32, 64, 2, num_stages=2), KernelConfig(64, 64, 32, 1, num_stages=3)]
+TOL = {torch.float16: 1.5e-3, torch.bfloat16: 8e-3}
+LLAMA = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+
+
+@interpreter
+@pytest.mark.parametrize("qdtype", QDTYPES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_every_path_matches_the_reference(dtype, qdtype):
+    configs = [*GEMV, DEQUANT] + (DOT if dtype == torch.float16 else [])
+    for m in (1, 3, 16, 17, 64):
+        # At most 4 row tiles per GEMV config: the interpreter runs programs one by one.
+        for config in (c for c in configs if c.kernel != "gemv" or -(-m // c.block_m) <= 4):
+            check_kernel(m, N, K, qdtype, dtype, "cpu", config=config, tol=TOL[dtype], bias=m % 2 == 1, seed=m)
+    check_kernel(65, N, K, qdtype, dtype, "cpu", tol=TOL[dtype])  # untuned prefill: dequantise + matmul
+
+
+@interpreter
+@pytest.mark.parametrize("qdtype", QDTYPES)
+def test_dequantise_pass_is_the_reference_bit_for_bit(qdtype):
+    _, qweight, scale, _ = make_case(1, N, K, qdtype, torch.float16, "cpu")
+    assert torch.equal(int8_gemm._dequantize_fast(qweight, scale, torch.float16),
+                       dequantize(qweight, scale, torch.float16))
+
+
+def test_candidates_start_with_the_heuristic_and_fit_the_budget():
+    for n, k in LLAMA.values():
+        for m in (1, 2, 3, 4, 16, 17, 64):
+            cands = candidates(m, n, k, 132)
+            assert cands[0] == pick_config(m, n, k, 132) and len(set(cands)) == len(cands) <= 8
+            assert any(c.kernel == "gemv" for c in cands) == (m <= GEMV_MAX_TOKENS)
+            for c in cands:
+                assert c.kernel == "gemv" or c.block_m >= 16  # tl.dot needs 16 rows
+                assert c.split_k == 1 or -(-k // c.block_k) >= 2 * c.split_k  # >= 2 K tiles per split
+                if c.kernel == "gemv":  # 64 float32 accumulators per thread
+                    assert c.block_m * c.block_n * c.block_k == 64 * 32 * c.num_warps
+    assert pick_config(DECODE_MAX_TOKENS + 1, 4096, 4096, 132) == DEQUANT
+
+
+def _fake_timer(times: dict):
+    """timer(fn, qweight) -> times[config], running fn once (it must be callable as the real one is)."""
+    def timer(fn, qweight):
+        fn(qweight=qweight)
+        return times[fn.args[0]]
+    return timer
+
+
+@interpreter
+def test_tune_takes_the_fastest_config_that_is_right(monkeypatch, caplog):
+    x, qweight, scale, bias = make_case(1, N, K, torch.int8, torch.float16, "cpu")
+    slow, fast, broken = GEMV[0], DOT[0], DOT[1]
+    real_run = int8_gemm._run
+
+    def run(cfg, *args, **kw):
+        out = real_run(cfg, *args, **kw)
+        return out * 1.5 if cfg == broken else out  # a miscompiled kernel
+
+    monkeypatch.setattr(int8_gemm, "_run", run)
+    with caplog.at_level(logging.WARNING, logger=int8_gemm.__name__):
+        cfg, times = int8_gemm._tune(x, qweight, scale, bias, [slow, fast, broken],
+                                     _fake_timer({slow: 9.0, fast: 5.0, broken: 1.0}))
+    assert cfg == fast and set(times) == {slow, fast}
+    assert "off by" in caplog.text
+
+
+@interpreter
+def test_decode_batches_tune_once_per_row_class_and_never_while_capturing(monkeypatch):
+    tuned = []
+
+    def tune(x2, qweight, scale, bias, configs, timer):
+        tuned.append(x2.shape[0])
+        return configs[-1], {}
+
+    monkeypatch.setattr(int8_gemm, "_TUNED", {})
+    monkeypatch.setattr(int8_gemm, "_tune", tune)
+    monkeypatch.setattr(int8_gemm, "_can_tune", lambda x: True)
+    for m in (3, 4, 1, 4, 100):  # 3 and 4 share a class; 100 is prefill, never tuned
+        x, qweight, scale, bias = make_case(m, N, K, torch.int8, torch.float16, "cpu")
+        w8_linear(x, qweight, scale, bias)  # runs the chosen config in the interpreter
+    assert tuned == [3, 1]
+    x, qweight, scale, _ = make_case(4, N, K, torch.int8, torch.float16, "cpu")
+    assert int8_gemm.chosen_config(x, qweight, scale) == candidates(4, N, K, 132)[-1]
+    # While a CUDA graph is captured (or without a GPU, or tuning off) the heuristic serves, uncached.
+    monkeypatch.setattr(int8_gemm, "_can_tune", lambda x: False)
+    x = torch.randn(16, K).half()
+    assert int8_gemm.chosen_config(x, qweight, scale) == pick_config(16, N, K, 132)
+    assert tuned == [3, 1] and len(int8_gemm._TUNED) == 2
+
+
+def test_no_tuning_on_the_cpu_or_when_switched_off(monkeypatch):
+    assert not int8_gemm._can_tune(torch.randn(1, 8))
+    monkeypatch.setattr(int8_gemm, "TUNE", False)
+    assert not int8_gemm._can_tune(torch.randn(1, 8))
