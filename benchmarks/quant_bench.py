@@ -35,48 +35,72 @@ CUDA = torch.cuda.is_available()  # the load part also runs on a CPU (a smoke te
 
 
 # -- kernels --------------------------------------------------------------------------------------
-def kernel_times(sweep: bool = False) -> list[dict]:
-    """Microseconds per call under CUDA-graph replay (as decode runs): cuBLAS bf16 vs the 8-bit
-    kernel (decode sizes) or the prefill path (512 rows); weight GB/s. sweep: at batch 1, also
-    the best of a few tilings (what pick_config should choose)."""
+def kernel_times(sweep: bool = False) -> dict:
+    """Per Llama-3-8B linear and batch M in (1, 4, 16, 64, 512): microseconds per call under CUDA-
+    graph replay (as decode runs) for cuBLAS bf16 and for int8 / fp8 weights the way the layers run
+    them: w8_linear with the config its tuner chose (logged with the tuner's own timings and how
+    long tuning took, Triton compiles included), fp8 at 512 rows through torch._scaled_mm; at 512
+    rows also the dot kernel at prefill tiles (the alternative to dequantise + cuBLAS). Weight GB/s
+    counts the weight bytes each reads once. sweep: at batch 1, every tuner candidate instead."""
     import functools
+    import logging
 
     import torch.nn.functional as F
     from triton.testing import do_bench_cudagraph
 
-    from shardserve.kernels.fp8_gemm import fp8_scaled_mm
+    from shardserve.kernels import int8_gemm
+    from shardserve.kernels.fp8_gemm import fp8_scaled_mm, scaled_mm_applies
     from shardserve.kernels.int8_gemm import (
         KernelConfig,
+        candidates,
+        chosen_config,
         quantize_rows,
         w8_linear,
-        w8_linear_reference,
     )
 
     def us(fn, *args, **kw) -> float:
         return 1e3 * do_bench_cudagraph(functools.partial(fn, *args, **kw), rep=100, return_mode="median")
 
-    configs = [KernelConfig(16, bn, 256, sk) for bn in (16, 32, 64, 128) for sk in (1, 2, 4)]
+    tuner_log: list[str] = []  # the tuner's debug lines: every candidate's time as it measured it
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda record: tuner_log.append(record.getMessage())
+    tuner = logging.getLogger(int8_gemm.__name__)
+    tuner.addHandler(handler)
+    level = tuner.level
+    tuner.setLevel(logging.DEBUG)
+    prefill_tiles = KernelConfig(128, 128, 64, 1, num_warps=8, num_stages=3)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
     rows = []
-    for name, (n, k) in LLAMA8B.items():
-        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
-        packed = {q: quantize_rows(w, dt) for q, dt in QDTYPES.items()}
-        for m in (1,) if sweep else (1, 4, 16, 64, 512):
-            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            row = {"linear": name, "m": m, "bf16_us": us(F.linear, x, w)}
-            for q, (qw, s) in packed.items():
-                # Decode sizes: the fused kernel. Prefill: dequantise + cuBLAS, or fp8 tensor cores.
-                prefill = fp8_scaled_mm if q == "fp8" else w8_linear_reference
-                row[f"{q}_us"] = us(w8_linear if m <= 64 else prefill, x, qw, s)
-                row[f"{q}_speedup"] = row["bf16_us"] / row[f"{q}_us"]
-                if sweep:
-                    row[f"{q}_best_us"], row[f"{q}_best_config"] = min(
-                        (us(w8_linear, x, qw, s, config=c), str(c)) for c in configs
-                    )
-            row["bf16_weight_GBps"] = 2 * n * k / row["bf16_us"] / 1e3
-            row["int8_weight_GBps"] = n * k / row["int8_us"] / 1e3
-            print(row, flush=True)
-            rows.append(row)
-    return rows
+    try:
+        for name, (n, k) in LLAMA8B.items():
+            w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+            packed = {q: quantize_rows(w, dt) for q, dt in QDTYPES.items()}
+            for m in (1,) if sweep else (1, 4, 16, 64, 512):
+                x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+                row = {"linear": name, "m": m, "bf16_us": us(F.linear, x, w)}
+                row["bf16_weight_GBps"] = 2 * n * k / row["bf16_us"] / 1e3
+                for q, (qw, s) in packed.items():
+                    if q == "fp8" and scaled_mm_applies(x, qw):  # W8A8 prefill, as Fp8WeightOnly runs it
+                        row["fp8_path"], fn = "torch._scaled_mm", fp8_scaled_mm
+                    else:  # tune (once per row class and shape) before do_bench captures it
+                        t0 = time.perf_counter()
+                        row[f"{q}_config"] = str(chosen_config(x, qw, s))
+                        row[f"{q}_tune_s"] = round(time.perf_counter() - t0, 2)
+                        fn = w8_linear
+                    row[f"{q}_us"] = us(fn, x, qw, s)
+                    row[f"{q}_speedup"] = row["bf16_us"] / row[f"{q}_us"]
+                    row[f"{q}_weight_GBps"] = n * k / row[f"{q}_us"] / 1e3
+                    if q == "int8" and m > int8_gemm.DECODE_MAX_TOKENS:
+                        row["int8_prefill_tiles_us"] = us(w8_linear, x, qw, s, config=prefill_tiles)
+                    if sweep:
+                        row[f"{q}_candidates_us"] = {str(c): us(w8_linear, x, qw, s, config=c)
+                                                     for c in candidates(m, n, k, sms)}
+                print(row, flush=True)
+                rows.append(row)
+    finally:
+        tuner.removeHandler(handler)
+        tuner.setLevel(level)
+    return {"rows": rows, "tuner_log": tuner_log}
 
 
 # -- end to end latency ---------------------------------------------------------------------------
