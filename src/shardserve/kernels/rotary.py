@@ -4,6 +4,8 @@ Reference: layers/rotary.py `_rotate` (HF Llama's `q * cos + rotate_half(q) * si
 are cast to the activation dtype first, as HF does; the products and the sum are then done in
 float32 and rounded once (HF rounds after each product: the two differ by at most an ulp).
 One program per token rotates all its q and k heads, replacing ~20 eager launches per layer.
+The jit helpers below are also the rotation of kernels/kv_cache_write.py's fused rotary + cache
+write, so the two give the same bits.
 """
 
 from __future__ import annotations
@@ -11,6 +13,24 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def _cos_sin(cos_ptr, sin_ptr, pos, stride_cs, act_ptr, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    """cos/sin [1, BLOCK_HALF] float32 of position `pos`, rounded to act_ptr's dtype first (as HF
+    casts the float32 cache to the activation dtype)."""
+    i = tl.arange(0, BLOCK_HALF)
+    mask = i < HALF
+    dtype = act_ptr.dtype.element_ty
+    cos = tl.load(cos_ptr + pos * stride_cs + i, mask=mask, other=0.0).to(dtype).to(tl.float32)[None, :]
+    sin = tl.load(sin_ptr + pos * stride_cs + i, mask=mask, other=0.0).to(dtype).to(tl.float32)[None, :]
+    return cos, sin
+
+
+@triton.jit
+def _rotate(x1, x2, cos, sin):
+    """Neox rotation of float32 halves (x1, x2) -> float32 (x1', x2'), one rounding later."""
+    return x1 * cos - x2 * sin, x2 * cos + x1 * sin
 
 
 @triton.jit
@@ -22,9 +42,10 @@ def _rotate_heads(x_ptr, cos, sin, num_heads, HALF: tl.constexpr, BLOCK_H: tl.co
     p1 = x_ptr + h * (2 * HALF) + i  # [BLOCK_H, BLOCK_HALF]: first half of each head
     x1 = tl.load(p1, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(p1 + HALF, mask=mask, other=0.0).to(tl.float32)
+    o1, o2 = _rotate(x1, x2, cos, sin)
     dtype = x_ptr.dtype.element_ty
-    tl.store(p1, (x1 * cos - x2 * sin).to(dtype), mask=mask)
-    tl.store(p1 + HALF, (x2 * cos + x1 * sin).to(dtype), mask=mask)
+    tl.store(p1, o1.to(dtype), mask=mask)
+    tl.store(p1 + HALF, o2.to(dtype), mask=mask)
 
 
 @triton.jit
@@ -34,12 +55,7 @@ def _rotary_kernel(
 ):
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + t)
-    i = tl.arange(0, BLOCK_HALF)
-    cs_mask = i < HALF
-    dtype = q_ptr.dtype.element_ty
-    # [1, BLOCK_HALF]; rounded to the activation dtype first, as HF does.
-    cos = tl.load(cos_ptr + pos * stride_cs + i, mask=cs_mask, other=0.0).to(dtype).to(tl.float32)[None, :]
-    sin = tl.load(sin_ptr + pos * stride_cs + i, mask=cs_mask, other=0.0).to(dtype).to(tl.float32)[None, :]
+    cos, sin = _cos_sin(cos_ptr, sin_ptr, pos, stride_cs, q_ptr, HALF, BLOCK_HALF)  # [1, BLOCK_HALF]
     _rotate_heads(q_ptr + t * stride_q, cos, sin, num_q_heads, HALF, BLOCK_QH, BLOCK_HALF)
     _rotate_heads(k_ptr + t * stride_k, cos, sin, num_k_heads, HALF, BLOCK_KH, BLOCK_HALF)
 

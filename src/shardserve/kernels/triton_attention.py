@@ -1,5 +1,9 @@
 """The "triton" attention backend: write this step's K/V, then attend over the paged cache.
 
+Llama-family models pass `rotary` (positions and the float32 cos/sin caches): the rotary
+embedding of q and k then happens in the same launch as the cache write
+(kv_cache_write.rotary_write_kv_cache_triton), q rotated in place before attention reads it.
+
 Same contract and numbers as the torch backend (layers/attention.py `_torch_forward`, built on
 the reference in kernels/paged_attention.py). Decode-only steps (every sequence adds one token,
 the steps that CUDA graphs replay) take the split-K decode kernel, which reads no host values;
@@ -12,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from shardserve.kernels.kv_cache_write import write_kv_cache_triton
+from shardserve.kernels.kv_cache_write import rotary_write_kv_cache_triton, write_kv_cache_triton
 from shardserve.kernels.paged_decode import paged_decode_attention
 from shardserve.kernels.paged_prefill import paged_prefill_attention
 
@@ -29,8 +33,15 @@ def triton_attention(
     meta: AttentionMetadata,
     scale: float,
     alibi_slopes: torch.Tensor | None,  # [num_heads] float32
+    rotary: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,  # (positions, cos, sin)
 ) -> torch.Tensor:
-    write_kv_cache_triton(k, v, k_cache, v_cache, meta.slot_mapping)
+    if rotary is not None:  # q and k not rotated yet: rotate q in place, k on its way in
+        positions, cos_cache, sin_cache = rotary
+        rotary_write_kv_cache_triton(
+            positions, q, k, v, k_cache, v_cache, meta.slot_mapping, cos_cache, sin_cache
+        )
+    else:
+        write_kv_cache_triton(k, v, k_cache, v_cache, meta.slot_mapping)
     if meta.is_decode_only:
         # One token per sequence: token i belongs to sequence i.
         return paged_decode_attention(
