@@ -2,6 +2,9 @@
 
 The cos/sin cache is a derived buffer: `init_buffers(device)` computes it on the model's device
 after the parameters are materialised (the model itself is built on the meta device).
+
+Models hand the module to their Attention layer, which calls it (torch backend) or, on the triton
+backend, passes its cos/sin caches to the kernel that rotates q and k while writing the KV cache.
 """
 
 from __future__ import annotations

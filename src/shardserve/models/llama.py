@@ -38,8 +38,9 @@ class LlamaAttention(nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv_proj.split(self.qkv_proj(hidden))  # this rank's heads
-        q, k = self.rotary_emb(positions, q, k)
-        return self.o_proj(self.attn(q, k, v))  # [T, hidden], reduced over ranks
+        # Rotary is applied inside the attention layer (on the triton backend, in the same
+        # kernel as the KV-cache write); o_proj reduces over ranks: [T, hidden].
+        return self.o_proj(self.attn(q, k, v, positions, self.rotary_emb))
 
 
 class LlamaMLP(nn.Module):
