@@ -37,48 +37,73 @@ CUDA = torch.cuda.is_available()  # the load part also runs on a CPU (a smoke te
 # -- kernels --------------------------------------------------------------------------------------
 def kernel_times(sweep: bool = False) -> dict:
     """Per Llama-3-8B linear and batch M in (1, 4, 16, 64, 512): microseconds per call under CUDA-
-    graph replay (as decode runs) for cuBLAS bf16 and for int8 / fp8 weights the way the layers run
-    them: w8_linear with the config its tuner chose (logged with the tuner's own timings and how
-    long tuning took, Triton compiles included), fp8 at 512 rows through torch._scaled_mm; at 512
-    rows also the dot kernel at prefill tiles (the alternative to dequantise + cuBLAS). Weight GB/s
-    counts the weight bytes each reads once. sweep: at batch 1, every tuner candidate instead."""
+    graph replay (as decode runs) for cuBLAS bf16, for bf16 through the tuned path the unquantised
+    layers take at M <= 64 (its choice: "cublas" or a Triton config), and for int8 / fp8 weights the
+    way the layers run them: tuned_linear with the config its tuner chose (logged with the tuner's
+    own timings and how long tuning took, Triton compiles included), fp8 at 512 rows through
+    torch._scaled_mm; at 512 rows also the dot kernel at prefill tiles (the alternative to
+    dequantise + cuBLAS). Also the LM head (128256 x 4096), bf16 only (it is never quantised).
+    Weight GB/s counts the weight bytes each reads once. *_us come from triton's do_bench_cudagraph,
+    which reads a weight smaller than L2 (o_proj's 32 MB in bf16) partly from L2; *_hbm_us use the
+    tuner's own timer (calls rotate over weight copies >= 2x L2, as a decode step streams every
+    layer's weights): those are the figures to hold against the copy bandwidth.
+    sweep: at batch 1, every tuner candidate instead."""
     import functools
     import logging
 
     import torch.nn.functional as F
     from triton.testing import do_bench_cudagraph
 
-    from shardserve.kernels import int8_gemm
+    from shardserve.kernels import tuned_gemm
     from shardserve.kernels.fp8_gemm import fp8_scaled_mm, scaled_mm_applies
-    from shardserve.kernels.int8_gemm import (
+    from shardserve.kernels.tuned_gemm import (
+        DECODE_MAX_TOKENS,
         KernelConfig,
         candidates,
         chosen_config,
         quantize_rows,
-        w8_linear,
+        tuned_linear,
     )
 
     def us(fn, *args, **kw) -> float:
         return 1e3 * do_bench_cudagraph(functools.partial(fn, *args, **kw), rep=100, return_mode="median")
 
+    def hbm_us(x, w, config=None) -> float:  # fn(weight=copy) per call, copies rotating past L2
+        return tuned_gemm._graph_time_us(functools.partial(tuned_linear, x, config=config), w)
+
     tuner_log: list[str] = []  # the tuner's debug lines: every candidate's time as it measured it
     handler = logging.Handler(logging.DEBUG)
     handler.emit = lambda record: tuner_log.append(record.getMessage())
-    tuner = logging.getLogger(int8_gemm.__name__)
+    tuner = logging.getLogger(tuned_gemm.__name__)
     tuner.addHandler(handler)
     level = tuner.level
     tuner.setLevel(logging.DEBUG)
     prefill_tiles = KernelConfig(128, 128, 64, 1, num_warps=8, num_stages=3)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
+    shapes = LLAMA8B | {"lm_head": (128256, 4096)}
     rows = []
     try:
-        for name, (n, k) in LLAMA8B.items():
+        for name, (n, k) in shapes.items():
             w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
-            packed = {q: quantize_rows(w, dt) for q, dt in QDTYPES.items()}
+            packed = {} if name == "lm_head" else {q: quantize_rows(w, dt) for q, dt in QDTYPES.items()}
             for m in (1,) if sweep else (1, 4, 16, 64, 512):
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
                 row = {"linear": name, "m": m, "bf16_us": us(F.linear, x, w)}
                 row["bf16_weight_GBps"] = 2 * n * k / row["bf16_us"] / 1e3
+                if m <= DECODE_MAX_TOKENS:  # the unquantised layers' decode path (tuned here)
+                    t0 = time.perf_counter()
+                    row["bf16_tuned_config"] = str(chosen_config(x, w))
+                    row["bf16_tuned_tune_s"] = round(time.perf_counter() - t0, 2)
+                    row["bf16_tuned_us"] = us(tuned_linear, x, w)
+                    row["bf16_tuned_speedup"] = row["bf16_us"] / row["bf16_tuned_us"]
+                    row["bf16_hbm_us"] = hbm_us(x, w, config=tuned_gemm.CUBLAS)
+                    row["bf16_tuned_hbm_us"] = hbm_us(x, w)
+                    for key in ("bf16_hbm", "bf16_tuned_hbm"):
+                        row[f"{key}_weight_GBps"] = 2 * n * k / row[f"{key}_us"] / 1e3
+                    if sweep:
+                        cands = candidates(m, n, k, sms, torch.bfloat16)
+                        row["bf16_candidates_us"] = {str(c): us(tuned_linear, x, w, config=c) for c in cands}
+                        row["bf16_candidates_hbm_us"] = {str(c): hbm_us(x, w, config=c) for c in cands}
                 for q, (qw, s) in packed.items():
                     if q == "fp8" and scaled_mm_applies(x, qw):  # W8A8 prefill, as Fp8WeightOnly runs it
                         row["fp8_path"], fn = "torch._scaled_mm", fp8_scaled_mm
@@ -86,17 +111,18 @@ def kernel_times(sweep: bool = False) -> dict:
                         t0 = time.perf_counter()
                         row[f"{q}_config"] = str(chosen_config(x, qw, s))
                         row[f"{q}_tune_s"] = round(time.perf_counter() - t0, 2)
-                        fn = w8_linear
+                        fn = tuned_linear
                     row[f"{q}_us"] = us(fn, x, qw, s)
                     row[f"{q}_speedup"] = row["bf16_us"] / row[f"{q}_us"]
                     row[f"{q}_weight_GBps"] = n * k / row[f"{q}_us"] / 1e3
-                    if q == "int8" and m > int8_gemm.DECODE_MAX_TOKENS:
-                        row["int8_prefill_tiles_us"] = us(w8_linear, x, qw, s, config=prefill_tiles)
+                    if q == "int8" and m > DECODE_MAX_TOKENS:
+                        row["int8_prefill_tiles_us"] = us(tuned_linear, x, qw, s, config=prefill_tiles)
                     if sweep:
-                        row[f"{q}_candidates_us"] = {str(c): us(w8_linear, x, qw, s, config=c)
+                        row[f"{q}_candidates_us"] = {str(c): us(tuned_linear, x, qw, s, config=c)
                                                      for c in candidates(m, n, k, sms)}
                 print(row, flush=True)
                 rows.append(row)
+            del w, packed
     finally:
         tuner.removeHandler(handler)
         tuner.setLevel(level)

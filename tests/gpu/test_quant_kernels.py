@@ -1,7 +1,8 @@
-"""8-bit linear on the GPU: every path of w8_linear against its reference on random inputs (int8
-and fp8 weights, fp16 and bf16 activations, decode and prefill shapes, forced tilings, every
-config the tuner may pick, the tuned choice itself), inside a CUDA graph, the quantised layer's
-choice of path, and FP8 torch._scaled_mm on Hopper."""
+"""The tuned linear path on the GPU: every path of tuned_linear against its reference on random
+inputs (int8, fp8 and 16-bit weights, fp16 and bf16 activations, decode and prefill shapes,
+forced tilings, every config the tuner may pick, the tuned choice itself), inside a CUDA graph,
+the quantised and unquantised layers' (and the LM head's) choice of path, and FP8
+torch._scaled_mm on Hopper."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import logging
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from helpers.quant_cases import (
     CONFIGS,
+    DENSE_PATHS,
     OTHER_PATHS,
     SHAPES,
     check_kernel,
@@ -20,17 +23,22 @@ from helpers.quant_cases import (
 )
 from helpers.quant_layers import error_bound
 from shardserve import kernels
-from shardserve.kernels import int8_gemm
+from shardserve.kernels import tuned_gemm
 from shardserve.kernels.fp8_gemm import fp8_scaled_mm, fp8_scaled_mm_reference, scaled_mm_applies
-from shardserve.kernels.int8_gemm import (
+from shardserve.kernels.tuned_gemm import (
+    CUBLAS,
+    CUBLAS_MARGIN,
+    DECODE_MAX_TOKENS,
     DEQUANT,
     KernelConfig,
+    _pow2,
     candidates,
+    linear_reference,
     pick_config,
-    w8_linear,
-    w8_linear_reference,
+    tuned_linear,
 )
 from shardserve.layers import quant
+from shardserve.layers.embedding import VocabParallelEmbedding
 from shardserve.layers.linear import ColumnParallelLinear
 
 # Output rounding of one half-precision value, as a relative error over many: fp16 2^-11, bf16 2^-8.
@@ -55,9 +63,9 @@ PREFILL_TILES = [KernelConfig(128, 128, 64, 1, num_warps=8, num_stages=3), Kerne
 @pytest.fixture
 def fresh_tuning(monkeypatch):
     """Tuning on, with an empty cache (restored afterwards)."""
-    monkeypatch.setattr(int8_gemm, "TUNE", True)
-    monkeypatch.setattr(int8_gemm, "_TUNED", {})
-    return int8_gemm._TUNED
+    monkeypatch.setattr(tuned_gemm, "TUNE", True)
+    monkeypatch.setattr(tuned_gemm, "_TUNED", {})
+    return tuned_gemm._TUNED
 
 
 @pytest.mark.parametrize("qdtype", QDTYPES)
@@ -86,35 +94,35 @@ def test_prefill_paths_match_reference(m, dtype, qdtype):
         check_kernel(m, 1000, 4096, qdtype, dtype, "cuda", config=config, tol=TOL[dtype])
     # Dequantise + cuBLAS forms the reference's weight bit for bit, so it is the reference.
     x, qweight, scale, bias = make_case(m, 1000, 4096, qdtype, dtype, "cuda")
-    assert torch.equal(w8_linear(x, qweight, scale, bias), w8_linear_reference(x, qweight, scale, bias))
+    assert torch.equal(tuned_linear(x, qweight, scale, bias), linear_reference(x, qweight, scale, bias))
 
 
 def test_tuning_times_every_candidate_and_caches_the_fastest(fresh_tuning, monkeypatch, caplog):
-    timed, real_tune = {}, int8_gemm._tune
+    timed, real_tune = {}, tuned_gemm._tune
 
     def tune(*args):
         cfg, times = real_tune(*args)
         timed.update(times)
         return cfg, times
 
-    monkeypatch.setattr(int8_gemm, "_tune", tune)
+    monkeypatch.setattr(tuned_gemm, "_tune", tune)
     x, qweight, scale, bias = make_case(1, 4096, 4096, torch.int8, torch.bfloat16, "cuda")
-    with caplog.at_level(logging.WARNING, logger=int8_gemm.__name__):
-        out = w8_linear(x, qweight, scale, bias)
+    with caplog.at_level(logging.WARNING, logger=tuned_gemm.__name__):
+        out = tuned_linear(x, qweight, scale, bias)
     assert not caplog.records  # no candidate was off, tuning did not fail
     ((key, cfg),) = fresh_tuning.items()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     assert key[:3] == (1, 4096, 4096) and set(timed) == set(candidates(1, 4096, 4096, sms))
     assert all(0 < t < 1000 for t in timed.values()) and cfg == min(timed, key=timed.get)
-    ref = w8_linear_reference(x.float(), qweight, scale, bias.float())
+    ref = linear_reference(x.float(), qweight, scale, bias.float())
     assert relative_error(out, ref) < TOL[torch.bfloat16]
     # A batch class first met inside a capture: the heuristic, nothing timed or cached.
     x8 = torch.randn(8, 4096, device="cuda", dtype=torch.bfloat16)
-    w8_linear(x8, qweight, scale, bias, config=pick_config(8, 4096, 4096, sms))  # compiled outside
+    tuned_linear(x8, qweight, scale, bias, config=pick_config(8, 4096, 4096, sms))  # compiled outside
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        assert int8_gemm.chosen_config(x8, qweight, scale) == pick_config(8, 4096, 4096, sms)
-        w8_linear(x8, qweight, scale, bias)
+        assert tuned_gemm.chosen_config(x8, qweight, scale) == pick_config(8, 4096, 4096, sms)
+        tuned_linear(x8, qweight, scale, bias)
     graph.replay()
     assert len(fresh_tuning) == 1
 
@@ -130,16 +138,16 @@ def test_kernel_replays_in_a_cuda_graph(shape, config, qdtype, fresh_tuning):
     """Decode runs in CUDA graphs: split-K's zeroed workspace and cast must be captured too."""
     x, qweight, scale, bias = make_case(*shape, qdtype, torch.bfloat16, "cuda")
     static_x = x.clone()
-    w8_linear(static_x, qweight, scale, bias, config=config)  # tune / compile outside the capture
+    tuned_linear(static_x, qweight, scale, bias, config=config)  # tune / compile outside the capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        static_out = w8_linear(static_x, qweight, scale, bias, config=config)
+        static_out = tuned_linear(static_x, qweight, scale, bias, config=config)
     for seed in range(2):
         fresh = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).to(x)
         static_x.copy_(fresh)
         graph.replay()
-        ref = w8_linear_reference(fresh.float(), qweight, scale, bias.float())
+        ref = linear_reference(fresh.float(), qweight, scale, bias.float())
         assert relative_error(static_out, ref) < TOL[torch.bfloat16]
 
 
@@ -147,7 +155,7 @@ def test_kernel_replays_in_a_cuda_graph(shape, config, qdtype, fresh_tuning):
 def test_layer_uses_the_kernel_for_decode_and_stays_within_the_bound(quantization, monkeypatch):
     calls = []
     monkeypatch.setattr(kernels, "_enabled", True)  # an earlier engine may have switched them off
-    monkeypatch.setattr(quant, "w8_linear", lambda *a, **k: calls.append(a[0].shape[0]) or w8_linear(*a, **k))
+    monkeypatch.setattr(quant, "tuned_linear", lambda *a, **k: calls.append(a[0].shape[0]) or tuned_linear(*a, **k))
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
@@ -159,7 +167,7 @@ def test_layer_uses_the_kernel_for_decode_and_stays_within_the_bound(quantizatio
     w, b = torch.randn(768, 1024, generator=gen), torch.randn(768, generator=gen)
     layer.weight.weight_loader(layer.weight, w.bfloat16(), None)
     layer.bias.weight_loader(layer.bias, b.bfloat16(), None)
-    for tokens in (1, 4, 300):  # all through w8_linear, except bf16 fp8 prefill on Hopper: fp8 GEMM
+    for tokens in (1, 4, 300):  # all through tuned_linear, except bf16 fp8 prefill on Hopper: fp8 GEMM
         x = torch.randn(tokens, 1024, generator=gen).bfloat16()
         with torch.no_grad():
             out = layer(x.cuda()).float().cpu()
@@ -181,4 +189,123 @@ def test_fp8_scaled_mm_matches_its_reference():
     out = fp8_scaled_mm(x, qweight, scale, bias)
     assert relative_error(out, fp8_scaled_mm_reference(x, qweight, scale, bias)) < TOL[torch.bfloat16]
     # Against weight-only (bf16 activations): the activations' rounding, 2^-4 at most per value.
-    assert relative_error(out, w8_linear_reference(x.float(), qweight, scale, bias.float())) < 0.05
+    assert relative_error(out, linear_reference(x.float(), qweight, scale, bias.float())) < 0.05
+
+
+# -- 16-bit weights: the unquantised linear layers and the LM head ---------------------------------
+def _sms() -> int:
+    return torch.cuda.get_device_properties(0).multi_processor_count
+
+
+@DTYPES
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_16bit_paths_match_reference(shape, dtype, fresh_tuning):
+    for config in [None, *CONFIGS, *DENSE_PATHS]:  # None: tuned here (decode sizes)
+        check_kernel(*shape, None, dtype, "cuda", config=config, tol=TOL[dtype], bias=shape[0] % 2 == 1)
+    check_kernel(*shape, None, dtype, "cuda", tol=TOL[dtype], bias=False, strided=True)
+    x, w, _, bias = make_case(*shape, None, dtype, "cuda")
+    assert torch.equal(tuned_linear(x, w, None, bias, config=CUBLAS), F.linear(x, w, bias))
+
+
+@DTYPES
+@pytest.mark.parametrize(
+    "shape", [(1, 4096, 4096), (2, 6144, 4096), (4, 512, 14336), (16, 4096, 4096), (33, 768, 4096), (64, 1000, 4096)],
+    ids=str,
+)
+def test_every_16bit_tuning_candidate_matches_reference(shape, dtype):
+    m, n, k = shape
+    for config in candidates(m, n, k, _sms(), dtype):
+        check_kernel(m, n, k, None, dtype, "cuda", config=config, tol=TOL[dtype], bias=m % 2 == 1)
+
+
+@pytest.mark.parametrize("shape", [(1, 4096, 4096), (16, 6144, 4096)], ids=str)
+def test_16bit_tuning_times_cublas_and_every_kernel_and_keeps_cublas_unless_beaten(shape, fresh_tuning, monkeypatch,
+                                                                                  caplog):
+    timed, real_tune = {}, tuned_gemm._tune
+
+    def tune(*args):
+        cfg, times = real_tune(*args)
+        timed.update(times)
+        return cfg, times
+
+    monkeypatch.setattr(tuned_gemm, "_tune", tune)
+    m, n, k = shape
+    x, w, _, bias = make_case(m, n, k, None, torch.bfloat16, "cuda", bias=False)
+    with caplog.at_level(logging.WARNING, logger=tuned_gemm.__name__):
+        out = tuned_linear(x, w)
+    assert not caplog.records  # no candidate was off, tuning did not fail
+    ((key, cfg),) = fresh_tuning.items()
+    assert key[:5] == (_pow2(m), n, k, torch.bfloat16, torch.bfloat16)
+    assert set(timed) == set(candidates(m, n, k, _sms(), torch.bfloat16)) and CUBLAS in timed
+    assert all(0 < t < 1000 for t in timed.values())
+    fastest = min(timed, key=timed.get)
+    assert cfg == (fastest if timed[fastest] <= CUBLAS_MARGIN * timed[CUBLAS] else CUBLAS)
+    print({str(c): round(t, 2) for c, t in timed.items()}, "->", cfg)
+    if cfg == CUBLAS:
+        assert torch.equal(out, F.linear(x, w))
+    assert relative_error(out, F.linear(x.float(), w.float())) < TOL[torch.bfloat16]
+    assert tuned_gemm._tuning_stream.cache_info().currsize == 1  # one timing stream, not one per tune
+    # A batch class first met inside a capture: cuBLAS, nothing timed or cached.
+    x8 = torch.randn(8, k, device="cuda", dtype=torch.bfloat16)  # class 8: not tuned above
+    F.linear(x8, w)  # cuBLAS's workspace outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        assert tuned_gemm.chosen_config(x8, w) == CUBLAS
+        static_out = tuned_linear(x8, w)
+    graph.replay()
+    assert relative_error(static_out, F.linear(x8.float(), w.float())) < TOL[torch.bfloat16]
+    assert len(fresh_tuning) == 1
+
+
+@pytest.mark.parametrize(
+    ("shape", "config"),
+    [((4, 4096, 4096), None), ((4, 512, 14336), KernelConfig(16, 32, 256, 4)),
+     ((16, 768, 4096), KernelConfig(16, 16, 256, 2)), ((1, 512, 14336), KernelConfig(1, 16, 512, 4, kernel="gemv")),
+     ((2, 512, 4096), CUBLAS)],
+    ids=["tuned", "split-k", "16-wide-split-k", "gemv-split-k", "cublas"],
+)
+def test_16bit_kernel_replays_in_a_cuda_graph(shape, config, fresh_tuning):
+    x, w, _, bias = make_case(*shape, None, torch.bfloat16, "cuda")
+    static_x = x.clone()
+    tuned_linear(static_x, w, None, bias, config=config)  # tune / compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = tuned_linear(static_x, w, None, bias, config=config)
+    for seed in range(2):
+        fresh = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).to(x)
+        static_x.copy_(fresh)
+        graph.replay()
+        ref = F.linear(fresh.float(), w.float(), bias.float())
+        assert relative_error(static_out, ref) < TOL[torch.bfloat16]
+
+
+def test_unquantised_layer_and_lm_head_take_the_tuned_path_at_decode_sizes(monkeypatch, fresh_tuning):
+    calls = []
+    monkeypatch.setattr(kernels, "_enabled", True)  # an earlier engine may have switched them off
+    monkeypatch.setattr(quant, "tuned_linear", lambda *a, **k: calls.append(a[0].shape[0]) or tuned_linear(*a, **k))
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            layer = ColumnParallelLinear(1024, 768, bias=True)
+            head = VocabParallelEmbedding(5000, 1024)
+    finally:
+        torch.set_default_dtype(previous)
+    gen = torch.Generator().manual_seed(0)
+    for p in (layer.weight, layer.bias, head.weight):
+        p.data.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    for tokens in (1, 4, DECODE_MAX_TOKENS, DECODE_MAX_TOKENS + 1, 300):
+        x = torch.randn(tokens, 1024, generator=gen).to("cuda", torch.bfloat16)
+        with torch.no_grad():
+            out, logits = layer(x), head.compute_logits(x)
+        if tokens > DECODE_MAX_TOKENS:  # prefill: exactly the F.linear it always was
+            assert torch.equal(out, F.linear(x, layer.weight, layer.bias))
+            assert torch.equal(logits, F.linear(x, head.weight).float())
+        ref = F.linear(x.float(), layer.weight.float(), layer.bias.float())
+        assert relative_error(out, ref) < TOL[torch.bfloat16], tokens
+        assert relative_error(logits, F.linear(x.float(), head.weight.float())) < TOL[torch.bfloat16], tokens
+    assert calls == [1, 1, 4, 4, DECODE_MAX_TOKENS, DECODE_MAX_TOKENS]
+    # Both shapes tuned at 1, 4 and 64 rows.
+    assert sorted(key[:3] for key in fresh_tuning) == sorted(
+        (m, n, 1024) for m in (1, 4, DECODE_MAX_TOKENS) for n in (768, 5000))

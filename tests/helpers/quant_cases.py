@@ -1,16 +1,19 @@
-"""Random 8-bit linear cases shared by the kernel tests on the GPU (tests/gpu) and in Triton's
-CPU interpreter (tests/unit/quant): the fused kernel against its float32 reference."""
+"""Random linear cases shared by the kernel tests on the GPU (tests/gpu) and in Triton's CPU
+interpreter (tests/unit/quant): the tuned path against its float32 reference, for 8-bit weights
+(qdtype int8 / float8_e4m3fn, with scales) and 16-bit ones (qdtype None: the weight in the
+activation dtype, no scale)."""
 
 from __future__ import annotations
 
 import torch
 
-from shardserve.kernels.int8_gemm import (
+from shardserve.kernels.tuned_gemm import (
+    CUBLAS,
     DEQUANT,
     KernelConfig,
+    linear_reference,
     quantize_rows,
-    w8_linear,
-    w8_linear_reference,
+    tuned_linear,
 )
 
 # (M activation rows, N outputs, K inputs): odd sizes cross every tile edge; the last ones are
@@ -23,15 +26,18 @@ CONFIGS = [KernelConfig(16, 64, 64, 1), KernelConfig(16, 32, 64, 3), KernelConfi
 # per program and over two with a ragged split, and dequantise + matmul.
 OTHER_PATHS = [KernelConfig(1, 32, 64, 1, kernel="gemv"), KernelConfig(2, 16, 128, 3, num_warps=8, kernel="gemv"),
                DEQUANT]
+# 16-bit weights: the GEMV paths above, a 16-wide dot tile with a ragged split, and cuBLAS.
+DENSE_PATHS = [*OTHER_PATHS[:2], KernelConfig(16, 16, 128, 3), CUBLAS]
 
 
-def make_case(m: int, n: int, k: int, qdtype: torch.dtype, dtype: torch.dtype, device, bias: bool = True,
+def make_case(m: int, n: int, k: int, qdtype: torch.dtype | None, dtype: torch.dtype, device, bias: bool = True,
               seed: int = 0, strided: bool = False):
-    """(x [m, k], qweight [n, k], scale [n], bias [n] | None) on `device`; x may be a strided view."""
+    """(x [m, k], weight [n, k], scale [n] | None, bias [n] | None) on `device`; x may be a strided
+    view. qdtype None: a 16-bit weight in `dtype` and no scale."""
     gen = torch.Generator().manual_seed(seed)
     # Rows of different magnitudes, so a scale applied to the wrong row shows.
     w = torch.randn(n, k, generator=gen) * torch.rand(n, 1, generator=gen).add(0.1)
-    qweight, scale = quantize_rows(w, qdtype)
+    qweight, scale = (w.to(dtype), None) if qdtype is None else quantize_rows(w, qdtype)
     x = torch.randn(m, 2 * k if strided else k, generator=gen)[:, :k]
     b = torch.randn(n, generator=gen) if bias else None
     to = lambda t, dt=None: None if t is None else t.to(device=device, dtype=dt or t.dtype)  # noqa: E731
@@ -46,11 +52,12 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def check_kernel(m, n, k, qdtype, dtype, device, config: KernelConfig | None = None, tol: float = 3e-3, **kw) -> float:
-    """The kernel's output vs the reference summed in float32 (the kernel rounds once, to dtype)."""
+    """The kernel's output vs the reference summed in float32 (the kernel rounds once, to dtype);
+    qdtype None: a 16-bit weight."""
     x, qweight, scale, bias = make_case(m, n, k, qdtype, dtype, device, **kw)
-    out = w8_linear(x, qweight, scale, bias, config=config)
+    out = tuned_linear(x, qweight, scale, bias, config=config)
     assert out.shape == (m, n) and out.dtype == dtype
-    ref = w8_linear_reference(x.float(), qweight, scale, None if bias is None else bias.float())
+    ref = linear_reference(x.float(), qweight, scale, None if bias is None else bias.float())
     err = relative_error(out, ref)
     assert err < tol, f"{(m, n, k, qdtype, dtype, config)}: relative error {err:.2e} >= {tol:.0e}"
     return err

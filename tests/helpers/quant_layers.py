@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from shardserve.kernels.int8_gemm import QMAX, quantize_rows
+from shardserve.kernels.tuned_gemm import QMAX, quantize_rows
 from shardserve.layers.linear import (
     ColumnParallelLinear,
     MergedColumnParallelLinear,

@@ -15,7 +15,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from shardserve.kernels.int8_gemm import DECODE_MAX_TOKENS, _device_facts, dequantize, quantize_rows
+from shardserve.kernels.tuned_gemm import (
+    DECODE_MAX_TOKENS,
+    _device_facts,
+    dequantize,
+    quantize_rows,
+)
 
 FP8 = torch.float8_e4m3fn
 

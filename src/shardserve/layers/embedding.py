@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shardserve.layers.quant import dense_linear
 from shardserve.parallel import get_tp_rank, get_tp_size
 from shardserve.parallel.comm import all_gather, all_reduce
 from shardserve.weights.params import Loaded, narrow, new_param
@@ -47,7 +48,8 @@ class VocabParallelEmbedding(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, embedding_dim] -> float32 logits [N, num_embeddings] on every rank."""
-        logits = F.linear(hidden, self.weight)  # [N, rows_per_rank]
+        # [N, rows_per_rank]; decode-sized N on a GPU: the tuned path (cuBLAS or a faster kernel)
+        logits = dense_linear(hidden, self.weight)
         if self.tp_size > 1:
             logits = all_gather(logits, dim=-1)[:, : self.num_embeddings]  # drop padding
         return logits.float()

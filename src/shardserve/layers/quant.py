@@ -20,12 +20,16 @@ Row-parallel weights: each rank scales its own columns of a row, i.e. one scale 
 channel per rank. The rank's partial product is exact for its columns and the all-reduce sums
 them, so the math is unchanged; the scales are just finer than one per full row.
 
-Forward on a GPU: kernels/int8_gemm.w8_linear. Decode-sized batches run a fused Triton kernel
-whose tiles are tuned per layer shape on the first eager call (the engine's warm-up before it
-captures decode graphs); larger batches dequantise to the model dtype in one pass and run one
-cuBLAS matmul, except FP8 with bf16 activations on Hopper, which quantises the activations too
-and uses torch._scaled_mm (kernels/fp8_gemm.py). CPUs run the reference, which is the
-definition of all of them.
+Forward on a GPU: kernels/tuned_gemm.tuned_linear. Decode-sized batches of an 8-bit layer run a
+fused Triton kernel whose tiles are tuned per layer shape on the first eager call (the engine's
+warm-up before it captures decode graphs); larger batches dequantise to the model dtype in one
+pass and run one cuBLAS matmul, except FP8 with bf16 activations on Hopper, which quantises the
+activations too and uses torch._scaled_mm (kernels/fp8_gemm.py). CPUs run the reference, which
+is the definition of all of them.
+
+Unquantised layers (and the LM head, layers/embedding.py) multiply through `dense_linear`: F.linear,
+except decode-sized fp16/bf16 batches on a GPU, where the same tuner picks per layer shape between
+cuBLAS and the Triton kernels reading the 16-bit weight (cuBLAS unless a kernel measured faster).
 """
 
 from __future__ import annotations
@@ -40,11 +44,12 @@ from torch import nn
 
 from shardserve.kernels import use_fused_kernels
 from shardserve.kernels.fp8_gemm import fp8_scaled_mm, scaled_mm_applies
-from shardserve.kernels.int8_gemm import (
+from shardserve.kernels.tuned_gemm import (
+    DECODE_MAX_TOKENS,
     kernel_applies,
+    linear_reference,
     quantize_rows,
-    w8_linear,
-    w8_linear_reference,
+    tuned_linear,
 )
 from shardserve.weights.params import WeightLoader, new_param
 
@@ -53,8 +58,18 @@ _SOURCE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _QUANT_CHUNK = 1 << 26  # elements quantised at once: bounds the float32 temporaries (256 MB)
 
 
+def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., in] @ weight.T (+ bias) for a weight in the model dtype: F.linear, except decode-sized
+    batches (<= DECODE_MAX_TOKENS rows) on a GPU with fused kernels on, fp16/bf16 activations and
+    a row-major weight of their dtype, which take the tuned path: cuBLAS's own F.linear call or a
+    Triton kernel that the tuner timed faster for this shape and row class."""
+    if use_fused_kernels(x) and x.numel() <= DECODE_MAX_TOKENS * x.shape[-1] and kernel_applies(x, weight):
+        return tuned_linear(x, weight, None, bias)
+    return F.linear(x, weight, bias)
+
+
 class LinearMethod:
-    """Unquantised: the weight in the model dtype, y = x @ W.T + b."""
+    """Unquantised: the weight in the model dtype, y = x @ W.T + b (`dense_linear`)."""
 
     name: str | None = None
 
@@ -65,7 +80,7 @@ class LinearMethod:
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x [T, in] -> [T, out]."""
-        return F.linear(x, layer.weight, bias)
+        return dense_linear(x, layer.weight, bias)
 
 
 class WeightOnly8Bit(LinearMethod):
@@ -95,8 +110,8 @@ class WeightOnly8Bit(LinearMethod):
 
     def apply(self, layer, x, bias):
         if use_fused_kernels(x) and kernel_applies(x, layer.weight):
-            return w8_linear(x, layer.weight, layer.weight_scale, bias)
-        return w8_linear_reference(x, layer.weight, layer.weight_scale, bias)
+            return tuned_linear(x, layer.weight, layer.weight_scale, bias)
+        return linear_reference(x, layer.weight, layer.weight_scale, bias)
 
 
 class Fp8WeightOnly(WeightOnly8Bit):

@@ -9,13 +9,13 @@ import torch
 from helpers.quant_layers import LAYERS, QDTYPES, all_cases, error_bound, run_case
 from helpers.tp import run_tp
 from shardserve.config import EngineConfig
-from shardserve.kernels.int8_gemm import (
+from shardserve.kernels.tuned_gemm import (
     QMAX,
     dequantize,
     kernel_applies,
+    linear_reference,
     pick_config,
     quantize_rows,
-    w8_linear_reference,
 )
 from shardserve.layers.quant import get_linear_method, linear_quantization
 from shardserve.models import create_model
@@ -56,7 +56,7 @@ def test_linear_matches_float32_within_the_bound(quantization):
     w, bias = _weights(40, 328), torch.randn(40, generator=gen)
     x = torch.randn(7, 328, generator=gen)
     q, scale = quantize_rows(w, QDTYPES[quantization])
-    out = w8_linear_reference(x, q, scale, bias)
+    out = linear_reference(x, q, scale, bias)
     ref = x @ w.T + bias
     assert torch.all((out - ref).abs() <= error_bound(x, w, quantization))
     rel = ((out - ref).norm() / ref.norm()).item()

@@ -1,6 +1,7 @@
-"""The 8-bit matmul's three paths (GEMV kernel, dot kernel, dequantise + matmul) in Triton's CPU
-interpreter against the reference, and the tuner's bookkeeping (which it can check without a GPU:
-timing itself is CUDA-graph work, covered in tests/gpu/test_quant_kernels.py).
+"""kernels/tuned_gemm.py with 8-bit weights: the three paths (GEMV kernel, dot kernel, dequantise +
+matmul) in Triton's CPU interpreter against the reference, and the tuner's bookkeeping (which it
+can check without a GPU: timing itself is CUDA-graph work, covered in
+tests/gpu/test_quant_kernels.py). 16-bit weights: test_dense_linear.py.
 
 Small odd shapes keep the interpreter quick. bfloat16 runs the GEMV and dequantise paths only:
 the interpreter's tl.dot on bfloat16 is wrong, and its float32 -> bfloat16 cast truncates (so
@@ -16,8 +17,8 @@ import pytest
 import torch
 
 from helpers.quant_cases import check_kernel, make_case
-from shardserve.kernels import int8_gemm
-from shardserve.kernels.int8_gemm import (
+from shardserve.kernels import tuned_gemm
+from shardserve.kernels.tuned_gemm import (
     DECODE_MAX_TOKENS,
     DEQUANT,
     GEMV_MAX_TOKENS,
@@ -25,7 +26,7 @@ from shardserve.kernels.int8_gemm import (
     candidates,
     dequantize,
     pick_config,
-    w8_linear,
+    tuned_linear,
 )
 
 pytest.importorskip("triton")
@@ -61,7 +62,7 @@ def test_every_path_matches_the_reference(dtype, qdtype):
 @pytest.mark.parametrize("qdtype", QDTYPES)
 def test_dequantise_pass_is_the_reference_bit_for_bit(qdtype):
     _, qweight, scale, _ = make_case(1, N, K, qdtype, torch.float16, "cpu")
-    assert torch.equal(int8_gemm._dequantize_fast(qweight, scale, torch.float16),
+    assert torch.equal(tuned_gemm._dequantize_fast(qweight, scale, torch.float16),
                        dequantize(qweight, scale, torch.float16))
 
 
@@ -80,9 +81,9 @@ def test_candidates_start_with_the_heuristic_and_fit_the_budget():
 
 
 def _fake_timer(times: dict):
-    """timer(fn, qweight) -> times[config], running fn once (it must be callable as the real one is)."""
-    def timer(fn, qweight):
-        fn(qweight=qweight)
+    """timer(fn, weight) -> times[config], running fn once (it must be callable as the real one is)."""
+    def timer(fn, weight):
+        fn(weight=weight)
         return times[fn.args[0]]
     return timer
 
@@ -91,15 +92,15 @@ def _fake_timer(times: dict):
 def test_tune_takes_the_fastest_config_that_is_right(monkeypatch, caplog):
     x, qweight, scale, bias = make_case(1, N, K, torch.int8, torch.float16, "cpu")
     slow, fast, broken = GEMV[0], DOT[0], DOT[1]
-    real_run = int8_gemm._run
+    real_run = tuned_gemm._run
 
     def run(cfg, *args, **kw):
         out = real_run(cfg, *args, **kw)
         return out * 1.5 if cfg == broken else out  # a miscompiled kernel
 
-    monkeypatch.setattr(int8_gemm, "_run", run)
-    with caplog.at_level(logging.WARNING, logger=int8_gemm.__name__):
-        cfg, times = int8_gemm._tune(x, qweight, scale, bias, [slow, fast, broken],
+    monkeypatch.setattr(tuned_gemm, "_run", run)
+    with caplog.at_level(logging.WARNING, logger=tuned_gemm.__name__):
+        cfg, times = tuned_gemm._tune(x, qweight, scale, bias, [slow, fast, broken],
                                      _fake_timer({slow: 9.0, fast: 5.0, broken: 1.0}))
     assert cfg == fast and set(times) == {slow, fast}
     assert "off by" in caplog.text
@@ -113,23 +114,23 @@ def test_decode_batches_tune_once_per_row_class_and_never_while_capturing(monkey
         tuned.append(x2.shape[0])
         return configs[-1], {}
 
-    monkeypatch.setattr(int8_gemm, "_TUNED", {})
-    monkeypatch.setattr(int8_gemm, "_tune", tune)
-    monkeypatch.setattr(int8_gemm, "_can_tune", lambda x: True)
+    monkeypatch.setattr(tuned_gemm, "_TUNED", {})
+    monkeypatch.setattr(tuned_gemm, "_tune", tune)
+    monkeypatch.setattr(tuned_gemm, "_can_tune", lambda x: True)
     for m in (3, 4, 1, 4, 100):  # 3 and 4 share a class; 100 is prefill, never tuned
         x, qweight, scale, bias = make_case(m, N, K, torch.int8, torch.float16, "cpu")
-        w8_linear(x, qweight, scale, bias)  # runs the chosen config in the interpreter
+        tuned_linear(x, qweight, scale, bias)  # runs the chosen config in the interpreter
     assert tuned == [3, 1]
     x, qweight, scale, _ = make_case(4, N, K, torch.int8, torch.float16, "cpu")
-    assert int8_gemm.chosen_config(x, qweight, scale) == candidates(4, N, K, 132)[-1]
+    assert tuned_gemm.chosen_config(x, qweight, scale) == candidates(4, N, K, 132)[-1]
     # While a CUDA graph is captured (or without a GPU, or tuning off) the heuristic serves, uncached.
-    monkeypatch.setattr(int8_gemm, "_can_tune", lambda x: False)
+    monkeypatch.setattr(tuned_gemm, "_can_tune", lambda x: False)
     x = torch.randn(16, K).half()
-    assert int8_gemm.chosen_config(x, qweight, scale) == pick_config(16, N, K, 132)
-    assert tuned == [3, 1] and len(int8_gemm._TUNED) == 2
+    assert tuned_gemm.chosen_config(x, qweight, scale) == pick_config(16, N, K, 132)
+    assert tuned == [3, 1] and len(tuned_gemm._TUNED) == 2
 
 
 def test_no_tuning_on_the_cpu_or_when_switched_off(monkeypatch):
-    assert not int8_gemm._can_tune(torch.randn(1, 8))
-    monkeypatch.setattr(int8_gemm, "TUNE", False)
-    assert not int8_gemm._can_tune(torch.randn(1, 8))
+    assert not tuned_gemm._can_tune(torch.randn(1, 8))
+    monkeypatch.setattr(tuned_gemm, "TUNE", False)
+    assert not tuned_gemm._can_tune(torch.randn(1, 8))
