@@ -56,6 +56,9 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     attention_backend: str = "auto"  # auto | torch | triton
     enforce_eager: bool = False  # no CUDA graphs
+    # Schedule step n+1 while step n runs (its tokens are filled in on the device), so the
+    # host's bookkeeping overlaps the GPU. None = on where the ranks run on GPUs.
+    async_scheduling: bool | None = None
     load_format: str = "auto"  # auto | safetensors | pt | random
     seed: int = 0
     collective_timeout_s: float = 600.0

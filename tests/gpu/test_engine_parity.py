@@ -27,13 +27,16 @@ def test_logits_match_transformers(tiny_checkpoint, tmp_path, arch, dtype):
 
 @pytest.mark.parametrize("arch", ["llama", "bloom"])
 def test_cuda_graph_decode_equals_eager(tiny_checkpoint, arch):
+    """Graphs or eager, steps overlapped (placeholders filled on the device) or not: one output."""
     path = str(tiny_checkpoint(arch))
     prompts = [[5, 6, 7, 8, 9], [10, 11], list(range(20, 53))]  # 3 sequences: bucket 4, one padding row
-    params = SamplingParams(max_new_tokens=24, temperature=0.0, ignore_eos=True)
+    params = [SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True) for n in (24, 9, 17)]
     outs = {}
     for eager in (False, True):
-        with LLM(path, dtype="bf16", enforce_eager=eager, max_num_seqs=8, num_kv_blocks=64, max_model_len=256) as llm:
-            assert (llm.executor.call("warmup_seconds") > 0) != eager
-            outs[eager] = [o.token_ids for o in llm.generate(prompts, params)]
-    assert outs[False] == outs[True]
+        for overlap in (False, True):
+            with LLM(path, dtype="bf16", enforce_eager=eager, async_scheduling=overlap, max_num_seqs=8,
+                     num_kv_blocks=64, max_model_len=256) as llm:
+                assert (llm.executor.call("warmup_seconds") > 0) != eager
+                outs[eager, overlap] = [o.token_ids for o in llm.generate(prompts, params)]
+    assert outs[False, False] == outs[True, False] == outs[False, True] == outs[True, True]
     torch.cuda.synchronize()

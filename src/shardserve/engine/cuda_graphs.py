@@ -11,7 +11,9 @@ one host-to-device copy per dtype from pinned staging buffers, and pads the buck
 harmless rows (slot -1: no cache write; seq_len 0: no cache read, output 0). The attention
 kernels read lengths from the device only (kernels/paged_decode.py), so nothing in the graph
 depends on a host value that changes between steps. All ranks capture the same buckets in the
-same order, so their collectives line up.
+same order, so their collectives line up. Input tokens still in flight (asynchronous scheduling)
+are copied into the static ids from the previous step's sampled tokens on the device, before the
+replay.
 """
 
 from __future__ import annotations
@@ -44,11 +46,12 @@ class DecodeGraphs:
         self.max_blocks = max_blocks_per_seq
         n, mb = self.max_bs, max_blocks_per_seq
         # Staging (pinned host) and static (device) inputs, one buffer per dtype:
-        # int64 [3, n] = input ids, positions, cache slots;
+        # int64 [5, n] = input ids, positions, cache slots, then (placeholders) the rows to fill
+        # and their rows in the previous step's tokens;
         # int32 [n + n * mb] = seq_lens, then block tables [n, mb].
-        self.host64 = torch.zeros(3, n, dtype=torch.int64, pin_memory=True)
+        self.host64 = torch.zeros(5, n, dtype=torch.int64, pin_memory=True)
         self.host32 = torch.zeros(n + n * mb, dtype=torch.int32, pin_memory=True)
-        self.dev64 = torch.zeros(3, n, dtype=torch.int64, device=device)
+        self.dev64 = torch.zeros(5, n, dtype=torch.int64, device=device)
         self.dev32 = torch.zeros(n + n * mb, dtype=torch.int32, device=device)
         self.dev64[2].fill_(-1)
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)  # token i = seq i
@@ -103,8 +106,12 @@ class DecodeGraphs:
         )
 
     @torch.inference_mode()
-    def run(self, seqs: Sequence[ScheduledSeq], block_size: int) -> torch.Tensor:
-        """Logits [len(seqs), vocab] float32 (a view of the graph's static output)."""
+    def run(
+        self, seqs: Sequence[ScheduledSeq], block_size: int,
+        fill: tuple[list[int], torch.Tensor, list[int]] | None = None,
+    ) -> torch.Tensor:
+        """Logits [len(seqs), vocab] float32 (a view of the graph's static output). fill: (seq
+        indices whose token is a placeholder, previous step's device tokens, their rows there)."""
         n = len(seqs)
         bs = next(b for b in self.buckets if b >= n)
         self._copied.synchronize()  # the last step's copy has long finished: no real wait
@@ -118,11 +125,16 @@ class DecodeGraphs:
             seq_lens[i] = p + 1
             self._tables[i, : len(s.block_ids)] = s.block_ids
         ids[n:bs], pos[n:bs], slots[n:bs], seq_lens[n:bs] = 0, 0, -1, 0
-        # Two contiguous copies: all of int64 (3 x max_bs), and the int32 prefix holding every
+        if fill is not None:
+            k = len(fill[0])
+            self._np64[3, :k], self._np64[4, :k] = fill[0], fill[2]
+        # Two contiguous copies: all of int64 (5 x max_bs), and the int32 prefix holding every
         # seq_len and the bucket's block-table rows.
         self.dev64.copy_(self.host64, non_blocking=True)
         rows32 = self.max_bs + bs * self.max_blocks
         self.dev32[:rows32].copy_(self.host32[:rows32], non_blocking=True)
         self._copied.record()
+        if fill is not None:
+            self.dev64[0].index_copy_(0, self.dev64[3, :k], fill[1].index_select(0, self.dev64[4, :k]))
         self.graphs[bs].replay()
         return self.logits[bs][:n]

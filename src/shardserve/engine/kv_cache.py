@@ -112,7 +112,8 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return
         hashes = self._hashes.setdefault(request.request_id, [])
-        num_full = request.num_computed_tokens // self.block_size
+        # Blocks of known tokens only (a token in flight is not known yet).
+        num_full = min(request.num_computed_tokens, request.num_tokens - request.num_inflight) // self.block_size
         while len(hashes) < num_full:  # usually no new full block: nothing to do
             i = len(hashes)
             parent = hashes[-1] if hashes else None

@@ -3,10 +3,16 @@
 One step is the three beats of the engine loop: the scheduler picks tokens (schedule), every
 rank runs the model on them and rank 0 samples (execute), and the scheduler and the output
 processor append tokens, apply stop rules and produce RequestOutputs (update).
+
+With asynchronous scheduling (EngineConfig.async_scheduling, on for GPUs) a step schedules and
+launches step n+1 before it updates with step n's tokens, so the host's update, detokenisation
+and scheduling run while the GPU computes; step() then reports what step n produced. A request
+that stops on a token has one more step in flight, whose result is dropped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -18,13 +24,21 @@ from shardserve.engine.kv_cache import BlockManager
 from shardserve.engine.output_processor import OutputProcessor
 from shardserve.engine.request import FinishReason, Request, RequestOutput
 from shardserve.engine.sampling_params import SamplingParams
-from shardserve.engine.scheduler import Scheduler
+from shardserve.engine.scheduler import Scheduler, SchedulerOutput
 from shardserve.engine.tokenizer import eos_token_ids, load_tokenizer
 from shardserve.models.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
 Prompt = str | Sequence[int]
+
+
+def _runs_on_gpus(config: EngineConfig) -> bool:
+    if config.devices:
+        return all(d.startswith("cuda") for d in config.devices)
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def encode_prompt(tokenizer, prompt: Prompt, params: SamplingParams, vocab_size: int, max_model_len: int) -> list[int]:
@@ -56,6 +70,8 @@ class LLM:
 
                 model = str(default_model_path())
             config = EngineConfig(model=model, **options)
+        if config.async_scheduling is None:
+            config = dataclasses.replace(config, async_scheduling=_runs_on_gpus(config))
         self.config = config
         started = time.perf_counter()
         self.model_config = ModelConfig.from_hf(config.model)
@@ -84,6 +100,7 @@ class LLM:
         )
         self.outputs = OutputProcessor(self.tokenizer)
         self._ids = itertools.count()
+        self._inflight: tuple[SchedulerOutput, list[Request]] | None = None  # launched, not updated
         # Warm-up (CUDA graph capture) is reported apart from loading the weights.
         self.warmup_seconds = self.executor.call("warmup_seconds")
         self.load_seconds = time.perf_counter() - started - self.warmup_seconds
@@ -119,12 +136,33 @@ class LLM:
 
     # -- the engine loop ----------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        if self.config.async_scheduling:
+            return self._step_overlapped()
         sched = self.scheduler.schedule()
         if not sched.seqs and not sched.finished_ids:
             return []
-        sampled = self.executor.call("execute_model", sched) or {}
+        requests = [self.scheduler.requests[s.request_id] for s in sched.seqs]
+        return self._update(sched, requests, self.executor.call("execute_model", sched))
+
+    def _step_overlapped(self) -> list[RequestOutput]:
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None and any(
+            r.num_inflight and r.params.repetition_penalty != 1.0 for r in self.scheduler.running
+        ):  # its penalty needs every token it has: wait for the one in flight first
+            return self._update(*inflight, self.executor.call("collect"))
+        sched = self.scheduler.schedule()
+        if sched.seqs or sched.finished_ids:
+            self._inflight = (sched, [self.scheduler.requests[s.request_id] for s in sched.seqs])
+            previous = self.executor.call("execute_model_async", sched)
+        else:
+            previous = self.executor.call("collect") if inflight is not None else None
+        return self._update(*inflight, previous) if inflight is not None else []
+
+    def _update(
+        self, sched: SchedulerOutput, requests: list[Request], sampled: dict | None
+    ) -> list[RequestOutput]:
         outputs = []
-        for request in self.scheduler.update(sched, sampled):
+        for request in self.scheduler.update(sched, sampled or {}, requests):
             if self.outputs.new_text(request, request.output_token_ids[-1:]):
                 if request.is_finished:  # also out of length: the stop string wins
                     request.finish_reason = FinishReason.STOP

@@ -1,7 +1,12 @@
 """One tensor-parallel rank: its model slice, its KV cache, and (on rank 0) the sampler.
 
 Every rank runs the same `execute_model` on the same SchedulerOutput (plain lists of ints), so
-the collectives inside the model line up; only rank 0 samples and returns tokens.
+the collectives inside the model line up; rank 0 returns the sampled tokens.
+
+Asynchronous scheduling (`execute_model_async`): the step is launched and the call returns the
+*previous* step's tokens, whose wait overlaps this step's GPU work. This step's input tokens that
+the previous one sampled arrive as PLACEHOLDERs and are filled in on the device from its sampled
+tokens, so every rank samples (identically: same logits, same generators).
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import torch
 
 from shardserve.config import EngineConfig, torch_dtype
 from shardserve.engine.cuda_graphs import DecodeGraphs
-from shardserve.engine.sampler import Sampler
+from shardserve.engine.request import PLACEHOLDER
+from shardserve.engine.sampler import Sampler, on_device, read_samples
 from shardserve.engine.scheduler import ScheduledSeq, SchedulerOutput
 from shardserve.kernels import set_fused_kernels
 from shardserve.layers.attention import Attention, set_default_attention_backend
@@ -23,6 +29,34 @@ from shardserve.parallel import get_tp_size
 from shardserve.weights.fast_read import LoadStats
 
 logger = logging.getLogger(__name__)
+
+SampledTokens = dict[str, tuple[int, float | None]]  # request id -> (token id, logprob or None)
+
+
+class PendingStep:
+    """A launched step's sampled tokens: on the device (the next step's placeholders read them)
+    and on their way to pinned host memory (read once the copy's event has fired)."""
+
+    def __init__(self, request_ids: list[str], infos: list, tokens: torch.Tensor, logprobs: torch.Tensor | None):
+        self.rows = {rid: row for row, rid in enumerate(request_ids)}
+        self.tokens = tokens
+        self.infos = infos
+        pinned = tokens.device.type == "cuda"
+
+        def to_host(t: torch.Tensor) -> torch.Tensor:
+            return torch.empty(t.shape, dtype=t.dtype, pin_memory=pinned).copy_(t, non_blocking=True)
+
+        self._tokens = to_host(tokens)
+        self._logprobs = to_host(logprobs) if logprobs is not None else None
+        self._event = torch.cuda.Event() if pinned else None
+        if self._event is not None:
+            self._event.record()
+
+    def result(self) -> SampledTokens:
+        if self._event is not None:
+            self._event.synchronize()
+        return dict(zip(self.rows, read_samples(self._tokens, self._logprobs, self.infos), strict=True))
+
 
 def resolve_dtype(requested: str, checkpoint_dtype: str | None, device: torch.device) -> torch.dtype:
     """'auto' keeps the checkpoint's dtype on GPUs and uses float32 on CPUs."""
@@ -58,7 +92,9 @@ class ModelRunner:
         )
         self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.block_size = config.block_size
-        self.sampler = Sampler(device, config.seed) if rank == 0 else None
+        # Synchronous steps sample on rank 0 only; asynchronous ones on every rank.
+        self.sampler = Sampler(device, config.seed) if rank == 0 or config.async_scheduling else None
+        self._pending: PendingStep | None = None
 
     # -- KV cache --------------------------------------------------------------------------
     def bytes_per_block(self) -> int:
@@ -111,32 +147,60 @@ class ModelRunner:
         return self.cuda_graphs.capture_seconds if self.cuda_graphs is not None else 0.0
 
     # -- one step ----------------------------------------------------------------------------
+    def execute_model(self, sched: SchedulerOutput) -> SampledTokens | None:
+        """Run a step and return its tokens (rank 0; None elsewhere)."""
+        step = self._launch(sched, None)
+        if self.rank != 0:
+            return None
+        return step.result() if step is not None else {}
+
+    def execute_model_async(self, sched: SchedulerOutput) -> SampledTokens | None:
+        """Launch a step; return the previous one's tokens (rank 0, {} if there was none)."""
+        previous, self._pending = self._pending, None
+        self._pending = self._launch(sched, previous)
+        return self._result(previous)
+
+    def collect(self) -> SampledTokens | None:
+        """The tokens of the step in flight, if any (rank 0)."""
+        previous, self._pending = self._pending, None
+        return self._result(previous)
+
+    def _result(self, step: PendingStep | None) -> SampledTokens | None:
+        if self.rank != 0:
+            return None
+        return step.result() if step is not None else {}
+
     @torch.inference_mode()
-    def execute_model(self, sched: SchedulerOutput) -> dict[str, tuple[int, float | None]] | None:
+    def _launch(self, sched: SchedulerOutput, previous: PendingStep | None) -> PendingStep | None:
+        """Enqueue the step's GPU work (and its sampling); nothing here waits for the GPU."""
         if self.sampler is not None and sched.finished_ids:
             self.sampler.forget(sched.finished_ids)
         if not sched.seqs:
-            return {} if self.rank == 0 else None
+            return None
+        fill = _placeholder_sources(sched.seqs, previous)
         sampled = [s for s in sched.seqs if s.sampling]
         if self.cuda_graphs is not None and self.cuda_graphs.can_run(sched.seqs):
-            logits = self.cuda_graphs.run(sched.seqs, self.block_size)  # [num_seqs, vocab]
+            logits = self.cuda_graphs.run(sched.seqs, self.block_size, fill)  # [num_seqs, vocab]
             if len(sampled) < len(sched.seqs):  # a 1-token prefill chunk that samples nothing
                 rows = [i for i, s in enumerate(sched.seqs) if s.sampling]
-                logits = logits[torch.tensor(rows, device=self.device)]
+                logits = logits[on_device(rows, torch.int64, self.device)]
         else:
             input_ids, positions, meta = self._prepare(sched)
+            if fill is not None:
+                first = meta.query_start_loc_host  # a placeholder is its sequence's only token
+                dst = on_device([first[i] for i in fill[0]], torch.int64, self.device)
+                input_ids[dst] = fill[1][on_device(fill[2], torch.int64, self.device)]
             with forward_context(meta):
                 hidden = self.model(input_ids, positions)
             sample_idx = [meta.query_start_loc_host[i + 1] - 1 for i, s in enumerate(sched.seqs) if s.sampling]
             if not sample_idx:
-                return {} if self.rank == 0 else None
-            rows = torch.tensor(sample_idx, device=self.device)
+                return None
+            rows = on_device(sample_idx, torch.int64, self.device)
             logits = self.model.compute_logits(hidden.index_select(0, rows))  # collective on TP
         if self.sampler is None or not sampled:
-            return None if self.sampler is None else {}
-        ids = [s.request_id for s in sampled]
-        results = self.sampler(logits, ids, [s.sampling for s in sampled])
-        return dict(zip(ids, results, strict=True))
+            return None
+        ids, infos = [s.request_id for s in sampled], [s.sampling for s in sampled]
+        return PendingStep(ids, infos, *self.sampler.sample(logits, ids, infos))
 
     @torch.inference_mode()
     def prompt_logits(self, token_ids: list[int], block_ids: list[int]) -> torch.Tensor | None:
@@ -170,14 +234,31 @@ class ModelRunner:
         input_ids = torch.tensor([t for s in seqs for t in s.token_ids], dtype=torch.long)
 
         dev = self.device
+
+        def upload(t: torch.Tensor) -> torch.Tensor:  # pinned: a pageable copy waits for the GPU
+            return (t.pin_memory() if dev.type == "cuda" else t).to(dev, non_blocking=True)
+
         meta = AttentionMetadata(
-            slot_mapping=slot_mapping.to(dev, non_blocking=True),
-            query_start_loc=query_start_loc.to(dev, non_blocking=True),
-            seq_lens=seq_lens.to(dev, non_blocking=True),
-            block_tables=block_tables.to(dev, non_blocking=True),
+            slot_mapping=upload(slot_mapping),
+            query_start_loc=upload(query_start_loc),
+            seq_lens=upload(seq_lens),
+            block_tables=upload(block_tables),
             max_query_len=int(q_lens.max()),
             max_seq_len=int(seq_lens.max()),
             query_start_loc_host=query_start_loc.tolist(),
             seq_lens_host=seq_lens.tolist(),
         )
-        return input_ids.to(dev, non_blocking=True), positions.to(dev, non_blocking=True), meta
+        return upload(input_ids), upload(positions), meta
+
+
+def _placeholder_sources(
+    seqs: list[ScheduledSeq], previous: PendingStep | None
+) -> tuple[list[int], torch.Tensor, list[int]] | None:
+    """(seq indices whose token is a placeholder, the previous step's device tokens, their rows
+    there), or None when every input token is known."""
+    dst = [i for i, s in enumerate(seqs) if s.token_ids[0] == PLACEHOLDER]
+    if not dst:
+        return None
+    if previous is None or any(seqs[i].request_id not in previous.rows for i in dst):
+        raise RuntimeError("a step's input token is in flight but no step in flight sampled it")
+    return dst, previous.tokens, [previous.rows[seqs[i].request_id] for i in dst]

@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 
 from shardserve.engine.sampling_params import SamplingParams
 
+# Stands for a token a step in flight is sampling (asynchronous scheduling): the ranks fill it in
+# from that step's sampled tokens on the device; the host learns it one step later.
+PLACEHOLDER = -1
+
 
 class RequestStatus(enum.Enum):
     WAITING = "waiting"
@@ -39,14 +43,20 @@ class Request:
     block_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
+    # Tokens sampled by a step still in flight (0 or 1): counted in num_tokens, not yet known.
+    num_inflight: int = 0
 
     @property
     def all_token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
 
     def token_slice(self, start: int, end: int) -> list[int]:
-        """all_token_ids[start:end] without building the whole list (the engine's hot path)."""
-        n = len(self.prompt_token_ids)
+        """all_token_ids[start:end] without building the whole list (the engine's hot path);
+        positions of tokens still in flight read PLACEHOLDER."""
+        n, known = len(self.prompt_token_ids), len(self.prompt_token_ids) + len(self.output_token_ids)
+        if end > known:
+            head = self.token_slice(start, known) if start < known else []
+            return head + [PLACEHOLDER] * (end - max(start, known))
         if start >= n:
             return self.output_token_ids[start - n : end - n]
         if end <= n:
@@ -55,7 +65,8 @@ class Request:
 
     @property
     def num_tokens(self) -> int:
-        return len(self.prompt_token_ids) + len(self.output_token_ids)
+        """Known tokens plus those in flight."""
+        return len(self.prompt_token_ids) + len(self.output_token_ids) + self.num_inflight
 
     @property
     def is_finished(self) -> bool:

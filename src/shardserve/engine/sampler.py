@@ -3,6 +3,11 @@
 Sampling uses the exponential-race form of the Gumbel trick: argmax(p / q) with q ~ Exp(1) is a
 draw from p. A request with a seed owns a torch.Generator that only it advances, so its draws do
 not depend on what else is in the batch.
+
+`sample` leaves the tokens on the device and never waits for the GPU (host values it needs go up
+through pinned memory), so the next step can be launched before this one's tokens are read;
+calling the sampler reads them at once. Every rank may run it: same logits (all-gathered), same
+generators, same tokens.
 """
 
 from __future__ import annotations
@@ -27,6 +32,13 @@ class Sampler:
         self, logits: torch.Tensor, request_ids: list[str], infos: list[SamplingInfo]
     ) -> list[tuple[int, float | None]]:
         """logits: [num_seqs, vocab] float32 -> (token id, logprob of it or None) per row."""
+        return read_samples(*self.sample(logits, request_ids, infos), infos)
+
+    def sample(
+        self, logits: torch.Tensor, request_ids: list[str], infos: list[SamplingInfo]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Tokens [num_seqs] int64 and, if any row asks for them, their logprobs [num_seqs]
+        float32, both on the device."""
         raw_logprobs = torch.log_softmax(logits, dim=-1) if any(i.logprobs for i in infos) else None
         if any(i.penalty_token_ids or i.suppress_token_ids for i in infos):
             logits = logits.clone()  # edited in place below; the caller's tensor stays as it was
@@ -34,12 +46,12 @@ class Sampler:
             if info.penalty_token_ids:
                 _apply_repetition_penalty(logits[row], info.penalty_token_ids, info.repetition_penalty)
             if info.suppress_token_ids:
-                logits[row, info.suppress_token_ids] = float("-inf")
+                logits[row, on_device(info.suppress_token_ids, torch.int64, logits.device)] = float("-inf")
 
         tokens = logits.argmax(dim=-1)
         sampled_rows = [r for r, i in enumerate(infos) if not i.greedy]
         if sampled_rows:
-            rows = torch.tensor(sampled_rows, device=logits.device)
+            rows = on_device(sampled_rows, torch.int64, logits.device)
             probs = _processed_probs(logits[rows], [infos[r] for r in sampled_rows])
             noise = torch.empty_like(probs)
             unseeded = []
@@ -49,17 +61,11 @@ class Sampler:
                 else:
                     noise[k].exponential_(generator=self._generator_for(request_ids[r], infos[r].seed))
             if unseeded:
-                idx = torch.tensor(unseeded, device=logits.device)
+                idx = on_device(unseeded, torch.int64, logits.device)
                 noise[idx] = torch.empty_like(noise[idx]).exponential_(generator=self._generator)
             tokens[rows] = (probs / noise).argmax(dim=-1)
-
-        # Everything is queued before the one wait of the step (the first .tolist()).
         chosen_lp = raw_logprobs.gather(1, tokens[:, None]).squeeze(1) if raw_logprobs is not None else None
-        chosen = tokens.tolist()
-        if chosen_lp is None:
-            return [(t, None) for t in chosen]
-        lp = chosen_lp.tolist()
-        return [(t, lp[r] if infos[r].logprobs else None) for r, t in enumerate(chosen)]
+        return tokens, chosen_lp
 
     def _generator_for(self, request_id: str, seed: int) -> torch.Generator:
         gen = self._request_generators.get(request_id)
@@ -70,9 +76,28 @@ class Sampler:
         return gen
 
 
+def read_samples(
+    tokens: torch.Tensor, logprobs: torch.Tensor | None, infos: list[SamplingInfo]
+) -> list[tuple[int, float | None]]:
+    """(token id, logprob or None) per row, read to the host (waits for the GPU)."""
+    chosen = tokens.tolist()
+    if logprobs is None:
+        return [(t, None) for t in chosen]
+    lp = logprobs.tolist()
+    return [(t, lp[r] if infos[r].logprobs else None) for r, t in enumerate(chosen)]
+
+
+def on_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small host list on the device without waiting for the GPU: a copy from pageable memory
+    would first wait for the stream (and so for the step before), one from pinned memory not."""
+    if device.type != "cuda":
+        return torch.tensor(values, dtype=dtype, device=device)
+    return torch.tensor(values, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
+
+
 def _apply_repetition_penalty(row: torch.Tensor, token_ids: list[int], penalty: float) -> None:
     # As in CTRL / HF: shrink positive logits, push negative ones further down.
-    ids = torch.tensor(sorted(set(token_ids)), device=row.device)
+    ids = on_device(sorted(set(token_ids)), torch.int64, row.device)
     seen = row[ids]
     row[ids] = torch.where(seen > 0, seen / penalty, seen * penalty)
 
@@ -80,10 +105,10 @@ def _apply_repetition_penalty(row: torch.Tensor, token_ids: list[int], penalty: 
 def _processed_probs(logits: torch.Tensor, infos: list[SamplingInfo]) -> torch.Tensor:
     """Temperature, then top-k, then top-p; returns probabilities [rows, vocab]."""
     device = logits.device
-    temps = torch.tensor([i.temperature for i in infos], device=device, dtype=logits.dtype)
+    temps = on_device([i.temperature for i in infos], logits.dtype, device)
     logits = logits / temps[:, None]
-    top_k = torch.tensor([i.top_k if i.top_k > 0 else logits.shape[1] for i in infos], device=device)
-    top_p = torch.tensor([i.top_p for i in infos], device=device, dtype=logits.dtype)
+    top_k = on_device([i.top_k if i.top_k > 0 else logits.shape[1] for i in infos], torch.int64, device)
+    top_p = on_device([i.top_p for i in infos], logits.dtype, device)
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     ranks = torch.arange(logits.shape[1], device=device)[None, :]
     drop = ranks >= top_k[:, None]

@@ -6,6 +6,15 @@ chunk for a prefill) within a token budget, then admits waiting requests while b
 slots and KV blocks last. When blocks run out, the most recently admitted running request is
 preempted: its blocks are freed and it is recomputed later from its tokens, so it ends with
 exactly the output it would have had.
+
+Asynchronous scheduling (LLM with async_scheduling): the next step is scheduled while the last
+one still runs, before its sampled tokens are known. A request that samples in a step gets one
+token in flight (`Request.num_inflight`), which the next step computes as a PLACEHOLDER the
+ranks fill in on the device; `update` later appends the real token. So `num_computed_tokens`
+advances when a step is scheduled, a request whose in-flight token is its last (length limits)
+is not scheduled again, and one that stops on a token already has a step in flight whose result
+`update` drops (its cache writes go to blocks that are freed; later steps run after them on the
+same GPU stream, so a new owner of such a block writes after).
 """
 
 from __future__ import annotations
@@ -90,6 +99,7 @@ class Scheduler:
         elif request in self.waiting:
             self.waiting.remove(request)
         self.block_manager.free(request)
+        request.num_inflight = 0  # a token still in flight is dropped
         request.status = RequestStatus.FINISHED
         request.finish_reason = reason
         self._finished_since_last_step.append(request_id)
@@ -109,6 +119,9 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             request = self.running[i]
             num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            if num_new <= 0 or self._last_token_in_flight(request):
+                i += 1  # finishes when its in-flight token arrives
+                continue
             while not self.block_manager.allocate(request, num_new):
                 victim = self.running.pop()  # never one already scheduled: those are before i
                 self._preempt(victim)
@@ -125,6 +138,8 @@ class Scheduler:
         # Admit waiting requests; not in a step that had to preempt (memory is tight).
         while self.waiting and budget > 0 and not preempted and len(self.running) < self.max_num_seqs:
             request = self.waiting[0]
+            if request.num_inflight:  # preempted with a token in flight: recompute once it is known
+                break
             cached = self.block_manager.find_cached_prefix(request)
             num_cached = len(cached) * self.block_manager.block_size
             num_new = request.num_tokens - num_cached
@@ -147,7 +162,7 @@ class Scheduler:
     def _scheduled(self, request: Request, num_new: int) -> ScheduledSeq:
         start = request.num_computed_tokens
         completes = start + num_new == request.num_tokens
-        return ScheduledSeq(
+        seq = ScheduledSeq(
             request_id=request.request_id,
             token_ids=request.token_slice(start, start + num_new),
             start_pos=start,
@@ -155,11 +170,21 @@ class Scheduler:
             block_ids=request.block_ids,
             sampling=self._sampling_info(request) if completes else None,
         )
+        request.num_computed_tokens = start + num_new
+        request.num_inflight += completes
+        return seq
+
+    def _last_token_in_flight(self, request: Request) -> bool:
+        """The token in flight ends the request by length: nothing more to schedule."""
+        num_out = len(request.output_token_ids) + request.num_inflight
+        return request.num_inflight > 0 and (
+            num_out >= request.params.max_new_tokens or request.num_tokens >= self.max_model_len
+        )
 
     def _sampling_info(self, request: Request) -> SamplingInfo:
         p: SamplingParams = request.params
         suppress: list[int] = []
-        if len(request.output_token_ids) < p.min_new_tokens:
+        if len(request.output_token_ids) + request.num_inflight < p.min_new_tokens:
             suppress = list(p.stop_token_ids) + ([] if p.ignore_eos else list(self.eos_token_ids))
         return SamplingInfo(
             greedy=p.greedy,
@@ -183,24 +208,28 @@ class Scheduler:
 
     # -- the update beat ----------------------------------------------------------------------
     def update(
-        self, sched: SchedulerOutput, sampled: dict[str, tuple[int, float | None]]
+        self, sched: SchedulerOutput, sampled: dict[str, tuple[int, float | None]],
+        requests: list[Request] | None = None,
     ) -> list[Request]:
-        """Advance computed counts, append sampled tokens; returns requests that got a token."""
+        """Append a step's sampled tokens; returns the requests that got one. `requests`: the
+        Request of each scheduled seq, taken when the step was scheduled (under asynchronous
+        scheduling a request may have finished, and its id been reused, since)."""
         updated = []
-        for seq in sched.seqs:
-            request = self.requests.get(seq.request_id)
-            if request is None:  # aborted while the step ran
+        for k, seq in enumerate(sched.seqs):
+            request = requests[k] if requests is not None else self.requests.get(seq.request_id)
+            if request is None or request.is_finished:  # finished or aborted while the step ran
                 continue
-            request.num_computed_tokens += len(seq.token_ids)
-            self.block_manager.cache_full_blocks(request)
-            if seq.request_id not in sampled:
+            result = sampled.get(seq.request_id)
+            if result is not None:
+                request.num_inflight -= 1
+                request.output_token_ids.append(result[0])
+                if request.params.logprobs:
+                    request.logprobs.append(result[1])
+            self.block_manager.cache_full_blocks(request)  # before a finish frees the blocks
+            if result is None:
                 continue
-            token_id, logprob = sampled[seq.request_id]
-            request.output_token_ids.append(token_id)
-            if request.params.logprobs:
-                request.logprobs.append(logprob)
             updated.append(request)
-            reason = self._check_stop(request, token_id)
+            reason = self._check_stop(request, result[0])
             if reason is not None:
                 self.finish(request.request_id, reason)
         return updated
@@ -213,6 +242,6 @@ class Scheduler:
                 return FinishReason.STOP
             if not p.ignore_eos and token_id in self.eos_token_ids:
                 return FinishReason.STOP
-        if num_out >= p.max_new_tokens or request.num_tokens >= self.max_model_len:
+        if num_out >= p.max_new_tokens or request.num_tokens - request.num_inflight >= self.max_model_len:
             return FinishReason.LENGTH
         return None

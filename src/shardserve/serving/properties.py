@@ -41,7 +41,7 @@ OPTION_KEYS = (
 ENGINE_OPTION_KEYS = (
     "gpu_memory_utilization", "enable_prefix_caching", "enable_chunked_prefill", "block_size",
     "num_kv_blocks", "cpu_kv_cache_gib", "attention_backend", "enforce_eager", "load_format",
-    "max_num_batched_tokens",
+    "max_num_batched_tokens", "async_scheduling",
 )
 # DJLServing keys that artifacts commonly carry and that mean nothing here: accepted, logged.
 IGNORED_KEYS = (
@@ -199,7 +199,7 @@ def _engine_options(reader: _Reader) -> dict:
         full = "option." + key
         if full not in reader.values:
             continue
-        if key in ("enable_prefix_caching", "enable_chunked_prefill", "enforce_eager"):
+        if key in ("enable_prefix_caching", "enable_chunked_prefill", "enforce_eager", "async_scheduling"):
             out[key] = reader.boolean(full, False)
         elif key in ("gpu_memory_utilization", "cpu_kv_cache_gib"):
             out[key] = reader.number(full, 0.0, minimum=0.0)

@@ -100,6 +100,7 @@ def test_unknown_keys_are_kept_for_custom_handlers_and_ignored_keys_accepted():
 
 def test_engine_options_reach_the_engine_config():
     c = config({"option.enable_prefix_caching": "false", "option.gpu_memory_utilization": "0.8",
-                "option.max_rolling_batch_prefill_tokens": "1024", "option.block_size": "32"})
+                "option.max_rolling_batch_prefill_tokens": "1024", "option.block_size": "32",
+                "option.async_scheduling": "false"})
     assert c.engine_options == {"enable_prefix_caching": False, "gpu_memory_utilization": 0.8,
-                                "block_size": 32, "max_num_batched_tokens": 1024}
+                                "block_size": 32, "max_num_batched_tokens": 1024, "async_scheduling": False}
