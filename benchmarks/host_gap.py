@@ -1,10 +1,10 @@
-"""How much of a decode step is host time? Llama-3-8B-shaped bf16, batch 1, one GPU.
+"""How much of a decode step is host time, and how much of it asynchronous scheduling hides?
+Llama-3-8B-shaped bf16, batch 1, one GPU.
 
-Measures, on the same engine: the engine's step loop (ms/step), the bucket-1 decode graph
-replayed back to back with no host work between replays (the GPU's own step time, kernel gaps
-included), and the host's share of a step split into its beats (schedule, execute, update).
-Then time to first token of a 32-token prompt, timed and profiled (why is it slower with CUDA
-graphs captured than without?).
+Per engine variant: the engine's own step loop (ms per decode step), and (synchronous variant)
+the bucket-1 decode graph replayed back to back with no host work between replays, i.e. the
+GPU's own step time with its kernel gaps. Then time to first token of a 32-token prompt, timed
+and profiled, with and without CUDA graphs.
 Run on the device: PYTHONPATH=src python3 benchmarks/host_gap.py
 """
 
@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from stages import OUT, finish, stage  # noqa: E402
 
 
-def _engine(model: str, **options):
+def _engine(model: str = "llama-3-8b", **options):
     from shardserve import LLM
     from shardserve.bench.latency import write_placeholder_tokenizer
     from shardserve.models.config import ModelConfig
@@ -31,55 +31,41 @@ def _engine(model: str, **options):
                **options)
 
 
-def host_gap(model: str = "llama-3-8b", steps: int = 128) -> dict:
+def step_loop(async_scheduling: bool, steps: int = 128) -> dict:
     from shardserve import SamplingParams
 
     params = SamplingParams(max_new_tokens=steps, temperature=0.0, ignore_eos=True)
-    with _engine(model) as llm:
+    with _engine(async_scheduling=async_scheduling) as llm:
         llm.generate([[100 + i for i in range(32)]], params)  # warm
         llm.add_request(None, [200 + i for i in range(32)], params)
-        llm.step()  # the prefill
-        beats = {"schedule": 0.0, "execute": 0.0, "update": 0.0}
+        while not any(len(o.token_ids) >= 2 for o in llm.step()):  # past the prefill
+            pass
         torch.cuda.synchronize()
-        t_loop = time.perf_counter()
-        n = 0
+        t0, n = time.perf_counter(), 0
         while llm.has_unfinished():
-            t0 = time.perf_counter()
-            sched = llm.scheduler.schedule()
-            t1 = time.perf_counter()
-            sampled = llm.executor.call("execute_model", sched)
-            t2 = time.perf_counter()
-            for request in llm.scheduler.update(sched, sampled):
-                llm.outputs.new_text(request, request.output_token_ids[-1:])
-                llm.outputs.output(request)
-            t3 = time.perf_counter()
-            beats["schedule"] += t1 - t0
-            beats["execute"] += t2 - t1
-            beats["update"] += t3 - t2
-            n += 1
-        loop_ms = (time.perf_counter() - t_loop) * 1e3 / n
-
-        graphs = llm.executor.runner.cuda_graphs
-        graph = graphs.graphs[1]
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        for _ in range(3):
-            graph.replay()
-        torch.cuda.synchronize()
-        start.record()
-        t0 = time.perf_counter()
-        for _ in range(100):
-            graph.replay()
-        launch_us = (time.perf_counter() - t0) * 1e4
-        end.record()
-        end.synchronize()
-        replay_ms = start.elapsed_time(end) / 100
-        ttft = prefill_profile(llm)
-    return ttft | {"loop_ms_per_step": loop_ms, "graph_back_to_back_ms": replay_ms,
-            "host_share_ms": loop_ms - replay_ms, "replay_launch_us": launch_us,
-            "beats_ms_per_step": {k: v * 1e3 / n for k, v in beats.items()}, "steps": n}
+            n += len(llm.step())
+        out = {"loop_ms_per_step": (time.perf_counter() - t0) * 1e3 / n, "steps": n,
+               "warmup_s": llm.warmup_seconds}
+        if not async_scheduling:
+            out |= graph_back_to_back(llm) | prefill_profile(llm, "graphs")
+    return out
 
 
-def prefill_profile(llm) -> dict:
+def graph_back_to_back(llm) -> dict:
+    graph = llm.executor.runner.cuda_graphs.graphs[1]
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(100):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return {"graph_back_to_back_ms": start.elapsed_time(end) / 100}
+
+
+def prefill_profile(llm, label: str) -> dict:
     """TTFT (max_new_tokens=1) of a 32-token prompt, 5 times, then one under the profiler."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -95,19 +81,20 @@ def prefill_profile(llm) -> dict:
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         llm.generate([[900 + j for j in range(32)]], one)
     averages = prof.key_averages()
-    (OUT / "prefill_profile.txt").write_text(
+    (OUT / f"prefill_profile_{label}.txt").write_text(
         averages.table(sort_by="cuda_time_total", row_limit=20) + averages.table(sort_by="cpu_time_total", row_limit=20)
     )
     print(averages.table(sort_by="cpu_time_total", row_limit=12), flush=True)
     return {"ttft_ms": times}
 
 
+def ttft_eager() -> dict:
+    with _engine(enforce_eager=True) as llm:
+        return prefill_profile(llm, "eager")
+
+
 if __name__ == "__main__":
-    stage("host_gap", host_gap, 60, 560)
-
-    def ttft_eager():
-        with _engine("llama-3-8b", enforce_eager=True) as llm:
-            return prefill_profile(llm)
-
+    stage("sync_steps", lambda: step_loop(False), 60, 560)
+    stage("async_steps", lambda: step_loop(True), 40, 560)
     stage("ttft_eager", ttft_eager, 30, 560)
     finish()
