@@ -131,31 +131,16 @@ def kernel_times(sweep: bool = False) -> dict:
 
 # -- end to end latency ---------------------------------------------------------------------------
 def _bench(model: str, tp: int, batch: int, reps: int, check_tokens: int, variants: dict) -> dict:
-    """run_bench for our engine's variants, with bandwidth utilisation counted on the bytes each
-    variant really reads (8-bit linear weights + scales, model-dtype rest)."""
-    from shardserve.bench.latency import BenchConfig, decode_bytes, run_bench
-    from shardserve.models import create_model
-    from shardserve.models.config import ModelConfig
-    from shardserve.weights.catalog import write_config_dir
+    """run_bench for our engine's variants (bandwidth utilisation counts the bytes each variant
+    really reads: 8-bit linear weights + scales, model-dtype rest)."""
+    from shardserve.bench.latency import BenchConfig, run_bench
 
     cfg = BenchConfig(model=model, random_weights=True, tp=tp, batch=batch, prompt_len=32, new_tokens=256,
                       reps=reps, engines=("tp",), dtype="bf16", check_tokens=check_tokens, out_dir=OUT / model,
                       variants=variants)
     results, context = run_bench(cfg)
-    config = ModelConfig.from_hf(write_config_dir(model, OUT / f"{model}-config"))
-
-    def weight_bytes(quantization):
-        return sum(p.numel() * p.element_size() for p in create_model(config, torch.bfloat16, quantization).parameters())
-
-    full = decode_bytes(config, torch.bfloat16, batch, 32 + 128)
-    out = {"copy_GBps": context["copy_bandwidth_GBps"], "correctness": context.get("correctness"), "variants": {}}
-    for r in results:
-        quantization = variants[r.engine].get("quantization")
-        step_bytes = (full - weight_bytes(None) + weight_bytes(quantization)) / tp
-        summary = r.summary() | {"load_s": r.load_s, "warmup_s": r.warmup_s}
-        summary["bandwidth_util"] = step_bytes / (summary["decode_ms_per_step"] / 1e3) / (context["copy_bandwidth_GBps"] * 1e9)
-        out["variants"][r.engine] = summary
-    return out
+    return {"copy_GBps": context["copy_bandwidth_GBps"], "correctness": context.get("correctness"),
+            "variants": {r.engine: r.summary() | {"load_s": r.load_s, "warmup_s": r.warmup_s} for r in results}}
 
 
 def llama8b() -> dict:

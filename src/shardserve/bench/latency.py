@@ -80,8 +80,12 @@ def run_bench(cfg: BenchConfig) -> tuple[list[EngineResult], dict]:
         if "tp" in cfg.engines:
             for label, overrides in cfg.variants.items():
                 result, check = _bench_ours(cfg, label, overrides, model_dir, dtype_name, prompts, reference)
+                quantization = overrides.get("quantization")
+                variant_bytes = step_bytes if quantization is None else decode_bytes(
+                    model_config, dtype, cfg.batch, cfg.prompt_len + cfg.new_tokens / 2, quantization)
                 results.append(EngineResult(engine=label, tp=cfg.tp, gpus=cfg.tp,
-                                            bytes_per_step_per_gpu=step_bytes / cfg.tp, **common, **result))
+                                            bytes_per_step_per_gpu=variant_bytes / cfg.tp,
+                                            **(common | {"precision": quantization or dtype_name}), **result))
                 context.setdefault("correctness", {})[label] = check
         if baseline is not None:
             result = _time_engine(lambda p, n: baseline.generate(p, n), prompts, cfg, cfg.baseline_reps)
@@ -243,17 +247,20 @@ def write_placeholder_tokenizer(directory: Path, config: ModelConfig) -> None:
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0", **special).save_pretrained(str(directory))
 
 
-def decode_bytes(config: ModelConfig, dtype: torch.dtype, batch: int, mean_context: float) -> float:
+def decode_bytes(
+    config: ModelConfig, dtype: torch.dtype, batch: int, mean_context: float, quantization: str | None = None
+) -> float:
     """Bytes one decode step must read with one GPU: every weight except lookup-only embedding
-    tables (the LM head counts; a tied embedding counts once), plus the KV cache of the batch."""
+    tables (the LM head counts; a tied embedding counts once) in the bytes it is stored in (8-bit
+    weights and their scales when quantized), plus the KV cache of the batch."""
     from shardserve.layers.embedding import VocabParallelEmbedding
     from shardserve.models import create_model
 
-    model = create_model(config, dtype)  # meta: shapes only
+    model = create_model(config, dtype, quantization)  # meta: shapes only
     head = model.lm_head
     lookups = {id(p) for m in model.modules() if isinstance(m, VocabParallelEmbedding) and m is not head
                for p in m.parameters()}
+    weights = sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in lookups)
     elem = torch.empty((), dtype=dtype).element_size()
-    weights = sum(p.numel() for p in model.parameters() if id(p) not in lookups) * elem
     kv = 2 * config.num_layers * config.num_kv_heads * config.head_dim * elem * batch * mean_context
     return weights + kv
