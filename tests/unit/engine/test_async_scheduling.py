@@ -6,18 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from helpers.prompts import MIXED
 from shardserve import LLM, SamplingParams
-
-PROMPTS = [
-    "a",
-    "the cat sat on the mat and looked at the dog",
-    "in the beginning",
-    "x y z " * 20,
-    "hello world, this is a somewhat longer prompt that spans more than one kv block of sixteen tokens",
-    "one two",
-    "The quick brown fox jumps over the lazy dog. " * 3,
-    "tea",
-]
 
 
 def _params() -> list[SamplingParams]:
@@ -37,7 +27,7 @@ def _params() -> list[SamplingParams]:
 
 def _run(model, async_scheduling: bool, **options):
     with LLM(model, dtype="fp32", async_scheduling=async_scheduling, **options) as llm:
-        outs = llm.generate(PROMPTS, _params())
+        outs = llm.generate(MIXED, _params())
     return [(o.token_ids, o.text, o.finish_reason, o.logprobs) for o in outs]
 
 

@@ -2,18 +2,9 @@
 
 import pytest
 
+from helpers.prompts import MIXED
 from shardserve import LLM, SamplingParams
 
-MIXED = [
-    "a",
-    "the cat sat on the mat and looked at the dog",
-    "in the beginning",
-    "x y z " * 20,
-    "hello world, this is a somewhat longer prompt that spans more than one kv block of sixteen tokens",
-    "one two",
-    "The quick brown fox jumps over the lazy dog. " * 3,
-    "tea",
-]
 GREEDY = SamplingParams(max_new_tokens=24, min_new_tokens=24, temperature=0.0)
 
 
