@@ -4,7 +4,7 @@ The weight is fp8 e4m3 with one float32 scale per output row (layers/quant.py); 
 are quantised here per token (row), so out[t, n] = (sum_k xq[t, k] * wq[n, k]) * sx[t] * sw[n]
 is computed by cuBLASLt's fp8 GEMM with row-wise scales, at twice the bf16 matmul rate. This is
 W8A8: the activation rounding (3 mantissa bits) adds to the weight's, which is why it is used
-only where the batch is compute-bound; decode batches stay weight-only (kernels/int8_gemm.py).
+only where the batch is compute-bound; decode batches stay weight-only (kernels/tuned_gemm.py).
 
 `fp8_scaled_mm_reference` does the same quantisation and sums in float32: the definition the
 GPU test checks torch._scaled_mm against.
