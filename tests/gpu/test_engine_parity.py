@@ -36,7 +36,25 @@ def test_cuda_graph_decode_equals_eager(tiny_checkpoint, arch):
         for overlap in (False, True):
             with LLM(path, dtype="bf16", enforce_eager=eager, async_scheduling=overlap, max_num_seqs=8,
                      num_kv_blocks=64, max_model_len=256) as llm:
-                assert (llm.executor.call("warmup_seconds") > 0) != eager
+                assert (llm.executor.runner.cuda_graphs is not None) != eager
                 outs[eager, overlap] = [o.token_ids for o in llm.generate(prompts, params)]
     assert outs[False, False] == outs[True, False] == outs[False, True] == outs[True, True]
     torch.cuda.synchronize()
+
+
+def test_warm_up_tunes_every_decode_gemm_row_class(tiny_checkpoint):
+    """Eager, with few sequence slots: no batch size seen later may start a tuning on a request's
+    path, so the warm-up has tuned every row class of every layer shape, LM head included."""
+    from shardserve.kernels import tuned_gemm
+
+    tuned_gemm._TUNED.clear()
+    with LLM(str(tiny_checkpoint("llama")), dtype="bf16", enforce_eager=True, max_num_seqs=2,
+             num_kv_blocks=64, max_model_len=256) as llm:
+        assert llm.warmup_seconds > 0
+        model = llm.executor.runner.model
+        shapes = {tuple(m.weight.shape) for m in model.modules()
+                  if getattr(m, "weight", None) is not None and m.weight.dim() == 2 and m is not model.model.embed_tokens}
+        classes = {key[0] for key in tuned_gemm._TUNED if key[1:3] in shapes}
+        assert classes == {1, 2, 4, 8, 16, 32, 64}
+        for n, k in shapes:
+            assert all((rows, n, k) in {key[:3] for key in tuned_gemm._TUNED} for rows in classes), (n, k)

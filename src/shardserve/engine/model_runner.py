@@ -12,6 +12,7 @@ tokens, so every rank samples (identically: same logits, same generators).
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
@@ -21,6 +22,7 @@ from shardserve.engine.request import PLACEHOLDER
 from shardserve.engine.sampler import Sampler, on_device, read_samples
 from shardserve.engine.scheduler import ScheduledSeq, SchedulerOutput
 from shardserve.kernels import set_fused_kernels
+from shardserve.kernels.tuned_gemm import DECODE_MAX_TOKENS
 from shardserve.layers.attention import Attention, set_default_attention_backend
 from shardserve.layers.forward_context import AttentionMetadata, forward_context
 from shardserve.models import load_model
@@ -80,10 +82,12 @@ class ModelRunner:
         set_default_attention_backend(backend)
         # The torch backend is the reference end to end; extra={"fused_kernels": False} measures
         # what the small fused kernels (norm, rotary, SiLU-mul) buy.
-        set_fused_kernels(backend == "triton" and config.extra.get("fused_kernels", True))
+        self.fused_kernels = backend == "triton" and config.extra.get("fused_kernels", True)
+        set_fused_kernels(self.fused_kernels)
         # Decode CUDA graphs need kernels that read no per-step host values (triton backend).
         self.use_cuda_graphs = device.type == "cuda" and backend == "triton" and not config.enforce_eager
         self.cuda_graphs: DecodeGraphs | None = None
+        self.tuning_seconds = 0.0
         torch.manual_seed(config.seed)
         self.load_stats = LoadStats()
         self.model = load_model(
@@ -133,18 +137,44 @@ class ModelRunner:
             "rank %d: KV cache of %d blocks x %d tokens (%.2f GiB)",
             self.rank, num_blocks, self.block_size, num_blocks * self.bytes_per_block() / 2**30,
         )
+        if self.device.type == "cuda" and self.fused_kernels:
+            self.tuning_seconds = self._tune_decode_gemms()
         if self.use_cuda_graphs:  # warm-up: capture once the cache the graphs read exists
             max_blocks = -(-max_model_len // self.block_size)  # block-table width
             self.cuda_graphs = DecodeGraphs(self.model, self.device, self.config.max_num_seqs, max_blocks)
             self.cuda_graphs.capture()
+
+    @torch.inference_mode()
+    def _tune_decode_gemms(self) -> float:
+        """One eager forward per row class of the tuned decode GEMMs (1, 2, 4 ... 64 rows) on
+        padding rows (slot -1, length 0: no cache write or read), so that every layer shape is
+        tuned now (kernels/tuned_gemm.py) and not on the first request that brings a new batch
+        size. Every rank runs the same forwards, so their collectives line up."""
+        started, dev = time.perf_counter(), self.device
+        rows = 1
+        while rows <= DECODE_MAX_TOKENS:
+            meta = AttentionMetadata(
+                slot_mapping=torch.full((rows,), -1, dtype=torch.int64, device=dev),
+                query_start_loc=torch.arange(rows + 1, dtype=torch.int32, device=dev),
+                seq_lens=torch.zeros(rows, dtype=torch.int32, device=dev),
+                block_tables=torch.zeros(rows, 1, dtype=torch.int32, device=dev),
+                max_query_len=1, max_seq_len=1,
+                query_start_loc_host=list(range(rows + 1)), seq_lens_host=[0] * rows,
+            )
+            ids = torch.zeros(rows, dtype=torch.int64, device=dev)
+            with forward_context(meta):
+                self.model.compute_logits(self.model(ids, ids))
+            rows *= 2
+        torch.cuda.synchronize(dev)
+        return time.perf_counter() - started
 
     def load_phases(self) -> dict:
         """This rank's load: seconds per phase and bytes read (weights/fast_read.LoadStats)."""
         return self.load_stats.as_dict()
 
     def warmup_seconds(self) -> float:
-        """Time spent capturing CUDA graphs (reported apart from loading)."""
-        return self.cuda_graphs.capture_seconds if self.cuda_graphs is not None else 0.0
+        """Time spent tuning decode GEMMs and capturing CUDA graphs (reported apart from loading)."""
+        return self.tuning_seconds + (self.cuda_graphs.capture_seconds if self.cuda_graphs is not None else 0.0)
 
     # -- one step ----------------------------------------------------------------------------
     def execute_model(self, sched: SchedulerOutput) -> SampledTokens | None:
