@@ -56,12 +56,11 @@ def kernel_times(sweep: bool = False) -> dict:
 
     from shardserve.kernels import tuned_gemm
     from shardserve.kernels.fp8_gemm import fp8_scaled_mm, scaled_mm_applies
+    from shardserve.kernels.gemm_kernels import CUBLAS, KernelConfig, quantize_rows
     from shardserve.kernels.tuned_gemm import (
         DECODE_MAX_TOKENS,
-        KernelConfig,
         candidates,
         chosen_config,
-        quantize_rows,
         tuned_linear,
     )
 
@@ -96,7 +95,7 @@ def kernel_times(sweep: bool = False) -> dict:
                     row["bf16_tuned_tune_s"] = round(time.perf_counter() - t0, 2)
                     row["bf16_tuned_us"] = us(tuned_linear, x, w)
                     row["bf16_tuned_speedup"] = row["bf16_us"] / row["bf16_tuned_us"]
-                    row["bf16_hbm_us"] = hbm_us(x, w, config=tuned_gemm.CUBLAS)
+                    row["bf16_hbm_us"] = hbm_us(x, w, config=CUBLAS)
                     row["bf16_tuned_hbm_us"] = hbm_us(x, w)
                     for key in ("bf16_hbm", "bf16_tuned_hbm"):
                         row[f"{key}_weight_GBps"] = 2 * n * k / row[f"{key}_us"] / 1e3

@@ -25,15 +25,12 @@ from helpers.quant_layers import error_bound
 from shardserve import kernels
 from shardserve.kernels import tuned_gemm
 from shardserve.kernels.fp8_gemm import fp8_scaled_mm, fp8_scaled_mm_reference, scaled_mm_applies
+from shardserve.kernels.gemm_kernels import CUBLAS, DEQUANT, KernelConfig, linear_reference
 from shardserve.kernels.tuned_gemm import (
-    CUBLAS,
     CUBLAS_MARGIN,
     DECODE_MAX_TOKENS,
-    DEQUANT,
-    KernelConfig,
     _pow2,
     candidates,
-    linear_reference,
     pick_config,
     tuned_linear,
 )

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import torch
 
-from shardserve.kernels.tuned_gemm import (
+from shardserve.kernels.gemm_kernels import (
     CUBLAS,
     DEQUANT,
     KernelConfig,
     linear_reference,
     quantize_rows,
-    tuned_linear,
 )
+from shardserve.kernels.tuned_gemm import tuned_linear
 
 # (M activation rows, N outputs, K inputs): odd sizes cross every tile edge; the last ones are
 # Llama-3-8B's o_proj and a 2-row slice of its down_proj at decode batch sizes.

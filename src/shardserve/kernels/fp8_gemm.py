@@ -15,12 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from shardserve.kernels.tuned_gemm import (
-    DECODE_MAX_TOKENS,
-    _device_facts,
-    dequantize,
-    quantize_rows,
-)
+from shardserve.kernels.gemm_kernels import dequantize, device_facts, quantize_rows
+from shardserve.kernels.tuned_gemm import DECODE_MAX_TOKENS
 
 FP8 = torch.float8_e4m3fn
 
@@ -32,7 +28,7 @@ def scaled_mm_applies(x: torch.Tensor, qweight: torch.Tensor) -> bool:
         x.is_cuda and x.dtype == torch.bfloat16 and qweight.dtype == FP8
         and x.numel() > DECODE_MAX_TOKENS * x.shape[-1]
         and x.shape[-1] % 16 == 0 and qweight.shape[0] % 16 == 0
-        and _device_facts(x.device)[1] >= (9, 0)
+        and device_facts(x.device)[1] >= (9, 0)
     )
 
 

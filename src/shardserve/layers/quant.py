@@ -44,13 +44,8 @@ from torch import nn
 
 from shardserve.kernels import use_fused_kernels
 from shardserve.kernels.fp8_gemm import fp8_scaled_mm, scaled_mm_applies
-from shardserve.kernels.tuned_gemm import (
-    DECODE_MAX_TOKENS,
-    kernel_applies,
-    linear_reference,
-    quantize_rows,
-    tuned_linear,
-)
+from shardserve.kernels.gemm_kernels import kernel_applies, linear_reference, quantize_rows
+from shardserve.kernels.tuned_gemm import DECODE_MAX_TOKENS, tuned_linear
 from shardserve.weights.params import WeightLoader, new_param
 
 QUANTIZATIONS = (None, "int8", "fp8")

@@ -18,12 +18,11 @@ import torch.nn.functional as F
 
 from helpers.quant_cases import check_kernel, make_case
 from shardserve.kernels import tuned_gemm
+from shardserve.kernels.gemm_kernels import CUBLAS, KernelConfig
 from shardserve.kernels.tuned_gemm import (
-    CUBLAS,
     CUBLAS_MARGIN,
     DECODE_MAX_TOKENS,
     GEMV_MAX_TOKENS,
-    KernelConfig,
     candidates,
     pick_config,
     tuned_linear,

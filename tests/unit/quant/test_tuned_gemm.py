@@ -17,14 +17,12 @@ import pytest
 import torch
 
 from helpers.quant_cases import check_kernel, make_case
-from shardserve.kernels import tuned_gemm
+from shardserve.kernels import gemm_kernels, tuned_gemm
+from shardserve.kernels.gemm_kernels import DEQUANT, KernelConfig, dequantize
 from shardserve.kernels.tuned_gemm import (
     DECODE_MAX_TOKENS,
-    DEQUANT,
     GEMV_MAX_TOKENS,
-    KernelConfig,
     candidates,
-    dequantize,
     pick_config,
     tuned_linear,
 )
@@ -62,7 +60,7 @@ def test_every_path_matches_the_reference(dtype, qdtype):
 @pytest.mark.parametrize("qdtype", QDTYPES)
 def test_dequantise_pass_is_the_reference_bit_for_bit(qdtype):
     _, qweight, scale, _ = make_case(1, N, K, qdtype, torch.float16, "cpu")
-    assert torch.equal(tuned_gemm._dequantize_fast(qweight, scale, torch.float16),
+    assert torch.equal(gemm_kernels._dequantize_fast(qweight, scale, torch.float16),
                        dequantize(qweight, scale, torch.float16))
 
 
@@ -92,13 +90,13 @@ def _fake_timer(times: dict):
 def test_tune_takes_the_fastest_config_that_is_right(monkeypatch, caplog):
     x, qweight, scale, bias = make_case(1, N, K, torch.int8, torch.float16, "cpu")
     slow, fast, broken = GEMV[0], DOT[0], DOT[1]
-    real_run = tuned_gemm._run
+    real_run = tuned_gemm.run_config
 
     def run(cfg, *args, **kw):
         out = real_run(cfg, *args, **kw)
         return out * 1.5 if cfg == broken else out  # a miscompiled kernel
 
-    monkeypatch.setattr(tuned_gemm, "_run", run)
+    monkeypatch.setattr(tuned_gemm, "run_config", run)
     with caplog.at_level(logging.WARNING, logger=tuned_gemm.__name__):
         cfg, times = tuned_gemm._tune(x, qweight, scale, bias, [slow, fast, broken],
                                      _fake_timer({slow: 9.0, fast: 5.0, broken: 1.0}))

@@ -1,0 +1,297 @@
+"""The kernels behind `tuned_linear` (kernels/tuned_gemm.py): y = x @ W.T (+ b) by a stored weight.
+
+Weights (layers/quant.py stores them), [N, K] row-major:
+  8-bit   int8 | float8_e4m3fn and one float32 scale per output row, W ~= weight * scale[:, None]
+          (symmetric, per output channel): the quantised linear layers.
+  16-bit  the activation dtype (fp16 | bf16) and no scale: the unquantised linear layers and the
+          LM head.
+
+Decode steps multiply a few rows of activations by every weight of the model, so their time is
+the time to read the weights. The kernels read each weight once and accumulate in float32; an
+8-bit weight byte is converted exactly in registers and the per-channel scale applied to the
+accumulator (half the bytes of a bf16 matmul), a 16-bit weight goes to the tensor cores / FMAs as
+loaded (QUANTIZED=False: no conversion, no scale); the bias is added in the same epilogue.
+`run_config` runs one of four paths (`KernelConfig.kernel`):
+  "dot"     `_gemm_kernel`: [BLOCK_M x BLOCK_K] activations times a [BLOCK_N x BLOCK_K] weight tile
+            on tensor cores (tl.dot). Any batch; the only 8-bit kernel past GEMV_MAX_TOKENS rows.
+  "gemv"    `_gemv_kernel`: no tensor cores. Each program multiplies its float32 weight tile by
+            the broadcast activation rows elementwise and reduces over K once at the end; for 1-2
+            rows this skips the dot path's 16-row operand padding and register shuffles.
+  "cublas"  16-bit weights only: F.linear, exactly the call an unquantised layer makes. cuBLAS reads
+            small decode weights well below copy bandwidth (H200, Llama-3-8B at batch 1: qkv and
+            o_proj ~3.1-3.2 TB/s, down_proj 3.75 TB/s plus split-K reduce kernels, against 4.2 TB/s
+            copies), so the kernels compete with it per shape; it is the tuner's first candidate and
+            the untuned choice, so a kernel runs only where it measured faster.
+  "dequant" 8-bit prefill (more than DECODE_MAX_TOKENS rows, compute-bound): one Triton pass writes
+            the weight in the activation dtype (the reference's float32 product, rounded once, so
+            the result is the reference's bit for bit), then one cuBLAS matmul. Cost: a transient
+            [N, K] activation-dtype copy of the weight and 3 bytes of traffic per weight (~85 us
+            for Llama-3-8B's gate_up at 4 TB/s) on top of the bf16 matmul, against 19 bytes per
+            weight through float32 temporaries before. The dot kernel at prefill tiles (e.g.
+            KernelConfig(128, 128, 64, 1, 8, 3), wgmma) reads 1 byte per weight but runs its
+            tensor cores below cuBLAS's rate; benchmarks/quant_bench.py times both at 512 rows.
+            (16-bit prefill is plain cuBLAS: `pick_config` answers "cublas" at every size.)
+Either kernel may split K over programs that atomically add float32 partials into a zeroed
+buffer, cast once at the end (one memset and one cast launch: worth it only where N alone leaves
+SMs idle).
+
+`linear_reference` (dequantise, then one ordinary matmul) is the definition the kernels are
+tested against and the CPU path. Triton is optional: without it only the reference and the
+format helpers are defined.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from shardserve.kernels import _has_triton
+
+if _has_triton:
+    import triton
+    import triton.language as tl
+
+QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}  # largest magnitude of each format
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def quantize_rows(w: torch.Tensor, qdtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [rows, cols] float -> (q [rows, cols] qdtype, scale [rows] float32), w ~= q * scale.
+
+    Symmetric per row: scale = max|row| / QMAX, so the largest entry maps to +-QMAX. int8 rounds
+    to the nearest integer (error <= scale / 2); fp8 e4m3 rounds to 3 mantissa bits (error <=
+    |w| / 16, or scale / 1024 below its normal range). An all-zero row gets q = 0.
+    """
+    if qdtype not in QMAX:
+        raise ValueError(f"quantization dtype must be int8 or float8_e4m3fn, got {qdtype}")
+    w32 = w.float()
+    scale = (w32.abs().amax(dim=1) / QMAX[qdtype]).clamp_min(torch.finfo(torch.float32).tiny)
+    scaled = w32 / scale[:, None]  # [rows, cols] in [-QMAX, QMAX]
+    if qdtype == torch.int8:
+        return scaled.round_().clamp_(-127, 127).to(torch.int8), scale
+    return scaled.clamp_(-448.0, 448.0).to(qdtype), scale  # the cast rounds to nearest even
+
+
+def dequantize(qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[N, K] 8-bit + [N] float32 -> [N, K] `dtype` (the product is formed in float32)."""
+    return (qweight.float() * scale[:, None]).to(dtype)
+
+
+def linear_reference(
+    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """x [..., K] -> [..., N] in x.dtype: one matmul by the weight in x's dtype (an 8-bit weight
+    dequantised first, a 16-bit one as it is: then this is F.linear)."""
+    return F.linear(x, weight.to(x.dtype) if scale is None else dequantize(weight, scale, x.dtype), bias)
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    block_m: int  # activation rows per program ("gemv": any power of two; "dot": >= 16)
+    block_n: int
+    block_k: int
+    split_k: int
+    num_warps: int = 4
+    num_stages: int = 4
+    kernel: str = "dot"  # "dot" | "gemv" | "cublas" (16-bit) | "dequant" (8-bit prefill): tiles unused
+
+    def __str__(self) -> str:  # for logs and benchmark tables
+        if self.kernel in ("cublas", "dequant"):
+            return self.kernel
+        return (f"{self.kernel} {self.block_m}x{self.block_n}x{self.block_k} split {self.split_k} "
+                f"warps {self.num_warps} stages {self.num_stages}")
+
+
+DEQUANT = KernelConfig(0, 0, 0, 1, kernel="dequant")
+CUBLAS = KernelConfig(0, 0, 0, 1, kernel="cublas")
+
+
+@functools.lru_cache(maxsize=16)
+def device_facts(device: torch.device) -> tuple[int, tuple[int, int]]:
+    """(SM count, compute capability); the CPU (Triton's interpreter) answers as an H100."""
+    if device.type != "cuda":
+        return 132, (9, 0)
+    props = torch.cuda.get_device_properties(device)
+    return props.multi_processor_count, (props.major, props.minor)
+
+
+def kernel_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `tuned_linear` takes this call: a CUDA GPU, half-precision activations, a row-major
+    weight that is int8, fp8 on a GPU with fp8 conversions (compute capability >= 8.9), or in x's
+    own dtype. (FP8 prefill on Hopper goes to fp8_scaled_mm before this is asked: layers/quant.py.)"""
+    if not (_has_triton and x.is_cuda and x.dtype in HALF_DTYPES and weight.stride(-1) == 1):
+        return False
+    if weight.dtype == torch.float8_e4m3fn:
+        return device_facts(x.device)[1] >= (8, 9)
+    return weight.dtype in (torch.int8, x.dtype)
+
+
+if _has_triton:
+
+    @triton.jit
+    def _dequant_tile(w, W_FP8: tl.constexpr, DTYPE: tl.constexpr):
+        """A tile of 8-bit weights (int8 bits; fp8 comes as its bits) -> DTYPE, exactly. Where
+        Triton's cast would use the quarter-rate conversion units (int8 -> fp32 / fp16 is I2F,
+        fp8 -> bf16 goes through F2F: seen in sm_90 SASS), the cast is built from full-rate ops."""
+        if W_FP8:
+            f8 = w.to(tl.float8e4nv, bitcast=True)
+            if DTYPE == tl.bfloat16:  # e4m3x2 -> f16x2, f16 -> f32 (HADD2), f32x2 -> bf16x2
+                out = f8.to(tl.float32).to(DTYPE)
+            else:
+                out = f8.to(DTYPE)
+        elif DTYPE == tl.float32:
+            # The float32 with bits 0x4B000000 + (w + 128) is 2^23 + w + 128: integer add, then
+            # one exact float subtraction.
+            out = (w.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+        elif DTYPE == tl.float16:  # the same with fp16's 10 mantissa bits: 2^10 + w + 128
+            out = (w.to(tl.int16) + 0x6480).to(tl.float16, bitcast=True) - 1152.0
+        else:  # bf16: Triton's own cast is already such a bit trick
+            out = w.to(DTYPE)
+        return out
+
+    @triton.jit
+    def _weight_tile(w, QUANTIZED: tl.constexpr, W_FP8: tl.constexpr, DTYPE: tl.constexpr):
+        """A loaded weight tile -> DTYPE: 8-bit weights by `_dequant_tile` (unscaled); a 16-bit
+        weight is in the activation dtype already (no-op for the dot kernel, widened by the GEMV)."""
+        if QUANTIZED:
+            out = _dequant_tile(w, W_FP8, DTYPE)
+        else:
+            out = w.to(DTYPE)
+        return out
+
+    @triton.jit
+    def _epilogue(acc, rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om,
+                  QUANTIZED: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr):
+        # acc [BLOCK_M, BLOCK_N] float32 -> out (+)= acc (* scale) (+ bias, from the first K split).
+        if QUANTIZED:
+            acc = acc * tl.load(scale_ptr + rn, mask=n_mask, other=0.0)[None, :]
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
+            acc += tl.where(pid_k == 0, bias, 0.0)[None, :]
+        out = out_ptr + rm.to(tl.int64)[:, None] * stride_om + rn[None, :]
+        mask = m_mask[:, None] & n_mask[None, :]
+        if ATOMIC:
+            tl.atomic_add(out, acc, mask=mask)
+        else:
+            tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+    # Both kernels: program (m tile, n tile, k split) -> out[m tile, n tile] (+)= x[m, ks] @
+    # W[n, ks].T (* scale), over this split's k_iters tiles of K from k_start (the last split may
+    # run past K: masked). m tiles vary fastest, so the programs sharing a weight tile run
+    # together and read it from HBM once. k_iters and M are runtime values, so one compiled
+    # kernel per config serves every layer shape and batch of its row class (Triton still
+    # pipelines the loads: cp.async in the sm_90 SASS). QUANTIZED=False: w_ptr holds the weight
+    # in x's dtype, and scale_ptr is not read.
+    @triton.jit(do_not_specialize=["M", "k_iters"])
+    def _gemm_kernel(
+        x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K, k_iters, stride_xm, stride_wn, stride_om,
+        QUANTIZED: tl.constexpr, W_FP8: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
+    ):
+        pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, BLOCK_K)
+        m_mask, n_mask = rm < M, rn < N
+        x_rows = x_ptr + rm.to(tl.int64)[:, None] * stride_xm  # [BLOCK_M, 1]
+        w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        k_start = pid_k * (k_iters * BLOCK_K)
+        for i in tl.range(0, k_iters, num_stages=NUM_STAGES):
+            kk = k_start + i * BLOCK_K + rk
+            k_mask = kk < K
+            x = tl.load(x_rows + kk[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+            # [BLOCK_N, BLOCK_K] weights in the activation dtype: 16-bit ones as loaded, 8-bit ones
+            # converted exactly (fp8 comes as its int8 bits, so masked entries are +0 in either).
+            w = tl.load(w_rows + kk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
+            acc = tl.dot(x, tl.trans(_weight_tile(w, QUANTIZED, W_FP8, x.dtype)), acc)
+        _epilogue(acc, rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om,
+                  QUANTIZED, HAS_BIAS, ATOMIC)
+
+    @triton.jit(do_not_specialize=["M", "k_iters"])
+    def _gemv_kernel(
+        x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K, k_iters, stride_xm, stride_wn, stride_om,
+        QUANTIZED: tl.constexpr, W_FP8: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
+    ):
+        pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, BLOCK_K)
+        m_mask, n_mask = rm < M, rn < N
+        x_rows = x_ptr + rm.to(tl.int64)[:, None, None] * stride_xm  # [BLOCK_M, 1, 1]
+        w_rows = w_ptr + rn.to(tl.int64)[None, :, None] * stride_wn  # [1, BLOCK_N, 1]
+        # One float32 product sum per (row, output, k lane): plain FMAs in the loop, a single
+        # cross-thread reduction over K after it.
+        acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
+        k_start = pid_k * (k_iters * BLOCK_K)
+        # An explicit num_stages: without it Triton does not pipeline loads that feed no tl.dot.
+        for i in tl.range(0, k_iters, num_stages=NUM_STAGES):
+            kk = (k_start + i * BLOCK_K + rk)[None, None, :]
+            k_mask = kk < K
+            x = tl.load(x_rows + kk, mask=m_mask[:, None, None] & k_mask, other=0.0).to(tl.float32)
+            w = tl.load(w_rows + kk, mask=n_mask[None, :, None] & k_mask, other=0)
+            acc += x * _weight_tile(w, QUANTIZED, W_FP8, tl.float32)
+        _epilogue(tl.sum(acc, axis=2), rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om,
+                  QUANTIZED, HAS_BIAS, ATOMIC)
+
+    @triton.jit
+    def _dequant_kernel(w_ptr, scale_ptr, out_ptr, N, K, stride_wn, W_FP8: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # out [N, K] = (w * scale[:, None]) formed in float32 and rounded once: `dequantize`.
+        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask = (rn < N)[:, None] & (rk < K)[None, :]
+        w = tl.load(w_ptr + rn.to(tl.int64)[:, None] * stride_wn + rk[None, :], mask=mask, other=0)
+        s = tl.load(scale_ptr + rn, mask=rn < N, other=0.0)
+        out = _dequant_tile(w, W_FP8, tl.float32) * s[:, None]
+        tl.store(out_ptr + rn.to(tl.int64)[:, None] * K + rk[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _dequantize_fast(qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`dequantize` in one Triton pass (bit-identical): no float32 [N, K] intermediates."""
+    n, k = qweight.shape
+    out = torch.empty((n, k), dtype=dtype, device=qweight.device)
+    grid = (triton.cdiv(n, 16), triton.cdiv(k, 256))
+    _dequant_kernel[grid](qweight.view(torch.int8), scale, out, n, k, qweight.stride(0),
+                          W_FP8=qweight.dtype == torch.float8_e4m3fn, BLOCK_N=16, BLOCK_K=256)
+    return out
+
+
+def run_config(cfg: KernelConfig, x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
+         bias: torch.Tensor | None) -> torch.Tensor:
+    """x2 [m, K] (unit stride along K) -> [m, N] in x2.dtype by `cfg`'s path; scale None: a
+    16-bit weight in x2's dtype."""
+    m, k = x2.shape
+    n = weight.shape[0]
+    if cfg.kernel == "cublas":
+        return F.linear(x2, weight, bias)
+    if cfg.kernel == "dequant":
+        return F.linear(x2, _dequantize_fast(weight, scale, x2.dtype), bias)
+    atomic = cfg.split_k > 1
+    # Split K: float32 partials are summed in place, then rounded once to the output dtype.
+    out = torch.zeros((m, n), dtype=torch.float32, device=x2.device) if atomic else x2.new_empty((m, n))
+    if m:
+        quantized = scale is not None
+        k_iters = -(-k // (cfg.block_k * cfg.split_k))  # K tiles per split (the last may be short)
+        grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), cfg.split_k)
+        kernel = _gemv_kernel if cfg.kernel == "gemv" else _gemm_kernel
+        scale_arg = scale if quantized else weight  # not read without QUANTIZED
+        kernel[grid](
+            x2, weight.view(torch.int8) if quantized else weight, scale_arg,
+            bias if bias is not None else scale_arg, out, m, n, k, k_iters,
+            x2.stride(0), weight.stride(0), out.stride(0),
+            QUANTIZED=quantized, W_FP8=weight.dtype == torch.float8_e4m3fn, HAS_BIAS=bias is not None,
+            ATOMIC=atomic, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+            NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+    return out.to(x2.dtype) if atomic else out
+
+
+def as_rows(x: torch.Tensor) -> torch.Tensor:
+    """x [..., K] -> [m, K] with unit stride along K (what the kernels index)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
