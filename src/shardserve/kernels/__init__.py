@@ -23,3 +23,17 @@ def set_fused_kernels(enabled: bool) -> None:
 
 def use_fused_kernels(x: torch.Tensor) -> bool:
     return _enabled and _has_triton and x.is_cuda
+
+
+def norm_buffers(x: torch.Tensor, residual: torch.Tensor | None):
+    """For the row-norm kernels (rms_norm.py, layer_norm.py) on x [T, dim]: (out, res_out,
+    res_in, res_out_arg). out and res_out (the new residual stream, None without a residual) are
+    fresh buffers, since the inputs may still be referenced; without a residual the kernel's
+    residual arguments alias x and out (never read or written: HAS_RESIDUAL is off)."""
+    assert x.dim() == 2 and x.stride(1) == 1
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if residual is None:
+        return out, None, x, out
+    assert residual.shape == x.shape and residual.stride(1) == 1 and residual.dtype == x.dtype
+    res_out = torch.empty_like(out)
+    return out, res_out, residual, res_out

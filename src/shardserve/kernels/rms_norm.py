@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from shardserve.kernels import norm_buffers
+
 
 @triton.jit
 def _rms_norm_kernel(
@@ -45,16 +47,11 @@ def _rms_norm_kernel(
 
 
 def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float):
-    assert x.dim() == 2 and x.stride(1) == 1 and weight.dtype == x.dtype
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    res_out = None
-    if residual is not None:
-        assert residual.shape == x.shape and residual.stride(1) == 1 and residual.dtype == x.dtype
-        res_out = torch.empty_like(out)  # a fresh buffer: the inputs may still be referenced
+    assert weight.dtype == x.dtype
+    out, res_out, res, r_out = norm_buffers(x, residual)
     if x.shape[0] == 0:
         return out, res_out
     block = triton.next_power_of_2(x.shape[1])
-    res, r_out = (x, out) if residual is None else (residual, res_out)  # unused when no residual
     _rms_norm_kernel[(x.shape[0],)](
         x, res, weight, out, r_out, x.stride(0), res.stride(0), out.stride(0), r_out.stride(0), x.shape[1], eps,
         HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=min(16, max(4, block // 512)),
