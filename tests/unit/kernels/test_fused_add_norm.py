@@ -7,17 +7,14 @@ nearest even as the GPU does, so its sums differ from torch's by an ulp.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from helpers.fused_norm_cases import FUSED_ADD_NORM_CHECKS
+from helpers.markers import needs_interpreter
 from shardserve.layers.norm import LayerNorm, RMSNorm
 
-interpreter = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1", reason="set TRITON_INTERPRET=1 to run Triton on the CPU"
-)
+interpreter = needs_interpreter
 
 
 @interpreter

@@ -7,8 +7,6 @@ bfloat16 runs only in tests/gpu: the interpreter's bfloat16 casts truncate inste
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -17,6 +15,7 @@ import shardserve.kernels.rotary as rotary_kernels
 import shardserve.kernels.triton_attention as triton_attention_module
 import shardserve.layers.attention as attention_module
 import shardserve.layers.rotary as rotary_module
+from helpers.markers import needs_interpreter
 from helpers.rotary_kv_cases import (
     ROTARY_KV_CASES,
     check_rotary_kv_write,
@@ -27,9 +26,7 @@ from shardserve.layers.attention import Attention
 from shardserve.layers.forward_context import AttentionMetadata, forward_context
 
 pytest.importorskip("triton")
-pytestmark = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1", reason="set TRITON_INTERPRET=1 to run Triton on the CPU"
-)
+pytestmark = needs_interpreter
 
 
 @pytest.fixture(autouse=True)

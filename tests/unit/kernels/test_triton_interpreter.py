@@ -6,18 +6,15 @@ GPU tests in tests/gpu run the same cases compiled); CI machines have no triton 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from helpers.attention_cases import KERNEL_CASES, check_decode_padding_rows, check_triton_case
 from helpers.fused_cases import FUSED_CHECKS
+from helpers.markers import needs_interpreter
 
 pytest.importorskip("triton")
-pytestmark = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1", reason="set TRITON_INTERPRET=1 to run Triton on the CPU"
-)
+pytestmark = needs_interpreter
 
 
 @pytest.mark.parametrize("name,kwargs", KERNEL_CASES, ids=[c[0] for c in KERNEL_CASES])

@@ -7,8 +7,6 @@ has no case for (BLOOM's residual after the layer norm, pre-LN OPT without a fin
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -17,6 +15,7 @@ import shardserve.kernels.layer_norm as layer_norm_kernels
 import shardserve.kernels.rms_norm as rms_norm_kernels
 import shardserve.layers.norm as norm_module
 from helpers.forward import prefill_logits
+from helpers.markers import needs_interpreter
 from shardserve.models import load_model
 from shardserve.models.config import ModelConfig
 
@@ -59,7 +58,7 @@ def _count_calls(monkeypatch, module, name, counts):
     monkeypatch.setattr(module, name, counted)
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["torch", "fused"])
+@pytest.mark.parametrize("fused", [False, pytest.param(True, marks=needs_interpreter)], ids=["torch", "fused"])
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_logits_match_transformers(tiny_checkpoint, monkeypatch, case, fused):
     arch, overrides, (plain, adds) = case
@@ -68,8 +67,6 @@ def test_logits_match_transformers(tiny_checkpoint, monkeypatch, case, fused):
     model = load_model(ModelConfig.from_hf(path), path, torch.float32, "cpu", "auto")
     counts: dict[str, int] = {}
     if fused:
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            pytest.skip("set TRITON_INTERPRET=1 to run Triton on the CPU")
         # Only the norms take the Triton path (CPU tensors, interpreter); other layers stay torch.
         monkeypatch.setattr(norm_module, "use_fused_kernels", lambda x: True)
         for module, names in ((rms_norm_kernels, ("rms_norm", "fused_add_rms_norm")),

@@ -10,12 +10,11 @@ compiled.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers.markers import needs_interpreter
 from helpers.quant_cases import check_kernel, make_case
 from shardserve.kernels import tuned_gemm
 from shardserve.kernels.gemm_kernels import CUBLAS, KernelConfig
@@ -32,9 +31,7 @@ from shardserve.layers.embedding import VocabParallelEmbedding
 from shardserve.layers.linear import ColumnParallelLinear, RowParallelLinear
 
 pytest.importorskip("triton")
-interpreter = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1", reason="set TRITON_INTERPRET=1 to run Triton on the CPU"
-)
+interpreter = needs_interpreter
 N, K = 50, 100  # neither a multiple of any block
 GEMV = [
     KernelConfig(1, 16, 32, 1, kernel="gemv"),

@@ -6,17 +6,14 @@ machines have no triton and skip it. float16 only: the interpreter has no bfloat
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
+from helpers.markers import needs_interpreter
 from helpers.quant_cases import CONFIGS, SMALL_SHAPES, check_kernel
 
 pytest.importorskip("triton")
-pytestmark = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1", reason="set TRITON_INTERPRET=1 to run Triton on the CPU"
-)
+pytestmark = needs_interpreter
 
 
 @pytest.mark.parametrize("qdtype", [torch.int8, torch.float8_e4m3fn], ids=["int8", "fp8"])

@@ -11,11 +11,11 @@ bf16 outputs are within 2^-8, not 2^-9, and the dequantised weight is not bit-id
 from __future__ import annotations
 
 import logging
-import os
 
 import pytest
 import torch
 
+from helpers.markers import needs_interpreter
 from helpers.quant_cases import check_kernel, make_case
 from shardserve.kernels import gemm_kernels, tuned_gemm
 from shardserve.kernels.gemm_kernels import DEQUANT, KernelConfig, dequantize
@@ -28,9 +28,7 @@ from shardserve.kernels.tuned_gemm import (
 )
 
 pytest.importorskip("triton")
-interpreter = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1", reason="set TRITON_INTERPRET=1 to run Triton on the CPU"
-)
+interpreter = needs_interpreter
 QDTYPES = [pytest.param(torch.int8, id="int8"), pytest.param(torch.float8_e4m3fn, id="fp8")]
 N, K = 50, 100  # neither a multiple of any block
 GEMV = [
