@@ -134,18 +134,22 @@ def test_tuning_times_every_candidate_and_caches_the_fastest(fresh_tuning, monke
 def test_kernel_replays_in_a_cuda_graph(shape, config, qdtype, fresh_tuning):
     """Decode runs in CUDA graphs: split-K's zeroed workspace and cast must be captured too."""
     x, qweight, scale, bias = make_case(*shape, qdtype, torch.bfloat16, "cuda")
+    _check_graph_replay(x, qweight, scale, bias, config, lambda f: linear_reference(f, qweight, scale, bias.float()))
+
+
+def _check_graph_replay(x, weight, scale, bias, config, reference) -> None:
+    """Capture tuned_linear once, replay it on fresh inputs: within the bf16 bound of reference(x)."""
     static_x = x.clone()
-    tuned_linear(static_x, qweight, scale, bias, config=config)  # tune / compile outside the capture
+    tuned_linear(static_x, weight, scale, bias, config=config)  # tune / compile outside the capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        static_out = tuned_linear(static_x, qweight, scale, bias, config=config)
+        static_out = tuned_linear(static_x, weight, scale, bias, config=config)
     for seed in range(2):
         fresh = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).to(x)
         static_x.copy_(fresh)
         graph.replay()
-        ref = linear_reference(fresh.float(), qweight, scale, bias.float())
-        assert relative_error(static_out, ref) < TOL[torch.bfloat16]
+        assert relative_error(static_out, reference(fresh.float())) < TOL[torch.bfloat16]
 
 
 @pytest.mark.parametrize("quantization", ["int8", pytest.param("fp8", marks=FP8_WEIGHTS.marks)])
@@ -263,18 +267,7 @@ def test_16bit_tuning_times_cublas_and_every_kernel_and_keeps_cublas_unless_beat
 )
 def test_16bit_kernel_replays_in_a_cuda_graph(shape, config, fresh_tuning):
     x, w, _, bias = make_case(*shape, None, torch.bfloat16, "cuda")
-    static_x = x.clone()
-    tuned_linear(static_x, w, None, bias, config=config)  # tune / compile outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = tuned_linear(static_x, w, None, bias, config=config)
-    for seed in range(2):
-        fresh = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).to(x)
-        static_x.copy_(fresh)
-        graph.replay()
-        ref = F.linear(fresh.float(), w.float(), bias.float())
-        assert relative_error(static_out, ref) < TOL[torch.bfloat16]
+    _check_graph_replay(x, w, None, bias, config, lambda f: F.linear(f, w.float(), bias.float()))
 
 
 def test_unquantised_layer_and_lm_head_take_the_tuned_path_at_decode_sizes(monkeypatch, fresh_tuning):
