@@ -113,7 +113,7 @@ class BlockManager:
             return
         hashes = self._hashes.setdefault(request.request_id, [])
         # Blocks of known tokens only (a token in flight is not known yet).
-        num_full = min(request.num_computed_tokens, request.num_tokens - request.num_inflight) // self.block_size
+        num_full = min(request.num_computed_tokens, request.num_known_tokens) // self.block_size
         while len(hashes) < num_full:  # usually no new full block: nothing to do
             i = len(hashes)
             parent = hashes[-1] if hashes else None

@@ -53,7 +53,7 @@ class Request:
     def token_slice(self, start: int, end: int) -> list[int]:
         """all_token_ids[start:end] without building the whole list (the engine's hot path);
         positions of tokens still in flight read PLACEHOLDER."""
-        n, known = len(self.prompt_token_ids), len(self.prompt_token_ids) + len(self.output_token_ids)
+        n, known = len(self.prompt_token_ids), self.num_known_tokens
         if end > known:
             head = self.token_slice(start, known) if start < known else []
             return head + [PLACEHOLDER] * (end - max(start, known))
@@ -64,9 +64,14 @@ class Request:
         return self.prompt_token_ids[start:] + self.output_token_ids[: end - n]
 
     @property
+    def num_known_tokens(self) -> int:
+        """Prompt and output tokens whose ids the host has."""
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
     def num_tokens(self) -> int:
         """Known tokens plus those in flight."""
-        return len(self.prompt_token_ids) + len(self.output_token_ids) + self.num_inflight
+        return self.num_known_tokens + self.num_inflight
 
     @property
     def is_finished(self) -> bool:

@@ -242,6 +242,6 @@ class Scheduler:
                 return FinishReason.STOP
             if not p.ignore_eos and token_id in self.eos_token_ids:
                 return FinishReason.STOP
-        if num_out >= p.max_new_tokens or request.num_tokens - request.num_inflight >= self.max_model_len:
+        if num_out >= p.max_new_tokens or request.num_known_tokens >= self.max_model_len:
             return FinishReason.LENGTH
         return None
