@@ -94,15 +94,21 @@ def test_prefill_paths_match_reference(m, dtype, qdtype):
     assert torch.equal(tuned_linear(x, qweight, scale, bias), linear_reference(x, qweight, scale, bias))
 
 
-def test_tuning_times_every_candidate_and_caches_the_fastest(fresh_tuning, monkeypatch, caplog):
-    timed, real_tune = {}, tuned_gemm._tune
+@pytest.fixture
+def timed(monkeypatch) -> dict:
+    """Every candidate's time (us) of the tunings that run during the test."""
+    times_seen, real_tune = {}, tuned_gemm._tune
 
     def tune(*args):
         cfg, times = real_tune(*args)
-        timed.update(times)
+        times_seen.update(times)
         return cfg, times
 
     monkeypatch.setattr(tuned_gemm, "_tune", tune)
+    return times_seen
+
+
+def test_tuning_times_every_candidate_and_caches_the_fastest(fresh_tuning, timed, caplog):
     x, qweight, scale, bias = make_case(1, 4096, 4096, torch.int8, torch.bfloat16, "cuda")
     with caplog.at_level(logging.WARNING, logger=tuned_gemm.__name__):
         out = tuned_linear(x, qweight, scale, bias)
@@ -220,16 +226,7 @@ def test_every_16bit_tuning_candidate_matches_reference(shape, dtype):
 
 
 @pytest.mark.parametrize("shape", [(1, 4096, 4096), (16, 6144, 4096)], ids=str)
-def test_16bit_tuning_times_cublas_and_every_kernel_and_keeps_cublas_unless_beaten(shape, fresh_tuning, monkeypatch,
-                                                                                  caplog):
-    timed, real_tune = {}, tuned_gemm._tune
-
-    def tune(*args):
-        cfg, times = real_tune(*args)
-        timed.update(times)
-        return cfg, times
-
-    monkeypatch.setattr(tuned_gemm, "_tune", tune)
+def test_16bit_tuning_times_cublas_and_every_kernel_and_keeps_cublas_unless_beaten(shape, fresh_tuning, timed, caplog):
     m, n, k = shape
     x, w, _, bias = make_case(m, n, k, None, torch.bfloat16, "cuda", bias=False)
     with caplog.at_level(logging.WARNING, logger=tuned_gemm.__name__):
