@@ -63,7 +63,7 @@ def test_column_and_row_slices_reassemble(world_size):
     assert torch.equal(torch.cat([c.weight for c in cols]), weight)
     assert torch.equal(torch.cat([c.bias for c in cols]), bias)
     assert torch.equal(torch.cat([r.weight for r in rows], dim=1), weight.T)
-    assert all(torch.equal(r.bias, bias[:8]) for r in rows)  # replicated, added once after reduce
+    assert all(torch.equal(r.bias, bias[:8]) for r in rows)  # replicated; rank 0 adds it before the reduce
 
 
 def test_merged_column_packs_each_ranks_gate_and_up():
