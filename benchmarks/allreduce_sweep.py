@@ -1,5 +1,6 @@
-"""All-reduce latency on the GPUs of one host: NCCL vs symmetric-memory one-shot (ours) vs
-two-shot, per size, replayed from CUDA graphs (as in decode) and eager. Also run by gpu_tp4.py.
+"""All-reduce latency on the GPUs of one host, per size and dtype: NCCL vs our one-shot kernel
+(parallel/one_shot_kernel.py) vs torch's one-shot op (bfloat16 only: it has no float16),
+replayed from CUDA graphs (as in decode) and eager. Also run by gpu_tp4.py.
 Usage on the device: PYTHONPATH=src python3 benchmarks/allreduce_sweep.py [world]"""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-SIZES_KB = [8, 32, 56, 128, 256, 512, 1024, 4096]
+SIZES_KB = [8, 32, 56, 128, 256, 512]
 CALLS = 20  # per graph: launch gaps vanish, as in a decode step's graph
 
 
@@ -51,6 +52,7 @@ def _time_eager(fn, x) -> float:
 
 
 def _worker(rank: int, world: int, port: int, out_path: str) -> None:
+    from shardserve.parallel import one_shot_kernel
     from shardserve.parallel.fast_all_reduce import SymmMemAllReduce
 
     torch.cuda.set_device(rank)
@@ -63,24 +65,37 @@ def _worker(rank: int, world: int, port: int, out_path: str) -> None:
         dist.all_reduce(x)
         return x
 
-    def two_shot(x):
+    def torch_one_shot(x):
         staged = fast.buffer.view(x.dtype)[: x.numel()]
-        staged.copy_(x.view(-1))
         out = torch.empty_like(x)
-        torch.ops.symm_mem.two_shot_all_reduce_out(staged, "sum", name, out.view(-1))
+        torch.ops.symm_mem.one_shot_all_reduce_copy_out(staged, x.view(-1), "sum", name, out.view(-1))
         return out
 
-    rows = []
-    for kb in SIZES_KB:
-        x = torch.randn(kb * 512, device="cuda", dtype=torch.bfloat16)  # kb KB of bf16
-        row = {"KB": kb}
-        for label, fn in (("nccl", nccl), ("one_shot", fast), ("two_shot", two_shot)):
+    def ours_with_chunk(chunk_bytes):  # the kernel's work per program and iteration, varied
+        def run(x):
+            one_shot_kernel.CHUNK_BYTES, default = chunk_bytes, one_shot_kernel.CHUNK_BYTES
             try:
-                row[f"{label}_graph_us"] = round(_time_graph(fn, x), 2)
-                row[f"{label}_eager_us"] = round(_time_eager(fn, x), 2)
-            except Exception as e:  # report, keep going
-                row[f"{label}_error"] = repr(e)[:200]
-        rows.append(row)
+                return fast(x)
+            finally:
+                one_shot_kernel.CHUNK_BYTES = default
+        return run
+
+    rows = []
+    for dtype in (torch.float16, torch.bfloat16):
+        methods = [("nccl", nccl), ("ours", fast), ("ours_chunk4k", ours_with_chunk(4096)),
+                   ("ours_chunk8k", ours_with_chunk(8192))]
+        if dtype == torch.bfloat16:
+            methods.append(("torch_one_shot", torch_one_shot))
+        for kb in SIZES_KB:
+            x = torch.randn(kb * 512, device="cuda", dtype=dtype)  # kb KB of 16-bit values
+            row = {"KB": kb, "dtype": str(dtype).removeprefix("torch.")}
+            for label, fn in methods:
+                try:
+                    row[f"{label}_graph_us"] = round(_time_graph(fn, x), 2)
+                    row[f"{label}_eager_us"] = round(_time_eager(fn, x), 2)
+                except Exception as e:  # report, keep going
+                    row[f"{label}_error"] = repr(e)[:200]
+            rows.append(row)
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(rows, f, indent=1)

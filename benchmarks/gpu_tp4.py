@@ -23,7 +23,7 @@ def opt30b():
 
     cfg = BenchConfig(model="opt-30b", random_weights=True, tp=min(4, torch.cuda.device_count()), batch=4, prompt_len=32, new_tokens=256,
                       reps=10, baseline_reps=3, dtype="fp16", check_tokens=16, out_dir=OUT,
-                      variants={"tp": {}})  # fp16 all-reduces go to NCCL (parallel/fast_all_reduce.py)
+                      variants={"tp": {}, "tp-nccl": {"extra": {"fast_all_reduce": False}}})
     results, context = run_bench(cfg)
     return {"summary": {r.engine: r.summary() | {"load_s": r.load_s, "warmup_s": r.warmup_s} for r in results},
             "correctness": context.get("correctness"), "copy_GBps": context["copy_bandwidth_GBps"],

@@ -1,18 +1,20 @@
 """An intra-node all-reduce for decode-sized tensors, faster than NCCL's ring: one-shot over
-symmetric memory (torch.distributed._symmetric_memory).
+symmetric memory (torch.distributed._symmetric_memory), in our own kernel (one_shot_kernel.py).
 
 A decode step of a TP model all-reduces a few tens of KB twice per layer (a 7168-wide model at
-batch 4: 56 KB, 96 times a step; on 4 H200s in CUDA graphs NCCL took 19.3 us, one-shot 10.6 us). NCCL's ring pays several NVLink round trips of latency
-per call; the one-shot kernel copies the input into a buffer that every GPU of the host has
-mapped, waits on a barrier in the peers' signal pads, and each rank then reads all peers'
-buffers over NVLink and sums them itself: one round trip. It stays the better choice up to a
-few hundred KB, beyond which NCCL (bandwidth-optimal) takes over again.
+batch 4: 56 KB, 96 times a step; on 4 H200s in CUDA graphs NCCL took 19.3 us, torch's one-shot
+10.6 us). NCCL's ring pays several NVLink round trips of latency per call; the one-shot kernel
+stages the input in a buffer that every GPU of the host has mapped, meets the peers at a barrier
+in their signal pads, and each rank then reads all peers' buffers over NVLink and sums them
+itself: one round trip. It stays the better choice up to a few hundred KB, beyond which NCCL
+(bandwidth-optimal) takes over again. Our kernel takes float16 too (torch's one-shot op does
+not; casting float16 to float32 around it cost more than it saved) and sums in float32.
 
-NVLink multicast is never used (TORCH_SYMM_MEM_DISABLE_MULTICAST=1 stays set; only the
-peer-to-peer one-shot op is called). Where symmetric memory is unavailable (another torch build,
-ranks on several hosts, a failed self-check) `create_fast_all_reduce` returns None and
-collectives stay on NCCL. Every rank takes the same decision (agreed over NCCL), since a rank
-that went its own way would deadlock the others.
+NVLink multicast is never used (TORCH_SYMM_MEM_DISABLE_MULTICAST=1 stays set; the kernel reads
+peers' memory point to point). Where symmetric memory is unavailable (another torch build,
+ranks on several hosts, a world size that is not a power of two, a failed self-check)
+`create_fast_all_reduce` returns None and collectives stay on NCCL. Every rank takes the same
+decision (agreed over NCCL), since a rank that went its own way would deadlock the others.
 """
 
 from __future__ import annotations
@@ -26,10 +28,7 @@ import torch.distributed as dist
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 512 * 1024  # above this, NCCL's bandwidth-optimal algorithms win
-# torch's one-shot kernel has no float16 instance. Summing float16 in float32 (cast, one-shot,
-# cast back) measured 4% slower per OPT-30B TP2 decode step than NCCL on 2 H200s, so float16
-# stays on NCCL.
-_DTYPES = (torch.bfloat16, torch.float32)
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 class SymmMemAllReduce:
@@ -38,28 +37,22 @@ class SymmMemAllReduce:
     def __init__(self, group: dist.ProcessGroup, device: torch.device, max_bytes: int = DEFAULT_MAX_BYTES):
         import torch.distributed._symmetric_memory as symm_mem
 
-        self.group_name = group.group_name
+        world = dist.get_world_size(group)
+        if world & (world - 1):
+            raise ValueError(f"the one-shot kernel needs a power-of-two world size, got {world}")
         self.max_bytes = max_bytes
-        # One byte buffer mapped by every rank; viewed as the input's dtype at each call.
+        # One byte buffer mapped by every rank; the kernel views it as the input's dtype.
         self.buffer = symm_mem.empty(max_bytes, dtype=torch.uint8, device=device)
-        symm_mem.rendezvous(self.buffer, group)
-        ops = torch.ops.symm_mem
-        self._fused_copy = hasattr(ops, "one_shot_all_reduce_copy_out")
+        self.handle = symm_mem.rendezvous(self.buffer, group)
+        self.max_programs = self.handle.signal_pad_size // (4 * world)  # world int32 slots each
+        from shardserve.parallel.one_shot_kernel import one_shot_all_reduce  # needs Triton
+
+        self._kernel = one_shot_all_reduce
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
-        nbytes = x.numel() * x.element_size()
-        # The kernel wants 16-byte aligned inputs whose size is a multiple of 4 bytes.
-        if x.dtype not in _DTYPES or not x.is_contiguous() or nbytes > self.max_bytes or nbytes % 16 or x.data_ptr() % 16:
+        if x.dtype not in _DTYPES or not x.is_contiguous() or x.numel() * x.element_size() > self.max_bytes:
             return None
-        # The first x.numel() elements of the symmetric buffer, as x's dtype (same allocation).
-        staged = self.buffer.view(x.dtype)[: x.numel()]
-        out = torch.empty_like(x)
-        if self._fused_copy:  # the kernel copies x into the symmetric buffer itself
-            torch.ops.symm_mem.one_shot_all_reduce_copy_out(staged, x.view(-1), "sum", self.group_name, out.view(-1))
-        else:
-            staged.copy_(x.view(-1))
-            torch.ops.symm_mem.one_shot_all_reduce_out(staged, "sum", self.group_name, out.view(-1))
-        return out
+        return self._kernel(x, self.handle, self.max_programs)
 
 
 def ranks_share_one_host(world_size: int) -> bool:
@@ -91,8 +84,8 @@ def _agrees_with_nccl(fast: SymmMemAllReduce, group: dist.ProcessGroup, device: 
     """Random inputs (different on every rank), every dtype: the sums NCCL gives, to within the
     rounding the two orders of summation may differ by (`sum_error_bound`)."""
     gen = torch.Generator(device=device).manual_seed(1234 + dist.get_rank(group))
-    for dtype in _DTYPES:  # 3 x 1000 elements: 16-byte multiples in both
-        x = torch.randn(3, 1000, generator=gen, device=device).to(dtype)
+    for dtype in _DTYPES:
+        x = torch.randn(3, 1001, generator=gen, device=device).to(dtype)  # not a whole chunk
         got = fast(x)
         want = x.clone()
         dist.all_reduce(want, group=group)

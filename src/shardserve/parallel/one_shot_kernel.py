@@ -1,0 +1,119 @@
+"""One-shot all-reduce over symmetric memory in a single Triton kernel, for float16, bfloat16 and
+float32 (torch's own one-shot op has no float16 instance, and OPT runs in float16).
+
+Every rank launches the same grid on the same number of elements. Program p takes the chunks
+p, p + programs, ... of the input and
+  1. stages them in this rank's symmetric buffer;
+  2. meets program p of every rank at a barrier in the signal pads (its stores released before
+     it signals, the peers' acquired before it reads);
+  3. reads those chunks from every rank's buffer over NVLink and sums them in float32, ranks in
+     order 0..world-1, so every rank gets the same bits (each rank samples from its own copy of
+     the logits: they must agree);
+  4. meets them again, so no rank overwrites its buffer (the next call's step 1) before every
+     peer has read it.
+One launch and two NVLink round trips, where a copy kernel, torch's one-shot kernel and NCCL's
+ring pay more launches or more round trips.
+
+The barrier is the zero-reset flag protocol of torch's symmetric-memory barriers: program p of
+rank r sets slot [p, r] of each peer's signal pad from 0 to 1 (spinning while the peer has not
+yet consumed the previous flag) and waits for every peer's flag in its own slots [p, *], resetting
+each to 0 as it takes it. Pads start zeroed and end zeroed, so the kernel replays from CUDA graphs.
+One thread per peer does the atomics (system scope); a CTA barrier before and after orders the
+other threads' stores and loads around them.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+CHUNK_BYTES = 2048  # per program and iteration: 16 bytes per thread at 4 warps
+
+
+@triton.jit
+def _thread_index():
+    return tl.inline_asm_elementwise("mov.u32 $0, %tid.x;", "=r", [], dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _raise_flag(addrs, SEM: tl.constexpr):
+    """*addr 0 -> 1, waiting while it is still 1 (the peer has not taken the last flag yet)."""
+    tl.inline_asm_elementwise(
+        f"""{{
+        .reg .u32 %old;
+        .reg .pred %taken;
+        retry:
+        atom.global.{SEM}.sys.cas.b32 %old, [$1], 0, 1;
+        setp.eq.u32 %taken, %old, 0;
+        @!%taken bra retry;
+        }}""",
+        "=r, l", [addrs], dtype=tl.int32, is_pure=False, pack=1,
+    )
+
+
+@triton.jit
+def _take_flag(addrs, SEM: tl.constexpr):
+    """Wait for *addr == 1 and reset it to 0."""
+    tl.inline_asm_elementwise(
+        f"""{{
+        .reg .u32 %old;
+        .reg .pred %raised;
+        wait:
+        atom.global.{SEM}.sys.cas.b32 %old, [$1], 1, 0;
+        setp.eq.u32 %raised, %old, 1;
+        @!%raised bra wait;
+        }}""",
+        "=r, l", [addrs], dtype=tl.int32, is_pure=False, pack=1,
+    )
+
+
+@triton.jit
+def _meet_peers(signal_pads, slot, RANK: tl.constexpr, WORLD: tl.constexpr, TAKE_SEM: tl.constexpr):
+    """Return once program `slot` of every rank has reached this point. This program's earlier
+    memory accesses are released to the peers; TAKE_SEM "acquire" also makes theirs visible here."""
+    peers = tl.arange(0, WORLD)
+    pads = signal_pads.to(tl.pointer_type(tl.uint64))
+    to_peers = tl.load(pads + peers).to(tl.pointer_type(tl.int32)) + slot * WORLD + RANK
+    from_peers = tl.load(pads + RANK).to(tl.pointer_type(tl.int32)) + slot * WORLD + peers
+    tl.debug_barrier()  # every thread's accesses so far precede the release below
+    if _thread_index() < WORLD:  # thread i holds element i of the [WORLD] address vectors
+        _raise_flag(to_peers, "release")
+        _take_flag(from_peers, TAKE_SEM)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _one_shot_kernel(x_ptr, out_ptr, buffer_ptrs, signal_pads, numel,
+                     RANK: tl.constexpr, WORLD: tl.constexpr, BLOCK: tl.constexpr):
+    pid, programs = tl.program_id(0), tl.num_programs(0)
+    dtype = x_ptr.dtype.element_ty
+    buffers = buffer_ptrs.to(tl.pointer_type(tl.uint64))
+    # Symmetric buffers are page-aligned: telling Triton lets it move 16 bytes per access.
+    mine = tl.multiple_of(tl.load(buffers + RANK).to(tl.pointer_type(dtype)), 16)
+    for start in range(pid * BLOCK, numel, programs * BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        mask = offs < numel
+        tl.store(mine + offs, tl.load(x_ptr + offs, mask=mask), mask=mask)
+    _meet_peers(signal_pads, pid, RANK, WORLD, "acquire")
+    for start in range(pid * BLOCK, numel, programs * BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        mask = offs < numel
+        acc = tl.zeros((BLOCK,), dtype=tl.float32)
+        for peer in tl.static_range(WORLD):
+            theirs = tl.multiple_of(tl.load(buffers + peer).to(tl.pointer_type(dtype)), 16)
+            acc += tl.load(theirs + offs, mask=mask).to(tl.float32)
+        tl.store(out_ptr + offs, acc.to(dtype), mask=mask)
+    _meet_peers(signal_pads, pid, RANK, WORLD, "relaxed")  # only our reads must precede
+
+
+def one_shot_all_reduce(x: torch.Tensor, handle, max_programs: int) -> torch.Tensor:
+    """Sum of the contiguous x over the ranks of `handle` (a symmetric-memory rendezvous of a
+    buffer of at least x.nbytes; power-of-two world size), as a new tensor. At most
+    `max_programs` programs: each uses world_size slots of the signal pads."""
+    out = torch.empty_like(x)
+    block = CHUNK_BYTES // x.element_size()
+    grid = (max(1, min(triton.cdiv(x.numel(), block), max_programs)),)
+    _one_shot_kernel[grid](x, out, handle.buffer_ptrs_dev, handle.signal_pad_ptrs_dev, x.numel(),
+                           RANK=handle.rank, WORLD=handle.world_size, BLOCK=block, num_warps=4)
+    return out
