@@ -146,10 +146,6 @@ class LLM:
 
     def _step_overlapped(self) -> list[RequestOutput]:
         inflight, self._inflight = self._inflight, None
-        if inflight is not None and any(
-            r.num_inflight and r.params.repetition_penalty != 1.0 for r in self.scheduler.running
-        ):  # its penalty needs every token it has: wait for the one in flight first
-            return self._update(*inflight, self.executor.call("collect"))
         sched = self.scheduler.schedule()
         if sched.seqs or sched.finished_ids:
             self._inflight = (sched, [self.scheduler.requests[s.request_id] for s in sched.seqs])

@@ -6,7 +6,8 @@ the collectives inside the model line up; rank 0 returns the sampled tokens.
 Asynchronous scheduling (`execute_model_async`): the step is launched and the call returns the
 *previous* step's tokens, whose wait overlaps this step's GPU work. This step's input tokens that
 the previous one sampled arrive as PLACEHOLDERs and are filled in on the device from its sampled
-tokens, so every rank samples (identically: same logits, same generators).
+tokens (as is the token in flight that a repetition penalty counts), so every rank samples
+(identically: same logits, same generators).
 """
 
 from __future__ import annotations
@@ -218,8 +219,7 @@ class ModelRunner:
             input_ids, positions, meta = self._prepare(sched)
             if fill is not None:
                 first = meta.query_start_loc_host  # a placeholder is its sequence's only token
-                dst = on_device([first[i] for i in fill[0]], torch.int64, self.device)
-                input_ids[dst] = fill[1][on_device(fill[2], torch.int64, self.device)]
+                self._fill_placeholders(input_ids, [first[i] for i in fill[0]], fill)
             with forward_context(meta):
                 hidden = self.model(input_ids, positions)
             sample_idx = [meta.query_start_loc_host[i + 1] - 1 for i, s in enumerate(sched.seqs) if s.sampling]
@@ -230,7 +230,26 @@ class ModelRunner:
         if self.sampler is None or not sampled:
             return None
         ids, infos = [s.request_id for s in sampled], [s.sampling for s in sampled]
-        return PendingStep(ids, infos, *self.sampler.sample(logits, ids, infos))
+        last = self._last_token_ids(sampled, previous)
+        return PendingStep(ids, infos, *self.sampler.sample(logits, ids, infos, last))
+
+    def _last_token_ids(self, sampled: list[ScheduledSeq], previous: PendingStep | None) -> torch.Tensor | None:
+        """[len(sampled)] int64 on the device: each sampling sequence's newest token, a token in
+        flight taken from the previous step's device tokens, as its input was. Only a repetition
+        penalty needs them (its host token list lacks a token in flight): None without one."""
+        if not any(s.sampling.penalty_token_ids for s in sampled):
+            return None
+        last = on_device([s.token_ids[-1] for s in sampled], torch.int64, self.device)
+        fill = _placeholder_sources(sampled, previous)
+        if fill is not None:  # a placeholder is its sequence's only token, so its last
+            self._fill_placeholders(last, fill[0], fill)
+        return last
+
+    def _fill_placeholders(
+        self, ids: torch.Tensor, at: list[int], fill: tuple[list[int], torch.Tensor, list[int]]
+    ) -> None:
+        """ids[at[k]] = the previous step's token for the k-th placeholder of `fill`, on the device."""
+        ids[on_device(at, torch.int64, self.device)] = fill[1][on_device(fill[2], torch.int64, self.device)]
 
     @torch.inference_mode()
     def prompt_logits(self, token_ids: list[int], block_ids: list[int]) -> torch.Tensor | None:

@@ -5,7 +5,8 @@ draw from p. A request with a seed owns a torch.Generator that only it advances,
 not depend on what else is in the batch.
 
 `sample` leaves the tokens on the device and never waits for the GPU (host values it needs go up
-through pinned memory), so the next step can be launched before this one's tokens are read;
+through pinned memory; a repetition penalty takes each row's newest token, which may still be in
+flight, from the device), so the next step can be launched before this one's tokens are read;
 calling the sampler reads them at once. Every rank may run it: same logits (all-gathered), same
 generators, same tokens.
 """
@@ -29,22 +30,33 @@ class Sampler:
             self._request_generators.pop(rid, None)
 
     def __call__(
-        self, logits: torch.Tensor, request_ids: list[str], infos: list[SamplingInfo]
+        self, logits: torch.Tensor, request_ids: list[str], infos: list[SamplingInfo],
+        last_token_ids: torch.Tensor | None = None,
     ) -> list[tuple[int, float | None]]:
         """logits: [num_seqs, vocab] float32 -> (token id, logprob of it or None) per row."""
-        return read_samples(*self.sample(logits, request_ids, infos), infos)
+        return read_samples(*self.sample(logits, request_ids, infos, last_token_ids), infos)
 
     def sample(
-        self, logits: torch.Tensor, request_ids: list[str], infos: list[SamplingInfo]
+        self, logits: torch.Tensor, request_ids: list[str], infos: list[SamplingInfo],
+        last_token_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Tokens [num_seqs] int64 and, if any row asks for them, their logprobs [num_seqs]
-        float32, both on the device."""
+        float32, both on the device.
+
+        last_token_ids: [num_seqs] int64 on the device, each row's newest token (the one these
+        logits follow). A repetition penalty counts it with the row's penalty_token_ids, which
+        lack it while it is still in flight (asynchronous scheduling: the host does not know it
+        yet); needed whenever a row has a penalty and its newest token may be in flight.
+        """
         raw_logprobs = torch.log_softmax(logits, dim=-1) if any(i.logprobs for i in infos) else None
         if any(i.penalty_token_ids or i.suppress_token_ids for i in infos):
             logits = logits.clone()  # edited in place below; the caller's tensor stays as it was
         for row, info in enumerate(infos):
             if info.penalty_token_ids:
-                _apply_repetition_penalty(logits[row], info.penalty_token_ids, info.repetition_penalty)
+                ids = on_device(sorted(set(info.penalty_token_ids)), torch.int64, logits.device)
+                if last_token_ids is not None:
+                    ids = torch.cat([ids, last_token_ids[row : row + 1]])
+                _apply_repetition_penalty(logits[row], ids, info.repetition_penalty)
             if info.suppress_token_ids:
                 logits[row, on_device(info.suppress_token_ids, torch.int64, logits.device)] = float("-inf")
 
@@ -95,9 +107,10 @@ def on_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.T
     return torch.tensor(values, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
 
 
-def _apply_repetition_penalty(row: torch.Tensor, token_ids: list[int], penalty: float) -> None:
-    # As in CTRL / HF: shrink positive logits, push negative ones further down.
-    ids = on_device(sorted(set(token_ids)), torch.int64, row.device)
+def _apply_repetition_penalty(row: torch.Tensor, ids: torch.Tensor, penalty: float) -> None:
+    """As in CTRL / HF: shrink the positive logits of the tokens seen, push negative ones further
+    down. Each distinct id is penalised once even if `ids` repeats it: every write of a repeated
+    id stores the same value, computed from the logit before the penalty."""
     seen = row[ids]
     row[ids] = torch.where(seen > 0, seen / penalty, seen * penalty)
 

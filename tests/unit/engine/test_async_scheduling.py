@@ -12,11 +12,13 @@ from shardserve import LLM, SamplingParams
 
 def _params() -> list[SamplingParams]:
     """One kind of request per prompt: greedy of several lengths, EOS allowed, stop strings,
-    seeded sampling with logprobs, a repetition penalty, min_new_tokens (all batch-invariant)."""
+    seeded sampling with logprobs, repetition penalties, min_new_tokens (all batch-invariant).
+    The penalty below 1 makes the tiny model repeat its newest token, which is in flight when the
+    next one is sampled: a penalty that missed it would change the output at once."""
     return [
-        SamplingParams(max_new_tokens=9, temperature=0.0),
+        SamplingParams(max_new_tokens=9, temperature=0.0, repetition_penalty=0.5),
         SamplingParams(max_new_tokens=30, temperature=0.0, stop=["the", "e"]),
-        SamplingParams(max_new_tokens=17, temperature=0.8, top_p=0.9, seed=7, logprobs=True),
+        SamplingParams(max_new_tokens=17, temperature=0.8, top_p=0.9, seed=7, logprobs=True, repetition_penalty=1.2),
         SamplingParams(max_new_tokens=1, temperature=0.0),
         SamplingParams(max_new_tokens=25, temperature=0.0, repetition_penalty=1.3),
         SamplingParams(max_new_tokens=20, min_new_tokens=12, temperature=1.0, top_k=5, seed=3),
@@ -54,7 +56,8 @@ def test_async_steps_end_every_request_as_sync_steps_do(options, tiny_checkpoint
     assert len(reasons) > 1, f"the workload should end requests in several ways, got {reasons}"
 
 
-def test_async_steps_launch_before_the_last_tokens_are_read(tiny_checkpoint):
+@pytest.mark.parametrize("penalty", [1.0, 1.3], ids=["plain", "repetition-penalty"])
+def test_async_steps_launch_before_the_last_tokens_are_read(penalty, tiny_checkpoint):
     with LLM(str(tiny_checkpoint("llama")), dtype="fp32", async_scheduling=True) as llm:
         calls = []
         call = llm.executor.call
@@ -64,14 +67,31 @@ def test_async_steps_launch_before_the_last_tokens_are_read(tiny_checkpoint):
             return call(method, *args)
 
         llm.executor.call = spy
-        llm.add_request("a", "in the beginning", SamplingParams(max_new_tokens=6, temperature=0.0))
+        llm.add_request("a", "in the beginning", SamplingParams(max_new_tokens=6, temperature=0.0, repetition_penalty=penalty))
         first = llm.step()  # the prefill is launched; nothing is known yet
         assert first == []
         outs = []
         while llm.has_unfinished():
-            outs += llm.step()
-        assert "execute_model" not in calls and calls.count("execute_model_async") == 6
-        assert [len(o.token_ids) for o in outs] == [1, 2, 3, 4, 5, 6] and outs[-1].finished
+            outs.append(llm.step())
+        # Each step launched the next before reading the last (a penalty drains nothing): one token
+        # per step, and only the step after the last launch waits for what is in flight.
+        assert calls == ["execute_model_async"] * 6 + ["collect"]
+        assert [[len(o.token_ids) for o in step] for step in outs] == [[1], [2], [3], [4], [5], [6]]
+        assert outs[-1][0].finished
+
+
+def test_a_penalty_counts_the_token_in_flight(tiny_checkpoint):
+    """The second token is sampled while the first is in flight, unknown to the host; a penalty
+    below 1 favours every token seen, and this model then repeats the first."""
+    params = SamplingParams(max_new_tokens=4, temperature=0.0, repetition_penalty=0.5)
+    model = str(tiny_checkpoint("llama"))
+    outs = []
+    for async_scheduling in (False, True):
+        with LLM(model, dtype="fp32", async_scheduling=async_scheduling) as llm:
+            outs.append(llm.generate(["a"], params)[0])
+    sync, overlapped = outs
+    assert sync.token_ids[0] not in sync.prompt_token_ids and sync.token_ids[1] == sync.token_ids[0]
+    assert overlapped.token_ids == sync.token_ids
 
 
 def test_a_request_that_fills_the_model_length_gets_every_token(tiny_checkpoint):

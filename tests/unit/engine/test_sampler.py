@@ -62,3 +62,15 @@ def test_repetition_penalty_suppression_and_logprobs():
     assert abs(lp - torch.log_softmax(logits, -1)[0, 1].item()) < 1e-6
     (tok, _), = sampler(logits, ["b"], [info(temperature=0.0, suppress_token_ids=[0, 1])])
     assert tok == 3
+
+
+def test_repetition_penalty_counts_the_newest_token_once():
+    logits = torch.tensor([[2.0, 1.2, -1.0]])
+    sampler = Sampler(torch.device("cpu"))
+    penalised = info(temperature=0.0, penalty_token_ids=[2], repetition_penalty=2.0)
+    assert sampler(logits, ["a"], [penalised])[0][0] == 0
+    # Token 0 is the newest, still in flight: only the device knows it (2.0 / 2 < 1.2).
+    assert sampler(logits, ["a"], [penalised], torch.tensor([0]))[0][0] == 1
+    # Known twice and newest too: penalised once, as by HF (2.0 / 1.5 > 1.2 > 2.0 / 1.5**2).
+    twice = info(temperature=0.0, penalty_token_ids=[0, 2, 0], repetition_penalty=1.5)
+    assert sampler(logits, ["a"], [twice], torch.tensor([0]))[0][0] == 0

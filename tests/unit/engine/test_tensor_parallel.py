@@ -37,6 +37,17 @@ def test_greedy_tokens_equal_one_rank(arch, tp, overrides, tiny_checkpoint):
         assert [o.token_ids for o in llm.generate(PROMPTS, GREEDY)] == expected
 
 
+def test_async_steps_with_repetition_penalties_on_two_ranks_equal_one_rank(tiny_checkpoint):
+    """Asynchronous steps: every rank samples, filling placeholders and the token in flight that
+    a penalty counts from its own tokens; they must agree with one synchronous rank."""
+    path = str(tiny_checkpoint("llama"))
+    params = [SamplingParams(max_new_tokens=12, temperature=0.0, repetition_penalty=p) for p in (1.3, 1.0, 0.5)]
+    with LLM(path, dtype="fp32") as llm:
+        expected = [o.token_ids for o in llm.generate(PROMPTS, params)]
+    with LLM(path, dtype="fp32", tensor_parallel_size=2, async_scheduling=True) as llm:
+        assert [o.token_ids for o in llm.generate(PROMPTS, params)] == expected
+
+
 def test_killed_rank_fails_fast_and_leaves_no_process(tiny_checkpoint):
     llm = LLM(str(tiny_checkpoint("llama")), dtype="fp32", tensor_parallel_size=2)
     procs = list(llm.executor.procs)
