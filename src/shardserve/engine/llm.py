@@ -100,7 +100,7 @@ class LLM:
         )
         self.outputs = OutputProcessor(self.tokenizer)
         self._ids = itertools.count()
-        self._inflight: tuple[SchedulerOutput, list[Request]] | None = None  # launched, not updated
+        self._inflight: SchedulerOutput | None = None  # launched, not updated
         # Warm-up (CUDA graph capture) is reported apart from loading the weights.
         self.warmup_seconds = self.executor.call("warmup_seconds")
         self.load_seconds = time.perf_counter() - started - self.warmup_seconds
@@ -141,24 +141,21 @@ class LLM:
         sched = self.scheduler.schedule()
         if not sched.seqs and not sched.finished_ids:
             return []
-        requests = [self.scheduler.requests[s.request_id] for s in sched.seqs]
-        return self._update(sched, requests, self.executor.call("execute_model", sched))
+        return self._update(sched, self.executor.call("execute_model", sched))
 
     def _step_overlapped(self) -> list[RequestOutput]:
         inflight, self._inflight = self._inflight, None
         sched = self.scheduler.schedule()
         if sched.seqs or sched.finished_ids:
-            self._inflight = (sched, [self.scheduler.requests[s.request_id] for s in sched.seqs])
+            self._inflight = sched
             previous = self.executor.call("execute_model_async", sched)
         else:
             previous = self.executor.call("collect") if inflight is not None else None
-        return self._update(*inflight, previous) if inflight is not None else []
+        return self._update(inflight, previous) if inflight is not None else []
 
-    def _update(
-        self, sched: SchedulerOutput, requests: list[Request], sampled: dict | None
-    ) -> list[RequestOutput]:
+    def _update(self, sched: SchedulerOutput, sampled: dict | None) -> list[RequestOutput]:
         outputs = []
-        for request in self.scheduler.update(sched, sampled or {}, requests):
+        for request in self.scheduler.update(sched, sampled or {}):
             if self.outputs.new_text(request, request.output_token_ids[-1:]):
                 if request.is_finished:  # also out of length: the stop string wins
                     request.finish_reason = FinishReason.STOP

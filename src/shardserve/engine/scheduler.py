@@ -56,7 +56,14 @@ class ScheduledSeq:
 @dataclass
 class SchedulerOutput:
     seqs: list[ScheduledSeq] = field(default_factory=list)
-    finished_ids: list[str] = field(default_factory=list)  # lets rank 0 drop per-request state
+    finished_ids: list[str] = field(default_factory=list)  # lets the ranks drop per-request state
+    # The Request of each seq, for `Scheduler.update`: under asynchronous scheduling a request may
+    # finish, and its id be reused, before its step's tokens arrive. It stays in the engine's
+    # process: the ranks get plain values only (__getstate__).
+    requests: list[Request] = field(default_factory=list, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "requests": []}
 
     @property
     def num_tokens(self) -> int:
@@ -131,7 +138,7 @@ class Scheduler:
                 if victim is request:
                     break
             else:
-                out.seqs.append(self._scheduled(request, num_new))
+                self._schedule(out, request, num_new)
                 budget -= num_new
                 i += 1
                 continue
@@ -157,24 +164,24 @@ class Scheduler:
                 request.num_cached_tokens = num_cached
             request.status = RequestStatus.RUNNING
             self.running.append(request)
-            out.seqs.append(self._scheduled(request, num_new))
+            self._schedule(out, request, num_new)
             budget -= num_new
         return out
 
-    def _scheduled(self, request: Request, num_new: int) -> ScheduledSeq:
+    def _schedule(self, out: SchedulerOutput, request: Request, num_new: int) -> None:
         start = request.num_computed_tokens
         completes = start + num_new == request.num_tokens
-        seq = ScheduledSeq(
+        out.seqs.append(ScheduledSeq(
             request_id=request.request_id,
             token_ids=request.token_slice(start, start + num_new),
             start_pos=start,
             # Not copied: the step consumes it before the request's table can change again.
             block_ids=request.block_ids,
             sampling=self._sampling_info(request) if completes else None,
-        )
+        ))
+        out.requests.append(request)
         request.num_computed_tokens = start + num_new
         request.num_inflight += completes
-        return seq
 
     def _last_token_in_flight(self, request: Request) -> bool:
         """The token in flight ends the request by length: nothing more to schedule."""
@@ -209,17 +216,11 @@ class Scheduler:
         self.waiting.appendleft(request)
 
     # -- the update beat ----------------------------------------------------------------------
-    def update(
-        self, sched: SchedulerOutput, sampled: dict[str, tuple[int, float | None]],
-        requests: list[Request] | None = None,
-    ) -> list[Request]:
-        """Append a step's sampled tokens; returns the requests that got one. `requests`: the
-        Request of each scheduled seq, taken when the step was scheduled (under asynchronous
-        scheduling a request may have finished, and its id been reused, since)."""
+    def update(self, sched: SchedulerOutput, sampled: dict[str, tuple[int, float | None]]) -> list[Request]:
+        """Append a step's sampled tokens; returns the requests that got one."""
         updated = []
-        for k, seq in enumerate(sched.seqs):
-            request = requests[k] if requests is not None else self.requests.get(seq.request_id)
-            if request is None or request.is_finished:  # finished or aborted while the step ran
+        for seq, request in zip(sched.seqs, sched.requests, strict=True):
+            if request.is_finished:  # finished or aborted while the step ran
                 continue
             result = sampled.get(seq.request_id)
             if result is not None:
