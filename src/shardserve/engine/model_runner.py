@@ -36,22 +36,36 @@ logger = logging.getLogger(__name__)
 SampledTokens = dict[str, tuple[int, float | None]]  # request id -> (token id, logprob or None)
 
 
+class HostBuffers:
+    """Host memory, pinned on GPUs, that one step's sampled tokens and logprobs are copied into
+    (up to max_num_seqs rows), and the event that fires once the copy is done. Allocated once and
+    used by every other sampling step (see ModelRunner.__init__)."""
+
+    def __init__(self, max_num_seqs: int, device: torch.device):
+        pinned = device.type == "cuda"
+        self.tokens = torch.empty(max_num_seqs, dtype=torch.int64, pin_memory=pinned)
+        self.logprobs = torch.empty(max_num_seqs, dtype=torch.float32, pin_memory=pinned)
+        self.event = torch.cuda.Event() if pinned else None
+
+
 class PendingStep:
     """A launched step's sampled tokens: on the device (the next step's placeholders read them)
-    and on their way to pinned host memory (read once the copy's event has fired)."""
+    and, with host buffers (rank 0: the only one that reads them), on their way there (read
+    once the copy's event has fired)."""
 
-    def __init__(self, request_ids: list[str], infos: list, tokens: torch.Tensor, logprobs: torch.Tensor | None):
+    def __init__(
+        self, request_ids: list[str], infos: list, tokens: torch.Tensor, logprobs: torch.Tensor | None,
+        host: HostBuffers | None,
+    ):
         self.rows = {rid: row for row, rid in enumerate(request_ids)}
         self.tokens = tokens
         self.infos = infos
-        pinned = tokens.device.type == "cuda"
-
-        def to_host(t: torch.Tensor) -> torch.Tensor:
-            return torch.empty(t.shape, dtype=t.dtype, pin_memory=pinned).copy_(t, non_blocking=True)
-
-        self._tokens = to_host(tokens)
-        self._logprobs = to_host(logprobs) if logprobs is not None else None
-        self._event = torch.cuda.Event() if pinned else None
+        if host is None:
+            return
+        n = len(request_ids)
+        self._tokens = host.tokens[:n].copy_(tokens, non_blocking=True)
+        self._logprobs = host.logprobs[:n].copy_(logprobs, non_blocking=True) if logprobs is not None else None
+        self._event = host.event
         if self._event is not None:
             self._event.record()
 
@@ -100,6 +114,12 @@ class ModelRunner:
         # Synchronous steps sample on rank 0 only; asynchronous ones on every rank.
         self.sampler = Sampler(device, config.seed) if rank == 0 or config.async_scheduling else None
         self._pending: PendingStep | None = None
+        # Rank 0, the only one that reads its sampled tokens, copies them into two host buffers
+        # used in turn. A step's tokens are read at the latest by the call that launches the next
+        # sampling step (execute_model_async returns them; execute_model reads its own and runs
+        # only with none in flight), so the step after that never overwrites unread tokens.
+        self._host_buffers = [HostBuffers(config.max_num_seqs, device) for _ in range(2)] if rank == 0 else []
+        self._num_sampling_steps = 0
 
     # -- KV cache --------------------------------------------------------------------------
     def bytes_per_block(self) -> int:
@@ -180,6 +200,7 @@ class ModelRunner:
     # -- one step ----------------------------------------------------------------------------
     def execute_model(self, sched: SchedulerOutput) -> SampledTokens | None:
         """Run a step and return its tokens (rank 0; None elsewhere)."""
+        assert self._pending is None, "a synchronous step while an asynchronous one is in flight"
         step = self._launch(sched, None)
         if self.rank != 0:
             return None
@@ -231,7 +252,9 @@ class ModelRunner:
             return None
         ids, infos = [s.request_id for s in sampled], [s.sampling for s in sampled]
         last = self._last_token_ids(sampled, previous)
-        return PendingStep(ids, infos, *self.sampler.sample(logits, ids, infos, last))
+        host = self._host_buffers[self._num_sampling_steps % 2] if self._host_buffers else None
+        self._num_sampling_steps += 1
+        return PendingStep(ids, infos, *self.sampler.sample(logits, ids, infos, last), host)
 
     def _last_token_ids(self, sampled: list[ScheduledSeq], previous: PendingStep | None) -> torch.Tensor | None:
         """[len(sampled)] int64 on the device: each sampling sequence's newest token, a token in
