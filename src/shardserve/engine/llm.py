@@ -1,8 +1,9 @@
 """LLM: the synchronous engine front — add_request / step / abort / generate / stream.
 
 One step is the three beats of the engine loop: the scheduler picks tokens (schedule), every
-rank runs the model on them and rank 0 samples (execute), and the scheduler and the output
-processor append tokens, apply stop rules and produce RequestOutputs (update).
+rank runs the model on them and rank 0 samples, every rank with asynchronous scheduling (execute),
+and the scheduler and the output processor append tokens, apply stop rules and produce
+RequestOutputs (update).
 
 With asynchronous scheduling (EngineConfig.async_scheduling, on for GPUs) a step schedules and
 launches step n+1 before it updates with step n's tokens, so the host's update, detokenisation

@@ -43,7 +43,8 @@ class Request:
     block_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
-    # Tokens sampled by a step still in flight (0 or 1): counted in num_tokens, not yet known.
+    # Tokens sampled by steps still in flight: counted in num_tokens, not yet known. 0 or 1, but 2
+    # from scheduling a step until the step before it is updated (asynchronous scheduling).
     num_inflight: int = 0
 
     @property

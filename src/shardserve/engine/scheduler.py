@@ -38,8 +38,9 @@ class SamplingInfo:
     repetition_penalty: float
     seed: int | None
     logprobs: bool
-    # Prompt + output tokens the host knows, only when the penalty is on; a token still in flight
-    # is missing here: the ranks add it on the device (Sampler.sample's last_token_ids).
+    # Prompt + output tokens the host knows, only when the penalty is on. A token still in flight
+    # (at most one: the seq's last input token) is missing here: the ranks add it on the device
+    # (Sampler.sample's last_token_ids).
     penalty_token_ids: list[int] | None
     suppress_token_ids: list[int]  # EOS / stop ids while below min_new_tokens
 
