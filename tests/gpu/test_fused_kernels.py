@@ -1,12 +1,13 @@
 """RMSNorm, LayerNorm, rotary and SiLU-mul Triton kernels, the fused residual add + norm
 kernels and the rotary fused into the KV-cache write, vs the layers' torch code (and the unfused
-kernels) on random inputs."""
+kernels) on random inputs; the input activations' Triton code on every half-precision value."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from helpers.act_gemm_cases import check_act_kernel_on_every_value
 from helpers.fused_cases import FUSED_CHECKS
 from helpers.fused_norm_cases import FUSED_ADD_NORM_CHECKS
 from helpers.rotary_kv_cases import (
@@ -26,6 +27,13 @@ DTYPES = pytest.mark.parametrize(
 def test_fused_kernel_matches_layer(name, dtype, tol):
     torch.manual_seed(hash(name) % 1000)
     FUSED_CHECKS[name]("cuda", dtype, tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("act", ["relu", "silu", "gelu", "gelu_tanh"])
+def test_input_activation_matches_torch_on_every_value(act, dtype):
+    """act_tile (the decode GEMMs' prologue, through act_kernel) vs torch's CUDA activation."""
+    check_act_kernel_on_every_value(act, dtype, "cuda")
 
 
 # Odd sizes for the masked tail, and the hidden sizes of Llama-3-8B (4096), OPT-30B (7168) and

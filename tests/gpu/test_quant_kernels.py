@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers.act_gemm_cases import ACTS, check_fused_act, make_act_case
 from helpers.quant_cases import (
     CONFIGS,
     DENSE_PATHS,
@@ -24,6 +25,7 @@ from helpers.quant_cases import (
 from helpers.quant_layers import error_bound
 from shardserve import kernels
 from shardserve.kernels import tuned_gemm
+from shardserve.kernels.act_and_mul import apply_input_act, input_act_reference
 from shardserve.kernels.fp8_gemm import fp8_scaled_mm, fp8_scaled_mm_reference, scaled_mm_applies
 from shardserve.kernels.gemm_kernels import CUBLAS, DEQUANT, KernelConfig, linear_reference
 from shardserve.kernels.tuned_gemm import (
@@ -36,7 +38,7 @@ from shardserve.kernels.tuned_gemm import (
 )
 from shardserve.layers import quant
 from shardserve.layers.embedding import VocabParallelEmbedding
-from shardserve.layers.linear import ColumnParallelLinear
+from shardserve.layers.linear import ColumnParallelLinear, RowParallelLinear
 
 # Output rounding of one half-precision value, as a relative error over many: fp16 2^-11, bf16 2^-8.
 TOL = {torch.float16: 1.5e-3, torch.bfloat16: 8e-3}
@@ -143,14 +145,14 @@ def test_kernel_replays_in_a_cuda_graph(shape, config, qdtype, fresh_tuning):
     _check_graph_replay(x, qweight, scale, bias, config, lambda f: linear_reference(f, qweight, scale, bias.float()))
 
 
-def _check_graph_replay(x, weight, scale, bias, config, reference) -> None:
+def _check_graph_replay(x, weight, scale, bias, config, reference, input_act=None) -> None:
     """Capture tuned_linear once, replay it on fresh inputs: within the bf16 bound of reference(x)."""
     static_x = x.clone()
-    tuned_linear(static_x, weight, scale, bias, config=config)  # tune / compile outside the capture
+    tuned_linear(static_x, weight, scale, bias, config=config, input_act=input_act)  # tune / compile outside
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        static_out = tuned_linear(static_x, weight, scale, bias, config=config)
+        static_out = tuned_linear(static_x, weight, scale, bias, config=config, input_act=input_act)
     for seed in range(2):
         fresh = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).to(x)
         static_x.copy_(fresh)
@@ -296,3 +298,80 @@ def test_unquantised_layer_and_lm_head_take_the_tuned_path_at_decode_sizes(monke
     # Both shapes tuned at 1, 4 and 64 rows.
     assert sorted(key[:3] for key in fresh_tuning) == sorted(
         (m, n, 1024) for m in (1, 4, DECODE_MAX_TOKENS) for n in (768, 5000))
+
+
+# -- input activations fused into the matmul (kernels/act_and_mul.py) ------------------------------
+ACT_QDTYPES = [pytest.param(None, id="16bit"), *QDTYPES]
+# GEMV one row per program and two with a ragged split; dot unsplit and split 4 ways.
+ACT_KERNELS = [KernelConfig(1, 16, 512, 1, kernel="gemv"), KernelConfig(2, 16, 128, 3, num_warps=8, kernel="gemv"),
+               KernelConfig(16, 32, 256, 1), KernelConfig(16, 64, 128, 4)]
+
+
+@pytest.mark.parametrize("qdtype", ACT_QDTYPES)
+@DTYPES
+@pytest.mark.parametrize("act", ACTS)
+def test_input_act_is_fused_bit_for_bit(act, dtype, qdtype):
+    """Each path with the activation equals the same config fed act_kernel's output (cuBLAS and
+    dequantise: apply_input_act's), bit for bit, and float32 sums within the output rounding."""
+    for shape in [(1, 1024, 4096), (17, 96, 264)]:  # the second: masked rows, a short K tile
+        for config in [*ACT_KERNELS, CUBLAS if qdtype is None else DEQUANT]:
+            check_fused_act(*shape, qdtype, dtype, "cuda", config, act, tol=TOL[dtype])
+
+
+@pytest.mark.parametrize("qdtype", [pytest.param(None, id="16bit"), pytest.param(torch.int8, id="int8")])
+def test_tuning_with_an_input_activation_times_it_in_every_candidate(qdtype, fresh_tuning, timed):
+    """Llama-3-8B's down_proj at batch 1, bf16: tuned with gated SiLU and without, separately; the
+    cuBLAS candidate pays for its activation kernel, so it is timed slower than without it."""
+    m, n, k = 1, 4096, 14336
+    x, w, scale, _ = make_act_case(m, n, k, qdtype, torch.bfloat16, "cuda", "silu_and_mul", bias=False)
+    plain = apply_input_act(x, "silu_and_mul")
+    tuned_linear(plain, w, scale)
+    without = dict(timed)
+    timed.clear()
+    check_fused_act(m, n, k, qdtype, torch.bfloat16, "cuda", None, "silu_and_mul", tol=TOL[torch.bfloat16],
+                    bias=False)
+    assert set(timed) == set(without) == set(candidates(m, n, k, _sms(), w.dtype))
+    assert {key[-1] for key in fresh_tuning} == {None, "silu_and_mul"}
+    cfg = fresh_tuning[(1, n, k, w.dtype, torch.bfloat16, x.device, "silu_and_mul")]
+    fastest = min(timed, key=timed.get)
+    assert cfg == (CUBLAS if CUBLAS in timed and timed[fastest] > CUBLAS_MARGIN * timed[CUBLAS] else fastest)
+    print({str(c): (round(without[c], 2), round(timed[c], 2)) for c in timed}, "->", cfg)
+    if qdtype is None:
+        assert timed[CUBLAS] > without[CUBLAS]  # silu_and_mul's kernel is inside the timing
+
+
+@pytest.mark.parametrize("qdtype", ACT_QDTYPES)
+@pytest.mark.parametrize("config", [KernelConfig(16, 32, 256, 4), KernelConfig(1, 16, 512, 4, kernel="gemv"), None],
+                         ids=["split-k", "gemv-split-k", "cublas-or-dequant"])
+def test_input_act_replays_in_a_cuda_graph(config, qdtype):
+    """Gated SiLU in the kernels' prologue, or silu_and_mul's kernel before cuBLAS, captured too."""
+    x, w, scale, bias = make_act_case(4, 512, 14336, qdtype, torch.bfloat16, "cuda", "silu_and_mul")
+    config = config or (CUBLAS if qdtype is None else DEQUANT)
+    _check_graph_replay(x, w, scale, bias, config,
+                        lambda f: linear_reference(input_act_reference(f.to(x.dtype), "silu_and_mul").float(), w,
+                                                   scale, bias.float()), input_act="silu_and_mul")
+
+
+@pytest.mark.parametrize("quantization", [None, "int8", pytest.param("fp8", marks=FP8_WEIGHTS.marks)])
+def test_row_parallel_layer_fuses_its_input_activation(quantization, monkeypatch, fresh_tuning):
+    """Decode sizes: the fused path, within bf16 rounding of the layer fed the activation on its
+    own; prefill (fp8 on Hopper: W8A8 after the activation): the same computation, bit for bit."""
+    monkeypatch.setattr(kernels, "_enabled", True)  # an earlier engine may have switched them off
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"), quant.linear_quantization(quantization):
+            layer = RowParallelLinear(2048, 768, bias=True)
+    finally:
+        torch.set_default_dtype(previous)
+    gen = torch.Generator().manual_seed(0)
+    layer.weight.weight_loader(layer.weight, torch.randn(768, 2048, generator=gen).bfloat16(), None)
+    layer.bias.data.copy_(torch.randn(768, generator=gen))
+    for tokens in (1, 4, 300):
+        gate_up = torch.randn(tokens, 2 * 2048, generator=gen).mul(2).to("cuda", torch.bfloat16)
+        with torch.no_grad():
+            fused = layer(gate_up, input_act="silu_and_mul")
+            unfused = layer(apply_input_act(gate_up, "silu_and_mul"))
+        if tokens > DECODE_MAX_TOKENS:
+            assert torch.equal(fused, unfused)
+        assert relative_error(fused, unfused.float()) < TOL[torch.bfloat16], tokens

@@ -35,6 +35,15 @@ Either kernel may split K over programs that atomically add float32 partials int
 buffer, cast once at the end (one memset and one cast launch: worth it only where N alone leaves
 SMs idle).
 
+Input activation (`input_act`, kernels/act_and_mul.py): the MLP's second matmul may be handed its
+input before the activation, e.g. [gate | up] for gated SiLU. The kernels apply it in their
+prologue, to each x tile as it is loaded (`act_tile`: gate at column k, up at column K + k,
+float32 math rounded to the activation dtype as the reference rounds), so no activation kernel
+and no round trip of its output through memory runs between the two matmuls (one launch and ~3 us
+per layer at decode). Given the same config, the fused result is the unfused kernel's on
+`act_kernel`'s output, bit for bit. "cublas" and "dequant" apply the activation first
+(`apply_input_act`: the unfused layers' own step) and then multiply.
+
 `linear_reference` (dequantise, then one ordinary matmul) is the definition the kernels are
 tested against and the CPU path. Triton is optional: without it only the reference and the
 format helpers are defined.
@@ -49,10 +58,13 @@ import torch
 import torch.nn.functional as F
 
 from shardserve.kernels import _has_triton
+from shardserve.kernels.act_and_mul import apply_input_act, split_input_act
 
 if _has_triton:
     import triton
     import triton.language as tl
+
+    from shardserve.kernels.act_and_mul import act_tile
 
 QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}  # largest magnitude of each format
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -163,6 +175,19 @@ if _has_triton:
         return out
 
     @triton.jit
+    def _x_tile(x_ptrs, mask, K, ACT: tl.constexpr, GATED: tl.constexpr):
+        """The activation tile the matmul multiplies, in x's dtype: as stored (ACT ""), or act(x),
+        or with GATED act(gate) * up, up being K columns after gate in each [gate | up] row.
+        Masked entries load as 0, and every activation maps 0 to 0."""
+        x = tl.load(x_ptrs, mask=mask, other=0.0)
+        if ACT != "":
+            up = x
+            if GATED:
+                up = tl.load(x_ptrs + K, mask=mask, other=0.0)
+            x = act_tile(x, up, ACT, GATED)
+        return x
+
+    @triton.jit
     def _epilogue(acc, rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om,
                   QUANTIZED: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr):
         # acc [BLOCK_M, BLOCK_N] float32 -> out (+)= acc (* scale) (+ bias, from the first K split).
@@ -184,11 +209,13 @@ if _has_triton:
     # together and read it from HBM once. k_iters and M are runtime values, so one compiled
     # kernel per config serves every layer shape and batch of its row class (Triton still
     # pipelines the loads: cp.async in the sm_90 SASS). QUANTIZED=False: w_ptr holds the weight
-    # in x's dtype, and scale_ptr is not read.
+    # in x's dtype, and scale_ptr is not read. ACT / GATED: the input activation (`_x_tile`); K is
+    # the weight's, and x's rows are [gate | up] of 2 * K with GATED.
     @triton.jit(do_not_specialize=["M", "k_iters"])
     def _gemm_kernel(
         x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K, k_iters, stride_xm, stride_wn, stride_om,
         QUANTIZED: tl.constexpr, W_FP8: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
+        ACT: tl.constexpr, GATED: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
     ):
         pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -203,7 +230,7 @@ if _has_triton:
         for i in tl.range(0, k_iters, num_stages=NUM_STAGES):
             kk = k_start + i * BLOCK_K + rk
             k_mask = kk < K
-            x = tl.load(x_rows + kk[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+            x = _x_tile(x_rows + kk[None, :], m_mask[:, None] & k_mask[None, :], K, ACT, GATED)
             # [BLOCK_N, BLOCK_K] weights in the activation dtype: 16-bit ones as loaded, 8-bit ones
             # converted exactly (fp8 comes as its int8 bits, so masked entries are +0 in either).
             w = tl.load(w_rows + kk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
@@ -215,6 +242,7 @@ if _has_triton:
     def _gemv_kernel(
         x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K, k_iters, stride_xm, stride_wn, stride_om,
         QUANTIZED: tl.constexpr, W_FP8: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
+        ACT: tl.constexpr, GATED: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
     ):
         pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -232,7 +260,7 @@ if _has_triton:
         for i in tl.range(0, k_iters, num_stages=NUM_STAGES):
             kk = (k_start + i * BLOCK_K + rk)[None, None, :]
             k_mask = kk < K
-            x = tl.load(x_rows + kk, mask=m_mask[:, None, None] & k_mask, other=0.0).to(tl.float32)
+            x = _x_tile(x_rows + kk, m_mask[:, None, None] & k_mask, K, ACT, GATED).to(tl.float32)
             w = tl.load(w_rows + kk, mask=n_mask[None, :, None] & k_mask, other=0)
             acc += x * _weight_tile(w, QUANTIZED, W_FP8, tl.float32)
         _epilogue(tl.sum(acc, axis=2), rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om,
@@ -262,15 +290,18 @@ def _dequantize_fast(qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dt
 
 
 def run_config(cfg: KernelConfig, x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
-         bias: torch.Tensor | None) -> torch.Tensor:
-    """x2 [m, K] (unit stride along K) -> [m, N] in x2.dtype by `cfg`'s path; scale None: a
-    16-bit weight in x2's dtype."""
-    m, k = x2.shape
-    n = weight.shape[0]
+               bias: torch.Tensor | None, input_act: str | None = None) -> torch.Tensor:
+    """x2 [m, K] (unit stride along K; [m, 2 * K] = [gate | up] for a gated input_act) -> [m, N]
+    in x2.dtype by `cfg`'s path: input_act(x2) @ W.T (+ bias); scale None: a 16-bit weight in
+    x2's dtype."""
+    m = x2.shape[0]
+    n, k = weight.shape
+    act, gated = split_input_act(input_act)
+    assert x2.shape[1] == (2 * k if gated else k)
     if cfg.kernel == "cublas":
-        return F.linear(x2, weight, bias)
+        return F.linear(apply_input_act(x2, input_act), weight, bias)
     if cfg.kernel == "dequant":
-        return F.linear(x2, _dequantize_fast(weight, scale, x2.dtype), bias)
+        return F.linear(apply_input_act(x2, input_act), _dequantize_fast(weight, scale, x2.dtype), bias)
     atomic = cfg.split_k > 1
     # Split K: float32 partials are summed in place, then rounded once to the output dtype.
     out = torch.zeros((m, n), dtype=torch.float32, device=x2.device) if atomic else x2.new_empty((m, n))
@@ -285,7 +316,7 @@ def run_config(cfg: KernelConfig, x2: torch.Tensor, weight: torch.Tensor, scale:
             bias if bias is not None else scale_arg, out, m, n, k, k_iters,
             x2.stride(0), weight.stride(0), out.stride(0),
             QUANTIZED=quantized, W_FP8=weight.dtype == torch.float8_e4m3fn, HAS_BIAS=bias is not None,
-            ATOMIC=atomic, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+            ATOMIC=atomic, ACT=act, GATED=gated, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
             NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     return out.to(x2.dtype) if atomic else out

@@ -4,8 +4,10 @@ The weight formats, the Triton kernels and the four paths a `KernelConfig` names
 cublas, dequant) live in kernels/gemm_kernels.py; this module chooses among them per call.
 
 Tiles: at decode sizes on a CUDA device, the first eager call per (row class, N, K, dtypes,
-device) times the `candidates` on the real inputs under CUDA-graph replay, as decode runs, and
-caches the fastest (`_TUNED`); a kernel must beat cuBLAS by CUBLAS_MARGIN to replace it. The
+device, input activation) times the `candidates` on the real inputs under CUDA-graph replay, as
+decode runs, and caches the fastest (`_TUNED`); a kernel must beat cuBLAS by CUBLAS_MARGIN to
+replace it. With an input activation every candidate is timed with it: fused into the kernels'
+prologue, or for cuBLAS its own kernel followed by F.linear, so the choice weighs both costs. The
 engine runs every decode batch bucket eagerly before capturing its graph, so tuning happens then;
 during a capture, on the CPU and with tuning off (SHARDSERVE_GEMM_TUNE=0, or `TUNE = False`)
 `pick_config` decides: cuBLAS for 16-bit weights, for 8-bit ones a heuristic fitted to an H200
@@ -26,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from shardserve.kernels import _has_triton
+from shardserve.kernels.act_and_mul import input_act_reference
 from shardserve.kernels.gemm_kernels import (
     CUBLAS,
     DEQUANT,
@@ -128,22 +131,24 @@ def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype =
 
 def tuned_linear(
     x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-    config: KernelConfig | None = None,
+    config: KernelConfig | None = None, input_act: str | None = None,
 ) -> torch.Tensor:
     """x [..., K] fp16/bf16, weight [N, K] with scale [N] float32 (8-bit) or in x's dtype with
-    scale None (16-bit), bias [N] or None -> [..., N] in x.dtype, by the tuned (or untuned)
-    config; `config` overrides it (tests, sweeps). A choice of cuBLAS is the plain F.linear call:
-    one cache look-up (~2 us of CPU in eager mode, nothing under a CUDA graph) on top of it."""
-    cfg = config or chosen_config(x, weight, scale, bias)
-    if cfg.kernel == "cublas":
+    scale None (16-bit), bias [N] or None -> input_act(x) @ W.T (+ bias) [..., N] in x.dtype, by
+    the tuned (or untuned) config; `config` overrides it (tests, sweeps). input_act
+    (kernels/act_and_mul.py; x is [..., 2 * K] = [gate | up] for a gated one) is fused into the
+    kernels. A choice of cuBLAS without one is the plain F.linear call: one cache look-up (~2 us
+    of CPU in eager mode, nothing under a CUDA graph) on top of it."""
+    cfg = config or chosen_config(x, weight, scale, bias, input_act)
+    if cfg.kernel == "cublas" and input_act is None:
         return F.linear(x, weight, bias)
-    assert weight.shape[1] == x.shape[-1] and weight.stride(1) == 1
+    assert weight.stride(1) == 1
     assert weight.dtype == x.dtype if scale is None else scale.dtype == torch.float32
-    return run_config(cfg, as_rows(x), weight, scale, bias).reshape(*x.shape[:-1], weight.shape[0])
+    return run_config(cfg, as_rows(x), weight, scale, bias, input_act).reshape(*x.shape[:-1], weight.shape[0])
 
 
 # -- tuning -------------------------------------------------------------------------------------
-_TUNED: dict[tuple, KernelConfig] = {}  # (row class, N, K, weight dtype, x dtype, device) -> config
+_TUNED: dict[tuple, KernelConfig] = {}  # (row class, N, K, weight dtype, x dtype, device, input_act) -> config
 
 
 def _can_tune(x: torch.Tensor) -> bool:
@@ -152,14 +157,15 @@ def _can_tune(x: torch.Tensor) -> bool:
 
 
 def chosen_config(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
-                  bias: torch.Tensor | None = None) -> KernelConfig:
-    """The config `tuned_linear` runs for x [..., K] (m rows): tuned (once per key) where it can
-    be, else `pick_config`. Batches round up to a power of two (the engine's buckets 1, 2, 4, 8,
-    then every 8: 24 tunes as 32), so a model tunes at most 7 row classes per layer shape."""
-    k, n = x.shape[-1], weight.shape[0]
-    m = x.numel() // max(k, 1)
+                  bias: torch.Tensor | None = None, input_act: str | None = None) -> KernelConfig:
+    """The config `tuned_linear` runs for x [..., K] (m rows) with `input_act`: tuned (once per
+    key) where it can be, else `pick_config`. Batches round up to a power of two (the engine's
+    buckets 1, 2, 4, 8, then every 8: 24 tunes as 32), so a model tunes at most 7 row classes per
+    layer shape."""
+    n, k = weight.shape
+    m = x.numel() // max(x.shape[-1], 1)
     if 0 < m <= DECODE_MAX_TOKENS:
-        key = (_pow2(m), n, k, weight.dtype, x.dtype, x.device)
+        key = (_pow2(m), n, k, weight.dtype, x.dtype, x.device, input_act)
         cfg = _TUNED.get(key)
         if cfg is not None:
             return cfg
@@ -168,7 +174,8 @@ def chosen_config(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | N
         return pick_config(m, n, k, num_sms, weight.dtype)
     started = time.perf_counter()
     try:
-        cfg, times = _tune(as_rows(x), weight, scale, bias, candidates(m, n, k, num_sms, weight.dtype), _graph_time_us)
+        cfg, times = _tune(as_rows(x), weight, scale, bias, candidates(m, n, k, num_sms, weight.dtype), _graph_time_us,
+                           input_act)
     except Exception:  # tuning only buys speed: never let it fail a forward pass
         logger.warning("tuned_linear %s: tuning failed, using the heuristic", key, exc_info=True)
         cfg, times = pick_config(m, n, k, num_sms, weight.dtype), {}
@@ -178,20 +185,21 @@ def chosen_config(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | N
     return cfg
 
 
-def _tune(x2, weight, scale, bias, configs: list[KernelConfig], timer) -> tuple[KernelConfig, dict]:
-    """The fastest of `configs` by timer(fn, weight) -> us per fn(weight=w) call on x2, among
-    those that compile and match the reference on random rows (not x2: a warm-up batch may hold
-    padding rows that are not finite), over up to 256 outputs; cuBLAS, where it is a candidate,
-    unless a kernel took under CUBLAS_MARGIN of its time. Outputs are discarded. Returns
-    (config, {config: us})."""
+def _tune(x2, weight, scale, bias, configs: list[KernelConfig], timer, input_act: str | None = None
+          ) -> tuple[KernelConfig, dict]:
+    """The fastest of `configs` by timer(fn, weight) -> us per fn(weight=w) call on x2 (input
+    activation included), among those that compile and match the reference on random rows (not
+    x2: a warm-up batch may hold padding rows that are not finite), over up to 256 outputs;
+    cuBLAS, where it is a candidate, unless a kernel took under CUBLAS_MARGIN of its time.
+    Outputs are discarded. Returns (config, {config: us})."""
     rows = min(weight.shape[0], 256)
     probe = torch.randn(x2.shape, generator=torch.Generator().manual_seed(0)).to(x2)
     w32 = weight[:rows].float() if scale is None else dequantize(weight[:rows], scale[:rows], torch.float32)
-    ref = F.linear(probe.float(), w32, None if bias is None else bias[:rows].float())
+    ref = F.linear(input_act_reference(probe, input_act).float(), w32, None if bias is None else bias[:rows].float())
     times = {}
     for cfg in configs:
         try:
-            out = run_config(cfg, probe, weight, scale, bias)  # compiles it
+            out = run_config(cfg, probe, weight, scale, bias, input_act)  # compiles it
         except (OutOfResources, PTXASError) as e:  # e.g. shared memory on a smaller GPU
             logger.debug("tuned_linear config %s does not compile here: %s", cfg, e)
             continue
@@ -199,7 +207,7 @@ def _tune(x2, weight, scale, bias, configs: list[KernelConfig], timer) -> tuple[
         if not err < 1e-2:  # bf16 output rounding is ~2e-3; this is a wrong kernel
             logger.warning("tuned_linear config %s is off by %.2e (relative) on this GPU: not used", cfg, err)
             continue
-        times[cfg] = timer(functools.partial(run_config, cfg, x2, scale=scale, bias=bias), weight)
+        times[cfg] = timer(functools.partial(run_config, cfg, x2, scale=scale, bias=bias, input_act=input_act), weight)
     if not times:
         return configs[0], times
     best = min(times, key=times.get)

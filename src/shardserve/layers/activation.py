@@ -1,4 +1,10 @@
-"""Activation functions by HF name, and the gated SiLU of Llama MLPs."""
+"""Activation functions by HF name (`hidden_act`).
+
+An MLP hands its activation to the second matmul as that layer's input activation
+(`RowParallelLinear.forward(x, input_act=input_act(hidden_act, gated))`, kernels/act_and_mul.py),
+which applies it as it reads its input: on GPUs at decode sizes inside the GEMM, so no
+activation kernel runs between the two matmuls.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +13,32 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from shardserve.kernels import use_fused_kernels
+from shardserve.kernels.act_and_mul import apply_input_act
 
-_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "relu": F.relu,
-    "gelu": F.gelu,
-    "silu": F.silu,
-    "swish": F.silu,
+# HF hidden_act -> the activation's name in kernels/act_and_mul.py.
+_ACTIVATIONS = {
+    "relu": "relu",
+    "gelu": "gelu",
+    "silu": "silu",
+    "swish": "silu",
     # tanh approximation; BLOOM's own gelu is this formula (0.79788456 = sqrt(2/pi)).
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
 }
 
 
-def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    if name not in _ACTIVATIONS:
-        raise ValueError(f"hidden_act must be one of {sorted(_ACTIVATIONS)}, got {name!r}")
-    return _ACTIVATIONS[name]
+def input_act(hidden_act: str, gated: bool = False) -> str:
+    """The input activation that applies `hidden_act`; gated: to [gate | up] rows, act(gate) * up."""
+    if hidden_act not in _ACTIVATIONS:
+        raise ValueError(f"hidden_act must be one of {sorted(_ACTIVATIONS)}, got {hidden_act!r}")
+    return _ACTIVATIONS[hidden_act] + ("_and_mul" if gated else "")
 
 
 def act_and_mul(act: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """x [T, 2 * inter] = [gate | up] -> act(gate) * up [T, inter] (one kernel for SiLU on GPUs)."""
-    if act is F.silu and use_fused_kernels(x):
-        from shardserve.kernels.act_and_mul import silu_and_mul
-
-        return silu_and_mul(x)
+    """x [T, 2 * inter] = [gate | up] -> act(gate) * up [T, inter] as a step of its own (one kernel
+    for SiLU on GPUs): what Llama MLPs ran before the down projection took the activation over."""
+    if act is F.silu:
+        return apply_input_act(x, "silu_and_mul")
     gate, up = x.chunk(2, dim=-1)
     return act(gate) * up

@@ -164,8 +164,11 @@ class RowParallelLinear(nn.Module):
     def weight_loader(self, param: nn.Parameter, loaded: Loaded, shard_id=None) -> None:
         store_rows(param, 0, narrow(loaded, 1, self.tp_rank * self.in_local, self.in_local))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, input_act: str | None = None) -> torch.Tensor:
+        """x [T, in / tp] -> [T, out]; with input_act (kernels/act_and_mul.py; x [T, 2 * in / tp]
+        = [gate | up] for a gated one) the activation before this layer, applied as the matmul
+        reads x (fused into the GEMM at decode sizes on GPUs: no activation kernel of its own)."""
         # Rank 0 adds the bias to its partial product inside its matmul (the GEMM's epilogue), so
         # no separate add kernel runs after the reduce: a decode step of OPT-30B at TP4 has 96.
-        y = self.quant_method.apply(self, x, self.bias if self.tp_rank == 0 else None)  # [T, out]
+        y = self.quant_method.apply(self, x, self.bias if self.tp_rank == 0 else None, input_act)  # [T, out]
         return all_reduce(y)  # summed over ranks

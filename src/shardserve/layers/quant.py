@@ -30,6 +30,12 @@ is the definition of all of them.
 Unquantised layers (and the LM head, layers/embedding.py) multiply through `dense_linear`: F.linear,
 except decode-sized fp16/bf16 batches on a GPU, where the same tuner picks per layer shape between
 cuBLAS and the Triton kernels reading the 16-bit weight (cuBLAS unless a kernel measured faster).
+
+Input activation: `apply(layer, x, bias, input_act)` multiplies by input_act(x)
+(kernels/act_and_mul.py), the activation between an MLP's two matmuls, which the second one
+takes over (RowParallelLinear.forward). Decode-sized batches on a GPU fuse it into the tuned
+path's GEMM kernels (or, where cuBLAS is chosen, run it as its own kernel first); everywhere
+else it runs as its own step first, as before.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shardserve.kernels import use_fused_kernels
+from shardserve.kernels.act_and_mul import apply_input_act
 from shardserve.kernels.fp8_gemm import fp8_scaled_mm, scaled_mm_applies
 from shardserve.kernels.gemm_kernels import kernel_applies, linear_reference, quantize_rows
 from shardserve.kernels.tuned_gemm import DECODE_MAX_TOKENS, tuned_linear
@@ -53,14 +60,17 @@ _SOURCE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _QUANT_CHUNK = 1 << 26  # elements quantised at once: bounds the float32 temporaries (256 MB)
 
 
-def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [..., in] @ weight.T (+ bias) for a weight in the model dtype: F.linear, except decode-sized
-    batches (<= DECODE_MAX_TOKENS rows) on a GPU with fused kernels on, fp16/bf16 activations and
-    a row-major weight of their dtype, which take the tuned path: cuBLAS's own F.linear call or a
-    Triton kernel that the tuner timed faster for this shape and row class."""
+def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                 input_act: str | None = None) -> torch.Tensor:
+    """input_act(x) @ weight.T (+ bias) for a weight in the model dtype, x [..., in] (or
+    [..., 2 * in] for a gated input_act): the activation on its own and F.linear, except
+    decode-sized batches (<= DECODE_MAX_TOKENS rows) on a GPU with fused kernels on, fp16/bf16
+    activations and a row-major weight of their dtype, which take the tuned path: cuBLAS's own
+    F.linear call (after the activation's) or a Triton kernel (activation fused) that the tuner
+    timed faster for this shape and row class."""
     if use_fused_kernels(x) and x.numel() <= DECODE_MAX_TOKENS * x.shape[-1] and kernel_applies(x, weight):
-        return tuned_linear(x, weight, None, bias)
-    return F.linear(x, weight, bias)
+        return tuned_linear(x, weight, None, bias, input_act=input_act)
+    return F.linear(apply_input_act(x, input_act), weight, bias)
 
 
 class LinearMethod:
@@ -73,9 +83,11 @@ class LinearMethod:
         """Register layer.weight of this rank's [out, in] `shape` (and whatever else it needs)."""
         layer.weight = new_param(shape, weight_loader, shard_shapes)
 
-    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """x [T, in] -> [T, out]."""
-        return dense_linear(x, layer.weight, bias)
+    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None,
+              input_act: str | None = None) -> torch.Tensor:
+        """x [T, in] -> input_act(x) @ W.T (+ bias) [T, out]; x is [T, 2 * in] = [gate | up] for a
+        gated input_act (kernels/act_and_mul.py), which decode-sized GPU batches fuse into the GEMM."""
+        return dense_linear(x, layer.weight, bias, input_act)
 
 
 class WeightOnly8Bit(LinearMethod):
@@ -103,19 +115,24 @@ class WeightOnly8Bit(LinearMethod):
             param.data[offset + lo : offset + lo + q.shape[0]].copy_(q)
             layer.weight_scale.data[offset + lo : offset + lo + q.shape[0]].copy_(scale)
 
-    def apply(self, layer, x, bias):
+    def apply(self, layer, x, bias, input_act=None):
         if use_fused_kernels(x) and kernel_applies(x, layer.weight):
-            return tuned_linear(x, layer.weight, layer.weight_scale, bias)
-        return linear_reference(x, layer.weight, layer.weight_scale, bias)
+            return tuned_linear(x, layer.weight, layer.weight_scale, bias, input_act=input_act)
+        return linear_reference(apply_input_act(x, input_act), layer.weight, layer.weight_scale, bias)
 
 
 class Fp8WeightOnly(WeightOnly8Bit):
     """FP8 e4m3 weights; prefill-sized batches on Hopper use fp8 tensor cores (W8A8)."""
 
-    def apply(self, layer, x, bias):
+    def apply(self, layer, x, bias, input_act=None):
         if use_fused_kernels(x) and scaled_mm_applies(x, layer.weight):
-            return fp8_scaled_mm(x, layer.weight, layer.weight_scale, bias)
-        return super().apply(layer, x, bias)
+            # W8A8 quantises the activated input, so the activation runs first (a prefill-sized
+            # batch: its own kernel is small next to the GEMM). Asked again: a gated input has
+            # halved K, which cuBLASLt's fp8 GEMM needs a multiple of 16.
+            x, input_act = apply_input_act(x, input_act), None
+            if scaled_mm_applies(x, layer.weight):
+                return fp8_scaled_mm(x, layer.weight, layer.weight_scale, bias)
+        return super().apply(layer, x, bias, input_act)
 
 
 def _filled_by_weight(param, loaded, shard_id=None) -> None:

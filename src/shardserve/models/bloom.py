@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shardserve.layers.activation import get_activation
+from shardserve.layers.activation import input_act
 from shardserve.layers.alibi import rank_alibi_slopes
 from shardserve.layers.attention import Attention
 from shardserve.layers.embedding import CausalLM, VocabParallelEmbedding
@@ -51,10 +51,10 @@ class BloomMLP(nn.Module):
         super().__init__()
         self.dense_h_to_4h = ColumnParallelLinear(config.hidden_size, config.intermediate_size, bias=True)
         self.dense_4h_to_h = RowParallelLinear(config.intermediate_size, config.hidden_size, bias=True)
-        self.act = get_activation(config.hidden_act)
+        self.act = input_act(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dense_4h_to_h(self.act(self.dense_h_to_4h(x)))
+        return self.dense_4h_to_h(self.dense_h_to_4h(x), input_act=self.act)  # gelu applied as it reads
 
 
 class BloomBlock(nn.Module):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shardserve.layers.activation import get_activation
+from shardserve.layers.activation import input_act
 from shardserve.layers.attention import Attention
 from shardserve.layers.embedding import CausalLM, VocabParallelEmbedding
 from shardserve.layers.linear import (
@@ -52,10 +52,10 @@ class OPTDecoderLayer(nn.Module):
         self.fc1 = ColumnParallelLinear(config.hidden_size, config.intermediate_size, config.mlp_bias)
         self.fc2 = RowParallelLinear(config.intermediate_size, config.hidden_size, config.mlp_bias)
         self.final_layer_norm = LayerNorm(config.hidden_size, config.norm_eps)
-        self.act = get_activation(config.hidden_act)
+        self.act = input_act(config.hidden_act)
 
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(self.fc1(x), input_act=self.act)  # fc2 applies the activation as it reads
 
     def forward(
         self, hidden: torch.Tensor, residual: torch.Tensor | None

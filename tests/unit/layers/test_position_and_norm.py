@@ -13,7 +13,8 @@ from transformers.models.llama.modeling_llama import (
     apply_rotary_pos_emb,
 )
 
-from shardserve.layers.activation import get_activation
+from shardserve.kernels.act_and_mul import input_act_reference
+from shardserve.layers.activation import input_act
 from shardserve.layers.alibi import alibi_slopes, rank_alibi_slopes
 from shardserve.layers.norm import RMSNorm
 from shardserve.layers.rotary import RotaryEmbedding, inverse_frequencies
@@ -87,8 +88,11 @@ def test_rms_norm_matches_llama(dtype):
 
 def test_activation_names():
     x = torch.linspace(-3, 3, 13)
-    assert torch.equal(get_activation("relu")(x), torch.relu(x))
+    assert input_act("relu") == "relu" and input_act("silu", gated=True) == "silu_and_mul"
+    assert torch.equal(input_act_reference(x, input_act("relu")), torch.relu(x))
     bloom_gelu = x * 0.5 * (1.0 + torch.tanh(0.79788456 * x * (1 + 0.044715 * x * x)))
-    assert torch.allclose(get_activation("gelu_pytorch_tanh")(x), bloom_gelu, atol=1e-6)
+    assert torch.allclose(input_act_reference(x, input_act("gelu_pytorch_tanh")), bloom_gelu, atol=1e-6)
+    gate_up = torch.cat([x, x + 1])
+    assert torch.equal(input_act_reference(gate_up, input_act("swish", gated=True)), torch.nn.functional.silu(x) * (x + 1))
     with pytest.raises(ValueError, match="hidden_act must be one of"):
-        get_activation("swiglu-ish")
+        input_act("swiglu-ish")

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from helpers.markers import needs_interpreter
 from helpers.quant_cases import check_kernel, make_case
 from shardserve.kernels import tuned_gemm
+from shardserve.kernels.act_and_mul import input_act_reference
 from shardserve.kernels.gemm_kernels import CUBLAS, KernelConfig
 from shardserve.kernels.tuned_gemm import (
     CUBLAS_MARGIN,
@@ -125,7 +126,7 @@ def test_tune_keeps_cublas_unless_a_kernel_beats_it(times, expected):
 def test_16bit_batches_tune_once_per_row_class_and_a_cublas_choice_is_f_linear(monkeypatch):
     tuned = []
 
-    def tune(x2, weight, scale, bias, configs, timer):
+    def tune(x2, weight, scale, bias, configs, timer, input_act):
         assert scale is None and configs == candidates(x2.shape[0], N, K, 132, weight.dtype)
         tuned.append(x2.shape[0])
         return (CUBLAS if x2.shape[0] == 1 else DOT[0]), {}
@@ -176,13 +177,14 @@ def test_cpu_layers_and_lm_head_are_exactly_f_linear(dtype, monkeypatch):
 def test_unquantised_layers_take_the_tuned_path_at_decode_sizes(monkeypatch):
     """With fused kernels on and a weight the kernels take (here: CPU tensors through the
     interpreter, standing in for a GPU), decode-sized batches go through tuned_linear, whose
-    tuned kernel the layer output then matches; prefill-sized ones stay F.linear."""
+    tuned kernel the layer output then matches (a row-parallel layer's input activation fused
+    in); prefill-sized ones stay F.linear, after the activation."""
     calls = []
 
-    def recording(x, weight, scale, bias):
-        calls.append(x.shape[0])
+    def recording(x, weight, scale, bias, input_act=None):
+        calls.append((x.shape[0], input_act))
         assert scale is None
-        return tuned_linear(x, weight, scale, bias)
+        return tuned_linear(x, weight, scale, bias, input_act=input_act)
 
     monkeypatch.setattr(quant, "use_fused_kernels", lambda x: True)
     monkeypatch.setattr(quant, "kernel_applies", lambda x, w: w.dtype == x.dtype)
@@ -193,10 +195,14 @@ def test_unquantised_layers_take_the_tuned_path_at_decode_sizes(monkeypatch):
     column, row, head = _layers(torch.float16)
     for tokens in (1, 3, DECODE_MAX_TOKENS + 1):
         x = torch.randn(tokens, 96).half()
+        gate_up = torch.randn(tokens, 2 * 96).mul(2).half()
         with torch.no_grad():
             outs = [(column(x), F.linear(x.float(), column.weight.float(), column.bias.float())),
                     (row(x), F.linear(x.float(), row.weight.float())),
-                    (head.compute_logits(x), F.linear(x.float(), head.weight.float()))]
+                    (head.compute_logits(x), F.linear(x.float(), head.weight.float())),
+                    (row(gate_up, input_act="silu_and_mul"),
+                     F.linear(input_act_reference(gate_up, "silu_and_mul").float(), row.weight.float()))]
         for out, ref in outs:
             assert (out.float() - ref).norm() / ref.norm() < TOL[torch.float16]
-    assert calls == [1] * 3 + [3] * 3  # 65 rows: prefill, F.linear
+    # 65 rows: prefill, F.linear
+    assert calls == [(m, act) for m in (1, 3) for act in (None, None, None, "silu_and_mul")]

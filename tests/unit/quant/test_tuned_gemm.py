@@ -106,7 +106,7 @@ def test_tune_takes_the_fastest_config_that_is_right(monkeypatch, caplog):
 def test_decode_batches_tune_once_per_row_class_and_never_while_capturing(monkeypatch):
     tuned = []
 
-    def tune(x2, qweight, scale, bias, configs, timer):
+    def tune(x2, qweight, scale, bias, configs, timer, input_act):
         tuned.append(x2.shape[0])
         return configs[-1], {}
 
