@@ -1,8 +1,8 @@
 """The tuned linear path on the GPU: every path of tuned_linear against its reference on random
 inputs (int8, fp8 and 16-bit weights, fp16 and bf16 activations, decode and prefill shapes,
 forced tilings, every config the tuner may pick, the tuned choice itself), inside a CUDA graph,
-the quantised and unquantised layers' (and the LM head's) choice of path, and FP8
-torch._scaled_mm on Hopper."""
+the quantised and unquantised layers' (and LM heads', 8-bit when untied and quantised) choice
+of path, FP8 torch._scaled_mm on Hopper, and input activations fused into the matmul."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from shardserve.kernels.tuned_gemm import (
     tuned_linear,
 )
 from shardserve.layers import quant
-from shardserve.layers.embedding import VocabParallelEmbedding
+from shardserve.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from shardserve.layers.linear import ColumnParallelLinear, RowParallelLinear
 
 # Output rounding of one half-precision value, as a relative error over many: fp16 2^-11, bf16 2^-8.
@@ -161,7 +161,9 @@ def _check_graph_replay(x, weight, scale, bias, config, reference, input_act=Non
 
 
 @pytest.mark.parametrize("quantization", ["int8", pytest.param("fp8", marks=FP8_WEIGHTS.marks)])
-def test_layer_uses_the_kernel_for_decode_and_stays_within_the_bound(quantization, monkeypatch):
+@pytest.mark.parametrize("kind", ["column", "lm_head"])
+def test_layer_uses_the_kernel_for_decode_and_stays_within_the_bound(kind, quantization, monkeypatch):
+    """A quantised linear layer, and the untied LM head quantised with it (compute_logits)."""
     calls = []
     monkeypatch.setattr(kernels, "_enabled", True)  # an earlier engine may have switched them off
     monkeypatch.setattr(quant, "tuned_linear", lambda *a, **k: calls.append(a[0].shape[0]) or tuned_linear(*a, **k))
@@ -169,17 +171,21 @@ def test_layer_uses_the_kernel_for_decode_and_stays_within_the_bound(quantizatio
     torch.set_default_dtype(torch.bfloat16)
     try:
         with torch.device("cuda"), quant.linear_quantization(quantization):
-            layer = ColumnParallelLinear(1024, 768, bias=True)
+            layer = ColumnParallelLinear(1024, 768, bias=True) if kind == "column" else ParallelLMHead(768, 1024)
     finally:
         torch.set_default_dtype(previous)
     gen = torch.Generator().manual_seed(0)
     w, b = torch.randn(768, 1024, generator=gen), torch.randn(768, generator=gen)
     layer.weight.weight_loader(layer.weight, w.bfloat16(), None)
-    layer.bias.weight_loader(layer.bias, b.bfloat16(), None)
+    if kind == "column":
+        layer.bias.weight_loader(layer.bias, b.bfloat16(), None)
+    else:  # no bias, float32 logits
+        b = torch.zeros(768)
+        assert layer.weight.dtype == quant.get_linear_method(quantization).qdtype
     for tokens in (1, 4, 300):  # all through tuned_linear, except bf16 fp8 prefill on Hopper: fp8 GEMM
         x = torch.randn(tokens, 1024, generator=gen).bfloat16()
         with torch.no_grad():
-            out = layer(x.cuda()).float().cpu()
+            out = (layer(x.cuda()) if kind == "column" else layer.compute_logits(x.cuda())).float().cpu()
         w16 = w.bfloat16().float()  # what the checkpoint held
         ref = x.float() @ w16.T + b.bfloat16().float()
         # Beyond the quantisation bound: bf16 rounding of the output and of dequantised weights

@@ -251,8 +251,9 @@ def decode_bytes(
     config: ModelConfig, dtype: torch.dtype, batch: int, mean_context: float, quantization: str | None = None
 ) -> float:
     """Bytes one decode step must read with one GPU: every weight except lookup-only embedding
-    tables (the LM head counts; a tied embedding counts once) in the bytes it is stored in (8-bit
-    weights and their scales when quantized), plus the KV cache of the batch."""
+    tables (the LM head counts; a tied embedding counts once) in the bytes it is stored in (when
+    quantized, 8-bit linear weights and an untied LM head, each with its float32 scales; a tied
+    head stays 16-bit), plus the KV cache of the batch."""
     from shardserve.layers.embedding import VocabParallelEmbedding
     from shardserve.models import create_model
 

@@ -2,9 +2,9 @@
 
 Weights (layers/quant.py stores them), [N, K] row-major:
   8-bit   int8 | float8_e4m3fn and one float32 scale per output row, W ~= weight * scale[:, None]
-          (symmetric, per output channel): the quantised linear layers.
-  16-bit  the activation dtype (fp16 | bf16) and no scale: the unquantised linear layers and the
-          LM head.
+          (symmetric, per output channel): the quantised linear layers and an untied LM head.
+  16-bit  the activation dtype (fp16 | bf16) and no scale: the unquantised linear layers and LM
+          heads, and a tied LM head (the embedding table) in any case.
 
 Decode steps multiply a few rows of activations by every weight of the model, so their time is
 the time to read the weights. The kernels read each weight once and accumulate in float32; an

@@ -3,10 +3,12 @@
 A *linear method* is chosen when a layer is built, from the scoped setting
 `linear_quantization(name)` that models.create_model enters while it constructs a model (as
 torch.device("meta") scopes where its tensors go), so model files do not change and every
-linear layer type (replicated, column, row, merged, qkv) is quantised the same way. Embeddings
-and the LM head are not linear layers and keep the model dtype.
+linear layer type (replicated, column, row, merged, qkv) is quantised the same way, and so is
+the LM head of an untied model (layers/embedding.py ParallelLMHead: an output projection only,
+the largest weight a decode step reads). Embedding tables keep the model dtype, lookups read
+their rows, and so does a tied LM head, which is the input embedding table.
 
-8-bit weight-only storage, this rank's part of each linear layer:
+8-bit weight-only storage, this rank's part of each linear layer (and of an untied LM head):
   weight        [out, in] int8 | float8_e4m3fn
   weight_scale  [out] float32,  W ~= weight * weight_scale[:, None]  (symmetric, per output row)
 Quantisation happens inside the weight_loader, one checkpoint slice at a time (the rows of a
@@ -27,9 +29,10 @@ pass and run one cuBLAS matmul, except FP8 with bf16 activations on Hopper, whic
 activations too and uses torch._scaled_mm (kernels/fp8_gemm.py). CPUs run the reference, which
 is the definition of all of them.
 
-Unquantised layers (and the LM head, layers/embedding.py) multiply through `dense_linear`: F.linear,
-except decode-sized fp16/bf16 batches on a GPU, where the same tuner picks per layer shape between
-cuBLAS and the Triton kernels reading the 16-bit weight (cuBLAS unless a kernel measured faster).
+Unquantised layers (and unquantised or tied LM heads, layers/embedding.py) multiply through
+`dense_linear`: F.linear, except decode-sized fp16/bf16 batches on a GPU, where the same tuner
+picks per layer shape between cuBLAS and the Triton kernels reading the 16-bit weight (cuBLAS
+unless a kernel measured faster).
 
 Input activation: `apply(layer, x, bias, input_act)` multiplies by input_act(x)
 (kernels/act_and_mul.py), the activation between an MLP's two matmuls, which the second one

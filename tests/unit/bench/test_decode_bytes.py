@@ -1,5 +1,6 @@
 """Bandwidth utilisation counts the bytes a decode step reads: 8-bit weights read half the bytes
-of 16-bit ones (plus a float32 scale per output row); lookup-only embeddings are not read."""
+of 16-bit ones (plus a float32 scale per output row), an untied LM head included; lookup-only
+embeddings are not read."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def test_8bit_weights_count_one_byte_and_their_scales(tiny_checkpoint, quantizat
     scales = [p for name, p in model.named_parameters() if name.endswith("weight_scale")]
     quantized = [p for p in model.parameters() if p.dtype in (torch.int8, torch.float8_e4m3fn)]
     assert scales and len(scales) == len(quantized)
+    assert not config.tie_word_embeddings and model.lm_head.weight.dtype in (torch.int8, torch.float8_e4m3fn)
     saved = sum(p.numel() for p in quantized) - sum(4 * s.numel() for s in scales)  # 2 -> 1 byte, + scales
     assert half - eight == saved
 

@@ -8,14 +8,16 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from helpers.tp import as_rank
+from shardserve.kernels.gemm_kernels import dequantize, quantize_rows
 from shardserve.layers import embedding as embedding_module
-from shardserve.layers.embedding import VocabParallelEmbedding
+from shardserve.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from shardserve.layers.linear import (
     ColumnParallelLinear,
     MergedColumnParallelLinear,
     QKVParallelLinear,
     RowParallelLinear,
 )
+from shardserve.layers.quant import linear_quantization
 from shardserve.weights.params import narrow
 
 gen = torch.Generator().manual_seed(0)
@@ -123,3 +125,37 @@ def test_vocab_embedding_pads_and_masks(world_size, monkeypatch):
     monkeypatch.setattr(embedding_module, "all_reduce", lambda x: x)
     ids = torch.tensor([0, 12, 5, 3, 12, 7])
     assert torch.allclose(sum(layer(ids) for layer in ranks), table[ids])
+
+
+@pytest.mark.parametrize("quantization", ["int8", "fp8"])
+@pytest.mark.parametrize("world_size", [1, 4])
+def test_untied_lm_head_is_quantised_per_rank_with_zero_padding(world_size, quantization):
+    """The vocab split of the embedding, each rank's rows quantised as quantize_rows does, its
+    padding rows zero; the ranks' logit columns (what compute_logits all-gathers) are the
+    dequantised table's. An embedding built in the same scope stays in the model dtype."""
+    vocab, dim = 13, 6  # 4 ranks: 4 rows each, the last with 3 of padding
+    table = _randn(vocab, dim)
+
+    def make():
+        with linear_quantization(quantization):
+            return ParallelLMHead(vocab, dim), VocabParallelEmbedding(vocab, dim)
+
+    heads, embeddings = [], []
+    for rank in range(world_size):
+        with as_rank(rank, world_size):
+            head, embedding = make()
+        for layer, built in ((head, heads), (embedding, embeddings)):
+            layer.to_empty(device="cpu")
+            _load(layer, "weight", table)
+            built.append(layer)
+    q, scale = torch.cat([h.weight for h in heads]), torch.cat([h.weight_scale for h in heads])
+    want_q, want_scale = quantize_rows(table, q.dtype)
+    assert q.dtype in (torch.int8, torch.float8_e4m3fn) and len(q) == world_size * -(-vocab // world_size)
+    assert torch.equal(q[:vocab].view(torch.uint8), want_q.view(torch.uint8)) and torch.equal(scale[:vocab], want_scale)
+    assert torch.all(q[vocab:].view(torch.uint8) == 0) and torch.all(torch.isfinite(scale))
+    assert all(e.weight.dtype == torch.float32 for e in embeddings)
+    hidden = _randn(3, dim)
+    logits = torch.cat([h.quant_method.apply(h, hidden, None) for h in heads], dim=-1)[:, :vocab]
+    assert torch.allclose(logits, hidden @ dequantize(want_q, want_scale, torch.float32).T, atol=1e-6)
+    if world_size == 1:
+        assert torch.equal(heads[0].compute_logits(hidden), logits)

@@ -91,16 +91,18 @@ def test_every_linear_type_on_two_ranks():
     assert not torch.equal(per_rank[0][row]["stored"][1], per_rank[1][row]["stored"][1])
 
 
-def test_model_keeps_embeddings_head_and_norms_in_model_dtype(tiny_checkpoint):
-    config = ModelConfig.from_hf(tiny_checkpoint("llama", tie_word_embeddings=False))
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_linear_layers_and_an_untied_head_are_8bit_embeddings_and_norms_keep_the_model_dtype(tiny_checkpoint, tied):
+    config = ModelConfig.from_hf(tiny_checkpoint("llama", tie_word_embeddings=tied))
     model = create_model(config, torch.bfloat16, "int8")
     dtypes = {name: p.dtype for name, p in model.named_parameters()}
-    linear = [n for n in dtypes if n.endswith("proj.weight")]
-    assert len(linear) == 4 * config.num_layers and all(dtypes[n] == torch.int8 for n in linear)
+    linear = [n for n in dtypes if n.endswith("proj.weight")] + ([] if tied else ["lm_head.weight"])
+    assert len(linear) == 4 * config.num_layers + (not tied) and all(dtypes[n] == torch.int8 for n in linear)
     assert all(dtypes[n.removesuffix("weight") + "weight_scale"] == torch.float32 for n in linear)
     others = [n for n in dtypes if n not in linear and not n.endswith("weight_scale")]
     assert {dtypes[n] for n in others} == {torch.bfloat16}
-    assert "lm_head.weight" in others and "model.embed_tokens.weight" in others
+    # A tied head is the embedding table (one parameter, looked up): never quantised.
+    assert "model.embed_tokens.weight" in others and (model.lm_head is model.model.embed_tokens) == tied
 
 
 def test_unsupported_options_are_value_errors_naming_them():

@@ -10,12 +10,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 
 from helpers.forward import prefill_logits
 from shardserve import LLM, SamplingParams
 from shardserve.cli import main as cli_main
+from shardserve.kernels.gemm_kernels import quantize_rows
 from shardserve.models import load_model
 from shardserve.models.config import ModelConfig
+from shardserve.weights.random_init import random_tensor
 
 PROMPTS = [[1, 17, 301, 45, 260, 99, 7, 411, 23], [1, 480, 3], [1, *range(40, 500, 37)]]
 # quantization -> (min cosine over positions, mean cosine, greedy agreement)
@@ -52,6 +55,23 @@ def test_random_8bit_weights_are_the_quantised_random_weights(tiny_checkpoint):
     ref = _logits(path, load_format="random")
     got = _compare(_logits(path, "int8", load_format="random"), ref)
     assert got[0] >= LIMITS["int8"][0], got
+
+
+@pytest.mark.parametrize("load_format", ["auto", "random"])
+def test_untied_head_loads_quantised(tiny_checkpoint, load_format):
+    """From an HF checkpoint and from random init: the 8-bit head holds quantize_rows of the
+    model-dtype tensor its loader was given (sliced per rank: tests/unit/layers)."""
+    path = tiny_checkpoint("llama")  # untied
+    model = load_model(ModelConfig.from_hf(path), path, torch.float32, "cpu", load_format=load_format,
+                       quantization="fp8")
+    if load_format == "random":
+        full = random_tensor(0, "lm_head.weight", None, model.lm_head.weight.shape, torch.float32, "cpu")[:]
+    else:
+        with safe_open(path / "model.safetensors", framework="pt") as f:
+            full = f.get_tensor("lm_head.weight")
+    q, scale = quantize_rows(full, torch.float8_e4m3fn)
+    assert torch.equal(model.lm_head.weight.view(torch.uint8), q.view(torch.uint8))
+    assert torch.equal(model.lm_head.weight_scale, scale)
 
 
 def test_engine_and_cli_generate_with_int8(tiny_checkpoint, capsys):

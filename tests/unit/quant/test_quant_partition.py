@@ -44,6 +44,10 @@ def test_manifest_lists_8bit_weights_with_their_scales(int8_tp2):
     assert qkv["quantization"] == {"scheme": "int8", "scale": "model.layers.0.self_attn.qkv_proj.weight_scale"}
     assert tensors[qkv["quantization"]["scale"]]["dtype"] == "float32"
     assert tensors["model.embed_tokens.weight"]["dtype"] == "float32"  # embeddings stay as they were
+    # The untied LM head is 8-bit too: this rank's vocab rows, each with its scale.
+    head = tensors["lm_head.weight"]
+    assert head["dtype"] == "int8" and head["shape"] == [manifest["config"]["vocab_size"] // 2, qkv["shape"][1]]
+    assert head["quantization"] == {"scheme": "int8", "scale": "lm_head.weight_scale"}
     for f in manifest["files"]:
         assert len(f["block_sha256"]) == -(-f["bytes"] // f["block_bytes"])
 
