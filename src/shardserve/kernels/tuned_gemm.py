@@ -102,17 +102,22 @@ def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype =
     fills the GPU (the same config where N alone does), and for m <= GEMV_MAX_TOKENS the GEMV with
     16x512 and 32x256 tiles likewise (num_warps so each thread keeps 64 float32 accumulators: 4
     for one row, 8 for two).
-      8-bit weights: dot 32x256 and 64x256. At most 8 configs.
+      8-bit weights: dot 32x256 and 64x256, and below 17 rows also 16x256 and 32x512: at 3-16
+        rows the dot kernel is the only 8-bit one, and read just 2.1-3.3 TB/s on an H200 with
+        the first two (narrower tiles spread a small N over more SMs; a longer K tile gives
+        each program more bytes in flight). At most 12 configs, 8 past 2 rows, 4 past 16.
       16-bit weights: cuBLAS, then dot tiles of the same 16 KB (twice the bytes per element):
         32x256, 64x128, and below 17 rows also 16x256 (384 programs for qkv's 6144 outputs
         balance 132 SMs better than 192). At most 11 configs, 7 past 2 rows, 5 past 16.
-    A compile is one (tile, split or not, dtypes, bias or not) and serves every layer shape: for
-    a bf16 Llama, 22 compiles over the row classes 1..64 (dot 6 + 4 + 4, GEMV 4 + 4)."""
+    A compile is one (tile, split or not, dtypes, bias or not, input activation) and serves every
+    layer shape: for a bf16 Llama, 22 compiles over the row classes 1..64 (dot 6 + 4 + 4, GEMV
+    4 + 4), and at most as many again for down_proj with its gated SiLU (an activation is a
+    compile of its own)."""
     out = [pick_config(m, n, k, num_sms, weight_dtype)]
     block_m, stages = _dot_rows(m)
     m_tiles = -(-m // block_m)
     if weight_dtype in QMAX:
-        dot_tiles = [(32, 256), (64, 256)]
+        dot_tiles = [(32, 256), (64, 256)] + ([(16, 256), (32, 512)] if block_m == 16 else [])
     else:
         dot_tiles = [(32, 256), (64, 128)] + ([(16, 256)] if block_m == 16 else [])
     for bn, bk in dot_tiles:
