@@ -102,6 +102,7 @@ class LLM:
         self.outputs = OutputProcessor(self.tokenizer)
         self._ids = itertools.count()
         self._inflight: SchedulerOutput | None = None  # launched, not updated
+        self._profiling = False
         # Warm-up (CUDA graph capture) is reported apart from loading the weights.
         self.warmup_seconds = self.executor.call("warmup_seconds")
         self.load_seconds = time.perf_counter() - started - self.warmup_seconds
@@ -164,6 +165,21 @@ class LLM:
                     self.scheduler.finish(request.request_id, FinishReason.STOP)
             outputs.append(self.outputs.output(request))
         return outputs
+
+    def start_profile(self, out_dir: str) -> None:
+        """Profile every rank from here to `stop_profile()` (engine/profiler.py): one trace and
+        one summary per rank in `out_dir`."""
+        if self._profiling:  # checked here: a rank that raises takes the engine down
+            raise RuntimeError("the profiler is already running: stop_profile() first")
+        self.executor.call("start_profile", out_dir)
+        self._profiling = True
+
+    def stop_profile(self) -> list[str]:
+        """Stop profiling and write the files; returns rank 0's (the others' sit beside them)."""
+        if not self._profiling:
+            raise RuntimeError("the profiler is not running: start_profile(dir) first")
+        self._profiling = False
+        return self.executor.call("stop_profile")
 
     def stats(self) -> dict:
         bm = self.scheduler.block_manager

@@ -19,6 +19,7 @@ import torch
 
 from shardserve.config import EngineConfig, torch_dtype
 from shardserve.engine.cuda_graphs import DecodeGraphs
+from shardserve.engine.profiler import RankProfiler
 from shardserve.engine.request import PLACEHOLDER
 from shardserve.engine.sampler import Sampler, on_device, read_samples
 from shardserve.engine.scheduler import ScheduledSeq, SchedulerOutput
@@ -120,6 +121,7 @@ class ModelRunner:
         # only with none in flight), so the step after that never overwrites unread tokens.
         self._host_buffers = [HostBuffers(config.max_num_seqs, device) for _ in range(2)] if rank == 0 else []
         self._num_sampling_steps = 0
+        self.profiler = RankProfiler(rank, device)
 
     # -- KV cache --------------------------------------------------------------------------
     def bytes_per_block(self) -> int:
@@ -188,6 +190,12 @@ class ModelRunner:
             rows *= 2
         torch.cuda.synchronize(dev)
         return time.perf_counter() - started
+
+    def start_profile(self, out_dir: str) -> None:
+        self.profiler.start(out_dir)
+
+    def stop_profile(self) -> list[str]:
+        return self.profiler.stop()
 
     def load_phases(self) -> dict:
         """This rank's load: seconds per phase and bytes read (weights/fast_read.LoadStats)."""
