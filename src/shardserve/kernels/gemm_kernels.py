@@ -41,8 +41,12 @@ prologue, to each x tile as it is loaded (`act_tile`: gate at column k, up at co
 float32 math rounded to the activation dtype as the reference rounds), so no activation kernel
 and no round trip of its output through memory runs between the two matmuls (one launch and ~3 us
 per layer at decode). Given the same config, the fused result is the unfused kernel's on
-`act_kernel`'s output, bit for bit. "cublas" and "dequant" apply the activation first
-(`apply_input_act`: the unfused layers' own step) and then multiply.
+`act_kernel`'s output, bit for bit (except that a K split's atomic adds on a GPU come in no
+fixed order, fused or not). That unfused form is a config too (`fuse_act=False`): the prologue
+recomputes the activation in every program that reads an x tile, N / BLOCK_N times over, and
+for all BLOCK_M rows of a dot tile (16 at least, however few are real), which can cost more ALU
+time than the separate kernel costs, so the tuner times both. "cublas" and "dequant" apply the
+activation first (`apply_input_act`: the unfused layers' own step) and then multiply.
 
 `linear_reference` (dequantise, then one ordinary matmul) is the definition the kernels are
 tested against and the CPU path. Triton is optional: without it only the reference and the
@@ -64,7 +68,7 @@ if _has_triton:
     import triton
     import triton.language as tl
 
-    from shardserve.kernels.act_and_mul import act_tile
+    from shardserve.kernels.act_and_mul import act_kernel, act_tile
 
 QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}  # largest magnitude of each format
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -109,12 +113,14 @@ class KernelConfig:
     num_warps: int = 4
     num_stages: int = 4
     kernel: str = "dot"  # "dot" | "gemv" | "cublas" (16-bit) | "dequant" (8-bit prefill): tiles unused
+    # With an input activation, "dot" / "gemv": in the prologue (True) or by act_kernel first.
+    fuse_act: bool = True
 
     def __str__(self) -> str:  # for logs and benchmark tables
         if self.kernel in ("cublas", "dequant"):
             return self.kernel
         return (f"{self.kernel} {self.block_m}x{self.block_n}x{self.block_k} split {self.split_k} "
-                f"warps {self.num_warps} stages {self.num_stages}")
+                f"warps {self.num_warps} stages {self.num_stages}" + ("" if self.fuse_act else " act apart"))
 
 
 DEQUANT = KernelConfig(0, 0, 0, 1, kernel="dequant")
@@ -296,6 +302,8 @@ def run_config(cfg: KernelConfig, x2: torch.Tensor, weight: torch.Tensor, scale:
     x2's dtype."""
     m = x2.shape[0]
     n, k = weight.shape
+    if input_act is not None and not cfg.fuse_act and cfg.kernel in ("dot", "gemv"):
+        x2, input_act = act_kernel(x2, input_act), None  # the prologue's float32 code: the same bits
     act, gated = split_input_act(input_act)
     assert x2.shape[1] == (2 * k if gated else k)
     if cfg.kernel == "cublas":

@@ -6,12 +6,13 @@ cublas, dequant) live in kernels/gemm_kernels.py; this module chooses among them
 Tiles: at decode sizes on a CUDA device, the first eager call per (row class, N, K, dtypes,
 device, input activation) times the `candidates` on the real inputs under CUDA-graph replay, as
 decode runs, and caches the fastest (`_TUNED`); a kernel must beat cuBLAS by CUBLAS_MARGIN to
-replace it. With an input activation every candidate is timed with it: fused into the kernels'
-prologue, or for cuBLAS its own kernel followed by F.linear, so the choice weighs both costs. The
-engine runs every decode batch bucket eagerly before capturing its graph, so tuning happens then;
-during a capture, on the CPU and with tuning off (SHARDSERVE_GEMM_TUNE=0, or `TUNE = False`)
-`pick_config` decides: cuBLAS for 16-bit weights, for 8-bit ones a heuristic fitted to an H200
-sweep. Triton compiles each config once per process (and caches it on disk); M and the K
+replace it. With an input activation every candidate is timed with it: fused into a kernel's
+prologue, or as its own kernel before the same kernel (`fuse_act=False`) or before cuBLAS, so
+the choice weighs what fusing saves against what it recomputes. The engine runs every decode
+batch bucket eagerly before capturing its graph, so tuning happens then; during a capture, on
+the CPU and with tuning off (SHARDSERVE_GEMM_TUNE=0, or `TUNE = False`) `pick_config` decides:
+cuBLAS for 16-bit weights, for 8-bit ones a heuristic fitted to an H200 sweep (activation
+fused). Triton compiles each config once per process (and caches it on disk); M and the K
 split are runtime values (Triton specialises N, K and the strides only on divisibility by 16),
 so one compile serves every layer shape.
 """
@@ -23,6 +24,7 @@ import logging
 import os
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -96,12 +98,15 @@ def pick_config(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype 
     return KernelConfig(block_m, 64, block_k, split, num_stages=stages)
 
 
-def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype = torch.int8) -> list[KernelConfig]:
+def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype = torch.int8,
+               input_act: str | None = None) -> list[KernelConfig]:
     """What the tuner times for m <= DECODE_MAX_TOKENS rows, the untuned choice (`pick_config`)
     first, then the dot kernel's (BLOCK_N, BLOCK_K) tiles, each unsplit and with the K split that
     fills the GPU (the same config where N alone does), and for m <= GEMV_MAX_TOKENS the GEMV with
     16x512 and 32x256 tiles likewise (num_warps so each thread keeps 64 float32 accumulators: 4
-    for one row, 8 for two).
+    for one row, 8 for two). With an input activation, every kernel config also with the
+    activation apart (`fuse_act=False`: act_kernel, then the plain kernel), so fusing must win
+    its place too: twice the counts below, less cuBLAS.
       8-bit weights: dot 32x256 and 64x256, and below 17 rows also 16x256 and 32x512: at 3-16
         rows the dot kernel is the only 8-bit one, and read just 2.1-3.3 TB/s on an H200 with
         the first two (narrower tiles spread a small N over more SMs; a longer K tile gives
@@ -131,7 +136,10 @@ def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype =
             warps = max(4, bm * bn * bk // (32 * 64))
             for split in (1, _fill_split(-(-n // bn), k, bk, num_sms, most=4)):
                 out.append(KernelConfig(bm, bn, bk, split, warps, 4, kernel="gemv"))
-    return list(dict.fromkeys(out))  # duplicates removed, order kept
+    out = list(dict.fromkeys(out))  # duplicates removed, order kept
+    if input_act is not None:
+        out += [replace(c, fuse_act=False) for c in out if c.kernel in ("dot", "gemv")]
+    return out
 
 
 def tuned_linear(
@@ -179,8 +187,8 @@ def chosen_config(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | N
         return pick_config(m, n, k, num_sms, weight.dtype)
     started = time.perf_counter()
     try:
-        cfg, times = _tune(as_rows(x), weight, scale, bias, candidates(m, n, k, num_sms, weight.dtype), _graph_time_us,
-                           input_act)
+        configs = candidates(m, n, k, num_sms, weight.dtype, input_act)
+        cfg, times = _tune(as_rows(x), weight, scale, bias, configs, _graph_time_us, input_act)
     except Exception:  # tuning only buys speed: never let it fail a forward pass
         logger.warning("tuned_linear %s: tuning failed, using the heuristic", key, exc_info=True)
         cfg, times = pick_config(m, n, k, num_sms, weight.dtype), {}

@@ -8,6 +8,8 @@ Small odd shapes and float16 keep the interpreter quick (its bfloat16 tl.dot is 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -16,6 +18,7 @@ from helpers.markers import needs_interpreter
 from shardserve.kernels import tuned_gemm
 from shardserve.kernels.act_and_mul import act_kernel, input_act_reference
 from shardserve.kernels.gemm_kernels import CUBLAS, DEQUANT, KernelConfig
+from shardserve.kernels.tuned_gemm import candidates
 from shardserve.layers import quant
 from shardserve.layers.linear import RowParallelLinear
 
@@ -41,6 +44,18 @@ def test_every_path_fuses_the_activation_bit_for_bit(act, qdtype):
 
 def test_gated_rows_read_through_a_strided_view():
     check_fused_act(M, N, K, torch.int8, torch.float16, "cpu", KERNELS[1], "silu_and_mul", tol=1.5e-3, strided=True)
+
+
+@pytest.mark.parametrize("act", ["silu_and_mul", "gelu_tanh"])
+def test_activation_apart_is_a_candidate_with_the_same_bits(act):
+    """fuse_act=False (act_kernel, then the plain kernel) computes what the fused config does, so
+    the tuner may take either; every kernel candidate comes both ways, cuBLAS once."""
+    for config in (KERNELS[0], KERNELS[3]):
+        check_fused_act(M, N, K, torch.int8, torch.float16, "cpu", replace(config, fuse_act=False), act, tol=1.5e-3)
+    for weight_dtype in (torch.int8, torch.float16):
+        plain = candidates(1, 4096, 14336, 132, weight_dtype)
+        kernels = [c for c in plain if c.kernel in ("dot", "gemv")]
+        assert candidates(1, 4096, 14336, 132, weight_dtype, act) == plain + [replace(c, fuse_act=False) for c in kernels]
 
 
 def _fake_timer(times: dict, seen: list):
