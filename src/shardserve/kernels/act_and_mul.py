@@ -8,13 +8,14 @@ matmul's `input_act` (layers/quant.py, kernels/tuned_gemm.py), which applies it 
 `input_act_reference` is the definition (torch, the CPU path): the activation in float32 rounded
 to x's dtype, and for the gated ones that rounded value times up, rounded again (HF rounds silu's
 output before the product). `act_tile` is the same in Triton, on a tile: the decode GEMM kernels
-(kernels/gemm_kernels.py) call it in their prologue, and `act_kernel` runs it on its own (for
-gated SiLU on GPUs, `silu_and_mul`, what the unfused layers run). Same float32 code in both, so a
-GEMM fed by `act_kernel` and the GEMM that fuses `act_tile` agree bit for bit. Against torch,
-relu and gated SiLU's product are exact, while silu, erf and tanh-gelu come from other float32
-formulas (torch: its own exp / erf / tanh): the activation then differs from torch's in the last
-bit of the activation dtype now and then (a few ulps at most in GELU's negative tail, where
-1 + erf(x) cancels).
+(kernels/gemm_kernels.py) call it in their prologue, and `act_kernel` runs it on its own (as
+`silu_and_mul`, what the unfused layers run for gated SiLU on GPUs, and before a GEMM config
+that keeps the activation apart). Same float32 code in both, so a GEMM fed by `act_kernel` and
+the GEMM that fuses `act_tile` agree bit for bit. Against torch, relu and gated SiLU's product
+are exact, while silu, erf and tanh-gelu come from other float32 formulas (torch: its own exp /
+erf / tanh): the activation then differs from torch's in the last bit of the activation dtype
+now and then (a few ulps at most in GELU's negative tail, where torch's 1 + erf / 1 + tanh
+cancels).
 """
 
 from __future__ import annotations
