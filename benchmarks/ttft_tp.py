@@ -58,7 +58,8 @@ def profile_prefill(tp: int) -> dict:
         llm.start_profile(str(OUT / "profile"))
         llm.generate(batch, one)
         llm.stop_profile()
-    print((OUT / "profile" / "rank0.txt").read_text()[:12000], flush=True)
+    for rank in range(tp):
+        print(f"---- rank {rank}\n" + (OUT / "profile" / f"rank{rank}.txt").read_text()[:15000], flush=True)
     return {"ttft_ms": times}
 
 
