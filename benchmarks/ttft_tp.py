@@ -2,7 +2,7 @@
 time to first token (generate with max_new_tokens=1, 10 reps) of our engine at TP over every GPU
 (up to 4) with one knob changed per variant, and at TP1 on one GPU; then, where the engine can
 profile its ranks, one prefill under torch's profiler on every rank ($OUT/profile/).
-Run on the device: PYTHONPATH=src python3 benchmarks/ttft_tp.py"""
+Run on the device: PYTHONPATH=src python3 benchmarks/ttft_tp.py [--no-ablation]"""
 
 from __future__ import annotations
 
@@ -65,6 +65,7 @@ def profile_prefill(tp: int) -> dict:
 
 if __name__ == "__main__":
     stage(f"profile_tp{TP}", lambda: profile_prefill(TP), 60, 560)
-    stage(f"ttft_tp{TP}", lambda: ttft(TP, VARIANTS), 150, 560)
+    if "--no-ablation" not in sys.argv:
+        stage(f"ttft_tp{TP}", lambda: ttft(TP, VARIANTS), 150, 560)
     stage("ttft_tp1", lambda: ttft(1, {"tp": {}}), 60, 560)
     finish()
