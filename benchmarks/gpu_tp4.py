@@ -1,6 +1,6 @@
 """Four-GPU run (issue 6): fast all-reduce test and sweep, then OPT-30B fp16 TP4 vs Accelerate
 on the same GPUs, batch 4 x 256 new tokens. Run on the device:
-PYTHONPATH=src python3 benchmarks/gpu_tp4.py [--no-tests] [--sweep] [--llama-check]"""
+PYTHONPATH=src python3 benchmarks/gpu_tp4.py [--no-tests] [--quick] [--sweep] [--llama-check]"""
 
 from __future__ import annotations
 
@@ -17,13 +17,15 @@ os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
 os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
 
 
-def opt30b():
-    """TP over every GPU up to 4 (the issue's setting is 4; a 2-GPU machine runs TP2)."""
+def opt30b(quick: bool):
+    """TP over every GPU up to 4 (the issue's setting is 4; a 2-GPU machine runs TP2). quick: 5
+    reps and no NCCL-only variant, for a short device lease."""
     from shardserve.bench.latency import BenchConfig, run_bench
 
+    variants = {"tp": {}} if quick else {"tp": {}, "tp-nccl": {"extra": {"fast_all_reduce": False}}}
     cfg = BenchConfig(model="opt-30b", random_weights=True, tp=min(4, torch.cuda.device_count()), batch=4, prompt_len=32, new_tokens=256,
-                      reps=10, baseline_reps=3, dtype="fp16", check_tokens=16, out_dir=OUT,
-                      variants={"tp": {}, "tp-nccl": {"extra": {"fast_all_reduce": False}}})
+                      reps=5 if quick else 10, baseline_reps=3, dtype="fp16", check_tokens=16, out_dir=OUT,
+                      variants=variants)
     results, context = run_bench(cfg)
     return {"summary": {r.engine: r.summary() | {"load_s": r.load_s, "warmup_s": r.warmup_s} for r in results},
             "correctness": context.get("correctness"), "copy_GBps": context["copy_bandwidth_GBps"],
@@ -53,5 +55,5 @@ if __name__ == "__main__":
         stage("allreduce_sweep", sweep, 60, DEADLINE)
     if "--llama-check" in sys.argv:
         stage("llama_check", llama_check, 60, DEADLINE)
-    stage(f"opt30b_tp{min(4, torch.cuda.device_count())}", opt30b, 200, DEADLINE)
+    stage(f"opt30b_tp{min(4, torch.cuda.device_count())}", lambda: opt30b("--quick" in sys.argv), 150, DEADLINE)
     finish()
