@@ -42,7 +42,7 @@ def kernel_times(sweep: bool = False) -> dict:
     way the layers run them: tuned_linear with the config its tuner chose (logged with the tuner's
     own timings and how long tuning took, Triton compiles included), fp8 at 512 rows through
     torch._scaled_mm; at 512 rows also the dot kernel at prefill tiles (the alternative to
-    dequantise + cuBLAS). Also the LM head (128256 x 4096), bf16 only (it is never quantised).
+    dequantise + cuBLAS). Also the LM head (128256 x 4096), quantised with the layers.
     Weight GB/s counts the weight bytes each reads once. *_us come from triton's do_bench_cudagraph,
     which reads a weight smaller than L2 (o_proj's 32 MB in bf16) partly from L2; *_hbm_us use the
     tuner's own timer (calls rotate over weight copies >= 2x L2, as a decode step streams every
@@ -84,7 +84,7 @@ def kernel_times(sweep: bool = False) -> dict:
     try:
         for name, (n, k) in shapes.items():
             w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
-            packed = {} if name == "lm_head" else {q: quantize_rows(w, dt) for q, dt in QDTYPES.items()}
+            packed = {q: quantize_rows(w, dt) for q, dt in QDTYPES.items()}
             for m in (1,) if sweep else (1, 4, 16, 64, 512):
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
                 row = {"linear": name, "m": m, "bf16_us": us(F.linear, x, w)}
