@@ -37,32 +37,16 @@ def _thread_index():
 
 
 @triton.jit
-def _raise_flag(addrs, SEM: tl.constexpr):
-    """*addr 0 -> 1, waiting while it is still 1 (the peer has not taken the last flag yet)."""
+def _swap_flag(addrs, SEM: tl.constexpr, OLD: tl.constexpr, NEW: tl.constexpr):
+    """Wait until *addr == OLD, then set it to NEW, in one compare-and-swap at system scope."""
     tl.inline_asm_elementwise(
         f"""{{
-        .reg .u32 %old;
-        .reg .pred %taken;
+        .reg .u32 %seen;
+        .reg .pred %swapped;
         retry:
-        atom.global.{SEM}.sys.cas.b32 %old, [$1], 0, 1;
-        setp.eq.u32 %taken, %old, 0;
-        @!%taken bra retry;
-        }}""",
-        "=r, l", [addrs], dtype=tl.int32, is_pure=False, pack=1,
-    )
-
-
-@triton.jit
-def _take_flag(addrs, SEM: tl.constexpr):
-    """Wait for *addr == 1 and reset it to 0."""
-    tl.inline_asm_elementwise(
-        f"""{{
-        .reg .u32 %old;
-        .reg .pred %raised;
-        wait:
-        atom.global.{SEM}.sys.cas.b32 %old, [$1], 1, 0;
-        setp.eq.u32 %raised, %old, 1;
-        @!%raised bra wait;
+        atom.global.{SEM}.sys.cas.b32 %seen, [$1], {OLD}, {NEW};
+        setp.eq.u32 %swapped, %seen, {OLD};
+        @!%swapped bra retry;
         }}""",
         "=r, l", [addrs], dtype=tl.int32, is_pure=False, pack=1,
     )
@@ -78,8 +62,8 @@ def _meet_peers(signal_pads, slot, RANK: tl.constexpr, WORLD: tl.constexpr, TAKE
     from_peers = tl.load(pads + RANK).to(tl.pointer_type(tl.int32)) + slot * WORLD + peers
     tl.debug_barrier()  # every thread's accesses so far precede the release below
     if _thread_index() < WORLD:  # thread i holds element i of the [WORLD] address vectors
-        _raise_flag(to_peers, "release")
-        _take_flag(from_peers, TAKE_SEM)
+        _swap_flag(to_peers, "release", 0, 1)  # raise our flag once the peer took the last one
+        _swap_flag(from_peers, TAKE_SEM, 1, 0)  # take the peer's flag
     tl.debug_barrier()
 
 
