@@ -7,7 +7,6 @@ each layer runs exactly that code. Shared by the interpreter tests (CPU) and tes
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from shardserve.kernels import set_fused_kernels
 
@@ -61,11 +60,10 @@ def check_rotary(device, dtype, tol: float) -> float:
 
 
 def check_silu_and_mul(device, dtype, tol: float) -> float:
-    from shardserve.kernels.act_and_mul import silu_and_mul
-    from shardserve.layers.activation import act_and_mul
+    from shardserve.kernels.act_and_mul import input_act_reference, silu_and_mul
 
     x = (torch.randn(5, 2 * 1500, device=device) * 4).to(dtype)
-    ref = _reference(lambda: act_and_mul(F.silu, x))
+    ref = _reference(lambda: input_act_reference(x, "silu_and_mul"))
     return _rel(silu_and_mul(x), ref, tol)
 
 

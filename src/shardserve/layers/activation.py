@@ -8,13 +8,6 @@ activation kernel runs between the two matmuls.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import torch
-import torch.nn.functional as F
-
-from shardserve.kernels.act_and_mul import apply_input_act
-
 # HF hidden_act -> the activation's name in kernels/act_and_mul.py.
 _ACTIVATIONS = {
     "relu": "relu",
@@ -34,11 +27,3 @@ def input_act(hidden_act: str, gated: bool = False) -> str:
         raise ValueError(f"hidden_act must be one of {sorted(_ACTIVATIONS)}, got {hidden_act!r}")
     return _ACTIVATIONS[hidden_act] + ("_and_mul" if gated else "")
 
-
-def act_and_mul(act: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """x [T, 2 * inter] = [gate | up] -> act(gate) * up [T, inter] as a step of its own (one kernel
-    for SiLU on GPUs): what Llama MLPs ran before the down projection took the activation over."""
-    if act is F.silu:
-        return apply_input_act(x, "silu_and_mul")
-    gate, up = x.chunk(2, dim=-1)
-    return act(gate) * up
