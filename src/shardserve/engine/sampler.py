@@ -5,8 +5,8 @@ draw from p. A request with a seed owns a torch.Generator that only it advances,
 not depend on what else is in the batch.
 
 `sample` leaves the tokens on the device and never waits for the GPU (host values it needs go up
-through pinned memory; a repetition penalty takes each row's newest token, which may still be in
-flight, from the device), so the next step can be launched before this one's tokens are read;
+through pinned memory; a repetition penalty keeps each request's seen tokens on the device and
+adds its newest token, which may still be in flight, there), so the next step can be launched before this one's tokens are read;
 calling the sampler reads them at once. Every rank may run it: same logits (all-gathered), same
 generators, same tokens.
 """
@@ -24,10 +24,14 @@ class Sampler:
         self._generator = torch.Generator(device=device)
         self._generator.manual_seed(seed)
         self._request_generators: dict[str, torch.Generator] = {}
+        # Per request with a repetition penalty: bool [vocab], the tokens it has seen (prompt and
+        # every output that became an input), kept here so no step re-sends the sequence.
+        self._seen: dict[str, torch.Tensor] = {}
 
     def forget(self, request_ids: list[str]) -> None:
         for rid in request_ids:
             self._request_generators.pop(rid, None)
+            self._seen.pop(rid, None)
 
     def __call__(
         self, logits: torch.Tensor, request_ids: list[str], infos: list[SamplingInfo],
@@ -43,20 +47,21 @@ class Sampler:
         """Tokens [num_seqs] int64 and, if any row asks for them, their logprobs [num_seqs]
         float32, both on the device.
 
-        last_token_ids: [num_seqs] int64 on the device, each row's newest token (the one these
-        logits follow). A repetition penalty counts it with the row's penalty_token_ids, which
-        lack it while it is still in flight (asynchronous scheduling: the host does not know it
-        yet); needed whenever a row has a penalty and its newest token may be in flight.
+        last_token_ids: [num_seqs] int64 on the device, each row's newest input token (the one
+        these logits follow). A row with a repetition penalty adds it to its seen tokens (it may
+        still be in flight: asynchronous scheduling), so they hold the row's whole sequence, the
+        prompt having come in its first step's penalty_token_ids. The engine always passes it
+        when a row has a penalty; None: the rows' penalty_token_ids alone.
         """
         raw_logprobs = torch.log_softmax(logits, dim=-1) if any(i.logprobs for i in infos) else None
-        if any(i.penalty_token_ids or i.suppress_token_ids for i in infos):
+        if any(i.repetition_penalty != 1.0 or i.suppress_token_ids for i in infos):
             logits = logits.clone()  # edited in place below; the caller's tensor stays as it was
         for row, info in enumerate(infos):
-            if info.penalty_token_ids:
-                ids = on_device(sorted(set(info.penalty_token_ids)), torch.int64, logits.device)
+            if info.repetition_penalty != 1.0:
+                seen = self._seen_tokens(request_ids[row], info.penalty_token_ids, logits.shape[1])
                 if last_token_ids is not None:
-                    ids = torch.cat([ids, last_token_ids[row : row + 1]])
-                _apply_repetition_penalty(logits[row], ids, info.repetition_penalty)
+                    seen.index_fill_(0, last_token_ids[row : row + 1], True)
+                _apply_repetition_penalty(logits[row], seen, info.repetition_penalty)
             if info.suppress_token_ids:
                 logits[row, on_device(info.suppress_token_ids, torch.int64, logits.device)] = float("-inf")
 
@@ -78,6 +83,14 @@ class Sampler:
             tokens[rows] = (probs / noise).argmax(dim=-1)
         chosen_lp = raw_logprobs.gather(1, tokens[:, None]).squeeze(1) if raw_logprobs is not None else None
         return tokens, chosen_lp
+
+    def _seen_tokens(self, request_id: str, new_ids: list[int], vocab: int) -> torch.Tensor:
+        seen = self._seen.get(request_id)
+        if seen is None:
+            seen = self._seen[request_id] = torch.zeros(vocab, dtype=torch.bool, device=self.device)
+        if new_ids:
+            seen[on_device(new_ids, torch.int64, self.device)] = True
+        return seen
 
     def _generator_for(self, request_id: str, seed: int) -> torch.Generator:
         gen = self._request_generators.get(request_id)
@@ -107,12 +120,10 @@ def on_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.T
     return torch.tensor(values, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
 
 
-def _apply_repetition_penalty(row: torch.Tensor, ids: torch.Tensor, penalty: float) -> None:
-    """As in CTRL / HF: shrink the positive logits of the tokens seen, push negative ones further
-    down. Each distinct id is penalised once even if `ids` repeats it: every write of a repeated
-    id stores the same value, computed from the logit before the penalty."""
-    seen = row[ids]
-    row[ids] = torch.where(seen > 0, seen / penalty, seen * penalty)
+def _apply_repetition_penalty(row: torch.Tensor, seen: torch.Tensor, penalty: float) -> None:
+    """As in CTRL / HF: shrink the positive logits of the tokens seen (bool [vocab]), push
+    negative ones further down; each seen token once."""
+    row.copy_(torch.where(seen, torch.where(row > 0, row / penalty, row * penalty), row))
 
 
 def _processed_probs(logits: torch.Tensor, infos: list[SamplingInfo]) -> torch.Tensor:

@@ -38,10 +38,11 @@ class SamplingInfo:
     repetition_penalty: float
     seed: int | None
     logprobs: bool
-    # Prompt + output tokens the host knows, only when the penalty is on. A token still in flight
-    # (at most one: the seq's last input token) is missing here: the ranks add it on the device
-    # (Sampler.sample's last_token_ids).
-    penalty_token_ids: list[int] | None
+    # With a repetition penalty, tokens the sampler adds to the set it keeps per request on the
+    # device: the whole sequence (prompt) at the request's first sampled token, none after, since
+    # the sampler adds each step's newest input token itself (Sampler.sample's last_token_ids,
+    # which may still be in flight). So a step sends no per-request token list.
+    penalty_token_ids: list[int]
     suppress_token_ids: list[int]  # EOS / stop ids while below min_new_tokens
 
 
@@ -193,8 +194,10 @@ class Scheduler:
 
     def _sampling_info(self, request: Request) -> SamplingInfo:
         p: SamplingParams = request.params
+        num_out = len(request.output_token_ids) + request.num_inflight
+        first = num_out == 0  # this step samples the request's first token
         suppress: list[int] = []
-        if len(request.output_token_ids) + request.num_inflight < p.min_new_tokens:
+        if num_out < p.min_new_tokens:
             suppress = list(p.stop_token_ids) + ([] if p.ignore_eos else list(self.eos_token_ids))
         return SamplingInfo(
             greedy=p.greedy,
@@ -204,7 +207,7 @@ class Scheduler:
             repetition_penalty=p.repetition_penalty,
             seed=p.seed,
             logprobs=p.logprobs,
-            penalty_token_ids=request.all_token_ids if p.repetition_penalty != 1.0 else None,
+            penalty_token_ids=request.all_token_ids if p.repetition_penalty != 1.0 and first else [],
             suppress_token_ids=suppress,
         )
 

@@ -11,7 +11,7 @@ def hf_greedy():
 
     models = {}
 
-    def run(model_dir, prompt_ids: list[int], n: int) -> list[int]:
+    def run(model_dir, prompt_ids: list[int], n: int, **generate_options) -> list[int]:
         key = str(model_dir)
         if key not in models:
             models[key] = AutoModelForCausalLM.from_pretrained(key, dtype=torch.float32).eval()
@@ -20,7 +20,7 @@ def hf_greedy():
             # An explicit mask: a pad id that equals a real token (e.g. BOS) must not mask it.
             out = models[key].generate(
                 ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                do_sample=False, pad_token_id=models[key].config.eos_token_id,
+                do_sample=False, pad_token_id=models[key].config.eos_token_id, **generate_options,
             )
         return out[0, len(prompt_ids):].tolist()
 

@@ -21,3 +21,16 @@ def test_greedy_32_tokens_equal_transformers(arch, tiny_checkpoint, hf_greedy):
             expected = hf_greedy(path, llm.tokenizer.encode(prompt), 32)
             assert out.token_ids == expected, f"{arch}: {prompt!r}"
             assert out.finish_reason == "length"
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+@pytest.mark.parametrize("penalty", [1.3, 0.6])
+def test_repetition_penalty_equals_transformers(penalty, async_scheduling, tiny_checkpoint, hf_greedy):
+    """The sampler's per-request seen tokens (the prompt once, then each newest input token, in
+    flight or not) penalise exactly what HF's RepetitionPenaltyLogitsProcessor does."""
+    path = tiny_checkpoint("llama")
+    with LLM(str(path), dtype="fp32", async_scheduling=async_scheduling) as llm:
+        params = SamplingParams(max_new_tokens=24, min_new_tokens=24, temperature=0.0, repetition_penalty=penalty)
+        for prompt, out in zip(PROMPTS, llm.generate(PROMPTS, params), strict=True):
+            expected = hf_greedy(path, llm.tokenizer.encode(prompt), 24, repetition_penalty=penalty)
+            assert out.token_ids == expected, f"{prompt!r}"

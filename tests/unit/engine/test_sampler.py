@@ -7,7 +7,7 @@ from shardserve.engine.scheduler import SamplingInfo
 
 def info(**kw) -> SamplingInfo:
     base = dict(temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0, seed=None,
-                logprobs=False, penalty_token_ids=None, suppress_token_ids=[])
+                logprobs=False, penalty_token_ids=[], suppress_token_ids=[])
     base.update(kw)
     greedy = SamplingParams(temperature=base["temperature"], top_k=base["top_k"]).greedy
     return SamplingInfo(greedy=greedy, **base)
@@ -74,3 +74,16 @@ def test_repetition_penalty_counts_the_newest_token_once():
     # Known twice and newest too: penalised once, as by HF (2.0 / 1.5 > 1.2 > 2.0 / 1.5**2).
     twice = info(temperature=0.0, penalty_token_ids=[0, 2, 0], repetition_penalty=1.5)
     assert sampler(logits, ["a"], [twice], torch.tensor([0]))[0][0] == 0
+
+
+def test_repetition_penalty_tokens_persist_per_request_until_forgotten():
+    """The prompt comes once (first step); later steps send no list, only the newest token."""
+    logits = torch.tensor([[2.0, 1.8, 1.6, -1.0]])
+    sampler = Sampler(torch.device("cpu"))
+    later = info(temperature=0.0, repetition_penalty=2.0)  # no token list
+    assert sampler(logits, ["a"], [info(temperature=0.0, penalty_token_ids=[3, 0], repetition_penalty=2.0)],
+                   torch.tensor([0]))[0][0] == 1
+    assert sampler(logits, ["a"], [later], torch.tensor([1]))[0][0] == 2  # 0 from the prompt, 1 newest
+    assert sampler(logits, ["b"], [later], torch.tensor([3]))[0][0] == 0  # another request's own set
+    sampler.forget(["a"])
+    assert sampler(logits, ["a"], [later], torch.tensor([3]))[0][0] == 0  # a fresh set
