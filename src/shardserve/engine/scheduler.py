@@ -29,7 +29,7 @@ from shardserve.engine.sampling_params import SamplingParams
 
 @dataclass
 class SamplingInfo:
-    """What rank 0 needs to sample one sequence's next token (plain values only)."""
+    """What the sampler needs for one sequence's next token (plain values only)."""
 
     greedy: bool  # SamplingParams.greedy: argmax, no noise
     temperature: float
