@@ -66,15 +66,9 @@ class DecodeGraphs:
     # -- capture (once, after the KV cache exists) ------------------------------------------
     def _meta(self, bs: int) -> AttentionMetadata:
         n = self.max_bs
-        return AttentionMetadata(
-            slot_mapping=self.dev64[2, :bs],
-            query_start_loc=self.query_start_loc[: bs + 1],
-            seq_lens=self.dev32[:bs],
-            block_tables=self.dev32[n:].view(n, self.max_blocks)[:bs],
-            max_query_len=1,
-            max_seq_len=1,
-            query_start_loc_host=list(range(bs + 1)),
-            seq_lens_host=[0] * bs,  # host copies are never read on this path
+        return AttentionMetadata.for_graph_decode(
+            self.dev64[2, :bs], self.query_start_loc[: bs + 1], self.dev32[:bs],
+            self.dev32[n:].view(n, self.max_blocks)[:bs],
         )
 
     def _forward(self, bs: int) -> torch.Tensor:

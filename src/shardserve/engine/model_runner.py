@@ -176,13 +176,11 @@ class ModelRunner:
         started, dev = time.perf_counter(), self.device
         rows = 1
         while rows <= DECODE_MAX_TOKENS:
-            meta = AttentionMetadata(
+            meta = AttentionMetadata.for_graph_decode(
                 slot_mapping=torch.full((rows,), -1, dtype=torch.int64, device=dev),
                 query_start_loc=torch.arange(rows + 1, dtype=torch.int32, device=dev),
                 seq_lens=torch.zeros(rows, dtype=torch.int32, device=dev),
                 block_tables=torch.zeros(rows, 1, dtype=torch.int32, device=dev),
-                max_query_len=1, max_seq_len=1,
-                query_start_loc_host=list(range(rows + 1)), seq_lens_host=[0] * rows,
             )
             ids = torch.zeros(rows, dtype=torch.int64, device=dev)
             with forward_context(meta):

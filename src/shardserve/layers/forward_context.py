@@ -32,6 +32,15 @@ class AttentionMetadata:
     query_start_loc_host: list[int]
     seq_lens_host: list[int]
 
+    @classmethod
+    def for_graph_decode(cls, slot_mapping: torch.Tensor, query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
+                         block_tables: torch.Tensor) -> AttentionMetadata:
+        """One new token per sequence, with device values only: what a captured decode graph (or
+        a warm-up forward on padding rows) runs on. Host copies are never read on that path."""
+        bs = seq_lens.shape[0]
+        return cls(slot_mapping, query_start_loc, seq_lens, block_tables, max_query_len=1, max_seq_len=1,
+                   query_start_loc_host=list(range(bs + 1)), seq_lens_host=[0] * bs)
+
     @property
     def num_seqs(self) -> int:
         return len(self.seq_lens_host)
