@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 GREEDY = {"max_new_tokens": 6, "ignore_eos": True}
@@ -79,19 +80,29 @@ def test_custom_handler_streams(client):
         assert [json.loads(line) for line in r.iter_lines() if line] == [{"i": i} for i in range(5)]
 
 
-def test_accelerate_engine_serves_gpt2_like_transformers(client, gpt2_dir):
+@pytest.mark.parametrize("penalties", [{}, {"presence_penalty": 1.5, "frequency_penalty": 2.0}])
+def test_accelerate_engine_serves_gpt2_like_transformers(client, gpt2_dir, penalties):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    r = generate(client, {"inputs": "Hello world", "parameters": {"max_new_tokens": 6, "details": True}},
-                 "/predictions/gpt2")
+    from shardserve.serving.accelerate_engine import OutputPenalties
+
+    body = {"inputs": "Hello world", "parameters": {"max_new_tokens": 12, "details": True, **penalties}}
+    r = generate(client, body, "/predictions/gpt2")
     assert r.status_code == 200
     ids = [t["id"] for t in r.json()["details"]["tokens"]]
     tokenizer = AutoTokenizer.from_pretrained(gpt2_dir)
     model = AutoModelForCausalLM.from_pretrained(gpt2_dir).eval()
     prompt = tokenizer("Hello world", return_tensors="pt").input_ids
+    processor = OutputPenalties(prompt.shape[1], penalties.get("presence_penalty", 0.0),
+                                penalties.get("frequency_penalty", 0.0))
     with torch.no_grad():
-        expected = model.generate(prompt, max_new_tokens=len(ids), do_sample=False, eos_token_id=None)
+        expected = model.generate(prompt, max_new_tokens=len(ids), do_sample=False, eos_token_id=None,
+                                  logits_processor=[processor])
     assert ids == expected[0, prompt.shape[1]:].tolist()
+    if penalties:  # the penalties changed the text (else this case would test nothing)
+        plain = generate(client, {"inputs": "Hello world", "parameters": {"max_new_tokens": 12, "details": True}},
+                         "/predictions/gpt2")
+        assert [t["id"] for t in plain.json()["details"]["tokens"]] != ids
 
 
 def test_accelerate_engine_batches_concurrent_requests(server):

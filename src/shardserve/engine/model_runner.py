@@ -264,9 +264,9 @@ class ModelRunner:
 
     def _last_token_ids(self, sampled: list[ScheduledSeq], previous: PendingStep | None) -> torch.Tensor | None:
         """[len(sampled)] int64 on the device: each sampling sequence's newest token, a token in
-        flight taken from the previous step's device tokens, as its input was. Only a repetition
-        penalty needs them (the sampler adds them to its seen tokens): None without one."""
-        if all(s.sampling.repetition_penalty == 1.0 for s in sampled):
+        flight taken from the previous step's device tokens, as its input was. Only penalties need
+        them (the sampler adds them to the tokens it counts): None without one."""
+        if not any(s.sampling.has_penalty for s in sampled):
             return None
         last = on_device([s.token_ids[-1] for s in sampled], torch.int64, self.device)
         fill = _placeholder_sources(sampled, previous)

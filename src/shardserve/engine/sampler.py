@@ -5,8 +5,8 @@ draw from p. A request with a seed owns a torch.Generator that only it advances,
 not depend on what else is in the batch.
 
 `sample` leaves the tokens on the device and never waits for the GPU (host values it needs go up
-through pinned memory; a repetition penalty keeps each request's seen tokens on the device and
-adds its newest token, which may still be in flight, there), so the next step can be launched before this one's tokens are read;
+through pinned memory; penalties keep what they count per request on the device and add each
+step's newest token, which may still be in flight, there), so the next step can be launched before this one's tokens are read;
 calling the sampler reads them at once. Every rank may run it: same logits (all-gathered), same
 generators, same tokens.
 """
@@ -24,14 +24,14 @@ class Sampler:
         self._generator = torch.Generator(device=device)
         self._generator.manual_seed(seed)
         self._request_generators: dict[str, torch.Generator] = {}
-        # Per request with a repetition penalty: bool [vocab], the tokens it has seen (prompt and
-        # every output that became an input), kept here so no step re-sends the sequence.
-        self._seen: dict[str, torch.Tensor] = {}
+        # Per request with a penalty, what the penalties count, kept here so that no step
+        # re-sends the sequence: (prompt tokens: bool [vocab], output token counts: int32 [vocab]).
+        self._penalty_state: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def forget(self, request_ids: list[str]) -> None:
         for rid in request_ids:
             self._request_generators.pop(rid, None)
-            self._seen.pop(rid, None)
+            self._penalty_state.pop(rid, None)
 
     def __call__(
         self, logits: torch.Tensor, request_ids: list[str], infos: list[SamplingInfo],
@@ -48,20 +48,20 @@ class Sampler:
         float32, both on the device.
 
         last_token_ids: [num_seqs] int64 on the device, each row's newest input token (the one
-        these logits follow). A row with a repetition penalty adds it to its seen tokens (it may
-        still be in flight: asynchronous scheduling), so they hold the row's whole sequence, the
-        prompt having come in its first step's penalty_token_ids. The engine always passes it
-        when a row has a penalty; None: the rows' penalty_token_ids alone.
+        these logits follow; it may still be in flight: asynchronous scheduling). A row with a
+        penalty counts it as an output token unless this is the row's first sampling step (then
+        it is the prompt's last), so the counts cover every output token as soon as it is an
+        input, and the prompt comes once, in the first step's penalty_token_ids. The engine
+        always passes it when a row has a penalty; None: nothing is counted.
         """
         raw_logprobs = torch.log_softmax(logits, dim=-1) if any(i.logprobs for i in infos) else None
-        if any(i.repetition_penalty != 1.0 or i.suppress_token_ids for i in infos):
+        if any(i.has_penalty or i.suppress_token_ids for i in infos):
             logits = logits.clone()  # edited in place below; the caller's tensor stays as it was
         for row, info in enumerate(infos):
-            if info.repetition_penalty != 1.0:
-                seen = self._seen_tokens(request_ids[row], info.penalty_token_ids, logits.shape[1])
-                if last_token_ids is not None:
-                    seen.index_fill_(0, last_token_ids[row : row + 1], True)
-                _apply_repetition_penalty(logits[row], seen, info.repetition_penalty)
+            if info.has_penalty:
+                newest = last_token_ids[row : row + 1] if last_token_ids is not None else None
+                prompt, counts = self._penalties_of(request_ids[row], info.penalty_token_ids, newest, logits.shape[1])
+                _apply_penalties(logits[row], prompt, counts, info)
             if info.suppress_token_ids:
                 logits[row, on_device(info.suppress_token_ids, torch.int64, logits.device)] = float("-inf")
 
@@ -84,13 +84,21 @@ class Sampler:
         chosen_lp = raw_logprobs.gather(1, tokens[:, None]).squeeze(1) if raw_logprobs is not None else None
         return tokens, chosen_lp
 
-    def _seen_tokens(self, request_id: str, new_ids: list[int], vocab: int) -> torch.Tensor:
-        seen = self._seen.get(request_id)
-        if seen is None:
-            seen = self._seen[request_id] = torch.zeros(vocab, dtype=torch.bool, device=self.device)
-        if new_ids:
-            seen[on_device(new_ids, torch.int64, self.device)] = True
-        return seen
+    def _penalties_of(self, request_id: str, prompt_ids: list[int], newest: torch.Tensor | None,
+                      vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The request's (prompt tokens, output token counts), `newest` counted unless the state is
+        new (the first sampling step, whose newest input is a prompt token)."""
+        state = self._penalty_state.get(request_id)
+        if state is None:
+            state = self._penalty_state[request_id] = (
+                torch.zeros(vocab, dtype=torch.bool, device=self.device),
+                torch.zeros(vocab, dtype=torch.int32, device=self.device),
+            )
+        elif newest is not None:
+            state[1].index_add_(0, newest, torch.ones_like(newest, dtype=torch.int32))
+        if prompt_ids:
+            state[0][on_device(prompt_ids, torch.int64, self.device)] = True
+        return state
 
     def _generator_for(self, request_id: str, seed: int) -> torch.Generator:
         gen = self._request_generators.get(request_id)
@@ -120,10 +128,16 @@ def on_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.T
     return torch.tensor(values, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
 
 
-def _apply_repetition_penalty(row: torch.Tensor, seen: torch.Tensor, penalty: float) -> None:
-    """As in CTRL / HF: shrink the positive logits of the tokens seen (bool [vocab]), push
-    negative ones further down; each seen token once."""
-    row.copy_(torch.where(seen, torch.where(row > 0, row / penalty, row * penalty), row))
+def _apply_penalties(row: torch.Tensor, prompt: torch.Tensor, counts: torch.Tensor, info: SamplingInfo) -> None:
+    """row [vocab] float32, in place. Repetition (CTRL / HF): the logits of tokens in the prompt or
+    the output shrink if positive, grow more negative if not, once per token. Then presence and
+    frequency (OpenAI): minus presence for a token in the output, minus frequency per occurrence."""
+    in_output = counts > 0
+    if info.repetition_penalty != 1.0:
+        p = info.repetition_penalty
+        row.copy_(torch.where(prompt | in_output, torch.where(row > 0, row / p, row * p), row))
+    if info.presence_penalty != 0.0 or info.frequency_penalty != 0.0:
+        row.sub_(info.presence_penalty * in_output + info.frequency_penalty * counts)
 
 
 def _processed_probs(logits: torch.Tensor, infos: list[SamplingInfo]) -> torch.Tensor:

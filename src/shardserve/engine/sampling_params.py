@@ -24,7 +24,10 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0 disables
-    repetition_penalty: float = 1.0
+    repetition_penalty: float = 1.0  # HF / CTRL: divides (multiplies) the logits of prompt and output tokens
+    # OpenAI: logit -= presence_penalty * [token in the output] + frequency_penalty * its count there
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
@@ -44,6 +47,9 @@ class SamplingParams:
         _check(_is_num(self.top_p) and 0.0 < self.top_p <= 1.0, "top_p", "a number in (0, 1]", self.top_p)
         _check(_is_int(self.top_k) and self.top_k >= 0, "top_k", "an integer >= 0 (0 disables)", self.top_k)
         _check(_is_num(self.repetition_penalty) and 0.0 < self.repetition_penalty <= 10.0, "repetition_penalty", "a number in (0, 10]", self.repetition_penalty)
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            _check(_is_num(value) and -2.0 <= value <= 2.0, name, "a number in [-2, 2]", value)
         _check(self.seed is None or (_is_int(self.seed) and 0 <= self.seed < 2**63), "seed", "null or an integer in [0, 2^63)", self.seed)
         _check(all(isinstance(s, str) and s for s in self.stop), "stop", "a list of non-empty strings", self.stop)
         _check(all(_is_int(t) and t >= 0 for t in self.stop_token_ids), "stop_token_ids", "a list of integers >= 0", self.stop_token_ids)

@@ -36,14 +36,20 @@ class SamplingInfo:
     top_p: float
     top_k: int
     repetition_penalty: float
+    presence_penalty: float
+    frequency_penalty: float
     seed: int | None
     logprobs: bool
-    # With a repetition penalty, tokens the sampler adds to the set it keeps per request on the
-    # device: the whole sequence (prompt) at the request's first sampled token, none after, since
-    # the sampler adds each step's newest input token itself (Sampler.sample's last_token_ids,
-    # which may still be in flight). So a step sends no per-request token list.
+    # With a repetition penalty, the prompt, sent at the request's first sampled token only: the
+    # sampler keeps the tokens a penalty counts per request on the device and adds each later
+    # step's newest input token itself (Sampler.sample's last_token_ids, which may still be in
+    # flight). So a step sends no per-request token list.
     penalty_token_ids: list[int]
     suppress_token_ids: list[int]  # EOS / stop ids while below min_new_tokens
+
+    @property
+    def has_penalty(self) -> bool:
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
 
 @dataclass
@@ -205,6 +211,8 @@ class Scheduler:
             top_p=p.top_p,
             top_k=p.top_k,
             repetition_penalty=p.repetition_penalty,
+            presence_penalty=p.presence_penalty,
+            frequency_penalty=p.frequency_penalty,
             seed=p.seed,
             logprobs=p.logprobs,
             penalty_token_ids=request.all_token_ids if p.repetition_penalty != 1.0 and first else [],

@@ -9,7 +9,9 @@ group as one left-padded `generate` call. It looks like AsyncEngine to the serve
 Per-request behaviour inside a batch comes from two hooks into `generate`: a logits processor
 that hides EOS from rows that must not stop yet (min_new_tokens, ignore_eos) and records
 log-probabilities, and a stopping criterion, called once per step with the new tokens, that
-finishes rows (EOS, max_new_tokens, stop strings, abort) and streams their text out.
+finishes rows (EOS, max_new_tokens, stop strings, abort) and streams their text out. Presence
+and frequency penalties, which transformers does not have, are one more logits processor
+(`OutputPenalties`).
 """
 
 from __future__ import annotations
@@ -173,7 +175,8 @@ class AccelerateEngine:
                     repetition_penalty=params.repetition_penalty,
                     eos_token_id=None,  # EOS is per row here (ignore_eos, min_new_tokens)
                     pad_token_id=self.pad_id,
-                    logits_processor=[rows.eos_mask],
+                    logits_processor=[rows.eos_mask, OutputPenalties(longest, params.presence_penalty,
+                                                                     params.frequency_penalty)],
                     stopping_criteria=[rows.on_step],
                 )
         except Exception as e:
@@ -186,7 +189,24 @@ def _sampling_key(request: Request):
     """Requests that may share one generate call: same sampling, and seeded ones alone."""
     p = request.params
     alone = request.request_id if p.seed is not None else None
-    return (p.greedy, p.temperature if not p.greedy else 0, p.top_p, p.top_k, p.repetition_penalty, alone)
+    return (p.greedy, p.temperature if not p.greedy else 0, p.top_p, p.top_k, p.repetition_penalty,
+            p.presence_penalty, p.frequency_penalty, alone)
+
+
+class OutputPenalties:
+    """A transformers logits processor with OpenAI's presence and frequency penalties: a token's
+    logit loses `presence` if it occurs in the output (the tokens after the first `prompt_len`)
+    and `frequency` per occurrence there. The definition our sampler is tested against."""
+
+    def __init__(self, prompt_len: int, presence: float, frequency: float):
+        self.prompt_len, self.presence, self.frequency = prompt_len, presence, frequency
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.presence == 0.0 and self.frequency == 0.0:
+            return scores
+        out = input_ids[:, self.prompt_len :]
+        counts = torch.zeros_like(scores).scatter_add_(1, out, torch.ones_like(out, dtype=scores.dtype))
+        return scores - self.presence * (counts > 0) - self.frequency * counts
 
 
 class _Rows:

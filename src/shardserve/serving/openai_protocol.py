@@ -1,7 +1,7 @@
 """OpenAI completions / chat schemas, their SamplingParams, and the response objects.
 
-Fields the engine cannot honour (penalties other than 0, logit_bias, tools, several logprob
-alternatives) are rejected with a 400 naming them rather than silently ignored, as OpenAI's own
+Fields the engine cannot honour (logit_bias, tools, several logprob alternatives, n > 1) are
+rejected with a 400 naming them rather than silently ignored, as OpenAI's own
 API rejects what it does not know. Extensions, as in vLLM: top_k, repetition_penalty, min_tokens,
 ignore_eos, skip_special_tokens.
 """
@@ -53,9 +53,6 @@ class _Sampling(Strict):
     def check_supported(self) -> None:
         if self.n != 1:
             raise bad_request("n: only 1 choice per request is supported", "n")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name) != 0:
-                raise bad_request(f"{name}: not supported (must be 0); use repetition_penalty", name)
         if self.logit_bias:
             raise bad_request("logit_bias: not supported", "logit_bias")
 
@@ -64,7 +61,8 @@ class _Sampling(Strict):
         return make_sampling_params(
             _NAMES, max_new_tokens=max_tokens, min_new_tokens=self.min_tokens,
             temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-            repetition_penalty=self.repetition_penalty, seed=self.seed, stop=self.stop,
+            repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty, seed=self.seed, stop=self.stop,
             ignore_eos=self.ignore_eos, logprobs=logprobs, skip_special_tokens=self.skip_special_tokens,
         )
 

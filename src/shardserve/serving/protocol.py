@@ -33,6 +33,8 @@ class GenerateParameters(Strict):
     top_p: float | None = None
     top_k: int | None = None
     repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     seed: int | None = None
     stop: list[str] | str | None = None
     details: bool = False
@@ -68,7 +70,8 @@ def to_sampling_params(p: GenerateParameters) -> SamplingParams:
         max_new_tokens=DEFAULT_MAX_NEW_TOKENS if p.max_new_tokens is None else p.max_new_tokens,
         min_new_tokens=p.min_new_tokens,
         temperature=p.temperature if sample else 0.0,
-        top_p=p.top_p, top_k=p.top_k, repetition_penalty=p.repetition_penalty, seed=p.seed,
+        top_p=p.top_p, top_k=p.top_k, repetition_penalty=p.repetition_penalty,
+        presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty, seed=p.seed,
         stop=p.stop, ignore_eos=p.ignore_eos, logprobs=p.details,
     )
 

@@ -34,3 +34,23 @@ def test_repetition_penalty_equals_transformers(penalty, async_scheduling, tiny_
         for prompt, out in zip(PROMPTS, llm.generate(PROMPTS, params), strict=True):
             expected = hf_greedy(path, llm.tokenizer.encode(prompt), 24, repetition_penalty=penalty)
             assert out.token_ids == expected, f"{prompt!r}"
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+@pytest.mark.parametrize("repetition, presence, frequency", [(1.0, 0.8, 0.6), (1.2, -0.5, 0.4)])
+def test_presence_and_frequency_penalties_equal_a_transformers_processor(
+    repetition, presence, frequency, async_scheduling, tiny_checkpoint, hf_greedy
+):
+    from transformers import LogitsProcessorList
+
+    from shardserve.serving.accelerate_engine import OutputPenalties  # the definition
+
+    path = tiny_checkpoint("llama")
+    with LLM(str(path), dtype="fp32", async_scheduling=async_scheduling) as llm:
+        params = SamplingParams(max_new_tokens=24, min_new_tokens=24, temperature=0.0, repetition_penalty=repetition,
+                                presence_penalty=presence, frequency_penalty=frequency)
+        for prompt, out in zip(PROMPTS, llm.generate(PROMPTS, params), strict=True):
+            ids = llm.tokenizer.encode(prompt)
+            processor = LogitsProcessorList([OutputPenalties(len(ids), presence, frequency)])
+            expected = hf_greedy(path, ids, 24, repetition_penalty=repetition, logits_processor=processor)
+            assert out.token_ids == expected, f"{prompt!r}"

@@ -6,7 +6,8 @@ from shardserve.engine.scheduler import SamplingInfo
 
 
 def info(**kw) -> SamplingInfo:
-    base = dict(temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0, seed=None,
+    base = dict(temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0, presence_penalty=0.0,
+                frequency_penalty=0.0, seed=None,
                 logprobs=False, penalty_token_ids=[], suppress_token_ids=[])
     base.update(kw)
     greedy = SamplingParams(temperature=base["temperature"], top_k=base["top_k"]).greedy
@@ -87,3 +88,21 @@ def test_repetition_penalty_tokens_persist_per_request_until_forgotten():
     assert sampler(logits, ["b"], [later], torch.tensor([3]))[0][0] == 0  # another request's own set
     sampler.forget(["a"])
     assert sampler(logits, ["a"], [later], torch.tensor([3]))[0][0] == 0  # a fresh set
+
+
+def test_presence_and_frequency_penalties_count_output_tokens_only():
+    """OpenAI: logit -= presence * [in the output] + frequency * count in the output. The first
+    step's newest token is the prompt's last and is not counted; every later one is."""
+    logits = random_logits(1, vocab=8, seed=3)
+    sampler = Sampler(torch.device("cpu"))
+    pen = info(temperature=0.0, presence_penalty=0.3, frequency_penalty=0.5)
+    newest = [5, 1, 1, 2]  # prompt's last, then the outputs as they become inputs
+    for token in newest:
+        (tok, _), = sampler(logits, ["a"], [pen], torch.tensor([token]))
+    counts = torch.zeros(8)
+    for token in newest[1:]:
+        counts[token] += 1
+    expected = logits[0] - 0.3 * (counts > 0) - 0.5 * counts
+    assert tok == int(expected.argmax())
+    prompt, got_counts = sampler._penalty_state["a"]
+    assert got_counts.tolist() == counts.int().tolist() and not prompt.any()

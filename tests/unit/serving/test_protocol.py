@@ -65,8 +65,15 @@ def test_tgi_finish_reasons():
     assert finish_reason(_out(FinishReason.STOP, [5, 6]), SamplingParams(stop=("x",)), eos) == "stop_sequence"
 
 
+def test_presence_and_frequency_penalties_reach_sampling_params():
+    params = oa.CompletionRequest(prompt="x", presence_penalty=0.5, frequency_penalty=-1.0).sampling_params(4, False)
+    assert (params.presence_penalty, params.frequency_penalty) == (0.5, -1.0)
+    params = to_sampling_params(GenerateParameters(presence_penalty=1.5, frequency_penalty=0.25))
+    assert (params.presence_penalty, params.frequency_penalty) == (1.5, 0.25)
+
+
 def test_openai_unsupported_fields_are_400():
-    for kw, field in (({"n": 2}, "n"), ({"frequency_penalty": 0.5}, "frequency_penalty"),
+    for kw, field in (({"n": 2}, "n"), ({"frequency_penalty": 2.5}, "frequency_penalty"),
                       ({"logit_bias": {"1": 2.0}}, "logit_bias"), ({"best_of": 3}, "best_of"),
                       ({"suffix": "x"}, "suffix")):
         with pytest.raises(APIError) as e:
