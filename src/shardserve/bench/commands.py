@@ -30,6 +30,8 @@ def register(subparsers) -> None:
     p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
                    help="EngineConfig field for our engine, e.g. enforce_eager=true, extra.fast_all_reduce=false")
     p.add_argument("--out", default="bench-results", help="directory for the JSON and PNG reports")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="after timing, profile one more batch of our engine on every rank into DIR/<variant>/")
     p.set_defaults(func=run)
     modes = p.add_subparsers(dest="bench_mode", metavar="MODE")
     if importlib.util.find_spec("shardserve.bench.load") is not None:
@@ -58,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         baseline_reps=args.baseline_reps, engines=engines, dtype=args.dtype,
         check_tokens=args.check_tokens, out_dir=Path(args.out),
         variants={"tp": parse_engine_options(args.engine_option)},
+        profile_dir=Path(args.profile) if args.profile else None,
     )
     results, context = run_bench(cfg)
     failed = [k for k, c in context.get("correctness", {}).items() if c and not c["passed"]]

@@ -43,6 +43,9 @@ class BenchConfig:
     seed: int = 0
     # Our engine's variants, each timed: label -> EngineConfig overrides (extra= for knobs).
     variants: dict[str, dict] = field(default_factory=lambda: {"tp": {}})
+    # After timing, one more batch of each variant under the per-rank profiler, into
+    # profile_dir/<variant>/ (LLM.start_profile: a trace and an op summary per rank).
+    profile_dir: Path | None = None
 
 
 def run_bench(cfg: BenchConfig) -> tuple[list[EngineResult], dict]:
@@ -123,7 +126,12 @@ def _bench_ours(cfg, label, overrides, model_dir, dtype_name, prompts, reference
             params = SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True)
             return [o.token_ids for o in llm.generate(batch, params)]
 
-        return dict(load_s=load, warmup_s=warmup, **_time_engine(generate, prompts, cfg, cfg.reps)), check
+        timings = _time_engine(generate, prompts, cfg, cfg.reps)
+        if cfg.profile_dir is not None:
+            llm.start_profile(str(cfg.profile_dir / label))
+            generate(prompts(cfg.batch), cfg.new_tokens)
+            print(f"profile [{label}]: {', '.join(llm.stop_profile())} (and the other ranks' beside them)", flush=True)
+        return dict(load_s=load, warmup_s=warmup, **timings), check
     finally:
         llm.shutdown()
 

@@ -41,3 +41,12 @@ def test_bench_runs_both_engines_on_the_same_weights(tiny_checkpoint, tmp_path, 
 def test_catalog_name_needs_random_weights(capsys):
     assert main(["bench", "--model", "opt-125m"]) == 2
     assert "--random-weights" in capsys.readouterr().err
+
+
+def test_bench_profiles_our_engine_when_asked(tiny_checkpoint, tmp_path, capsys):
+    code = main(["bench", "--model", str(tiny_checkpoint("llama")), "--random-weights", "--batch", "2",
+                 "--prompt-len", "6", "--new-tokens", "3", "--reps", "1", "--engines", "tp", "--check-tokens", "0",
+                 "--dtype", "fp32", "--out", str(tmp_path / "out"), "--profile", str(tmp_path / "prof")])
+    assert code == 0, capsys.readouterr().out
+    assert "aten::" in (tmp_path / "prof" / "tp" / "rank0.txt").read_text()
+    assert (tmp_path / "prof" / "tp" / "rank0.trace.json").stat().st_size > 0
