@@ -56,13 +56,14 @@ def kernel_times(sweep: bool = False) -> dict:
 
     from shardserve.kernels import tuned_gemm
     from shardserve.kernels.fp8_gemm import fp8_scaled_mm, scaled_mm_applies
-    from shardserve.kernels.gemm_kernels import CUBLAS, KernelConfig, quantize_rows
+    from shardserve.kernels.gemm_kernels import CUBLAS, KernelConfig
     from shardserve.kernels.tuned_gemm import (
         DECODE_MAX_TOKENS,
         candidates,
         chosen_config,
         tuned_linear,
     )
+    from shardserve.kernels.weight_formats import quantize_rows
 
     def us(fn, *args, **kw) -> float:
         return 1e3 * do_bench_cudagraph(functools.partial(fn, *args, **kw), rep=100, return_mode="median")

@@ -27,7 +27,7 @@ from shardserve import kernels
 from shardserve.kernels import tuned_gemm
 from shardserve.kernels.act_and_mul import apply_input_act, input_act_reference
 from shardserve.kernels.fp8_gemm import fp8_scaled_mm, fp8_scaled_mm_reference, scaled_mm_applies
-from shardserve.kernels.gemm_kernels import CUBLAS, DEQUANT, KernelConfig, linear_reference
+from shardserve.kernels.gemm_kernels import CUBLAS, DEQUANT, KernelConfig
 from shardserve.kernels.tuned_gemm import (
     CUBLAS_MARGIN,
     DECODE_MAX_TOKENS,
@@ -36,6 +36,7 @@ from shardserve.kernels.tuned_gemm import (
     pick_config,
     tuned_linear,
 )
+from shardserve.kernels.weight_formats import linear_reference
 from shardserve.layers import quant
 from shardserve.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from shardserve.layers.linear import ColumnParallelLinear, RowParallelLinear

@@ -14,8 +14,8 @@ from shardserve.kernels.act_and_mul import (
     input_act_reference,
     split_input_act,
 )
-from shardserve.kernels.gemm_kernels import linear_reference
 from shardserve.kernels.tuned_gemm import chosen_config, tuned_linear
+from shardserve.kernels.weight_formats import linear_reference
 
 ACTS = ("silu_and_mul", "relu", "gelu", "gelu_tanh")
 

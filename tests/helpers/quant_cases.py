@@ -7,14 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from shardserve.kernels.gemm_kernels import (
-    CUBLAS,
-    DEQUANT,
-    KernelConfig,
-    linear_reference,
-    quantize_rows,
-)
+from shardserve.kernels.gemm_kernels import CUBLAS, DEQUANT, KernelConfig
 from shardserve.kernels.tuned_gemm import tuned_linear
+from shardserve.kernels.weight_formats import linear_reference, quantize_rows
 
 # (M activation rows, N outputs, K inputs): odd sizes cross every tile edge; the last ones are
 # Llama-3-8B's o_proj and a 2-row slice of its down_proj at decode batch sizes.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from shardserve.kernels.gemm_kernels import QMAX, quantize_rows
+from shardserve.kernels.weight_formats import QMAX, quantize_rows
 from shardserve.layers.linear import (
     ColumnParallelLinear,
     MergedColumnParallelLinear,

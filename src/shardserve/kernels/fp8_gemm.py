@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from shardserve.kernels.gemm_kernels import dequantize, device_facts, quantize_rows
+from shardserve.kernels.gemm_kernels import device_facts
 from shardserve.kernels.tuned_gemm import DECODE_MAX_TOKENS
+from shardserve.kernels.weight_formats import dequantize, quantize_rows
 
 FP8 = torch.float8_e4m3fn
 

@@ -1,10 +1,5 @@
-"""The kernels behind `tuned_linear` (kernels/tuned_gemm.py): y = x @ W.T (+ b) by a stored weight.
-
-Weights (layers/quant.py stores them), [N, K] row-major:
-  8-bit   int8 | float8_e4m3fn and one float32 scale per output row, W ~= weight * scale[:, None]
-          (symmetric, per output channel): the quantised linear layers and an untied LM head.
-  16-bit  the activation dtype (fp16 | bf16) and no scale: the unquantised linear layers and LM
-          heads, and a tied LM head (the embedding table) in any case.
+"""The kernels behind `tuned_linear` (kernels/tuned_gemm.py): y = x @ W.T (+ b) by a stored weight,
+in one of the formats of kernels/weight_formats.py (8-bit with per-row scales, or 16-bit).
 
 Decode steps multiply a few rows of activations by every weight of the model, so their time is
 the time to read the weights. The kernels read each weight once and accumulate in float32; an
@@ -48,9 +43,9 @@ for all BLOCK_M rows of a dot tile (16 at least, however few are real), which ca
 time than the separate kernel costs, so the tuner times both. "cublas" and "dequant" apply the
 activation first (`apply_input_act`: the unfused layers' own step) and then multiply.
 
-`linear_reference` (dequantise, then one ordinary matmul) is the definition the kernels are
-tested against and the CPU path. Triton is optional: without it only the reference and the
-format helpers are defined.
+`linear_reference` (kernels/weight_formats.py: dequantise, then one ordinary matmul) is the
+definition the kernels are tested against and the CPU path. Triton is optional: without it only
+KernelConfig and `kernel_applies` are defined here.
 """
 
 from __future__ import annotations
@@ -70,38 +65,7 @@ if _has_triton:
 
     from shardserve.kernels.act_and_mul import act_kernel, act_tile
 
-QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}  # largest magnitude of each format
 HALF_DTYPES = (torch.float16, torch.bfloat16)
-
-
-def quantize_rows(w: torch.Tensor, qdtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """w [rows, cols] float -> (q [rows, cols] qdtype, scale [rows] float32), w ~= q * scale.
-
-    Symmetric per row: scale = max|row| / QMAX, so the largest entry maps to +-QMAX. int8 rounds
-    to the nearest integer (error <= scale / 2); fp8 e4m3 rounds to 3 mantissa bits (error <=
-    |w| / 16, or scale / 1024 below its normal range). An all-zero row gets q = 0.
-    """
-    if qdtype not in QMAX:
-        raise ValueError(f"quantization dtype must be int8 or float8_e4m3fn, got {qdtype}")
-    w32 = w.float()
-    scale = (w32.abs().amax(dim=1) / QMAX[qdtype]).clamp_min(torch.finfo(torch.float32).tiny)
-    scaled = w32 / scale[:, None]  # [rows, cols] in [-QMAX, QMAX]
-    if qdtype == torch.int8:
-        return scaled.round_().clamp_(-127, 127).to(torch.int8), scale
-    return scaled.clamp_(-448.0, 448.0).to(qdtype), scale  # the cast rounds to nearest even
-
-
-def dequantize(qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[N, K] 8-bit + [N] float32 -> [N, K] `dtype` (the product is formed in float32)."""
-    return (qweight.float() * scale[:, None]).to(dtype)
-
-
-def linear_reference(
-    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None
-) -> torch.Tensor:
-    """x [..., K] -> [..., N] in x.dtype: one matmul by the weight in x's dtype (an 8-bit weight
-    dequantised first, a 16-bit one as it is: then this is F.linear)."""
-    return F.linear(x, weight.to(x.dtype) if scale is None else dequantize(weight, scale, x.dtype), bias)
 
 
 @dataclass(frozen=True)

@@ -34,13 +34,12 @@ from shardserve.kernels.act_and_mul import input_act_reference
 from shardserve.kernels.gemm_kernels import (
     CUBLAS,
     DEQUANT,
-    QMAX,
     KernelConfig,
     as_rows,
-    dequantize,
     device_facts,
     run_config,
 )
+from shardserve.kernels.weight_formats import QMAX, dequantize
 
 if _has_triton:
     from triton.runtime.errors import OutOfResources, PTXASError

@@ -54,8 +54,9 @@ from torch import nn
 from shardserve.kernels import use_fused_kernels
 from shardserve.kernels.act_and_mul import apply_input_act
 from shardserve.kernels.fp8_gemm import fp8_scaled_mm, scaled_mm_applies
-from shardserve.kernels.gemm_kernels import kernel_applies, linear_reference, quantize_rows
+from shardserve.kernels.gemm_kernels import kernel_applies
 from shardserve.kernels.tuned_gemm import DECODE_MAX_TOKENS, tuned_linear
+from shardserve.kernels.weight_formats import linear_reference, quantize_rows
 from shardserve.weights.params import WeightLoader, new_param
 
 QUANTIZATIONS = (None, "int8", "fp8")

@@ -8,7 +8,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from helpers.tp import as_rank
-from shardserve.kernels.gemm_kernels import dequantize, quantize_rows
+from shardserve.kernels.weight_formats import dequantize, quantize_rows
 from shardserve.layers import embedding as embedding_module
 from shardserve.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from shardserve.layers.linear import (

@@ -9,14 +9,9 @@ import torch
 from helpers.quant_layers import LAYERS, QDTYPES, all_cases, error_bound, run_case
 from helpers.tp import run_tp
 from shardserve.config import EngineConfig
-from shardserve.kernels.gemm_kernels import (
-    QMAX,
-    dequantize,
-    kernel_applies,
-    linear_reference,
-    quantize_rows,
-)
+from shardserve.kernels.gemm_kernels import kernel_applies
 from shardserve.kernels.tuned_gemm import pick_config
+from shardserve.kernels.weight_formats import QMAX, dequantize, linear_reference, quantize_rows
 from shardserve.layers.quant import get_linear_method, linear_quantization
 from shardserve.models import create_model
 from shardserve.models.config import ModelConfig

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from helpers.forward import prefill_logits
 from shardserve import LLM, SamplingParams
 from shardserve.cli import main as cli_main
-from shardserve.kernels.gemm_kernels import quantize_rows
+from shardserve.kernels.weight_formats import quantize_rows
 from shardserve.models import load_model
 from shardserve.models.config import ModelConfig
 from shardserve.weights.random_init import random_tensor

@@ -18,7 +18,7 @@ import torch
 from helpers.markers import needs_interpreter
 from helpers.quant_cases import check_kernel, make_case
 from shardserve.kernels import gemm_kernels, tuned_gemm
-from shardserve.kernels.gemm_kernels import DEQUANT, KernelConfig, dequantize
+from shardserve.kernels.gemm_kernels import DEQUANT, KernelConfig
 from shardserve.kernels.tuned_gemm import (
     DECODE_MAX_TOKENS,
     GEMV_MAX_TOKENS,
@@ -26,6 +26,7 @@ from shardserve.kernels.tuned_gemm import (
     pick_config,
     tuned_linear,
 )
+from shardserve.kernels.weight_formats import dequantize
 
 pytest.importorskip("triton")
 interpreter = needs_interpreter
