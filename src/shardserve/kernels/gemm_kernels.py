@@ -158,6 +158,13 @@ if _has_triton:
         return x
 
     @triton.jit
+    def _program_tiles(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """This program's rows, outputs and K lanes, their masks, and its K split."""
+        rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        return rm, rn, tl.arange(0, BLOCK_K), rm < M, rn < N, tl.program_id(2)
+
+    @triton.jit
     def _epilogue(acc, rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om,
                   QUANTIZED: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr):
         # acc [BLOCK_M, BLOCK_N] float32 -> out (+)= acc (* scale) (+ bias, from the first K split).
@@ -188,11 +195,7 @@ if _has_triton:
         ACT: tl.constexpr, GATED: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
     ):
-        pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        rk = tl.arange(0, BLOCK_K)
-        m_mask, n_mask = rm < M, rn < N
+        rm, rn, rk, m_mask, n_mask, pid_k = _program_tiles(M, N, BLOCK_M, BLOCK_N, BLOCK_K)
         x_rows = x_ptr + rm.to(tl.int64)[:, None] * stride_xm  # [BLOCK_M, 1]
         w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -215,11 +218,7 @@ if _has_triton:
         ACT: tl.constexpr, GATED: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
     ):
-        pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        rk = tl.arange(0, BLOCK_K)
-        m_mask, n_mask = rm < M, rn < N
+        rm, rn, rk, m_mask, n_mask, pid_k = _program_tiles(M, N, BLOCK_M, BLOCK_N, BLOCK_K)
         x_rows = x_ptr + rm.to(tl.int64)[:, None, None] * stride_xm  # [BLOCK_M, 1, 1]
         w_rows = w_ptr + rn.to(tl.int64)[None, :, None] * stride_wn  # [1, BLOCK_N, 1]
         # One float32 product sum per (row, output, k lane): plain FMAs in the loop, a single
