@@ -1,13 +1,14 @@
-"""One tensor-parallel rank: its model slice, its KV cache, and (on rank 0) the sampler.
+"""One tensor-parallel rank: its model slice, its KV cache, and its sampler (rank 0's only, or
+every rank's under asynchronous scheduling).
 
 Every rank runs the same `execute_model` on the same SchedulerOutput (plain lists of ints), so
 the collectives inside the model line up; rank 0 returns the sampled tokens.
 
 Asynchronous scheduling (`execute_model_async`): the step is launched and the call returns the
-*previous* step's tokens, whose wait overlaps this step's GPU work. This step's input tokens that
-the previous one sampled arrive as PLACEHOLDERs and are filled in on the device from its sampled
-tokens (as is the token in flight that a repetition penalty counts), so every rank samples
-(identically: same logits, same generators).
+*previous* step's tokens (engine/pending_step.py), whose wait overlaps this step's GPU work. This
+step's input tokens that the previous one sampled arrive as PLACEHOLDERs and are filled in on the
+device from its sampled tokens (as is the newest token the penalties count), so every rank
+samples (identically: same logits, same generators).
 """
 
 from __future__ import annotations
@@ -19,9 +20,14 @@ import torch
 
 from shardserve.config import EngineConfig, torch_dtype
 from shardserve.engine.cuda_graphs import DecodeGraphs
+from shardserve.engine.pending_step import (
+    HostBufferPair,
+    PendingStep,
+    SampledTokens,
+    placeholder_sources,
+)
 from shardserve.engine.profiler import RankProfiler
-from shardserve.engine.request import PLACEHOLDER
-from shardserve.engine.sampler import Sampler, on_device, read_samples
+from shardserve.engine.sampler import Sampler, on_device
 from shardserve.engine.scheduler import ScheduledSeq, SchedulerOutput
 from shardserve.kernels import set_fused_kernels
 from shardserve.kernels.tuned_gemm import DECODE_MAX_TOKENS
@@ -33,48 +39,6 @@ from shardserve.parallel import get_tp_size
 from shardserve.weights.fast_read import LoadStats
 
 logger = logging.getLogger(__name__)
-
-SampledTokens = dict[str, tuple[int, float | None]]  # request id -> (token id, logprob or None)
-
-
-class HostBuffers:
-    """Host memory, pinned on GPUs, that one step's sampled tokens and logprobs are copied into
-    (up to max_num_seqs rows), and the event that fires once the copy is done. Allocated once and
-    used by every other sampling step (see ModelRunner.__init__)."""
-
-    def __init__(self, max_num_seqs: int, device: torch.device):
-        pinned = device.type == "cuda"
-        self.tokens = torch.empty(max_num_seqs, dtype=torch.int64, pin_memory=pinned)
-        self.logprobs = torch.empty(max_num_seqs, dtype=torch.float32, pin_memory=pinned)
-        self.event = torch.cuda.Event() if pinned else None
-
-
-class PendingStep:
-    """A launched step's sampled tokens: on the device (the next step's placeholders read them)
-    and, with host buffers (rank 0: the only one that reads them), on their way there (read
-    once the copy's event has fired)."""
-
-    def __init__(
-        self, request_ids: list[str], infos: list, tokens: torch.Tensor, logprobs: torch.Tensor | None,
-        host: HostBuffers | None,
-    ):
-        self.rows = {rid: row for row, rid in enumerate(request_ids)}
-        self.tokens = tokens
-        self.infos = infos
-        if host is None:
-            return
-        n = len(request_ids)
-        self._tokens = host.tokens[:n].copy_(tokens, non_blocking=True)
-        self._logprobs = host.logprobs[:n].copy_(logprobs, non_blocking=True) if logprobs is not None else None
-        self._event = host.event
-        if self._event is not None:
-            self._event.record()
-
-    def result(self) -> SampledTokens:
-        if self._event is not None:
-            self._event.synchronize()
-        return dict(zip(self.rows, read_samples(self._tokens, self._logprobs, self.infos), strict=True))
-
 
 def resolve_dtype(requested: str, checkpoint_dtype: str | None, device: torch.device) -> torch.dtype:
     """'auto' keeps the checkpoint's dtype on GPUs and uses float32 on CPUs."""
@@ -115,12 +79,8 @@ class ModelRunner:
         # Synchronous steps sample on rank 0 only; asynchronous ones on every rank.
         self.sampler = Sampler(device, config.seed) if rank == 0 or config.async_scheduling else None
         self._pending: PendingStep | None = None
-        # Rank 0, the only one that reads its sampled tokens, copies them into two host buffers
-        # used in turn. A step's tokens are read at the latest by the call that launches the next
-        # sampling step (execute_model_async returns them; execute_model reads its own and runs
-        # only with none in flight), so the step after that never overwrites unread tokens.
-        self._host_buffers = [HostBuffers(config.max_num_seqs, device) for _ in range(2)] if rank == 0 else []
-        self._num_sampling_steps = 0
+        # Rank 0 is the only one that reads its sampled tokens back.
+        self._host_buffers = HostBufferPair(config.max_num_seqs, device) if rank == 0 else None
         self.profiler = RankProfiler(rank, device)
 
     # -- KV cache --------------------------------------------------------------------------
@@ -235,7 +195,7 @@ class ModelRunner:
             self.sampler.forget(sched.finished_ids)
         if not sched.seqs:
             return None
-        fill = _placeholder_sources(sched.seqs, previous)
+        fill = placeholder_sources(sched.seqs, previous)
         sampled = [s for s in sched.seqs if s.sampling]
         if self.cuda_graphs is not None and self.cuda_graphs.can_run(sched.seqs):
             logits = self.cuda_graphs.run(sched.seqs, self.block_size, fill)  # [num_seqs, vocab]
@@ -258,8 +218,7 @@ class ModelRunner:
             return None
         ids, infos = [s.request_id for s in sampled], [s.sampling for s in sampled]
         last = self._last_token_ids(sampled, previous)
-        host = self._host_buffers[self._num_sampling_steps % 2] if self._host_buffers else None
-        self._num_sampling_steps += 1
+        host = self._host_buffers.next() if self._host_buffers is not None else None
         return PendingStep(ids, infos, *self.sampler.sample(logits, ids, infos, last), host)
 
     def _last_token_ids(self, sampled: list[ScheduledSeq], previous: PendingStep | None) -> torch.Tensor | None:
@@ -269,7 +228,7 @@ class ModelRunner:
         if not any(s.sampling.has_penalty for s in sampled):
             return None
         last = on_device([s.token_ids[-1] for s in sampled], torch.int64, self.device)
-        fill = _placeholder_sources(sampled, previous)
+        fill = placeholder_sources(sampled, previous)
         if fill is not None:  # a placeholder is its sequence's only token, so its last
             self._fill_placeholders(last, fill[0], fill)
         return last
@@ -327,16 +286,3 @@ class ModelRunner:
             seq_lens_host=seq_lens.tolist(),
         )
         return upload(input_ids), upload(positions), meta
-
-
-def _placeholder_sources(
-    seqs: list[ScheduledSeq], previous: PendingStep | None
-) -> tuple[list[int], torch.Tensor, list[int]] | None:
-    """(seq indices whose token is a placeholder, the previous step's device tokens, their rows
-    there), or None when every input token is known."""
-    dst = [i for i, s in enumerate(seqs) if s.token_ids[0] == PLACEHOLDER]
-    if not dst:
-        return None
-    if previous is None or any(seqs[i].request_id not in previous.rows for i in dst):
-        raise RuntimeError("a step's input token is in flight but no step in flight sampled it")
-    return dst, previous.tokens, [previous.rows[seqs[i].request_id] for i in dst]

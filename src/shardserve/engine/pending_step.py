@@ -1,0 +1,81 @@
+"""A launched step's sampled tokens, while the next step may already be running (asynchronous
+scheduling, engine/model_runner.py): on the device, where the next step's placeholder inputs are
+filled from them, and on their way to host memory, where rank 0 reads them once they are there.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from shardserve.engine.request import PLACEHOLDER
+from shardserve.engine.sampler import read_samples
+from shardserve.engine.scheduler import ScheduledSeq
+
+SampledTokens = dict[str, tuple[int, float | None]]  # request id -> (token id, logprob or None)
+
+
+class HostBuffers:
+    """Host memory, pinned on GPUs, that one step's sampled tokens and logprobs are copied into
+    (up to max_num_seqs rows), and the event that fires once the copy is done."""
+
+    def __init__(self, max_num_seqs: int, device: torch.device):
+        pinned = device.type == "cuda"
+        self.tokens = torch.empty(max_num_seqs, dtype=torch.int64, pin_memory=pinned)
+        self.logprobs = torch.empty(max_num_seqs, dtype=torch.float32, pin_memory=pinned)
+        self.event = torch.cuda.Event() if pinned else None
+
+
+class HostBufferPair:
+    """Two HostBuffers, allocated once and used in turn by the sampling steps. Two suffice: a
+    step's tokens are read at the latest by the call that launches the next sampling step
+    (execute_model_async returns them; execute_model reads its own and runs only with none in
+    flight), so the step after that never overwrites unread tokens."""
+
+    def __init__(self, max_num_seqs: int, device: torch.device):
+        self._pair = (HostBuffers(max_num_seqs, device), HostBuffers(max_num_seqs, device))
+        self._turn = 0
+
+    def next(self) -> HostBuffers:
+        self._turn ^= 1
+        return self._pair[self._turn]
+
+
+class PendingStep:
+    """A launched step's sampled tokens: on the device (the next step's placeholders read them)
+    and, given host buffers (rank 0: the only one that reads them), on their way there (read
+    once the copy's event has fired)."""
+
+    def __init__(
+        self, request_ids: list[str], infos: list, tokens: torch.Tensor, logprobs: torch.Tensor | None,
+        host: HostBuffers | None,
+    ):
+        self.rows = {rid: row for row, rid in enumerate(request_ids)}
+        self.tokens = tokens
+        self.infos = infos
+        self._host = host
+        if host is None:
+            return
+        n = len(request_ids)
+        self._tokens = host.tokens[:n].copy_(tokens, non_blocking=True)
+        self._logprobs = host.logprobs[:n].copy_(logprobs, non_blocking=True) if logprobs is not None else None
+        if host.event is not None:
+            host.event.record()
+
+    def result(self) -> SampledTokens:
+        assert self._host is not None, "only a step copied to host buffers can be read"
+        if self._host.event is not None:
+            self._host.event.synchronize()
+        return dict(zip(self.rows, read_samples(self._tokens, self._logprobs, self.infos), strict=True))
+
+
+def placeholder_sources(
+    seqs: list[ScheduledSeq], previous: PendingStep | None
+) -> tuple[list[int], torch.Tensor, list[int]] | None:
+    """(seq indices whose token is a placeholder, the previous step's device tokens, their rows
+    there), or None when every input token is known."""
+    dst = [i for i, s in enumerate(seqs) if s.token_ids[0] == PLACEHOLDER]
+    if not dst:
+        return None
+    if previous is None or any(seqs[i].request_id not in previous.rows for i in dst):
+        raise RuntimeError("a step's input token is in flight but no step in flight sampled it")
+    return dst, previous.tokens, [previous.rows[seqs[i].request_id] for i in dst]
