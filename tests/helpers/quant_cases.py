@@ -24,6 +24,17 @@ OTHER_PATHS = [KernelConfig(1, 32, 64, 1, kernel="gemv"), KernelConfig(2, 16, 12
 # 16-bit weights: the GEMV paths above, a 16-wide dot tile with a ragged split, and cuBLAS.
 DENSE_PATHS = [*OTHER_PATHS[:2], KernelConfig(16, 16, 128, 3), CUBLAS]
 
+# The interpreter tests' own small set (tests/unit/quant): a small odd shape, neither a multiple of
+# any block, and GEMV tilings over it; tolerances per activation dtype; Llama-3-8B's linear shapes.
+INTERP_SHAPE = (50, 100)  # (N, K)
+INTERP_GEMV = [
+    KernelConfig(1, 16, 32, 1, kernel="gemv"),
+    KernelConfig(2, 16, 64, 2, kernel="gemv"),  # split K in two
+    KernelConfig(4, 32, 32, 3, num_warps=8, kernel="gemv"),  # ragged split: the third has no K left
+]
+TOL = {torch.float16: 1.5e-3, torch.bfloat16: 8e-3}
+LLAMA8B = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+
 
 def make_case(m: int, n: int, k: int, qdtype: torch.dtype | None, dtype: torch.dtype, device, bias: bool = True,
               seed: int = 0, strided: bool = False):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers.markers import needs_interpreter
-from helpers.quant_cases import check_kernel, make_case
+from helpers.quant_cases import INTERP_GEMV, INTERP_SHAPE, LLAMA8B, TOL, check_kernel, make_case
 from shardserve.kernels import tuned_gemm
 from shardserve.kernels.act_and_mul import input_act_reference
 from shardserve.kernels.gemm_kernels import CUBLAS, KernelConfig
@@ -32,25 +32,18 @@ from shardserve.layers.embedding import VocabParallelEmbedding
 from shardserve.layers.linear import ColumnParallelLinear, RowParallelLinear
 
 pytest.importorskip("triton")
+N, K = INTERP_SHAPE
 interpreter = needs_interpreter
-N, K = 50, 100  # neither a multiple of any block
-GEMV = [
-    KernelConfig(1, 16, 32, 1, kernel="gemv"),
-    KernelConfig(2, 16, 64, 2, kernel="gemv"),  # split K in two
-    KernelConfig(4, 32, 32, 3, num_warps=8, kernel="gemv"),  # ragged split: the third has no K left
-]
 DOT = [KernelConfig(16, 16, 32, 1), KernelConfig(16, 32, 64, 3), KernelConfig(32, 64, 32, 2, num_stages=2),
        KernelConfig(64, 32, 64, 1, num_stages=3)]
-TOL = {torch.float16: 1.5e-3, torch.bfloat16: 8e-3}
-LLAMA = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
-         "lm_head": (128256, 4096)}
+LLAMA = LLAMA8B | {"lm_head": (128256, 4096)}
 
 
 @interpreter
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_16bit_kernels_match_f_linear(dtype, bias):
-    configs = GEMV + (DOT if dtype == torch.float16 else [])
+    configs = INTERP_GEMV + (DOT if dtype == torch.float16 else [])
     for m in (1, 2, 3, 16, 64):
         # At most 4 row tiles per GEMV config: the interpreter runs programs one by one.
         for config in (c for c in configs if c.kernel != "gemv" or -(-m // c.block_m) <= 4):
@@ -68,7 +61,7 @@ def test_16bit_kernel_on_strided_rows_and_a_3d_batch():
     ref = F.linear(x.float(), w.float(), b.float())
     out = tuned_linear(x, w, None, b, config=DOT[1])
     assert (out.float() - ref).norm() / ref.norm() < TOL[torch.float16]
-    out3 = tuned_linear(x.contiguous().view(5, 1, K), w, None, b, config=GEMV[1])
+    out3 = tuned_linear(x.contiguous().view(5, 1, K), w, None, b, config=INTERP_GEMV[1])
     assert out3.shape == (5, 1, N) and (out3.view(5, N).float() - ref).norm() / ref.norm() < TOL[torch.float16]
 
 
@@ -111,14 +104,14 @@ def _fake_timer(times: dict):
 @interpreter
 @pytest.mark.parametrize(
     ("times", "expected"),
-    [({CUBLAS: 5.0, DOT[0]: 6.0, GEMV[0]: 7.0}, CUBLAS),  # cuBLAS fastest
-     ({CUBLAS: 10.0, DOT[0]: 10.0 * CUBLAS_MARGIN + 0.01, GEMV[0]: 11.0}, CUBLAS),  # a near tie keeps cuBLAS
-     ({CUBLAS: 10.0, DOT[0]: 9.0, GEMV[0]: 8.0}, GEMV[0])],  # clearly faster: the fastest kernel
+    [({CUBLAS: 5.0, DOT[0]: 6.0, INTERP_GEMV[0]: 7.0}, CUBLAS),  # cuBLAS fastest
+     ({CUBLAS: 10.0, DOT[0]: 10.0 * CUBLAS_MARGIN + 0.01, INTERP_GEMV[0]: 11.0}, CUBLAS),  # a near tie keeps cuBLAS
+     ({CUBLAS: 10.0, DOT[0]: 9.0, INTERP_GEMV[0]: 8.0}, INTERP_GEMV[0])],  # clearly faster: the fastest kernel
     ids=["cublas-fastest", "near-tie", "kernel-faster"],
 )
 def test_tune_keeps_cublas_unless_a_kernel_beats_it(times, expected):
     x, w, _, b = make_case(1, N, K, None, torch.float16, "cpu")
-    cfg, timed = tuned_gemm._tune(x, w, None, b, [CUBLAS, DOT[0], GEMV[0]], _fake_timer(times))
+    cfg, timed = tuned_gemm._tune(x, w, None, b, [CUBLAS, DOT[0], INTERP_GEMV[0]], _fake_timer(times))
     assert cfg == expected and timed == times
 
 
@@ -191,7 +184,7 @@ def test_unquantised_layers_take_the_tuned_path_at_decode_sizes(monkeypatch):
     monkeypatch.setattr(quant, "tuned_linear", recording)
     monkeypatch.setattr(tuned_gemm, "_can_tune", lambda x: True)
     monkeypatch.setattr(tuned_gemm, "_TUNED", {})
-    monkeypatch.setattr(tuned_gemm, "_tune", lambda x2, *a: (DOT[1] if x2.shape[0] > 1 else GEMV[0], {}))
+    monkeypatch.setattr(tuned_gemm, "_tune", lambda x2, *a: (DOT[1] if x2.shape[0] > 1 else INTERP_GEMV[0], {}))
     column, row, head = _layers(torch.float16)
     for tokens in (1, 3, DECODE_MAX_TOKENS + 1):
         x = torch.randn(tokens, 96).half()

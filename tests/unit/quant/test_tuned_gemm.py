@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from helpers.markers import needs_interpreter
-from helpers.quant_cases import check_kernel, make_case
+from helpers.quant_cases import INTERP_GEMV, INTERP_SHAPE, LLAMA8B, TOL, check_kernel, make_case
 from shardserve.kernels import gemm_kernels, tuned_gemm
 from shardserve.kernels.gemm_kernels import DEQUANT, KernelConfig
 from shardserve.kernels.tuned_gemm import (
@@ -29,18 +29,11 @@ from shardserve.kernels.tuned_gemm import (
 from shardserve.kernels.weight_formats import dequantize
 
 pytest.importorskip("triton")
+N, K = INTERP_SHAPE
 interpreter = needs_interpreter
 QDTYPES = [pytest.param(torch.int8, id="int8"), pytest.param(torch.float8_e4m3fn, id="fp8")]
-N, K = 50, 100  # neither a multiple of any block
-GEMV = [
-    KernelConfig(1, 16, 32, 1, kernel="gemv"),
-    KernelConfig(2, 16, 64, 2, kernel="gemv"),  # split K in two
-    KernelConfig(4, 32, 32, 3, num_warps=8, kernel="gemv"),  # ragged split: the third has no K left
-    KernelConfig(16, 16, 64, 1, num_warps=8, kernel="gemv"),  # masked rows of 17 and 64 (not a real tile)
-]
+GEMV = [*INTERP_GEMV, KernelConfig(16, 16, 64, 1, num_warps=8, kernel="gemv")]  # + masked rows of 17 and 64
 DOT = [KernelConfig(16, 16, 32, 1), KernelConfig(32, 32, 64, 2, num_stages=2), KernelConfig(64, 64, 32, 1, num_stages=3)]
-TOL = {torch.float16: 1.5e-3, torch.bfloat16: 8e-3}
-LLAMA = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 
 
 @interpreter
@@ -64,7 +57,7 @@ def test_dequantise_pass_is_the_reference_bit_for_bit(qdtype):
 
 
 def test_candidates_start_with_the_heuristic_and_fit_the_budget():
-    for n, k in LLAMA.values():
+    for n, k in LLAMA8B.values():
         for m in (1, 2, 3, 4, 16, 17, 64):
             cands = candidates(m, n, k, 132)
             assert cands[0] == pick_config(m, n, k, 132)
