@@ -161,20 +161,37 @@ def _check_graph_replay(x, weight, scale, bias, config, reference, input_act=Non
         assert relative_error(static_out, reference(fresh.float())) < TOL[torch.bfloat16]
 
 
+def _tuned_calls(monkeypatch) -> list[int]:
+    """The row count of every tuned_linear call the layers make from now on (fused kernels on: an
+    earlier engine in this process may have switched them off)."""
+    calls: list[int] = []
+    monkeypatch.setattr(kernels, "_enabled", True)
+    monkeypatch.setattr(quant, "tuned_linear", lambda *a, **k: calls.append(a[0].shape[0]) or tuned_linear(*a, **k))
+    return calls
+
+
+def _built_in_bf16_on_gpu(make):
+    """make() with bfloat16 as the default dtype and the GPU as the default device."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            return make()
+    finally:
+        torch.set_default_dtype(previous)
+
+
 @pytest.mark.parametrize("quantization", ["int8", pytest.param("fp8", marks=FP8_WEIGHTS.marks)])
 @pytest.mark.parametrize("kind", ["column", "lm_head"])
 def test_layer_uses_the_kernel_for_decode_and_stays_within_the_bound(kind, quantization, monkeypatch):
     """A quantised linear layer, and the untied LM head quantised with it (compute_logits)."""
-    calls = []
-    monkeypatch.setattr(kernels, "_enabled", True)  # an earlier engine may have switched them off
-    monkeypatch.setattr(quant, "tuned_linear", lambda *a, **k: calls.append(a[0].shape[0]) or tuned_linear(*a, **k))
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device("cuda"), quant.linear_quantization(quantization):
-            layer = ColumnParallelLinear(1024, 768, bias=True) if kind == "column" else ParallelLMHead(768, 1024)
-    finally:
-        torch.set_default_dtype(previous)
+    calls = _tuned_calls(monkeypatch)
+
+    def make():
+        with quant.linear_quantization(quantization):
+            return ColumnParallelLinear(1024, 768, bias=True) if kind == "column" else ParallelLMHead(768, 1024)
+
+    layer = _built_in_bf16_on_gpu(make)
     gen = torch.Generator().manual_seed(0)
     w, b = torch.randn(768, 1024, generator=gen), torch.randn(768, generator=gen)
     layer.weight.weight_loader(layer.weight, w.bfloat16(), None)
@@ -277,17 +294,8 @@ def test_16bit_kernel_replays_in_a_cuda_graph(shape, config, fresh_tuning):
 
 
 def test_unquantised_layer_and_lm_head_take_the_tuned_path_at_decode_sizes(monkeypatch, fresh_tuning):
-    calls = []
-    monkeypatch.setattr(kernels, "_enabled", True)  # an earlier engine may have switched them off
-    monkeypatch.setattr(quant, "tuned_linear", lambda *a, **k: calls.append(a[0].shape[0]) or tuned_linear(*a, **k))
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device("cuda"):
-            layer = ColumnParallelLinear(1024, 768, bias=True)
-            head = VocabParallelEmbedding(5000, 1024)
-    finally:
-        torch.set_default_dtype(previous)
+    calls = _tuned_calls(monkeypatch)
+    layer, head = _built_in_bf16_on_gpu(lambda: (ColumnParallelLinear(1024, 768, bias=True), VocabParallelEmbedding(5000, 1024)))
     gen = torch.Generator().manual_seed(0)
     for p in (layer.weight, layer.bias, head.weight):
         p.data.copy_(torch.randn(p.shape, generator=gen) * 0.05)
