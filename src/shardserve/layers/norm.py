@@ -21,7 +21,21 @@ def _norm_param(dim: int, fill: float) -> nn.Parameter:
     return param
 
 
-class RMSNorm(nn.Module):
+class _ResidualNorm(nn.Module):
+    """forward(x, residual) of both norms: a Triton kernel (`_kernel`) on GPU 2-D inputs with fused
+    kernels on, else the residual add and then the torch norm (`_norm`)."""
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """x [T, dim] -> [T, dim]; with residual [T, dim] -> (norm(x + residual), x + residual)."""
+        if use_fused_kernels(x) and x.dim() == 2:
+            return self._kernel(x, residual)
+        if residual is None:
+            return self._norm(x)
+        x = x + residual
+        return self._norm(x), x
+
+
+class RMSNorm(_ResidualNorm):
     """Llama's RMSNorm: statistics in float32, scaled by the weight in the input dtype (as HF)."""
 
     def __init__(self, dim: int, eps: float):
@@ -29,18 +43,12 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = _norm_param(dim, 1.0)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
-        """x [T, dim] -> [T, dim]; with residual [T, dim] -> (norm(x + residual), x + residual)."""
-        if use_fused_kernels(x):
-            from shardserve.kernels.rms_norm import fused_add_rms_norm, rms_norm
+    def _kernel(self, x: torch.Tensor, residual: torch.Tensor | None):
+        from shardserve.kernels.rms_norm import fused_add_rms_norm, rms_norm
 
-            if residual is None:
-                return rms_norm(x, self.weight, self.eps)
-            return fused_add_rms_norm(x, residual, self.weight, self.eps)
         if residual is None:
-            return self._norm(x)
-        x = x + residual
-        return self._norm(x), x
+            return rms_norm(x, self.weight, self.eps)
+        return fused_add_rms_norm(x, residual, self.weight, self.eps)
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
@@ -48,25 +56,19 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
-class LayerNorm(nn.Module):
+class LayerNorm(_ResidualNorm):
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
         self.weight = _norm_param(dim, 1.0)
         self.bias = _norm_param(dim, 0.0)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
-        """x [T, dim] -> [T, dim]; with residual [T, dim] -> (norm(x + residual), x + residual)."""
-        if use_fused_kernels(x) and x.dim() == 2:
-            from shardserve.kernels.layer_norm import fused_add_layer_norm, layer_norm
+    def _kernel(self, x: torch.Tensor, residual: torch.Tensor | None):
+        from shardserve.kernels.layer_norm import fused_add_layer_norm, layer_norm
 
-            if residual is None:
-                return layer_norm(x, self.weight, self.bias, self.eps)
-            return fused_add_layer_norm(x, residual, self.weight, self.bias, self.eps)
         if residual is None:
-            return self._norm(x)
-        x = x + residual
-        return self._norm(x), x
+            return layer_norm(x, self.weight, self.bias, self.eps)
+        return fused_add_layer_norm(x, residual, self.weight, self.bias, self.eps)
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
