@@ -15,8 +15,10 @@ from shardserve.kernels.weight_formats import linear_reference, quantize_rows
 # Llama-3-8B's o_proj and a 2-row slice of its down_proj at decode batch sizes.
 SHAPES = [(1, 200, 328), (3, 64, 64), (16, 130, 520), (17, 96, 256), (64, 72, 200), (1, 4096, 4096), (4, 512, 14336)]
 SMALL_SHAPES = SHAPES[:5]
-# Forced tilings: no split, split-K with a ragged last split, BLOCK_M 32 over a 17-row batch.
-CONFIGS = [KernelConfig(16, 64, 64, 1), KernelConfig(16, 32, 64, 3), KernelConfig(32, 64, 128, 2, num_stages=2)]
+# Forced tilings: no split, split-K with a ragged last split, BLOCK_M 32 over a 17-row batch, and
+# the swapped dot (weights on the MMA's tall side) unsplit and split.
+CONFIGS = [KernelConfig(16, 64, 64, 1), KernelConfig(16, 32, 64, 3), KernelConfig(32, 64, 128, 2, num_stages=2),
+           KernelConfig(16, 64, 64, 1, swap_ab=True), KernelConfig(16, 128, 32, 3, swap_ab=True)]
 # The other paths (tests/gpu; the interpreter runs its own small set): the GEMV kernel over one row
 # per program and over two with a ragged split, and dequantise + matmul.
 OTHER_PATHS = [KernelConfig(1, 32, 64, 1, kernel="gemv"), KernelConfig(2, 16, 128, 3, num_warps=8, kernel="gemv"),

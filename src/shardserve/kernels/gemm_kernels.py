@@ -79,12 +79,15 @@ class KernelConfig:
     kernel: str = "dot"  # "dot" | "gemv" | "cublas" (16-bit) | "dequant" (8-bit prefill): tiles unused
     # With an input activation, "dot" / "gemv": in the prologue (True) or by act_kernel first.
     fuse_act: bool = True
+    # "dot" only: the weight tile is the MMA's left operand, W @ x.T (see `_gemm_kernel`).
+    swap_ab: bool = False
 
     def __str__(self) -> str:  # for logs and benchmark tables
         if self.kernel in ("cublas", "dequant"):
             return self.kernel
         return (f"{self.kernel} {self.block_m}x{self.block_n}x{self.block_k} split {self.split_k} "
-                f"warps {self.num_warps} stages {self.num_stages}" + ("" if self.fuse_act else " act apart"))
+                f"warps {self.num_warps} stages {self.num_stages}" + (" swapped" if self.swap_ab else "")
+                + ("" if self.fuse_act else " act apart"))
 
 
 DEQUANT = KernelConfig(0, 0, 0, 1, kernel="dequant")
@@ -188,17 +191,25 @@ if _has_triton:
     # pipelines the loads: cp.async in the sm_90 SASS). QUANTIZED=False: w_ptr holds the weight
     # in x's dtype, and scale_ptr is not read. ACT / GATED: the input activation (`_x_tile`); K is
     # the weight's, and x's rows are [gate | up] of 2 * K with GATED.
+    # SWAP_AB: acc.T = W_tile @ x_tile.T, the weight tile as the MMA's left operand. Its BLOCK_N
+    # rows fill the MMA's tall side, the few activation rows (padded to 16) its narrow side. On
+    # Hopper that is a wgmma (m64n16k16) with the converted weights taken from registers, where
+    # the unswapped tile (16 rows of x on the tall side: below wgmma's 64) compiles to mma.sync
+    # (m16n8k16) fed by ldmatrix (sm_90 PTX of both, 64x256 tiles).
     @triton.jit(do_not_specialize=["M", "k_iters"])
     def _gemm_kernel(
         x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K, k_iters, stride_xm, stride_wn, stride_om,
         QUANTIZED: tl.constexpr, W_FP8: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
-        ACT: tl.constexpr, GATED: tl.constexpr,
+        ACT: tl.constexpr, GATED: tl.constexpr, SWAP_AB: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
     ):
         rm, rn, rk, m_mask, n_mask, pid_k = _program_tiles(M, N, BLOCK_M, BLOCK_N, BLOCK_K)
         x_rows = x_ptr + rm.to(tl.int64)[:, None] * stride_xm  # [BLOCK_M, 1]
         w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        if SWAP_AB:
+            acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         k_start = pid_k * (k_iters * BLOCK_K)
         for i in tl.range(0, k_iters, num_stages=NUM_STAGES):
             kk = k_start + i * BLOCK_K + rk
@@ -207,7 +218,13 @@ if _has_triton:
             # [BLOCK_N, BLOCK_K] weights in the activation dtype: 16-bit ones as loaded, 8-bit ones
             # converted exactly (fp8 comes as its int8 bits, so masked entries are +0 in either).
             w = tl.load(w_rows + kk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
-            acc = tl.dot(x, tl.trans(_weight_tile(w, QUANTIZED, W_FP8, x.dtype)), acc)
+            w = _weight_tile(w, QUANTIZED, W_FP8, x.dtype)
+            if SWAP_AB:
+                acc = tl.dot(w, tl.trans(x), acc)
+            else:
+                acc = tl.dot(x, tl.trans(w), acc)
+        if SWAP_AB:
+            acc = tl.trans(acc)
         _epilogue(acc, rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om,
                   QUANTIZED, HAS_BIAS, ATOMIC)
 
@@ -280,14 +297,14 @@ def run_config(cfg: KernelConfig, x2: torch.Tensor, weight: torch.Tensor, scale:
         quantized = scale is not None
         k_iters = -(-k // (cfg.block_k * cfg.split_k))  # K tiles per split (the last may be short)
         grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), cfg.split_k)
-        kernel = _gemv_kernel if cfg.kernel == "gemv" else _gemm_kernel
+        kernel, variant = (_gemv_kernel, {}) if cfg.kernel == "gemv" else (_gemm_kernel, {"SWAP_AB": cfg.swap_ab})
         scale_arg = scale if quantized else weight  # not read without QUANTIZED
         kernel[grid](
             x2, weight.view(torch.int8) if quantized else weight, scale_arg,
             bias if bias is not None else scale_arg, out, m, n, k, k_iters,
             x2.stride(0), weight.stride(0), out.stride(0),
             QUANTIZED=quantized, W_FP8=weight.dtype == torch.float8_e4m3fn, HAS_BIAS=bias is not None,
-            ATOMIC=atomic, ACT=act, GATED=gated, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+            ATOMIC=atomic, ACT=act, GATED=gated, **variant, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
             NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     return out.to(x2.dtype) if atomic else out

@@ -35,7 +35,7 @@ pytest.importorskip("triton")
 N, K = INTERP_SHAPE
 interpreter = needs_interpreter
 DOT = [KernelConfig(16, 16, 32, 1), KernelConfig(16, 32, 64, 3), KernelConfig(32, 64, 32, 2, num_stages=2),
-       KernelConfig(64, 32, 64, 1, num_stages=3)]
+       KernelConfig(64, 32, 64, 1, num_stages=3), KernelConfig(16, 64, 32, 3, swap_ab=True)]
 LLAMA = LLAMA8B | {"lm_head": (128256, 4096)}
 
 

@@ -33,7 +33,8 @@ N, K = INTERP_SHAPE
 interpreter = needs_interpreter
 QDTYPES = [pytest.param(torch.int8, id="int8"), pytest.param(torch.float8_e4m3fn, id="fp8")]
 GEMV = [*INTERP_GEMV, KernelConfig(16, 16, 64, 1, num_warps=8, kernel="gemv")]  # + masked rows of 17 and 64
-DOT = [KernelConfig(16, 16, 32, 1), KernelConfig(32, 32, 64, 2, num_stages=2), KernelConfig(64, 64, 32, 1, num_stages=3)]
+DOT = [KernelConfig(16, 16, 32, 1), KernelConfig(32, 32, 64, 2, num_stages=2), KernelConfig(64, 64, 32, 1, num_stages=3),
+       KernelConfig(16, 64, 32, 2, swap_ab=True), KernelConfig(32, 16, 64, 1, swap_ab=True)]
 
 
 @interpreter

@@ -1,0 +1,98 @@
+"""Decode GEMM sweep on one GPU: for the per-rank linear shapes of the benchmark models, the tuner's
+candidates and a wider grid of dot tiles (swapped and not), each checked against the reference
+and timed as the tuner times it (CUDA-graph replay, weights rotating past L2). It answers which
+tiles the tuner should offer; the figures land in $OUT/results.json.
+
+    PYTHONPATH=src python3 benchmarks/gemm_sweep.py [--rows 1 4] [--models llama-3-8b ...] [--weights int8 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import torch  # noqa: E402
+from stages import finish, stage  # noqa: E402
+
+# Per-rank (output features, input features) and the weight dtypes each model is benchmarked in.
+SHAPES = {
+    "llama-3-8b": ({"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)},
+                   ("bf16", "int8", "fp8")),
+    "opt-30b-tp4": ({"qkv": (5376, 7168), "out": (7168, 1792), "fc1": (7168, 7168), "fc2": (7168, 7168)}, ("fp16",)),
+    "bloom-176b-tp4": ({"qkv": (10752, 14336), "dense": (14336, 3584), "fc1": (14336, 14336),
+                        "fc2": (14336, 14336)}, ("int8",)),
+}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8, "fp8": torch.float8_e4m3fn}
+
+
+def grid(m: int, n: int, k: int, sms: int, weight_dtype: torch.dtype) -> list:
+    """The tuner's candidates, then dot tiles of 8-32 KB of weights per stage, swapped and not,
+    unsplit and with the filling K split, and a few warp / stage variants of the swapped ones."""
+    from shardserve.kernels.gemm_kernels import KernelConfig
+    from shardserve.kernels.tuned_gemm import _dot_rows, _fill_split, candidates
+
+    out = candidates(m, n, k, sms, weight_dtype)
+    block_m, stages = _dot_rows(m)
+    eight_bit = weight_dtype.itemsize == 1
+    tiles = [(64, 128), (64, 256), (64, 512), (128, 128), (128, 256), (32, 512)]
+    if not eight_bit:
+        tiles = [(bn, bk // 2) for bn, bk in tiles]
+    for bn, bk in tiles:
+        for swap in (False, True):
+            for split in (1, _fill_split(-(-n // bn), k, bk, sms, most=8)):
+                out.append(KernelConfig(block_m, bn, bk, split, num_stages=stages, swap_ab=swap))
+    bn, bk = (64, 256) if eight_bit else (64, 128)
+    split = _fill_split(-(-n // bn), k, bk, sms, most=8)
+    for warps, st in ((8, 4), (4, 3), (4, 6)):
+        out.append(KernelConfig(block_m, bn, bk, split, warps, st, swap_ab=True))
+    return list(dict.fromkeys(out))
+
+
+def sweep(model: str, rows: list[int], weights: list[str] | None) -> list[dict]:
+    from shardserve.kernels import tuned_gemm
+    from shardserve.kernels.weight_formats import quantize_rows
+
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    shapes, dtypes = SHAPES[model]
+    act_dtype = torch.float16 if "fp16" in dtypes else torch.bfloat16
+    results = []
+    for name, (n, k) in shapes.items():
+        w = torch.randn(n, k, device="cuda", dtype=act_dtype) * 0.02
+        for dname in (d for d in dtypes if weights is None or d in weights):
+            wdt = DTYPES[dname]
+            weight, scale = (w, None) if wdt == act_dtype else quantize_rows(w, wdt)
+            for m in rows:
+                x = torch.randn(m, k, device="cuda", dtype=act_dtype)
+                configs = grid(m, n, k, sms, wdt)
+                tuner_set = set(tuned_gemm.candidates(m, n, k, sms, wdt))
+                _, times = tuned_gemm._tune(x, weight, scale, None, configs, tuned_gemm._graph_time_us)
+                ranked = sorted(times.items(), key=lambda kv: kv[1])
+                tuner_best = min((t, str(c)) for c, t in times.items() if c in tuner_set)
+                row = {"model": model, "linear": name, "n": n, "k": k, "weight": dname, "m": m,
+                       "weight_MB": weight.nbytes / 1e6, "best": str(ranked[0][0]), "best_us": ranked[0][1],
+                       "best_GBps": weight.nbytes / ranked[0][1] / 1e3, "tuner_best": tuner_best[1],
+                       "tuner_best_us": tuner_best[0], "rejected": [str(c) for c in configs if c not in times],
+                       "us": {str(c): round(t, 2) for c, t in ranked}}
+                print({k_: v for k_, v in row.items() if k_ != "us"}, flush=True)
+                print("   top 5:", [(str(c), round(t, 2)) for c, t in ranked[:5]], flush=True)
+                results.append(row)
+            del weight, scale
+        del w
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--weights", nargs="+", choices=list(DTYPES), help="only these weight formats")
+    args = parser.parse_args()
+    for model in args.models:
+        stage(f"sweep_{model}", lambda model=model: sweep(model, args.rows, args.weights), 30, 3600)
+    finish()
+
+
+if __name__ == "__main__":
+    main()
