@@ -101,33 +101,33 @@ def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype =
                input_act: str | None = None) -> list[KernelConfig]:
     """What the tuner times for m <= DECODE_MAX_TOKENS rows, the untuned choice (`pick_config`)
     first, then the dot kernel's (BLOCK_N, BLOCK_K) tiles, each unsplit and with the K split that
-    fills the GPU (the same config where N alone does), and for m <= GEMV_MAX_TOKENS the GEMV with
-    16x512 and 32x256 tiles likewise (num_warps so each thread keeps 64 float32 accumulators: 4
-    for one row, 8 for two). With an input activation, every kernel config also with the
-    activation apart (`fuse_act=False`: act_kernel, then the plain kernel), so fusing must win
-    its place too: twice the counts below, less cuBLAS.
-      8-bit weights: dot 32x256 and 64x256, and below 17 rows also 16x256 and 32x512: at 3-16
-        rows the dot kernel is the only 8-bit one, and read just 2.1-3.3 TB/s on an H200 with
-        the first two (narrower tiles spread a small N over more SMs; a longer K tile gives
-        each program more bytes in flight). At most 12 configs, 8 past 2 rows, 4 past 16.
-      16-bit weights: cuBLAS, then dot tiles of the same 16 KB (twice the bytes per element):
-        32x256, 64x128, and below 17 rows also 16x256 (384 programs for qkv's 6144 outputs
-        balance 132 SMs better than 192). At most 11 configs, 7 past 2 rows, 5 past 16.
-    A compile is one (tile, split or not, dtypes, bias or not, input activation) and serves every
-    layer shape: for a bf16 Llama, 22 compiles over the row classes 1..64 (dot 6 + 4 + 4, GEMV
-    4 + 4), and at most as many again for down_proj with its gated SiLU (an activation is a
-    compile of its own)."""
+    fills the GPU (up to 8 ways; the same config where N alone fills it), and for m <=
+    GEMV_MAX_TOKENS the GEMV with 16x512 and 32x256 tiles likewise (num_warps so each thread keeps
+    64 float32 accumulators: 4 for one row, 8 for two). With an input activation, every kernel
+    config also with the activation apart (`fuse_act=False`: act_kernel, then the plain kernel),
+    so fusing must win its place too: twice the counts below, less cuBLAS. The tiles are those
+    that came within 1.3% of the best of a wider grid (tiles of 8-32 KB per stage, swapped or
+    not, other warps and stages: benchmarks/gemm_sweep.py) on an H200, for Llama-3-8B (1 and 4
+    rows, bf16 / int8 / fp8), OPT-30B at TP4 (fp16) and BLOOM-176B at TP4 (int8), 4 rows:
+      8-bit weights: dot 32x256 and 64x128, and below 17 rows also 128x128 and 32x512. Swapping
+        does not pay here: the conversions, not the MMA, bound the loop. At most 13 configs.
+      16-bit weights: cuBLAS, then below 17 rows the swapped dot (weights on the MMA's tall side,
+        `_gemm_kernel`) at 64x256, 32x256 and 64x128, which beat cuBLAS and the unswapped tiles
+        by 2-9% at 4 rows; past 16 rows the unswapped 32x256 and 64x128. At most 11 configs.
+    A compile is one (tile, split or not, swapped or not, dtypes, bias or not, input activation)
+    and serves every layer shape (`test_16bit_candidates_start_with_cublas_and_fit_the_budget`
+    counts them for a bf16 Llama); an activation is a compile of its own."""
     out = [pick_config(m, n, k, num_sms, weight_dtype)]
     block_m, stages = _dot_rows(m)
     m_tiles = -(-m // block_m)
     if weight_dtype in QMAX:
-        dot_tiles = [(32, 256), (64, 256)] + ([(16, 256), (32, 512)] if block_m == 16 else [])
+        dot_tiles = [(32, 256, False), (64, 128, False)] + ([(128, 128, False), (32, 512, False)] if block_m == 16 else [])
     else:
-        dot_tiles = [(32, 256), (64, 128)] + ([(16, 256)] if block_m == 16 else [])
-    for bn, bk in dot_tiles:
+        dot_tiles = [(64, 256, True), (32, 256, True), (64, 128, True)] if block_m == 16 else [(32, 256, False), (64, 128, False)]
+    for bn, bk, swap in dot_tiles:
         bk = min(bk, max(32, _pow2(k)))
-        for split in (1, _fill_split(-(-n // bn) * m_tiles, k, bk, num_sms, most=4)):
-            out.append(KernelConfig(block_m, bn, bk, split, num_stages=stages))
+        for split in (1, _fill_split(-(-n // bn) * m_tiles, k, bk, num_sms, most=8)):
+            out.append(KernelConfig(block_m, bn, bk, split, num_stages=stages, swap_ab=swap))
     if m <= GEMV_MAX_TOKENS:
         bm = _pow2(m)
         for bn, bk in ((16, 512), (32, 256)):

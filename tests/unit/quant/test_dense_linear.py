@@ -76,8 +76,10 @@ def test_16bit_candidates_start_with_cublas_and_fit_the_budget():
             for c in cands[1:]:
                 assert c.kernel == "gemv" or (c.block_m >= 16 and c.block_m >= min(m, 64))
                 assert c.split_k == 1 or -(-k // c.block_k) >= 2 * c.split_k  # >= 2 K tiles per split
-                assert c.block_n * c.block_k * 2 <= 16384  # 16 KB of weight per stage
-                compiles.add((c.kernel, c.block_m, c.block_n, c.block_k, c.num_warps, c.num_stages, c.split_k > 1))
+                assert c.block_n * c.block_k * 2 <= 32768  # 32 KB of weight per stage
+                assert c.swap_ab == (c.kernel == "dot" and m <= 16)  # swapped below 17 rows
+                compiles.add((c.kernel, c.block_m, c.block_n, c.block_k, c.num_warps, c.num_stages, c.split_k > 1,
+                              c.swap_ab))
     assert len(compiles) <= 22  # Triton compiles for a bf16 Llama (tuning time: ~0.5-1 s each)
     # Untuned (a capture, the CPU, tuning off) and prefill: cuBLAS, as before the tuner existed.
     assert pick_config(DECODE_MAX_TOKENS + 1, 4096, 4096, 132, torch.float16) == CUBLAS
