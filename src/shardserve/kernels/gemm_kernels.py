@@ -9,6 +9,8 @@ loaded (QUANTIZED=False: no conversion, no scale); the bias is added in the same
 `run_config` runs one of four paths (`KernelConfig.kernel`):
   "dot"     `_gemm_kernel`: [BLOCK_M x BLOCK_K] activations times a [BLOCK_N x BLOCK_K] weight tile
             on tensor cores (tl.dot). Any batch; the only 8-bit kernel past GEMV_MAX_TOKENS rows.
+            `swap_ab` puts the weight tile on the MMA's tall side (Hopper: wgmma instead of
+            mma.sync at 16 rows), which the tuner offers 16-bit weights below 17 rows.
   "gemv"    `_gemv_kernel`: no tensor cores. Each program multiplies its float32 weight tile by
             the broadcast activation rows elementwise and reduces over K once at the end; for 1-2
             rows this skips the dot path's 16-row operand padding and register shuffles.
