@@ -37,3 +37,11 @@ def norm_buffers(x: torch.Tensor, residual: torch.Tensor | None):
     assert residual.shape == x.shape and residual.stride(1) == 1 and residual.dtype == x.dtype
     res_out = torch.empty_like(out)
     return out, res_out, residual, res_out
+
+
+def norm_row_launch(dim: int) -> tuple[int, int]:
+    """(BLOCK, num_warps) of the one-program-per-row norm kernels over `dim` columns: the whole row
+    in one block, 4 to 16 warps. parallel/reduce_norm_kernel.py launches its rows the same way, so
+    that its row sums reduce in the same order and give the norm kernels' bits."""
+    block = 1 << max(0, dim - 1).bit_length()  # triton.next_power_of_2 (Triton may be absent)
+    return block, min(16, max(4, block // 512))

@@ -16,7 +16,18 @@ import torch
 import triton
 import triton.language as tl
 
-from shardserve.kernels import norm_buffers
+from shardserve.kernels import norm_buffers, norm_row_launch
+
+
+@triton.jit
+def _layer_norm_row(x, w, b, mask, n_cols, eps):
+    """One row's LayerNorm in float32 (the caller rounds it): x, w, b [BLOCK] float32, x zero
+    where mask is off (past n_cols). Also the row math of parallel/reduce_norm_kernel.py, which
+    must give these bits."""
+    mean = tl.sum(x, 0) / n_cols
+    centered = tl.where(mask, x - mean, 0.0)
+    rstd = tl.rsqrt(tl.sum(centered * centered, 0) / n_cols + eps)  # biased variance, as torch
+    return centered * rstd * w + b
 
 
 @triton.jit
@@ -38,20 +49,18 @@ def _layer_norm_kernel(
         s = (x + r).to(res_out_ptr.dtype.element_ty)
         tl.store(res_out_ptr + row * stride_res_out + cols, s, mask=mask)
         x = s.to(tl.float32)
-    mean = tl.sum(x, 0) / n_cols
-    centered = tl.where(mask, x - mean, 0.0)
-    rstd = tl.rsqrt(tl.sum(centered * centered, 0) / n_cols + eps)  # biased variance, as torch
-    tl.store(out_ptr + row * stride_out + cols, (centered * rstd * w + b).to(out_ptr.dtype.element_ty), mask=mask)
+    normed = _layer_norm_row(x, w, b, mask, n_cols, eps)
+    tl.store(out_ptr + row * stride_out + cols, normed.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor, eps: float):
     out, res_out, res, r_out = norm_buffers(x, residual)
     if x.shape[0] == 0:
         return out, res_out
-    block = triton.next_power_of_2(x.shape[1])
+    block, num_warps = norm_row_launch(x.shape[1])
     _layer_norm_kernel[(x.shape[0],)](
         x, res, weight, bias, out, r_out, x.stride(0), res.stride(0), out.stride(0), r_out.stride(0), x.shape[1],
-        eps, HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=min(16, max(4, block // 512)),
+        eps, HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=num_warps,
     )
     return out, res_out
 

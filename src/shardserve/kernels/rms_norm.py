@@ -19,7 +19,16 @@ import torch
 import triton
 import triton.language as tl
 
-from shardserve.kernels import norm_buffers
+from shardserve.kernels import norm_buffers, norm_row_launch
+
+
+@triton.jit
+def _rms_norm_row(x, w, n_cols, eps):
+    """One row's RMSNorm: x [BLOCK] float32, zero past n_cols; w [BLOCK] in the output dtype ->
+    w * (x / rms(x)) in that dtype. Also the row math of parallel/reduce_norm_kernel.py, which
+    must give these bits."""
+    inv_rms = tl.rsqrt(tl.sum(x * x, 0) / n_cols + eps)
+    return w * (x * inv_rms).to(w.dtype)
 
 
 @triton.jit
@@ -41,9 +50,7 @@ def _rms_norm_kernel(
         s = (x + r).to(res_out_ptr.dtype.element_ty)
         tl.store(res_out_ptr + row * stride_res_out + cols, s, mask=mask)
         x = s.to(tl.float32)
-    inv_rms = tl.rsqrt(tl.sum(x * x, 0) / n_cols + eps)
-    normed = (x * inv_rms).to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + row * stride_out + cols, w * normed, mask=mask)
+    tl.store(out_ptr + row * stride_out + cols, _rms_norm_row(x, w, n_cols, eps), mask=mask)
 
 
 def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float):
@@ -51,10 +58,10 @@ def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor
     out, res_out, res, r_out = norm_buffers(x, residual)
     if x.shape[0] == 0:
         return out, res_out
-    block = triton.next_power_of_2(x.shape[1])
+    block, num_warps = norm_row_launch(x.shape[1])
     _rms_norm_kernel[(x.shape[0],)](
         x, res, weight, out, r_out, x.stride(0), res.stride(0), out.stride(0), r_out.stride(0), x.shape[1], eps,
-        HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=min(16, max(4, block // 512)),
+        HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=num_warps,
     )
     return out, res_out
 
