@@ -48,7 +48,9 @@ def init_distributed(
     if device.type == "cuda" and config.extra.get("fast_all_reduce", True):
         from shardserve.parallel.fast_all_reduce import create_fast_all_reduce
 
-        fast_all_reduce = create_fast_all_reduce(group, device, world_size)  # None: NCCL only
+        # None: NCCL only. extra.fused_all_reduce_norm=false keeps the norms out of the all-reduce.
+        fuse_norm = config.extra.get("fused_all_reduce_norm", True)
+        fast_all_reduce = create_fast_all_reduce(group, device, world_size, fuse_norm)
     set_parallel_info(ParallelInfo(rank=rank, world_size=world_size, group=group, fast_all_reduce=fast_all_reduce))
     return dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else group
 

@@ -3,7 +3,8 @@
 Weights are [out_features, in_features] as in nn.Linear / HF checkpoints.
 - ColumnParallelLinear: each rank owns out_features / tp rows; output stays split.
 - RowParallelLinear: each rank owns in_features / tp columns (its input is a column-parallel
-  output); partial products are all-reduced, rank 0's with the (replicated) bias added.
+  output); partial products are all-reduced, rank 0's with the (replicated) bias added (or
+  returned unreduced, for the norm that follows to reduce them: layers.norm.add_norm).
 - MergedColumnParallelLinear: several column-parallel outputs packed in one matmul (gate/up).
 - QKVParallelLinear: q, k, v packed; ranks own whole heads, kv heads replicated when tp > kv.
 Each parameter's `weight_loader` narrows the checkpoint tensor to this rank's part.
@@ -148,10 +149,15 @@ class QKVParallelLinear(ColumnParallelLinear):
 
 
 class RowParallelLinear(nn.Module):
-    """y = all_reduce(x[:, rank's in slice] @ W[:, rank's columns].T (+ b on rank 0))."""
+    """y = all_reduce(x[:, rank's in slice] @ W[:, rank's columns].T (+ b on rank 0)).
 
-    def __init__(self, in_features: int, out_features: int, bias: bool):
+    reduce_results=False: forward returns this rank's term of that sum, and the caller reduces it,
+    together with what follows: a decoder's residual add and norm (layers.norm.add_norm, one
+    kernel for all three on GPUs), or `sum_partials`."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, reduce_results: bool = True):
         super().__init__()
+        self.reduce_results = reduce_results
         self.tp_rank, self.tp_size = get_tp_rank(), get_tp_size()
         self.in_local = divide(in_features, self.tp_size, "input features")
         self.quant_method = current_linear_method()
@@ -171,4 +177,9 @@ class RowParallelLinear(nn.Module):
         # Rank 0 adds the bias to its partial product inside its matmul (the GEMM's epilogue), so
         # no separate add kernel runs after the reduce: a decode step of OPT-30B at TP4 has 96.
         y = self.quant_method.apply(self, x, self.bias if self.tp_rank == 0 else None, input_act)  # [T, out]
-        return all_reduce(y)  # summed over ranks
+        return all_reduce(y) if self.reduce_results else y  # summed over ranks, or this rank's term
+
+    @staticmethod
+    def sum_partials(y: torch.Tensor) -> torch.Tensor:
+        """The output of a reduce_results=False layer, summed over ranks (forward's own reduce)."""
+        return all_reduce(y)

@@ -3,6 +3,8 @@
 Both take an optional residual: `norm(x, residual)` returns (norm(x + residual), x + residual),
 the residual add of a pre-norm decoder folded into the norm that follows it (one fused kernel
 instead of an add kernel plus a norm kernel). The sum is in the input dtype either way.
+`add_norm` goes one step further for tensor parallelism: it also takes the all-reduce of the
+row-parallel output before the add (parallel.comm.all_reduce_add_norm).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shardserve.kernels import use_fused_kernels
+from shardserve.parallel.comm import all_reduce_add_norm
 from shardserve.weights.params import replicated_param
 
 
@@ -25,9 +28,14 @@ class _ResidualNorm(nn.Module):
     """forward(x, residual) of both norms: a Triton kernel (`_kernel`) on GPU 2-D inputs with fused
     kernels on, else the residual add and then the torch norm (`_norm`)."""
 
+    def uses_kernel(self, x: torch.Tensor) -> bool:
+        """Whether forward(x, ...) runs the Triton kernel (all_reduce_add_norm fuses only then:
+        its kernel gives that kernel's bits, not the torch path's)."""
+        return use_fused_kernels(x) and x.dim() == 2
+
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         """x [T, dim] -> [T, dim]; with residual [T, dim] -> (norm(x + residual), x + residual)."""
-        if use_fused_kernels(x) and x.dim() == 2:
+        if self.uses_kernel(x):
             return self._kernel(x, residual)
         if residual is None:
             return self._norm(x)
@@ -75,5 +83,9 @@ class LayerNorm(_ResidualNorm):
 
 
 def add_norm(norm: RMSNorm | LayerNorm, x: torch.Tensor, residual: torch.Tensor | None):
-    """(norm(x + residual), x + residual); (norm(x), x) where there is no residual yet (first layer)."""
-    return (norm(x), x) if residual is None else norm(x, residual)
+    """A decoder's norm on its residual stream, and the stream. With a residual, x [T, dim] is this
+    rank's share of a row-parallel output (RowParallelLinear(reduce_results=False)): -> (norm(s),
+    s) with s = all_reduce(x) + residual, the reduce fused into the norm's kernel where the fast
+    all-reduce allows. Without one (the first layer), x is the stream itself, whole on every
+    rank: -> (norm(x), x)."""
+    return (norm(x), x) if residual is None else all_reduce_add_norm(x, residual, norm)

@@ -5,7 +5,8 @@ contiguous block of rows is a contiguous block of whole heads: a plain column-pa
 gives each rank the q, k and v of its own heads.
 
 Every residual add happens inside the norm that follows it (LayerNorm(x, residual), one fused
-kernel), the residual travelling beside the hidden state from block to block (see models/llama.py).
+kernel), the residual travelling beside the hidden state from block to block, and so does the
+all-reduce of the row-parallel output before it (dense, dense_4h_to_h; see models/llama.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class BloomAttention(nn.Module):
         super().__init__()
         hidden, self.head_dim = config.hidden_size, config.head_dim
         self.query_key_value = ColumnParallelLinear(hidden, 3 * hidden, bias=True)
-        self.dense = RowParallelLinear(hidden, hidden, bias=True)
+        self.dense = RowParallelLinear(hidden, hidden, bias=True, reduce_results=False)
         self.num_heads = config.num_heads
         self.tp_rank, self.tp_size = self.query_key_value.tp_rank, self.query_key_value.tp_size
         self.local_heads = divide(self.num_heads, self.tp_size, "num_attention_heads")
@@ -50,7 +51,8 @@ class BloomMLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.dense_h_to_4h = ColumnParallelLinear(config.hidden_size, config.intermediate_size, bias=True)
-        self.dense_4h_to_h = RowParallelLinear(config.intermediate_size, config.hidden_size, bias=True)
+        self.dense_4h_to_h = RowParallelLinear(config.intermediate_size, config.hidden_size, bias=True,
+                                               reduce_results=False)
         self.act = input_act(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,11 +72,12 @@ class BloomBlock(nn.Module):
         self, hidden: torch.Tensor, residual: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(hidden, residual) -> (mlp output, residual it is still to be added to); the
-        residual stream is hidden + residual, and residual is None for the first block."""
+        residual stream is all_reduce(hidden) + residual, and residual is None for the first
+        block (hidden: the normalised embeddings, whole)."""
         x, residual = add_norm(self.input_layernorm, hidden, residual)
         if self.residual_post_ln:  # the residual branch starts at the norm's output
             residual = x
-        x, residual = self.post_attention_layernorm(self.self_attention(x), residual)
+        x, residual = add_norm(self.post_attention_layernorm, self.self_attention(x), residual)
         if self.residual_post_ln:
             residual = x
         return self.mlp(x), residual

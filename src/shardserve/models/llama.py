@@ -7,6 +7,10 @@ The residual stream travels beside the hidden state, vLLM-style: a layer returns
 sublayer's output and the residual *before* that output is added, and the add happens inside the
 next norm (RMSNorm(x, residual), one fused kernel instead of an add plus a norm). The final norm
 takes the last layer's add. Same numbers as `hidden = hidden + sublayer(norm(hidden))`.
+
+The row-parallel projections (o_proj, down_proj) return this rank's partial sums unreduced; the
+norm after them reduces (add_norm: all-reduce, residual add and norm in one kernel on GPUs), so a
+sublayer's output, and a layer's, is a partial sum wherever a residual travels beside it.
 """
 
 from __future__ import annotations
@@ -32,14 +36,14 @@ class LlamaAttention(nn.Module):
         super().__init__()
         c = config
         self.qkv_proj = QKVParallelLinear(c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads, c.qkv_bias)
-        self.o_proj = RowParallelLinear(c.num_heads * c.head_dim, c.hidden_size, c.o_bias)
+        self.o_proj = RowParallelLinear(c.num_heads * c.head_dim, c.hidden_size, c.o_bias, reduce_results=False)
         self.rotary_emb = rotary
         self.attn = Attention(self.qkv_proj.num_heads, c.head_dim, c.head_dim**-0.5, self.qkv_proj.num_kv_heads)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv_proj.split(self.qkv_proj(hidden))  # this rank's heads
         # Rotary is applied inside the attention layer (on the triton backend, in the same
-        # kernel as the KV-cache write); o_proj reduces over ranks: [T, hidden].
+        # kernel as the KV-cache write); o_proj gives this rank's partial sum: [T, hidden].
         return self.o_proj(self.attn(q, k, v, positions, self.rotary_emb))
 
 
@@ -48,7 +52,7 @@ class LlamaMLP(nn.Module):
         super().__init__()
         inter = config.intermediate_size
         self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [inter, inter], config.mlp_bias)
-        self.down_proj = RowParallelLinear(inter, config.hidden_size, config.mlp_bias)
+        self.down_proj = RowParallelLinear(inter, config.hidden_size, config.mlp_bias, reduce_results=False)
         self.act = input_act(config.hidden_act, gated=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,9 +73,10 @@ class LlamaDecoderLayer(nn.Module):
         self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(hidden, residual) -> (mlp output, residual it is still to be added to); the
-        residual stream is hidden + residual, and residual is None for the first layer."""
+        residual stream is all_reduce(hidden) + residual, and residual is None for the first
+        layer (hidden: the embeddings, whole)."""
         x, residual = add_norm(self.input_layernorm, hidden, residual)
-        x, residual = self.post_attention_layernorm(self.self_attn(positions, x), residual)
+        x, residual = add_norm(self.post_attention_layernorm, self.self_attn(positions, x), residual)
         return self.mlp(x), residual
 
 

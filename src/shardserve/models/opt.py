@@ -6,8 +6,10 @@ embeddings are projected in (project_in) and hidden states out (project_out) bef
 so forward returns [T, word_embed_proj_dim].
 
 Every residual add happens inside the norm that follows it (LayerNorm(x, residual), one fused
-kernel). Pre-LN layers pass the residual on to the next layer's first norm, vLLM-style (see
-models/llama.py); post-LN layers normalise the sum at once, so they carry no residual.
+kernel), and so does the all-reduce of the row-parallel output before it (out_proj, fc2 return
+partial sums; add_norm reduces them). Pre-LN layers pass the residual and their partial output on
+to the next layer's first norm, vLLM-style (see models/llama.py); post-LN layers normalise the sum
+at once, so they carry no residual and return whole hidden states.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class OPTAttention(nn.Module):
         super().__init__()
         c = config
         self.qkv_proj = QKVParallelLinear(c.hidden_size, c.head_dim, c.num_heads, c.num_heads, c.qkv_bias)
-        self.out_proj = RowParallelLinear(c.hidden_size, c.hidden_size, c.o_bias)
+        self.out_proj = RowParallelLinear(c.hidden_size, c.hidden_size, c.o_bias, reduce_results=False)
         self.attn = Attention(self.qkv_proj.num_heads, c.head_dim, c.head_dim**-0.5)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -50,7 +52,8 @@ class OPTDecoderLayer(nn.Module):
         self.self_attn = OPTAttention(config)
         self.self_attn_layer_norm = LayerNorm(config.hidden_size, config.norm_eps)
         self.fc1 = ColumnParallelLinear(config.hidden_size, config.intermediate_size, config.mlp_bias)
-        self.fc2 = RowParallelLinear(config.intermediate_size, config.hidden_size, config.mlp_bias)
+        self.fc2 = RowParallelLinear(config.intermediate_size, config.hidden_size, config.mlp_bias,
+                                     reduce_results=False)
         self.final_layer_norm = LayerNorm(config.hidden_size, config.norm_eps)
         self.act = input_act(config.hidden_act)
 
@@ -61,14 +64,15 @@ class OPTDecoderLayer(nn.Module):
         self, hidden: torch.Tensor, residual: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(hidden, residual) -> (last sublayer's output, residual it is still to be added to);
-        the residual stream is hidden + residual (residual None: the first layer, or post-LN)."""
+        the residual stream is all_reduce(hidden) + residual (residual None: hidden is whole, in
+        the first layer or post-LN)."""
         if self.pre_ln:
             x, residual = add_norm(self.self_attn_layer_norm, hidden, residual)
-            x, residual = self.final_layer_norm(self.self_attn(x), residual)
+            x, residual = add_norm(self.final_layer_norm, self.self_attn(x), residual)
             return self._ffn(x), residual
         # Post-LN (OPT-350m): norm(hidden + sublayer(hidden)); the sum is not needed afterwards.
-        hidden = self.self_attn_layer_norm(self.self_attn(hidden), hidden)[0]
-        return self.final_layer_norm(self._ffn(hidden), hidden)[0], None
+        hidden = add_norm(self.self_attn_layer_norm, self.self_attn(hidden), hidden)[0]
+        return add_norm(self.final_layer_norm, self._ffn(hidden), hidden)[0], None
 
 
 class OPTDecoder(nn.Module):
@@ -94,7 +98,7 @@ class OPTDecoder(nn.Module):
         if self.final_layer_norm is not None:
             hidden = add_norm(self.final_layer_norm, hidden, residual)[0]
         elif residual is not None:  # pre-LN without a final norm (_remove_final_layer_norm)
-            hidden = hidden + residual
+            hidden = RowParallelLinear.sum_partials(hidden) + residual
         return self.project_out(hidden) if self.project_out is not None else hidden
 
 

@@ -9,6 +9,8 @@ in their signal pads, and each rank then reads all peers' buffers over NVLink an
 itself: one round trip. It stays the better choice up to a few hundred KB, beyond which NCCL
 (bandwidth-optimal) takes over again. Our kernel takes float16 too (torch's one-shot op does
 not; casting float16 to float32 around it cost more than it saved) and sums in float32.
+`add_norm` goes further where a norm follows the all-reduce (a pre-LN decoder's residual add and
+norm): reduce + add + norm in one kernel (reduce_norm_kernel.py), one norm launch fewer per call.
 
 NVLink multicast is never used (TORCH_SYMM_MEM_DISABLE_MULTICAST=1 stays set; the kernel reads
 peers' memory point to point). Where symmetric memory is unavailable (another torch build,
@@ -32,9 +34,12 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 class SymmMemAllReduce:
-    """Callable: x -> sum of x over the group (new tensor), or None to let NCCL do it."""
+    """Callable: x -> sum of x over the group (new tensor), or None to let NCCL do it.
+    fuse_norm=False turns `add_norm` off (EngineConfig.extra {"fused_all_reduce_norm": False}),
+    to measure what it buys."""
 
-    def __init__(self, group: dist.ProcessGroup, device: torch.device, max_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(self, group: dist.ProcessGroup, device: torch.device, max_bytes: int = DEFAULT_MAX_BYTES,
+                 fuse_norm: bool = True):
         import torch.distributed._symmetric_memory as symm_mem
 
         world = dist.get_world_size(group)
@@ -45,14 +50,30 @@ class SymmMemAllReduce:
         self.buffer = symm_mem.empty(max_bytes, dtype=torch.uint8, device=device)
         self.handle = symm_mem.rendezvous(self.buffer, group)
         self.max_programs = self.handle.signal_pad_size // (4 * world)  # world int32 slots each
+        self.fuse_norm = fuse_norm
         from shardserve.parallel.one_shot_kernel import one_shot_all_reduce  # needs Triton
+        from shardserve.parallel.reduce_norm_kernel import reduce_add_norm
 
-        self._kernel = one_shot_all_reduce
+        self._kernel, self._norm_kernel = one_shot_all_reduce, reduce_add_norm
+
+    def _takes(self, x: torch.Tensor) -> bool:
+        return x.dtype in _DTYPES and x.is_contiguous() and x.numel() * x.element_size() <= self.max_bytes
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
-        if x.dtype not in _DTYPES or not x.is_contiguous() or x.numel() * x.element_size() > self.max_bytes:
+        return self._kernel(x, self.handle, self.max_programs) if self._takes(x) else None
+
+    def add_norm(self, x: torch.Tensor, residual: torch.Tensor | None, norm) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(norm(s + residual), s + residual) with s the sum of x [T, dim] over the group ((norm(s),
+        s) without a residual), in one kernel, with the bits of self(x) followed by the norm's
+        Triton kernel. `norm`: a layers.norm LayerNorm (weight, bias, eps) or RMSNorm (weight,
+        eps; no bias). None where the kernel does not apply: the caller reduces, then norms."""
+        bias = getattr(norm, "bias", None)
+        if not (self.fuse_norm and x.dim() == 2 and self._takes(x) and norm.weight.dtype == x.dtype
+                and (bias is None or bias.dtype == x.dtype)):
             return None
-        return self._kernel(x, self.handle, self.max_programs)
+        if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype or not residual.is_contiguous()):
+            return None
+        return self._norm_kernel(x, residual, norm.weight, bias, norm.eps, self.handle, self.max_programs)
 
 
 def ranks_share_one_host(world_size: int) -> bool:
@@ -63,12 +84,14 @@ def ranks_share_one_host(world_size: int) -> bool:
     return local is not None and int(local) == world_size
 
 
-def create_fast_all_reduce(group: dist.ProcessGroup, device: torch.device, world_size: int) -> SymmMemAllReduce | None:
+def create_fast_all_reduce(
+    group: dist.ProcessGroup, device: torch.device, world_size: int, fuse_norm: bool = True
+) -> SymmMemAllReduce | None:
     """Set up and self-check the fast path on every rank; None (NCCL only) unless all succeed."""
     candidate, ok = None, False
     if device.type == "cuda" and world_size > 1 and ranks_share_one_host(world_size):
         try:
-            candidate = SymmMemAllReduce(group, device)
+            candidate = SymmMemAllReduce(group, device, fuse_norm=fuse_norm)
             ok = _agrees_with_nccl(candidate, group, device)
         except Exception as e:  # no symmetric memory in this build / driver / topology
             logger.warning("fast all-reduce unavailable, using NCCL: %s", e)
