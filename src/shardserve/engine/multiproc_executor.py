@@ -30,6 +30,7 @@ from shardserve.engine.worker import (
     Worker,
     free_port,
     init_distributed,
+    leave_group,
     rank_device,
     spawned_worker_main,
 )
@@ -158,18 +159,11 @@ class LauncherExecutor(Executor):
             if method == "shutdown":
                 break
             self.worker.handle(method, args)
-        _leave_group(self.control)
+        leave_group(self.control)
 
     def shutdown(self) -> None:
         if self._closed or self.rank != 0:
             return
         self._closed = True
         dist.broadcast_object_list(["shutdown", ()], src=0, group=self.control)
-        _leave_group(self.control)
-
-
-def _leave_group(control) -> None:
-    """Every rank leaves together: rank 0 hosts the rendezvous store, and tearing it down while
-    another rank still talks to it aborts the process."""
-    dist.barrier(group=control)
-    dist.destroy_process_group()
+        leave_group(self.control)

@@ -74,12 +74,13 @@ def spawned_worker_main(config: EngineConfig, rank: int, world_size: int, master
     """
     try:
         device = rank_device(config, rank, rank)
-        init_distributed(config, rank, world_size, device, master)
+        control = init_distributed(config, rank, world_size, device, master)
         worker = Worker(config, rank, device)
         conn.send(("ready", None))
         while True:
             method, args = conn.recv()
             if method == "shutdown":
+                leave_group(control)
                 break
             result = worker.handle(method, args)
             if rank == 0:
@@ -94,6 +95,14 @@ def spawned_worker_main(config: EngineConfig, rank: int, world_size: int, master
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def leave_group(control) -> None:
+    """Every rank leaves together: rank 0 hosts the rendezvous store, and tearing it down while
+    another rank still talks to it aborts that rank or fills its log with the NCCL heartbeat's
+    "TCPStore server has shut down" traces."""
+    dist.barrier(group=control)
+    dist.destroy_process_group()
 
 
 def free_port() -> int:
