@@ -97,20 +97,30 @@ def pick_config(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype 
     return KernelConfig(block_m, 64, block_k, split, num_stages=stages)
 
 
+# The dot tiles `candidates` offers: (BLOCK_N, BLOCK_K, swapped) by (8-bit weight, at most 16 rows).
+_DOT_TILES = {
+    (True, True): [(32, 256, False), (64, 128, False), (128, 128, False), (32, 512, False)],
+    (True, False): [(32, 256, False), (64, 256, False)],
+    (False, True): [(64, 256, True), (32, 256, True), (64, 128, True)],
+    (False, False): [(32, 256, False), (64, 128, False)],
+}
+
+
 def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype = torch.int8,
                input_act: str | None = None) -> list[KernelConfig]:
     """What the tuner times for m <= DECODE_MAX_TOKENS rows, the untuned choice (`pick_config`)
     first, then the dot kernel's (BLOCK_N, BLOCK_K) tiles, each unsplit and with the K split that
-    fills the GPU (up to 8 ways; the same config where N alone fills it), and for m <=
-    GEMV_MAX_TOKENS the GEMV with 16x512 and 32x256 tiles likewise (num_warps so each thread keeps
-    64 float32 accumulators: 4 for one row, 8 for two). With an input activation, every kernel
-    config also with the activation apart (`fuse_act=False`: act_kernel, then the plain kernel),
-    so fusing must win its place too: twice the counts below, less cuBLAS. The tiles are those
+    fills the GPU (up to 8 ways below 17 rows, else 4; the same config where N alone fills it),
+    and for m <= GEMV_MAX_TOKENS the GEMV with 16x512 and 32x256 tiles likewise (num_warps so each
+    thread keeps 64 float32 accumulators: 4 for one row, 8 for two). With an input activation,
+    every kernel config also with the activation apart (`fuse_act=False`: act_kernel, then the
+    plain kernel), so fusing must win its place too: twice the counts below, less cuBLAS. The tiles are those
     that came within 1.3% of the best of a wider grid (tiles of 8-32 KB per stage, swapped or
     not, other warps and stages: benchmarks/gemm_sweep.py) on an H200, for Llama-3-8B (1 and 4
     rows, bf16 / int8 / fp8), OPT-30B at TP4 (fp16) and BLOOM-176B at TP4 (int8), 4 rows:
-      8-bit weights: dot 32x256 and 64x128, and below 17 rows also 128x128 and 32x512. Swapping
-        does not pay here: the conversions, not the MMA, bound the loop. At most 13 configs.
+      8-bit weights: below 17 rows dot 32x256, 64x128, 128x128 and 32x512 (swapping does not
+        pay here: the conversions, not the MMA, bound the loop); past 16 rows, which the sweep
+        did not measure, 32x256 and 64x256 as before. At most 13 configs.
       16-bit weights: cuBLAS, then below 17 rows the swapped dot (weights on the MMA's tall side,
         `_gemm_kernel`) at 64x256, 32x256 and 64x128, which beat cuBLAS and the unswapped tiles
         by 2-9% at 4 rows; past 16 rows the unswapped 32x256 and 64x128. At most 11 configs.
@@ -120,13 +130,10 @@ def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype =
     out = [pick_config(m, n, k, num_sms, weight_dtype)]
     block_m, stages = _dot_rows(m)
     m_tiles = -(-m // block_m)
-    if weight_dtype in QMAX:
-        dot_tiles = [(32, 256, False), (64, 128, False)] + ([(128, 128, False), (32, 512, False)] if block_m == 16 else [])
-    else:
-        dot_tiles = [(64, 256, True), (32, 256, True), (64, 128, True)] if block_m == 16 else [(32, 256, False), (64, 128, False)]
-    for bn, bk, swap in dot_tiles:
+    most = 8 if block_m == 16 else 4  # the sweep measured up to 16 rows
+    for bn, bk, swap in _DOT_TILES[weight_dtype in QMAX, block_m == 16]:
         bk = min(bk, max(32, _pow2(k)))
-        for split in (1, _fill_split(-(-n // bn) * m_tiles, k, bk, num_sms, most=8)):
+        for split in (1, _fill_split(-(-n // bn) * m_tiles, k, bk, num_sms, most)):
             out.append(KernelConfig(block_m, bn, bk, split, num_stages=stages, swap_ab=swap))
     if m <= GEMV_MAX_TOKENS:
         bm = _pow2(m)
