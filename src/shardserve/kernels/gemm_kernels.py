@@ -14,20 +14,14 @@ loaded (QUANTIZED=False: no conversion, no scale); the bias is added in the same
   "gemv"    `_gemv_kernel`: no tensor cores. Each program multiplies its float32 weight tile by
             the broadcast activation rows elementwise and reduces over K once at the end; for 1-2
             rows this skips the dot path's 16-row operand padding and register shuffles.
-  "cublas"  16-bit weights only: F.linear, exactly the call an unquantised layer makes. cuBLAS reads
-            small decode weights well below copy bandwidth (H200, Llama-3-8B at batch 1: qkv and
-            o_proj ~3.1-3.2 TB/s, down_proj 3.75 TB/s plus split-K reduce kernels, against 4.2 TB/s
-            copies), so the kernels compete with it per shape; it is the tuner's first candidate and
-            the untuned choice, so a kernel runs only where it measured faster.
-  "dequant" 8-bit prefill (more than DECODE_MAX_TOKENS rows, compute-bound): one Triton pass writes
-            the weight in the activation dtype (the reference's float32 product, rounded once, so
-            the result is the reference's bit for bit), then one cuBLAS matmul. Cost: a transient
-            [N, K] activation-dtype copy of the weight and 3 bytes of traffic per weight (~85 us
-            for Llama-3-8B's gate_up at 4 TB/s) on top of the bf16 matmul, against 19 bytes per
-            weight through float32 temporaries before. The dot kernel at prefill tiles (e.g.
-            KernelConfig(128, 128, 64, 1, 8, 3), wgmma) reads 1 byte per weight but runs its
-            tensor cores below cuBLAS's rate; benchmarks/quant_bench.py times both at 512 rows.
-            (16-bit prefill is plain cuBLAS: `pick_config` answers "cublas" at every size.)
+  "cublas"  16-bit weights only: F.linear, exactly the call an unquantised layer makes; the
+            tuner's first candidate and the untuned choice, so a kernel runs only where it
+            measured faster (cuBLAS reads small decode weights at ~3.1-3.75 TB/s on an H200,
+            against 4.2 TB/s copies).
+  "dequant" 8-bit prefill (past DECODE_MAX_TOKENS rows, compute-bound): one Triton pass writes
+            the weight in the activation dtype (the reference's rounding, so the result is the
+            reference's bit for bit), then one cuBLAS matmul: 3 bytes of traffic per weight on
+            top of the 16-bit matmul. (16-bit prefill is plain cuBLAS.)
 Either kernel may split K over programs that atomically add float32 partials into a zeroed
 buffer, cast once at the end (one memset and one cast launch: worth it only where N alone leaves
 SMs idle).
@@ -37,13 +31,11 @@ input before the activation, e.g. [gate | up] for gated SiLU. The kernels apply 
 prologue, to each x tile as it is loaded (`act_tile`: gate at column k, up at column K + k,
 float32 math rounded to the activation dtype as the reference rounds), so no activation kernel
 and no round trip of its output through memory runs between the two matmuls (one launch and ~3 us
-per layer at decode). Given the same config, the fused result is the unfused kernel's on
-`act_kernel`'s output, bit for bit (except that a K split's atomic adds on a GPU come in no
-fixed order, fused or not). That unfused form is a config too (`fuse_act=False`): the prologue
-recomputes the activation in every program that reads an x tile, N / BLOCK_N times over, and
-for all BLOCK_M rows of a dot tile (16 at least, however few are real), which can cost more ALU
-time than the separate kernel costs, so the tuner times both. "cublas" and "dequant" apply the
-activation first (`apply_input_act`: the unfused layers' own step) and then multiply.
+per layer at decode), with the bits of the unfused kernel on `act_kernel`'s output (up to the
+order of a K split's atomic adds). The prologue recomputes the activation in every program that
+reads an x tile, which can cost more than the separate kernel, so the unfused form is a config
+too (`fuse_act=False`) and the tuner times both. "cublas" and "dequant" apply the activation
+first (`apply_input_act`) and then multiply.
 
 `linear_reference` (kernels/weight_formats.py: dequantise, then one ordinary matmul) is the
 definition the kernels are tested against and the CPU path. Triton is optional: without it only
