@@ -79,14 +79,19 @@ def _worker(rank: int, world: int, port: int, results: dict) -> None:
     dist.destroy_process_group()
 
 
-def test_fast_all_reduce_matches_nccl():
+def _run_ranks(worker) -> dict:
+    """worker(rank, world, port, results) on one process per GPU (up to 4); results by rank."""
     os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     world = min(torch.cuda.device_count(), 4)
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_worker, args=(world, free_port(), results), nprocs=world)
-        results = dict(results)
+        mp.spawn(worker, args=(world, free_port(), results), nprocs=world)
+        return dict(results)
+
+
+def test_fast_all_reduce_matches_nccl():
+    results = _run_ranks(_worker)
     assert len({tuple(digests) for _, _, digests in results.values()}) == 1, "ranks got different sums"
     for rank, (err, declined, _) in results.items():
         for name, excess in err.items():
@@ -201,13 +206,7 @@ def _norm_worker(rank: int, world: int, port: int, results: dict) -> None:
 
 @pytest.mark.timeout(900)  # each rank compiles ~60 kernel variants
 def test_fused_all_reduce_add_norm_matches_two_kernels():
-    os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
-    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
-    world = min(torch.cuda.device_count(), 4)
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(_norm_worker, args=(world, free_port(), results), nprocs=world)
-        results = dict(results)
+    results = _run_ranks(_norm_worker)
     for rank, (failures, _, taken) in sorted(results.items()):
         assert not failures, f"rank {rank}: fused != all-reduce then norm:\n" + "\n".join(failures[:20])
         assert not taken, f"rank {rank}: the fused kernel took inputs it must decline: {taken}"
