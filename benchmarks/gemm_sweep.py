@@ -29,7 +29,9 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8, "fp
 
 def grid(m: int, n: int, k: int, sms: int, weight_dtype: torch.dtype) -> list:
     """The tuner's candidates, then dot tiles of 8-32 KB of weights per stage, swapped and not,
-    unsplit and with the filling K split, and a few warp / stage variants of the swapped ones."""
+    unsplit and with the filling K split, and warp / stage variants of the tile the tuner's sets
+    are built around, swapped and not (more warps per program to hide the 8-bit conversions'
+    latency, deeper or shallower load pipelines)."""
     from shardserve.kernels.gemm_kernels import KernelConfig
     from shardserve.kernels.tuned_gemm import _dot_rows, _fill_split, candidates
 
@@ -43,10 +45,11 @@ def grid(m: int, n: int, k: int, sms: int, weight_dtype: torch.dtype) -> list:
         for swap in (False, True):
             for split in (1, _fill_split(-(-n // bn), k, bk, sms, most=8)):
                 out.append(KernelConfig(block_m, bn, bk, split, num_stages=stages, swap_ab=swap))
-    bn, bk = (64, 256) if eight_bit else (64, 128)
+    bn, bk = (64, 128) if eight_bit else (64, 256)
     split = _fill_split(-(-n // bn), k, bk, sms, most=8)
-    for warps, st in ((8, 4), (4, 3), (4, 6)):
-        out.append(KernelConfig(block_m, bn, bk, split, warps, st, swap_ab=True))
+    for warps, st in ((8, 4), (8, 6), (4, 3), (4, 6)):
+        for swap in (False, True):
+            out.append(KernelConfig(block_m, bn, bk, split, warps, st, swap_ab=swap))
     return list(dict.fromkeys(out))
 
 
