@@ -189,7 +189,7 @@ if _has_triton:
     # rows fill the MMA's tall side, the few activation rows (padded to 16) its narrow side. On
     # Hopper that is a wgmma (m64n16k16) with the converted weights taken from registers, where
     # the unswapped tile (16 rows of x on the tall side: below wgmma's 64) compiles to mma.sync
-    # (m16n8k16) fed by ldmatrix (sm_90 PTX of both, 64x256 tiles).
+    # (m16n8k16) (sm_90 PTX of both, 64x256 tiles).
     @triton.jit(do_not_specialize=["M", "k_iters"])
     def _gemm_kernel(
         x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K, k_iters, stride_xm, stride_wn, stride_om,

@@ -114,10 +114,11 @@ def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype =
     and for m <= GEMV_MAX_TOKENS the GEMV with 16x512 and 32x256 tiles likewise (num_warps so each
     thread keeps 64 float32 accumulators: 4 for one row, 8 for two). With an input activation,
     every kernel config also with the activation apart (`fuse_act=False`: act_kernel, then the
-    plain kernel), so fusing must win its place too: twice the counts below, less cuBLAS. The tiles are those
-    that came within 1.3% of the best of a wider grid (tiles of 8-32 KB per stage, swapped or
-    not, other warps and stages: benchmarks/gemm_sweep.py) on an H200, for Llama-3-8B (1 and 4
-    rows, bf16 / int8 / fp8), OPT-30B at TP4 (fp16) and BLOOM-176B at TP4 (int8), 4 rows:
+    plain kernel), so fusing must win its place too: twice the counts below, less cuBLAS. The
+    tiles are those that came within 1.3% of the best of a wider grid (tiles of 8-32 KB per
+    stage, swapped or not, other warps and stages: benchmarks/gemm_sweep.py) on an H200, for
+    Llama-3-8B (1 and 4 rows, bf16 / int8 / fp8), OPT-30B at TP4 (fp16) and BLOOM-176B at TP4
+    (int8), 4 rows:
       8-bit weights: below 17 rows dot 32x256, 64x128, 128x128 and 32x512 (swapping does not
         pay here: the conversions, not the MMA, bound the loop); past 16 rows, which the sweep
         did not measure, 32x256 and 64x256 as before. At most 13 configs.
