@@ -5,7 +5,13 @@ Reference: `shardserve.kernels.paged_attention.paged_attention_reference` with e
 One program per (sequence, KV head, split): the query heads that share a KV head (GQA group)
 are packed as the rows of one tile, so each K/V block is read once per group. A sequence's
 context is divided among `num_splits` programs (flash-decoding) so that a batch of a few
-sequences still fills the GPU; a second small kernel merges their partial softmaxes.
+sequences still fills the GPU; their partial softmaxes are merged by a second small kernel, or
+(`merge_in_kernel`) by the last of a group's split programs to finish, which a per-(sequence,
+KV head) counter tells: one launch per layer fewer, the CUDA threadfence-reduction pattern (each
+split stores its partials, a CTA barrier, then one thread's acquire-release atomic increment;
+the program that draws the last ticket reads them all and resets the counter to zero for the
+next launch). Off by default until it is measured against the merge kernel on a GPU
+(EngineConfig.extra {"decode_merge_in_kernel": True} turns it on).
 
 Nothing here reads a host value that changes from step to step: context lengths come from
 `seq_lens` on the device and the split count depends only on the batch shape, so the launch can
@@ -29,12 +35,49 @@ from shardserve.kernels.paged_tiles import (
 )
 
 _MAX_SPLITS = 16
+_MERGE_IN_KERNEL = False  # `set_decode_merge_in_kernel`: the engine's choice for every decode call
+
+
+def set_decode_merge_in_kernel(enabled: bool) -> None:
+    global _MERGE_IN_KERNEL
+    _MERGE_IN_KERNEL = enabled
+
+
+_SPLIT_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _split_counters(device: torch.device, needed: int) -> torch.Tensor:
+    """One int32 counter per (sequence, KV head), zero between launches (the merging program
+    resets its own), kept across calls so a CUDA graph replays with the same buffer. The engine
+    runs every decode batch shape eagerly before capturing it, so it grows outside captures."""
+    counters = _SPLIT_COUNTERS.get(device)
+    if counters is None or counters.numel() < needed:
+        counters = _SPLIT_COUNTERS[device] = torch.zeros(max(needed, 1024), dtype=torch.int32, device=device)
+    return counters
+
+
+@triton.jit
+def _merge_rows(part_acc_ptr, part_ml_ptr, rows, row_mask, d, d_mask,
+                NUM_SPLITS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The normalised softmax merge of the split partials of `rows` [R] (row = seq * num_heads +
+    head; masked rows give 0): [R, BLOCK_D] float32. Padding rows (every split empty) give 0.
+    Loads bypass L1 (.cg): in-kernel merging reads what other SMs wrote in the same launch."""
+    part = rows[:, None] * NUM_SPLITS + tl.arange(0, NUM_SPLITS)[None, :]  # [R, NUM_SPLITS]
+    m = tl.load(part_ml_ptr + part * 2, mask=row_mask[:, None], other=float("-inf"), cache_modifier=".cg")
+    l_sum = tl.load(part_ml_ptr + part * 2 + 1, mask=row_mask[:, None], other=0.0, cache_modifier=".cg")
+    m_max = tl.max(m, 1)
+    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
+    w = tl.exp2(m - m_max[:, None])  # 0 for empty splits
+    denom = tl.sum(w * l_sum, 1)
+    acc = tl.load(part_acc_ptr + part[:, :, None] * BLOCK_D + d[None, None, :],
+                  mask=row_mask[:, None, None] & d_mask[None, None, :], other=0.0, cache_modifier=".cg")
+    return tl.sum(acc * w[:, :, None], 1) / tl.where(denom > 0, denom, 1.0)[:, None]
 
 
 @triton.jit
 def _decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, slopes_ptr,
-    out_ptr, part_acc_ptr, part_ml_ptr,
+    out_ptr, part_acc_ptr, part_ml_ptr, counters_ptr,
     stride_q_t, stride_q_h,  # query [num_seqs, num_heads, head_dim]
     stride_c_block, stride_c_slot, stride_c_head,  # cache [num_blocks, block_size, kv_heads, dim]
     stride_bt,  # block_tables [num_seqs, max_blocks]
@@ -44,6 +87,7 @@ def _decode_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,  # cache block size; keys per iteration
     NUM_SPLITS: tl.constexpr, HAS_ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    MERGE_IN_KERNEL: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -85,37 +129,42 @@ def _decode_kernel(
         m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION)
 
     out_mask = g_mask[:, None] & d_mask[None, :]
+    o = out_ptr + seq * stride_o_t + heads[:, None] * stride_o_h + d[None, :]
     if NUM_SPLITS == 1:
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # empty context (padding) -> 0
-        o = out_ptr + seq * stride_o_t + heads[:, None] * stride_o_h + d[None, :]
         tl.store(o, out.to(out_ptr.dtype.element_ty), mask=out_mask)
     else:
         # Partials: acc [num_seqs, num_heads, NUM_SPLITS, BLOCK_D], (m, l) [.., NUM_SPLITS, 2].
-        base = (seq * num_heads + heads) * NUM_SPLITS + split  # [BLOCK_G]
+        rows = seq * num_heads + heads  # [BLOCK_G]
+        base = rows * NUM_SPLITS + split
         tl.store(part_acc_ptr + base[:, None] * BLOCK_D + d[None, :], acc, mask=out_mask)
         tl.store(part_ml_ptr + base * 2, m_i, mask=g_mask)
         tl.store(part_ml_ptr + base * 2 + 1, l_i, mask=g_mask)
+        if MERGE_IN_KERNEL:
+            tl.debug_barrier()  # every thread's partials stored before the release below
+            counter = counters_ptr + seq * tl.num_programs(1) + kv_head
+            if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == NUM_SPLITS - 1:
+                out = _merge_rows(part_acc_ptr, part_ml_ptr, rows, g_mask, d, d_mask, NUM_SPLITS, BLOCK_D)
+                tl.store(o, out.to(out_ptr.dtype.element_ty), mask=out_mask)
+                tl.store(counter, 0)  # read by the next launch only
 
 
 @triton.jit
 def _merge_splits_kernel(
     part_acc_ptr, part_ml_ptr, out_ptr, stride_o_t, stride_o_h,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
 ):
+    # One program per (sequence, KV head): its GROUP query heads, as the decode kernel packs them.
     seq = tl.program_id(0)
-    head = tl.program_id(1)
-    base = (seq * tl.num_programs(1) + head) * NUM_SPLITS
-    s = tl.arange(0, NUM_SPLITS)
-    m = tl.load(part_ml_ptr + (base + s) * 2)  # [NUM_SPLITS]; -inf for an empty split
-    l_sum = tl.load(part_ml_ptr + (base + s) * 2 + 1)
-    m_max = tl.max(m, 0)
-    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
-    w = tl.exp2(m - m_max)  # 0 for empty splits
-    denom = tl.sum(w * l_sum, 0)
+    heads = tl.program_id(1) * GROUP + tl.arange(0, BLOCK_G)
+    g_mask = tl.arange(0, BLOCK_G) < GROUP
     d = tl.arange(0, BLOCK_D)
-    acc = tl.load(part_acc_ptr + (base + s)[:, None] * BLOCK_D + d[None, :])  # [NUM_SPLITS, BLOCK_D]
-    out = tl.sum(acc * w[:, None], 0) / tl.where(denom > 0, denom, 1.0)
-    tl.store(out_ptr + seq * stride_o_t + head * stride_o_h + d, out.to(out_ptr.dtype.element_ty), mask=d < HEAD_DIM)
+    d_mask = d < HEAD_DIM
+    rows = seq * (tl.num_programs(1) * GROUP) + heads
+    out = _merge_rows(part_acc_ptr, part_ml_ptr, rows, g_mask, d, d_mask, NUM_SPLITS, BLOCK_D)
+    o = out_ptr + seq * stride_o_t + heads[:, None] * stride_o_h + d[None, :]
+    tl.store(o, out.to(out_ptr.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
 
 
 @functools.cache
@@ -141,6 +190,7 @@ def paged_decode_attention(
     num_splits: int | None = None,
     block_n: int = 64,
     out: torch.Tensor | None = None,
+    merge_in_kernel: bool | None = None,  # None: the engine's setting (`set_decode_merge_in_kernel`)
 ) -> torch.Tensor:
     num_seqs, num_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
@@ -150,26 +200,29 @@ def paged_decode_attention(
         num_splits = default_num_splits(num_seqs, num_kv_heads, query.device)
     assert num_splits & (num_splits - 1) == 0, "num_splits must be a power of two"
     block_d = triton.next_power_of_2(head_dim)
+    merge_in_kernel = (_MERGE_IN_KERNEL if merge_in_kernel is None else merge_in_kernel) and num_splits > 1
     if num_splits > 1:
         part_acc = torch.empty(num_seqs, num_heads, num_splits, block_d, dtype=torch.float32, device=query.device)
         part_ml = torch.empty(num_seqs, num_heads, num_splits, 2, dtype=torch.float32, device=query.device)
     else:
         part_acc = part_ml = out  # unused
+    counters = _split_counters(query.device, num_seqs * num_kv_heads) if merge_in_kernel else seq_lens  # unused
     _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
         query, k_cache, v_cache, block_tables, seq_lens,
         alibi_slopes if alibi_slopes is not None else query,
-        out, part_acc, part_ml,
+        out, part_acc, part_ml, counters,
         *layout_args(query, k_cache, block_tables, out, scale),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=head_dim, BLOCK_D=block_d,
         BLOCK_SIZE=block_size, BLOCK_N=block_n,
         NUM_SPLITS=num_splits, HAS_ALIBI=alibi_slopes is not None,
-        DOT_PRECISION=dot_precision(query.dtype),
+        DOT_PRECISION=dot_precision(query.dtype), MERGE_IN_KERNEL=merge_in_kernel,
         num_warps=4, num_stages=2,
     )
-    if num_splits > 1:
-        _merge_splits_kernel[(num_seqs, num_heads)](
+    if num_splits > 1 and not merge_in_kernel:
+        _merge_splits_kernel[(num_seqs, num_kv_heads)](
             part_acc, part_ml, out, out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, num_warps=4,
+            GROUP=group, BLOCK_G=triton.next_power_of_2(group), HEAD_DIM=head_dim, BLOCK_D=block_d,
+            NUM_SPLITS=num_splits, num_warps=4,
         )
     return out
