@@ -41,7 +41,7 @@ def test_decode_padding_rows(splits, merge_in_kernel):
     check_decode_padding_rows("cuda", torch.bfloat16, splits, merge_in_kernel=merge_in_kernel)
 
 
-def test_decode_merge_in_kernel_is_the_merge_kernel_bit_for_bit_every_time():
+def test_decode_merge_in_kernel_agrees_with_the_merge_kernel_every_time():
     # Programs of a group finish in no fixed order on a GPU: many launches, the same bits.
     check_merge_in_kernel("cuda", torch.bfloat16, repeats=200)
 

@@ -59,9 +59,10 @@ def _split_counters(device: torch.device, needed: int) -> torch.Tensor:
 @triton.jit
 def _merge_rows(part_acc_ptr, part_ml_ptr, rows, row_mask, d, d_mask,
                 NUM_SPLITS: tl.constexpr, BLOCK_D: tl.constexpr):
-    """The normalised softmax merge of the split partials of `rows` [R] (row = seq * num_heads +
-    head; masked rows give 0): [R, BLOCK_D] float32. Padding rows (every split empty) give 0.
-    Loads bypass L1 (.cg): in-kernel merging reads what other SMs wrote in the same launch."""
+    """The decode kernel's own merge (MERGE_IN_KERNEL): `_merge_splits_kernel`'s math for the
+    split partials of `rows` [R] (row = seq * num_heads + head; masked rows give 0) -> [R, BLOCK_D]
+    float32. Padding rows (every split empty) give 0. Loads bypass L1 (.cg): they read what other
+    SMs wrote in the same launch. (One of the two merges goes once a GPU has timed them.)"""
     part = rows[:, None] * NUM_SPLITS + tl.arange(0, NUM_SPLITS)[None, :]  # [R, NUM_SPLITS]
     m = tl.load(part_ml_ptr + part * 2, mask=row_mask[:, None], other=float("-inf"), cache_modifier=".cg")
     l_sum = tl.load(part_ml_ptr + part * 2 + 1, mask=row_mask[:, None], other=0.0, cache_modifier=".cg")
@@ -152,19 +153,22 @@ def _decode_kernel(
 @triton.jit
 def _merge_splits_kernel(
     part_acc_ptr, part_ml_ptr, out_ptr, stride_o_t, stride_o_h,
-    GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr,
 ):
-    # One program per (sequence, KV head): its GROUP query heads, as the decode kernel packs them.
     seq = tl.program_id(0)
-    heads = tl.program_id(1) * GROUP + tl.arange(0, BLOCK_G)
-    g_mask = tl.arange(0, BLOCK_G) < GROUP
+    head = tl.program_id(1)
+    base = (seq * tl.num_programs(1) + head) * NUM_SPLITS
+    s = tl.arange(0, NUM_SPLITS)
+    m = tl.load(part_ml_ptr + (base + s) * 2)  # [NUM_SPLITS]; -inf for an empty split
+    l_sum = tl.load(part_ml_ptr + (base + s) * 2 + 1)
+    m_max = tl.max(m, 0)
+    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
+    w = tl.exp2(m - m_max)  # 0 for empty splits
+    denom = tl.sum(w * l_sum, 0)
     d = tl.arange(0, BLOCK_D)
-    d_mask = d < HEAD_DIM
-    rows = seq * (tl.num_programs(1) * GROUP) + heads
-    out = _merge_rows(part_acc_ptr, part_ml_ptr, rows, g_mask, d, d_mask, NUM_SPLITS, BLOCK_D)
-    o = out_ptr + seq * stride_o_t + heads[:, None] * stride_o_h + d[None, :]
-    tl.store(o, out.to(out_ptr.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
+    acc = tl.load(part_acc_ptr + (base + s)[:, None] * BLOCK_D + d[None, :])  # [NUM_SPLITS, BLOCK_D]
+    out = tl.sum(acc * w[:, None], 0) / tl.where(denom > 0, denom, 1.0)
+    tl.store(out_ptr + seq * stride_o_t + head * stride_o_h + d, out.to(out_ptr.dtype.element_ty), mask=d < HEAD_DIM)
 
 
 @functools.cache
@@ -220,9 +224,8 @@ def paged_decode_attention(
         num_warps=4, num_stages=2,
     )
     if num_splits > 1 and not merge_in_kernel:
-        _merge_splits_kernel[(num_seqs, num_kv_heads)](
+        _merge_splits_kernel[(num_seqs, num_heads)](
             part_acc, part_ml, out, out.stride(0), out.stride(1),
-            GROUP=group, BLOCK_G=triton.next_power_of_2(group), HEAD_DIM=head_dim, BLOCK_D=block_d,
-            NUM_SPLITS=num_splits, num_warps=4,
+            HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, num_warps=4,
         )
     return out

@@ -36,8 +36,8 @@ def test_decode_split_counts_agree():
                               merge_in_kernel=merge_in_kernel)
 
 
-def test_decode_merge_in_kernel_is_the_merge_kernel_bit_for_bit():
-    check_merge_in_kernel("cpu", torch.float16)
+def test_decode_merge_in_kernel_agrees_with_the_merge_kernel():
+    check_merge_in_kernel("cpu", torch.float16, repeats=2)
 
 
 @pytest.mark.parametrize("name", sorted(FUSED_CHECKS))
