@@ -43,17 +43,18 @@ def set_decode_merge_in_kernel(enabled: bool) -> None:
     _MERGE_IN_KERNEL = enabled
 
 
-_SPLIT_COUNTERS: dict[torch.device, torch.Tensor] = {}
+_SPLIT_COUNTERS: dict[torch.device, list[torch.Tensor]] = {}
 
 
 def _split_counters(device: torch.device, needed: int) -> torch.Tensor:
     """One int32 counter per (sequence, KV head), zero between launches (the merging program
     resets its own), kept across calls so a CUDA graph replays with the same buffer. The engine
-    runs every decode batch shape eagerly before capturing it, so it grows outside captures."""
-    counters = _SPLIT_COUNTERS.get(device)
-    if counters is None or counters.numel() < needed:
-        counters = _SPLIT_COUNTERS[device] = torch.zeros(max(needed, 1024), dtype=torch.int32, device=device)
-    return counters
+    runs every decode batch shape eagerly before capturing it, so it grows outside captures; an
+    outgrown buffer is kept too, since graphs captured earlier still use it."""
+    buffers = _SPLIT_COUNTERS.setdefault(device, [])
+    if not buffers or buffers[-1].numel() < needed:
+        buffers.append(torch.zeros(max(needed, 1024), dtype=torch.int32, device=device))
+    return buffers[-1]
 
 
 @triton.jit
