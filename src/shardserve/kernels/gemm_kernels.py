@@ -3,9 +3,10 @@ in one of the formats of kernels/weight_formats.py (8-bit with per-row scales, o
 
 Decode steps multiply a few rows of activations by every weight of the model, so their time is
 the time to read the weights. The kernels read each weight once and accumulate in float32; an
-8-bit weight byte is converted exactly in registers and the per-channel scale applied to the
-accumulator (half the bytes of a bf16 matmul), a 16-bit weight goes to the tensor cores / FMAs as
-loaded (QUANTIZED=False: no conversion, no scale); the bias is added in the same epilogue.
+8-bit weight byte is converted exactly in registers (kernels/weight_convert.py) and the
+per-channel scale applied to the accumulator (half the bytes of a bf16 matmul), a 16-bit weight
+goes to the tensor cores / FMAs as loaded (QUANTIZED=False: no conversion, no scale); the bias
+is added in the same epilogue.
 `run_config` runs one of four paths (`KernelConfig.kernel`):
   "dot"     `_gemm_kernel`: [BLOCK_M x BLOCK_K] activations times a [BLOCK_N x BLOCK_K] weight tile
             on tensor cores (tl.dot). Any batch; the only 8-bit kernel past GEMV_MAX_TOKENS rows.
@@ -18,10 +19,11 @@ loaded (QUANTIZED=False: no conversion, no scale); the bias is added in the same
             tuner's first candidate and the untuned choice, so a kernel runs only where it
             measured faster (cuBLAS reads small decode weights at ~3.1-3.75 TB/s on an H200,
             against 4.2 TB/s copies).
-  "dequant" 8-bit prefill (past DECODE_MAX_TOKENS rows, compute-bound): one Triton pass writes
-            the weight in the activation dtype (the reference's rounding, so the result is the
-            reference's bit for bit), then one cuBLAS matmul: 3 bytes of traffic per weight on
-            top of the 16-bit matmul. (16-bit prefill is plain cuBLAS.)
+  "dequant" 8-bit prefill (past DECODE_MAX_TOKENS rows, compute-bound): one Triton pass
+            (kernels/weight_convert.py) writes the weight in the activation dtype (the
+            reference's rounding, so the result is the reference's bit for bit), then one cuBLAS
+            matmul: 3 bytes of traffic per weight on top of the 16-bit matmul. (16-bit prefill is
+            plain cuBLAS.)
 Either kernel may split K over programs that atomically add float32 partials into a zeroed
 buffer, cast once at the end (one memset and one cast launch: worth it only where N alone leaves
 SMs idle).
@@ -58,6 +60,7 @@ if _has_triton:
     import triton.language as tl
 
     from shardserve.kernels.act_and_mul import act_kernel, act_tile
+    from shardserve.kernels.weight_convert import dequant_tile, dequantize_fast
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -111,32 +114,11 @@ def kernel_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 if _has_triton:
 
     @triton.jit
-    def _dequant_tile(w, W_FP8: tl.constexpr, DTYPE: tl.constexpr):
-        """A tile of 8-bit weights (int8 bits; fp8 comes as its bits) -> DTYPE, exactly. Where
-        Triton's cast would use the quarter-rate conversion units (int8 -> fp32 / fp16 is I2F,
-        fp8 -> bf16 goes through F2F: seen in sm_90 SASS), the cast is built from full-rate ops."""
-        if W_FP8:
-            f8 = w.to(tl.float8e4nv, bitcast=True)
-            if DTYPE == tl.bfloat16:  # e4m3x2 -> f16x2, f16 -> f32 (HADD2), f32x2 -> bf16x2
-                out = f8.to(tl.float32).to(DTYPE)
-            else:
-                out = f8.to(DTYPE)
-        elif DTYPE == tl.float32:
-            # The float32 with bits 0x4B000000 + (w + 128) is 2^23 + w + 128: integer add, then
-            # one exact float subtraction.
-            out = (w.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
-        elif DTYPE == tl.float16:  # the same with fp16's 10 mantissa bits: 2^10 + w + 128
-            out = (w.to(tl.int16) + 0x6480).to(tl.float16, bitcast=True) - 1152.0
-        else:  # bf16: Triton's own cast is already such a bit trick
-            out = w.to(DTYPE)
-        return out
-
-    @triton.jit
     def _weight_tile(w, QUANTIZED: tl.constexpr, W_FP8: tl.constexpr, DTYPE: tl.constexpr):
-        """A loaded weight tile -> DTYPE: 8-bit weights by `_dequant_tile` (unscaled); a 16-bit
+        """A loaded weight tile -> DTYPE: 8-bit weights by `dequant_tile` (unscaled); a 16-bit
         weight is in the activation dtype already (no-op for the dot kernel, widened by the GEMV)."""
         if QUANTIZED:
-            out = _dequant_tile(w, W_FP8, DTYPE)
+            out = dequant_tile(w, W_FP8, DTYPE)
         else:
             out = w.to(DTYPE)
         return out
@@ -246,29 +228,6 @@ if _has_triton:
         _epilogue(tl.sum(acc, axis=2), rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om,
                   QUANTIZED, HAS_BIAS, ATOMIC)
 
-    @triton.jit
-    def _dequant_kernel(w_ptr, scale_ptr, out_ptr, N, K, stride_wn, W_FP8: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # out [N, K] = (w * scale[:, None]) formed in float32 and rounded once: `dequantize`.
-        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-        mask = (rn < N)[:, None] & (rk < K)[None, :]
-        w = tl.load(w_ptr + rn.to(tl.int64)[:, None] * stride_wn + rk[None, :], mask=mask, other=0)
-        s = tl.load(scale_ptr + rn, mask=rn < N, other=0.0)
-        out = _dequant_tile(w, W_FP8, tl.float32) * s[:, None]
-        tl.store(out_ptr + rn.to(tl.int64)[:, None] * K + rk[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-def _dequantize_fast(qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`dequantize` in one Triton pass (bit-identical): no float32 [N, K] intermediates."""
-    n, k = qweight.shape
-    out = torch.empty((n, k), dtype=dtype, device=qweight.device)
-    grid = (triton.cdiv(n, 16), triton.cdiv(k, 256))
-    _dequant_kernel[grid](qweight.view(torch.int8), scale, out, n, k, qweight.stride(0),
-                          W_FP8=qweight.dtype == torch.float8_e4m3fn, BLOCK_N=16, BLOCK_K=256)
-    return out
-
-
 def run_config(cfg: KernelConfig, x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
                bias: torch.Tensor | None, input_act: str | None = None) -> torch.Tensor:
     """x2 [m, K] (unit stride along K; [m, 2 * K] = [gate | up] for a gated input_act) -> [m, N]
@@ -283,7 +242,7 @@ def run_config(cfg: KernelConfig, x2: torch.Tensor, weight: torch.Tensor, scale:
     if cfg.kernel == "cublas":
         return F.linear(apply_input_act(x2, input_act), weight, bias)
     if cfg.kernel == "dequant":
-        return F.linear(apply_input_act(x2, input_act), _dequantize_fast(weight, scale, x2.dtype), bias)
+        return F.linear(apply_input_act(x2, input_act), dequantize_fast(weight, scale, x2.dtype), bias)
     atomic = cfg.split_k > 1
     # Split K: float32 partials are summed in place, then rounded once to the output dtype.
     out = torch.zeros((m, n), dtype=torch.float32, device=x2.device) if atomic else x2.new_empty((m, n))

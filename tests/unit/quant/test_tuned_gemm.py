@@ -17,7 +17,7 @@ import torch
 
 from helpers.markers import needs_interpreter
 from helpers.quant_cases import INTERP_GEMV, INTERP_SHAPE, LLAMA8B, TOL, check_kernel, make_case
-from shardserve.kernels import gemm_kernels, tuned_gemm
+from shardserve.kernels import tuned_gemm, weight_convert
 from shardserve.kernels.gemm_kernels import DEQUANT, KernelConfig
 from shardserve.kernels.tuned_gemm import (
     DECODE_MAX_TOKENS,
@@ -53,7 +53,7 @@ def test_every_path_matches_the_reference(dtype, qdtype):
 @pytest.mark.parametrize("qdtype", QDTYPES)
 def test_dequantise_pass_is_the_reference_bit_for_bit(qdtype):
     _, qweight, scale, _ = make_case(1, N, K, qdtype, torch.float16, "cpu")
-    assert torch.equal(gemm_kernels._dequantize_fast(qweight, scale, torch.float16),
+    assert torch.equal(weight_convert.dequantize_fast(qweight, scale, torch.float16),
                        dequantize(qweight, scale, torch.float16))
 
 
