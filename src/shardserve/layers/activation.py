@@ -26,4 +26,3 @@ def input_act(hidden_act: str, gated: bool = False) -> str:
     if hidden_act not in _ACTIVATIONS:
         raise ValueError(f"hidden_act must be one of {sorted(_ACTIVATIONS)}, got {hidden_act!r}")
     return _ACTIVATIONS[hidden_act] + ("_and_mul" if gated else "")
-

@@ -153,7 +153,7 @@ class RowParallelLinear(nn.Module):
 
     reduce_results=False: forward returns this rank's term of that sum, and the caller reduces it,
     together with what follows: a decoder's residual add and norm (layers.norm.add_norm, one
-    kernel for all three on GPUs), or `sum_partials`."""
+    kernel for all three on GPUs), or parallel.comm.all_reduce."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, reduce_results: bool = True):
         super().__init__()
@@ -178,8 +178,3 @@ class RowParallelLinear(nn.Module):
         # no separate add kernel runs after the reduce: a decode step of OPT-30B at TP4 has 96.
         y = self.quant_method.apply(self, x, self.bias if self.tp_rank == 0 else None, input_act)  # [T, out]
         return all_reduce(y) if self.reduce_results else y  # summed over ranks, or this rank's term
-
-    @staticmethod
-    def sum_partials(y: torch.Tensor) -> torch.Tensor:
-        """The output of a reduce_results=False layer, summed over ranks (forward's own reduce)."""
-        return all_reduce(y)

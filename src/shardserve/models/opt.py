@@ -28,6 +28,7 @@ from shardserve.layers.linear import (
 )
 from shardserve.layers.norm import LayerNorm, add_norm
 from shardserve.models.config import ModelConfig
+from shardserve.parallel.comm import all_reduce
 
 # OPT's learned position table reserves its first two rows (a fairseq padding-offset artefact).
 POSITION_OFFSET = 2
@@ -98,7 +99,7 @@ class OPTDecoder(nn.Module):
         if self.final_layer_norm is not None:
             hidden = add_norm(self.final_layer_norm, hidden, residual)[0]
         elif residual is not None:  # pre-LN without a final norm (_remove_final_layer_norm)
-            hidden = RowParallelLinear.sum_partials(hidden) + residual
+            hidden = all_reduce(hidden) + residual  # the last layer's output is a partial sum
         return self.project_out(hidden) if self.project_out is not None else hidden
 
 
