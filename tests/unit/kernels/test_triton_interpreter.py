@@ -1,7 +1,8 @@
 """The Triton attention kernels on the CPU through Triton's interpreter.
 
-Runs only where triton is installed and TRITON_INTERPRET=1 is set before the test starts (the
-GPU tests in tests/gpu run the same cases compiled); CI machines have no triton and skip it.
+Runs where TRITON_INTERPRET=1 is set before the test starts, as tests/conftest.py does on a
+machine without a GPU (CI included: the test install pins triton); the GPU tests in tests/gpu run
+the same cases compiled.
 """
 
 from __future__ import annotations
