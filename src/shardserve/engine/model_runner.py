@@ -200,12 +200,11 @@ class ModelRunner:
         if not sched.seqs:
             return None
         fill = placeholder_sources(sched.seqs, previous)
-        sampled = [s for s in sched.seqs if s.sampling]
+        sampling_rows = [i for i, s in enumerate(sched.seqs) if s.sampling]
         if self.cuda_graphs is not None and self.cuda_graphs.can_run(sched.seqs):
             logits = self.cuda_graphs.run(sched.seqs, self.block_size, fill)  # [num_seqs, vocab]
-            if len(sampled) < len(sched.seqs):  # a 1-token prefill chunk that samples nothing
-                rows = [i for i, s in enumerate(sched.seqs) if s.sampling]
-                logits = logits[on_device(rows, torch.int64, self.device)]
+            if len(sampling_rows) < len(sched.seqs):  # a 1-token prefill chunk that samples nothing
+                logits = logits[on_device(sampling_rows, torch.int64, self.device)]
         else:
             input_ids, positions, meta = self._prepare(sched)
             if fill is not None:
@@ -213,28 +212,31 @@ class ModelRunner:
                 self._fill_placeholders(input_ids, [first[i] for i in fill[0]], fill)
             with forward_context(meta):
                 hidden = self.model(input_ids, positions)
-            sample_idx = [meta.query_start_loc_host[i + 1] - 1 for i, s in enumerate(sched.seqs) if s.sampling]
+            sample_idx = [meta.query_start_loc_host[i + 1] - 1 for i in sampling_rows]
             if not sample_idx:
                 return None
             rows = on_device(sample_idx, torch.int64, self.device)
             logits = self.model.compute_logits(hidden.index_select(0, rows))  # collective on TP
-        if self.sampler is None or not sampled:
+        if self.sampler is None or not sampling_rows:
             return None
+        sampled = [sched.seqs[i] for i in sampling_rows]
         ids, infos = [s.request_id for s in sampled], [s.sampling for s in sampled]
-        last = self._last_token_ids(sampled, previous)
+        last = self._last_token_ids(sampled, sampling_rows, fill)
         host = self._host_buffers.next() if self._host_buffers is not None else None
         return PendingStep(ids, infos, *self.sampler.sample(logits, ids, infos, last), host)
 
-    def _last_token_ids(self, sampled: list[ScheduledSeq], previous: PendingStep | None) -> torch.Tensor | None:
+    def _last_token_ids(self, sampled: list[ScheduledSeq], sampling_rows: list[int],
+                        fill: tuple[list[int], torch.Tensor, list[int]] | None) -> torch.Tensor | None:
         """[len(sampled)] int64 on the device: each sampling sequence's newest token, a token in
-        flight taken from the previous step's device tokens, as its input was. Only penalties need
-        them (the sampler adds them to the tokens it counts): None without one."""
+        flight taken from the previous step's device tokens (`fill`, the step's placeholder
+        sources), as its input was. Only penalties need them (the sampler adds them to the tokens
+        it counts): None without one."""
         if not any(s.sampling.has_penalty for s in sampled):
             return None
         last = on_device([s.token_ids[-1] for s in sampled], torch.int64, self.device)
-        fill = placeholder_sources(sampled, previous)
-        if fill is not None:  # a placeholder is its sequence's only token, so its last
-            self._fill_placeholders(last, fill[0], fill)
+        if fill is not None:  # a placeholder is its sequence's only token, so its last; it samples
+            row_of = {seq: row for row, seq in enumerate(sampling_rows)}
+            self._fill_placeholders(last, [row_of[i] for i in fill[0]], fill)
         return last
 
     def _fill_placeholders(
