@@ -145,10 +145,8 @@ def _bench(model: str, tp: int, batch: int, reps: int, check_tokens: int, varian
 
 def llama8b(ablations: bool) -> dict:
     variants = {"bf16": {}, "int8": {"quantization": "int8"}, "fp8": {"quantization": "fp8"}}
-    if ablations:  # asynchronous scheduling off; the fused kernels and tuned decode GEMMs off;
-        # the decode attention's split merge inside its kernel (16 splits at batch 1)
-        variants |= {"bf16-sync": {"async_scheduling": False}, "bf16-unfused": {"extra": {"fused_kernels": False}},
-                     "bf16-merge-in-kernel": {"extra": {"decode_merge_in_kernel": True}}}
+    if ablations:  # asynchronous scheduling off; the fused kernels and tuned decode GEMMs off
+        variants |= {"bf16-sync": {"async_scheduling": False}, "bf16-unfused": {"extra": {"fused_kernels": False}}}
     out = _bench("llama-3-8b", tp=1, batch=1, reps=3, check_tokens=16, variants=variants)
     step = {k: v["decode_ms_per_step"] for k, v in out["variants"].items()}
     out["decode_speedup_vs_bf16"] = {q: step["bf16"] / step[q] for q in ("int8", "fp8")}

@@ -8,7 +8,6 @@ import torch
 from helpers.attention_cases import (
     KERNEL_CASES,
     check_decode_padding_rows,
-    check_merge_in_kernel,
     check_triton_case,
     make_case,
 )
@@ -28,22 +27,14 @@ def test_float32_stays_float32():
 
 
 @pytest.mark.parametrize("splits", [1, 2, 4, 16])
-@pytest.mark.parametrize("merge_in_kernel", [False, True])
-def test_decode_splits_agree(splits, merge_in_kernel):
+def test_decode_splits_agree(splits):
     kwargs = dict(cached=[1000, 31, 0, 257], q_lens=[1, 1, 1, 1], num_heads=32, num_kv_heads=8, head_dim=128)
-    check_triton_case(kwargs, "cuda", torch.bfloat16, TOL[torch.bfloat16], num_splits=splits,
-                      merge_in_kernel=merge_in_kernel)
+    check_triton_case(kwargs, "cuda", torch.bfloat16, TOL[torch.bfloat16], num_splits=splits)
 
 
 @pytest.mark.parametrize("splits", [None, 1, 8])
-@pytest.mark.parametrize("merge_in_kernel", [False, True])
-def test_decode_padding_rows(splits, merge_in_kernel):
-    check_decode_padding_rows("cuda", torch.bfloat16, splits, merge_in_kernel=merge_in_kernel)
-
-
-def test_decode_merge_in_kernel_agrees_with_the_merge_kernel_every_time():
-    # Programs of a group finish in no fixed order on a GPU: many launches, the same bits.
-    check_merge_in_kernel("cuda", torch.bfloat16, repeats=200)
+def test_decode_padding_rows(splits):
+    check_decode_padding_rows("cuda", torch.bfloat16, splits)
 
 
 def test_fresh_inputs_each_run_differ():

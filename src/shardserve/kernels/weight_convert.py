@@ -5,9 +5,38 @@ batches: the weight in the activation dtype, then one cuBLAS matmul). Needs Trit
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
+
+# Triton's interpreter (the CPU tests) cannot run inline PTX: it takes the plain Triton forms.
+_PTX = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0").lower() not in ("1", "true", "on"))
+
+
+@triton.jit
+def _int8_to_f32_ptx(w):
+    """Four int8 in one register -> four float32 in 2.25 instructions a weight, where Triton's
+    form of the same trick (below) takes 3 (a sign-extending PRMT, an integer add, the
+    subtraction): xor 0x80 makes each byte w + 128, one PRMT per weight puts it under float32
+    2^23's exponent, and the float subtraction of 2^23 + 128 leaves w exactly. The 1-row GEMV
+    loop goes from 5.4 to 4.6 instructions a weight (sm_90 SASS), and Llama-3-8B's four int8
+    GEMVs from 67.9 to 66.8 us on an H200 (benchmarks/RESULTS.md)."""
+    return tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 t;
+        xor.b32 t, $4, 0x80808080;
+        prmt.b32 $0, t, 0x4B000000, 0x7540;
+        prmt.b32 $1, t, 0x4B000000, 0x7541;
+        prmt.b32 $2, t, 0x4B000000, 0x7542;
+        prmt.b32 $3, t, 0x4B000000, 0x7543;
+        sub.f32 $0, $0, 0f4B000080;
+        sub.f32 $1, $1, 0f4B000080;
+        sub.f32 $2, $2, 0f4B000080;
+        sub.f32 $3, $3, 0f4B000080;
+        }""",
+        constraints="=r,=r,=r,=r,r", args=[w], dtype=tl.float32, is_pure=True, pack=4)
 
 
 @triton.jit
@@ -21,6 +50,8 @@ def dequant_tile(w, W_FP8: tl.constexpr, DTYPE: tl.constexpr):
             out = f8.to(tl.float32).to(DTYPE)
         else:
             out = f8.to(DTYPE)
+    elif DTYPE == tl.float32 and _PTX:
+        out = _int8_to_f32_ptx(w)
     elif DTYPE == tl.float32:
         # The float32 with bits 0x4B000000 + (w + 128) is 2^23 + w + 128: integer add, then
         # one exact float subtraction.
