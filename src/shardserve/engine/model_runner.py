@@ -64,10 +64,6 @@ class ModelRunner:
         # what the small fused kernels (norm, rotary, SiLU-mul) buy.
         self.fused_kernels = backend == "triton" and config.extra.get("fused_kernels", True)
         set_fused_kernels(self.fused_kernels)
-        if backend == "triton":  # extra={"decode_merge_in_kernel": True}: kernels/paged_decode.py
-            from shardserve.kernels.paged_decode import set_decode_merge_in_kernel
-
-            set_decode_merge_in_kernel(config.extra.get("decode_merge_in_kernel", False))
         # Decode CUDA graphs need kernels that read no per-step host values (triton backend).
         self.use_cuda_graphs = device.type == "cuda" and backend == "triton" and not config.enforce_eager
         self.cuda_graphs: DecodeGraphs | None = None

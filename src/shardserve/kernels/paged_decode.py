@@ -5,13 +5,11 @@ Reference: `shardserve.kernels.paged_attention.paged_attention_reference` with e
 One program per (sequence, KV head, split): the query heads that share a KV head (GQA group)
 are packed as the rows of one tile, so each K/V block is read once per group. A sequence's
 context is divided among `num_splits` programs (flash-decoding) so that a batch of a few
-sequences still fills the GPU; their partial softmaxes are merged by a second small kernel, or
-(`merge_in_kernel`) by the last of a group's split programs to finish, which a per-(sequence,
-KV head) counter tells: one launch per layer fewer, the CUDA threadfence-reduction pattern (each
-split stores its partials, a CTA barrier, then one thread's acquire-release atomic increment;
-the program that draws the last ticket reads them all and resets the counter to zero for the
-next launch). Off by default until it is measured against the merge kernel on a GPU
-(EngineConfig.extra {"decode_merge_in_kernel": True} turns it on).
+sequences still fills the GPU; their partial softmaxes are merged by a second small kernel.
+(Merging inside the decode kernel instead, by the last split program to finish, saves that
+launch but serialises the merge behind the slowest split: on 4x H200 it measured within run-to-
+run noise of this kernel pair, OPT-30B TP4 5.54 vs 5.62 ms/step and Llama-3-8B 4.27 vs 4.25, so
+the simpler pair stays.)
 
 Nothing here reads a host value that changes from step to step: context lengths come from
 `seq_lens` on the device and the split count depends only on the batch shape, so the launch can
@@ -35,51 +33,12 @@ from shardserve.kernels.paged_tiles import (
 )
 
 _MAX_SPLITS = 16
-_MERGE_IN_KERNEL = False  # `set_decode_merge_in_kernel`: the engine's choice for every decode call
-
-
-def set_decode_merge_in_kernel(enabled: bool) -> None:
-    global _MERGE_IN_KERNEL
-    _MERGE_IN_KERNEL = enabled
-
-
-_SPLIT_COUNTERS: dict[torch.device, list[torch.Tensor]] = {}
-
-
-def _split_counters(device: torch.device, needed: int) -> torch.Tensor:
-    """One int32 counter per (sequence, KV head), zero between launches (the merging program
-    resets its own), kept across calls so a CUDA graph replays with the same buffer. The engine
-    runs every decode batch shape eagerly before capturing it, so it grows outside captures; an
-    outgrown buffer is kept too, since graphs captured earlier still use it."""
-    buffers = _SPLIT_COUNTERS.setdefault(device, [])
-    if not buffers or buffers[-1].numel() < needed:
-        buffers.append(torch.zeros(max(needed, 1024), dtype=torch.int32, device=device))
-    return buffers[-1]
-
-
-@triton.jit
-def _merge_rows(part_acc_ptr, part_ml_ptr, rows, row_mask, d, d_mask,
-                NUM_SPLITS: tl.constexpr, BLOCK_D: tl.constexpr):
-    """The decode kernel's own merge (MERGE_IN_KERNEL): `_merge_splits_kernel`'s math for the
-    split partials of `rows` [R] (row = seq * num_heads + head; masked rows give 0) -> [R, BLOCK_D]
-    float32. Padding rows (every split empty) give 0. Loads bypass L1 (.cg): they read what other
-    SMs wrote in the same launch. (One of the two merges goes once a GPU has timed them.)"""
-    part = rows[:, None] * NUM_SPLITS + tl.arange(0, NUM_SPLITS)[None, :]  # [R, NUM_SPLITS]
-    m = tl.load(part_ml_ptr + part * 2, mask=row_mask[:, None], other=float("-inf"), cache_modifier=".cg")
-    l_sum = tl.load(part_ml_ptr + part * 2 + 1, mask=row_mask[:, None], other=0.0, cache_modifier=".cg")
-    m_max = tl.max(m, 1)
-    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
-    w = tl.exp2(m - m_max[:, None])  # 0 for empty splits
-    denom = tl.sum(w * l_sum, 1)
-    acc = tl.load(part_acc_ptr + part[:, :, None] * BLOCK_D + d[None, None, :],
-                  mask=row_mask[:, None, None] & d_mask[None, None, :], other=0.0, cache_modifier=".cg")
-    return tl.sum(acc * w[:, :, None], 1) / tl.where(denom > 0, denom, 1.0)[:, None]
 
 
 @triton.jit
 def _decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, slopes_ptr,
-    out_ptr, part_acc_ptr, part_ml_ptr, counters_ptr,
+    out_ptr, part_acc_ptr, part_ml_ptr,
     stride_q_t, stride_q_h,  # query [num_seqs, num_heads, head_dim]
     stride_c_block, stride_c_slot, stride_c_head,  # cache [num_blocks, block_size, kv_heads, dim]
     stride_bt,  # block_tables [num_seqs, max_blocks]
@@ -89,7 +48,6 @@ def _decode_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,  # cache block size; keys per iteration
     NUM_SPLITS: tl.constexpr, HAS_ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    MERGE_IN_KERNEL: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -131,24 +89,16 @@ def _decode_kernel(
         m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION)
 
     out_mask = g_mask[:, None] & d_mask[None, :]
-    o = out_ptr + seq * stride_o_t + heads[:, None] * stride_o_h + d[None, :]
     if NUM_SPLITS == 1:
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # empty context (padding) -> 0
+        o = out_ptr + seq * stride_o_t + heads[:, None] * stride_o_h + d[None, :]
         tl.store(o, out.to(out_ptr.dtype.element_ty), mask=out_mask)
     else:
         # Partials: acc [num_seqs, num_heads, NUM_SPLITS, BLOCK_D], (m, l) [.., NUM_SPLITS, 2].
-        rows = seq * num_heads + heads  # [BLOCK_G]
-        base = rows * NUM_SPLITS + split
+        base = (seq * num_heads + heads) * NUM_SPLITS + split  # [BLOCK_G]
         tl.store(part_acc_ptr + base[:, None] * BLOCK_D + d[None, :], acc, mask=out_mask)
         tl.store(part_ml_ptr + base * 2, m_i, mask=g_mask)
         tl.store(part_ml_ptr + base * 2 + 1, l_i, mask=g_mask)
-        if MERGE_IN_KERNEL:
-            tl.debug_barrier()  # every thread's partials stored before the release below
-            counter = counters_ptr + seq * tl.num_programs(1) + kv_head
-            if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == NUM_SPLITS - 1:
-                out = _merge_rows(part_acc_ptr, part_ml_ptr, rows, g_mask, d, d_mask, NUM_SPLITS, BLOCK_D)
-                tl.store(o, out.to(out_ptr.dtype.element_ty), mask=out_mask)
-                tl.store(counter, 0)  # read by the next launch only
 
 
 @triton.jit
@@ -195,7 +145,6 @@ def paged_decode_attention(
     num_splits: int | None = None,
     block_n: int = 64,
     out: torch.Tensor | None = None,
-    merge_in_kernel: bool | None = None,  # None: the engine's setting (`set_decode_merge_in_kernel`)
 ) -> torch.Tensor:
     num_seqs, num_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
@@ -205,26 +154,24 @@ def paged_decode_attention(
         num_splits = default_num_splits(num_seqs, num_kv_heads, query.device)
     assert num_splits & (num_splits - 1) == 0, "num_splits must be a power of two"
     block_d = triton.next_power_of_2(head_dim)
-    merge_in_kernel = (_MERGE_IN_KERNEL if merge_in_kernel is None else merge_in_kernel) and num_splits > 1
     if num_splits > 1:
         part_acc = torch.empty(num_seqs, num_heads, num_splits, block_d, dtype=torch.float32, device=query.device)
         part_ml = torch.empty(num_seqs, num_heads, num_splits, 2, dtype=torch.float32, device=query.device)
     else:
         part_acc = part_ml = out  # unused
-    counters = _split_counters(query.device, num_seqs * num_kv_heads) if merge_in_kernel else seq_lens  # unused
     _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
         query, k_cache, v_cache, block_tables, seq_lens,
         alibi_slopes if alibi_slopes is not None else query,
-        out, part_acc, part_ml, counters,
+        out, part_acc, part_ml,
         *layout_args(query, k_cache, block_tables, out, scale),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=head_dim, BLOCK_D=block_d,
         BLOCK_SIZE=block_size, BLOCK_N=block_n,
         NUM_SPLITS=num_splits, HAS_ALIBI=alibi_slopes is not None,
-        DOT_PRECISION=dot_precision(query.dtype), MERGE_IN_KERNEL=merge_in_kernel,
+        DOT_PRECISION=dot_precision(query.dtype),
         num_warps=4, num_stages=2,
     )
-    if num_splits > 1 and not merge_in_kernel:
+    if num_splits > 1:
         _merge_splits_kernel[(num_seqs, num_heads)](
             part_acc, part_ml, out, out.stride(0), out.stride(1),
             HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, num_warps=4,

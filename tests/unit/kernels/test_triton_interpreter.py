@@ -10,12 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers.attention_cases import (
-    KERNEL_CASES,
-    check_decode_padding_rows,
-    check_merge_in_kernel,
-    check_triton_case,
-)
+from helpers.attention_cases import KERNEL_CASES, check_decode_padding_rows, check_triton_case
 from helpers.fused_cases import FUSED_CHECKS
 from helpers.markers import needs_interpreter
 
@@ -32,13 +27,7 @@ def test_kernels_match_reference_in_interpreter(name, kwargs):
 def test_decode_split_counts_agree():
     kwargs = dict(cached=[300, 31], q_lens=[1, 1], num_heads=4, num_kv_heads=2)
     for splits in (1, 2, 16):
-        for merge_in_kernel in (False, True):
-            check_triton_case(kwargs, "cpu", torch.float16, tol=5e-3, num_splits=splits,
-                              merge_in_kernel=merge_in_kernel)
-
-
-def test_decode_merge_in_kernel_agrees_with_the_merge_kernel():
-    check_merge_in_kernel("cpu", torch.float16, repeats=2)
+        check_triton_case(kwargs, "cpu", torch.float16, tol=5e-3, num_splits=splits)
 
 
 @pytest.mark.parametrize("name", sorted(FUSED_CHECKS))
@@ -48,6 +37,5 @@ def test_fused_kernels_match_layers_in_interpreter(name, dtype):
 
 
 @pytest.mark.parametrize("num_splits", [1, 4])
-@pytest.mark.parametrize("merge_in_kernel", [False, True])
-def test_decode_padding_rows_in_interpreter(num_splits, merge_in_kernel):
-    check_decode_padding_rows("cpu", torch.float16, num_splits, merge_in_kernel=merge_in_kernel)
+def test_decode_padding_rows_in_interpreter(num_splits):
+    check_decode_padding_rows("cpu", torch.float16, num_splits)
