@@ -30,6 +30,7 @@ from shardserve.engine.profiler import RankProfiler
 from shardserve.engine.sampler import Sampler, on_device
 from shardserve.engine.scheduler import ScheduledSeq, SchedulerOutput
 from shardserve.kernels import set_fused_kernels
+from shardserve.kernels.pdl import set_pdl
 from shardserve.kernels.tuned_gemm import DECODE_MAX_TOKENS
 from shardserve.layers.attention import Attention, set_default_attention_backend
 from shardserve.layers.forward_context import AttentionMetadata, forward_context
@@ -64,6 +65,7 @@ class ModelRunner:
         # what the small fused kernels (norm, rotary, SiLU-mul) buy.
         self.fused_kernels = backend == "triton" and config.extra.get("fused_kernels", True)
         set_fused_kernels(self.fused_kernels)
+        set_pdl(config.extra.get("pdl", False))  # kernels/pdl.py: launches overlap their predecessor's tail
         # Decode CUDA graphs need kernels that read no per-step host values (triton backend).
         self.use_cuda_graphs = device.type == "cuda" and backend == "triton" and not config.enforce_eager
         self.cuda_graphs: DecodeGraphs | None = None

@@ -31,6 +31,8 @@ if _has_triton:
     import triton
     import triton.language as tl
 
+    from shardserve.kernels.pdl import pdl_args, pdl_entry
+
 _TORCH_ACTS = {
     "relu": F.relu,
     "gelu": F.gelu,
@@ -94,7 +96,8 @@ if _has_triton:
 
     @triton.jit
     def _act_kernel(x_ptr, out_ptr, stride_x, stride_out, width, ACT: tl.constexpr, GATED: tl.constexpr,
-                    BLOCK: tl.constexpr):
+                    BLOCK: tl.constexpr, PDL: tl.constexpr):
+        pdl_entry(PDL)
         # One row, BLOCK output columns: out[row, c] = act(x[row, c]) (* x[row, width + c]).
         row = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -115,7 +118,7 @@ def act_kernel(x: torch.Tensor, input_act: str) -> torch.Tensor:
     out = torch.empty((x.shape[0], width), dtype=x.dtype, device=x.device)
     if x.shape[0] and width:
         _act_kernel[(x.shape[0], triton.cdiv(width, _BLOCK))](
-            x, out, x.stride(0), out.stride(0), width, ACT=act, GATED=gated, BLOCK=_BLOCK, num_warps=4,
+            x, out, x.stride(0), out.stride(0), width, ACT=act, GATED=gated, BLOCK=_BLOCK, num_warps=4, **pdl_args(x),
         )
     return out
 

@@ -60,6 +60,7 @@ if _has_triton:
     import triton.language as tl
 
     from shardserve.kernels.act_and_mul import act_kernel, act_tile
+    from shardserve.kernels.pdl import pdl_args, pdl_entry
     from shardserve.kernels.weight_convert import dequant_tile, dequantize_fast
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -178,7 +179,9 @@ if _has_triton:
         QUANTIZED: tl.constexpr, W_FP8: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
         ACT: tl.constexpr, GATED: tl.constexpr, SWAP_AB: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
+        PDL: tl.constexpr,
     ):
+        pdl_entry(PDL)
         rm, rn, rk, m_mask, n_mask, pid_k = _program_tiles(M, N, BLOCK_M, BLOCK_N, BLOCK_K)
         x_rows = x_ptr + rm.to(tl.int64)[:, None] * stride_xm  # [BLOCK_M, 1]
         w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
@@ -210,7 +213,9 @@ if _has_triton:
         QUANTIZED: tl.constexpr, W_FP8: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
         ACT: tl.constexpr, GATED: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
+        PDL: tl.constexpr,
     ):
+        pdl_entry(PDL)
         rm, rn, rk, m_mask, n_mask, pid_k = _program_tiles(M, N, BLOCK_M, BLOCK_N, BLOCK_K)
         x_rows = x_ptr + rm.to(tl.int64)[:, None, None] * stride_xm  # [BLOCK_M, 1, 1]
         w_rows = w_ptr + rn.to(tl.int64)[None, :, None] * stride_wn  # [1, BLOCK_N, 1]
@@ -258,7 +263,7 @@ def run_config(cfg: KernelConfig, x2: torch.Tensor, weight: torch.Tensor, scale:
             x2.stride(0), weight.stride(0), out.stride(0),
             QUANTIZED=quantized, W_FP8=weight.dtype == torch.float8_e4m3fn, HAS_BIAS=bias is not None,
             ATOMIC=atomic, ACT=act, GATED=gated, **variant, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-            NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x2),
         )
     return out.to(x2.dtype) if atomic else out
 

@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from shardserve.kernels.pdl import pdl_args, pdl_entry
 from shardserve.kernels.rotary import _cos_sin, _rotate, _rotate_heads
 
 _CHUNK = 1024  # elements of one token's [num_kv_heads * head_dim] row per program
@@ -27,8 +28,9 @@ def _write_kv_kernel(
     key_ptr, value_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
     stride_key_t, stride_value_t,  # token strides of key / value; heads x dim are contiguous
     row_elems,  # num_kv_heads * head_dim: one cache slot, contiguous in the cache layout
-    CHUNK: tl.constexpr,
+    CHUNK: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_entry(PDL)
     token = tl.program_id(0)
     slot = tl.load(slot_ptr + token).to(tl.int64)
     if slot < 0:  # padding token
@@ -60,7 +62,7 @@ def write_kv_cache_triton(
     _write_kv_kernel[grid](
         key, value, k_cache, v_cache, slot_mapping,
         key.stride(0), value.stride(0), row_elems,
-        CHUNK=_CHUNK,
+        CHUNK=_CHUNK, **pdl_args(key),
     )
 
 
@@ -70,7 +72,9 @@ def _rotary_write_kv_kernel(
     stride_q_t, stride_k_t, stride_v_t, stride_cs,  # token strides; heads x dim are contiguous
     num_q_heads, num_kv_heads,
     HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_QH: tl.constexpr, BLOCK_KH: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    pdl_entry(PDL)
     # Grid (tokens, 2): program (t, 0) rotates token t's q heads in place, program (t, 1)
     # rotates its k heads into the cache and copies its v heads there, so the two halves of a
     # token's work (the q half is the larger) run side by side even at batch 1.
@@ -140,7 +144,7 @@ def rotary_write_kv_cache_triton(
         num_heads, num_kv_heads,
         HALF=half, BLOCK_HALF=triton.next_power_of_2(half),
         BLOCK_QH=triton.next_power_of_2(num_heads), BLOCK_KH=triton.next_power_of_2(num_kv_heads),
-        num_warps=4,
+        num_warps=4, **pdl_args(query),
     )
     return query
 

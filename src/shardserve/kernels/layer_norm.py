@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from shardserve.kernels import norm_buffers, norm_row_launch
+from shardserve.kernels.pdl import pdl_args, pdl_entry
 
 
 @triton.jit
@@ -33,8 +34,9 @@ def _layer_norm_row(x, w, b, mask, n_cols, eps):
 @triton.jit
 def _layer_norm_kernel(
     x_ptr, res_ptr, w_ptr, b_ptr, out_ptr, res_out_ptr, stride_x, stride_res, stride_out, stride_res_out, n_cols,
-    eps, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+    eps, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_entry(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -60,7 +62,7 @@ def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor
     block, num_warps = norm_row_launch(x.shape[1])
     _layer_norm_kernel[(x.shape[0],)](
         x, res, weight, bias, out, r_out, x.stride(0), res.stride(0), out.stride(0), r_out.stride(0), x.shape[1],
-        eps, HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=num_warps,
+        eps, HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=num_warps, **pdl_args(x),
     )
     return out, res_out
 

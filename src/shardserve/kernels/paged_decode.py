@@ -31,6 +31,7 @@ from shardserve.kernels.paged_tiles import (
     online_softmax_step,
     paged_out,
 )
+from shardserve.kernels.pdl import pdl_args, pdl_entry
 
 _MAX_SPLITS = 16
 
@@ -47,8 +48,9 @@ def _decode_kernel(
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr,  # query heads per KV head, padded to >= 16 for tl.dot
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,  # cache block size; keys per iteration
-    NUM_SPLITS: tl.constexpr, HAS_ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, HAS_ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_entry(PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -104,8 +106,9 @@ def _decode_kernel(
 @triton.jit
 def _merge_splits_kernel(
     part_acc_ptr, part_ml_ptr, out_ptr, stride_o_t, stride_o_h,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_entry(PDL)
     seq = tl.program_id(0)
     head = tl.program_id(1)
     base = (seq * tl.num_programs(1) + head) * NUM_SPLITS
@@ -169,11 +172,11 @@ def paged_decode_attention(
         BLOCK_SIZE=block_size, BLOCK_N=block_n,
         NUM_SPLITS=num_splits, HAS_ALIBI=alibi_slopes is not None,
         DOT_PRECISION=dot_precision(query.dtype),
-        num_warps=4, num_stages=2,
+        num_warps=4, num_stages=2, **pdl_args(query),
     )
     if num_splits > 1:
         _merge_splits_kernel[(num_seqs, num_heads)](
             part_acc, part_ml, out, out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, num_warps=4,
+            HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, num_warps=4, **pdl_args(query),
         )
     return out

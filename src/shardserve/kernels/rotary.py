@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from shardserve.kernels.pdl import pdl_args, pdl_entry
+
 
 @triton.jit
 def _cos_sin(cos_ptr, sin_ptr, pos, stride_cs, act_ptr, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr):
@@ -52,7 +54,9 @@ def _rotate_heads(x_ptr, cos, sin, num_heads, HALF: tl.constexpr, BLOCK_H: tl.co
 def _rotary_kernel(
     q_ptr, k_ptr, cos_ptr, sin_ptr, pos_ptr, stride_q, stride_k, stride_cs, num_q_heads, num_k_heads,
     HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_QH: tl.constexpr, BLOCK_KH: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    pdl_entry(PDL)
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + t)
     cos, sin = _cos_sin(cos_ptr, sin_ptr, pos, stride_cs, q_ptr, HALF, BLOCK_HALF)  # [1, BLOCK_HALF]
@@ -76,6 +80,6 @@ def rotary_inplace(
             num_q_heads, num_k_heads,
             HALF=half, BLOCK_HALF=triton.next_power_of_2(half),
             BLOCK_QH=triton.next_power_of_2(num_q_heads), BLOCK_KH=triton.next_power_of_2(num_k_heads),
-            num_warps=4,
+            num_warps=4, **pdl_args(q),
         )
     return q, k

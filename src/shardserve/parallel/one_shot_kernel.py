@@ -28,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from shardserve.kernels.pdl import pdl_args, pdl_entry
+
 CHUNK_BYTES = 2048  # per program and iteration: 16 bytes per thread at 4 warps
 
 
@@ -69,7 +71,8 @@ def _meet_peers(signal_pads, slot, RANK: tl.constexpr, WORLD: tl.constexpr, TAKE
 
 @triton.jit
 def _one_shot_kernel(x_ptr, out_ptr, buffer_ptrs, signal_pads, numel,
-                     RANK: tl.constexpr, WORLD: tl.constexpr, BLOCK: tl.constexpr):
+                     RANK: tl.constexpr, WORLD: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_entry(PDL)
     pid, programs = tl.program_id(0), tl.num_programs(0)
     dtype = x_ptr.dtype.element_ty
     buffers = buffer_ptrs.to(tl.pointer_type(tl.uint64))
@@ -99,5 +102,5 @@ def one_shot_all_reduce(x: torch.Tensor, handle, max_programs: int) -> torch.Ten
     block = CHUNK_BYTES // x.element_size()
     grid = (max(1, min(triton.cdiv(x.numel(), block), max_programs)),)
     _one_shot_kernel[grid](x, out, handle.buffer_ptrs_dev, handle.signal_pad_ptrs_dev, x.numel(),
-                           RANK=handle.rank, WORLD=handle.world_size, BLOCK=block, num_warps=4)
+                           RANK=handle.rank, WORLD=handle.world_size, BLOCK=block, num_warps=4, **pdl_args(x))
     return out

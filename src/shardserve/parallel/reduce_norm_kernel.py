@@ -27,6 +27,7 @@ import triton.language as tl
 
 from shardserve.kernels import norm_row_launch
 from shardserve.kernels.layer_norm import _layer_norm_row
+from shardserve.kernels.pdl import pdl_args, pdl_entry
 from shardserve.kernels.rms_norm import _rms_norm_row
 from shardserve.parallel.one_shot_kernel import _meet_peers
 
@@ -34,7 +35,9 @@ from shardserve.parallel.one_shot_kernel import _meet_peers
 @triton.jit
 def _reduce_norm_kernel(x_ptr, res_ptr, w_ptr, b_ptr, out_ptr, res_out_ptr, buffer_ptrs, signal_pads,
                         n_rows, n_cols, eps, RANK: tl.constexpr, WORLD: tl.constexpr,
-                        RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+                        RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+                        PDL: tl.constexpr):
+    pdl_entry(PDL)
     pid, programs = tl.program_id(0), tl.num_programs(0)
     dtype = x_ptr.dtype.element_ty
     buffers = buffer_ptrs.to(tl.pointer_type(tl.uint64))
@@ -89,6 +92,6 @@ def reduce_add_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torc
     _reduce_norm_kernel[(min(rows, max_programs),)](
         x, res, weight, weight if bias is None else bias, out, res_out, handle.buffer_ptrs_dev,
         handle.signal_pad_ptrs_dev, rows, dim, eps, RANK=handle.rank, WORLD=handle.world_size,
-        RMS=bias is None, HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=num_warps,
+        RMS=bias is None, HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=num_warps, **pdl_args(x),
     )
     return out, res_out

@@ -1,0 +1,56 @@
+"""Programmatic dependent launch (Hopper and later): a decode step is a chain of a few hundred
+small kernels, each of which, launched the ordinary way, starts only once its predecessor has
+finished and the launch has gone through. Launched with the programmatic-serialization attribute
+(`launch_pdl`), a kernel is launched while its predecessor still runs; its programs then wait
+(`griddepcontrol.wait`) until the predecessor has completed and its writes are visible, so the
+launch latency and the program start-up overlap the predecessor's tail.
+
+Every kernel launched so calls `pdl_entry` first, in every program, before any memory access:
+no read of a predecessor's output and no write to what a predecessor reads can move ahead of the
+wait. The wait covers only the immediate predecessor, which is enough because a kernel completes
+only after its own wait: the chain stays ordered. `pdl_entry` also lets the next kernel launch at
+once (its programs wait in turn). Kernels that follow in the stream without the attribute (cuBLAS,
+torch's own) start after a full completion, as always.
+
+Off by default; EngineConfig.extra {"pdl": True} turns it on for every decode-path kernel on
+GPUs of compute capability 9.0 and up. Triton's interpreter (the CPU tests) runs the kernels
+without it."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from shardserve.kernels import _has_triton
+
+_enabled = False
+
+
+def set_pdl(enabled: bool) -> None:
+    global _enabled
+    _enabled = bool(enabled)
+
+
+@functools.lru_cache(maxsize=16)
+def _supported(device: torch.device) -> bool:
+    return torch.cuda.get_device_capability(device) >= (9, 0)
+
+
+def pdl_args(x: torch.Tensor) -> dict:
+    """The launch arguments of a kernel that takes `PDL: tl.constexpr`, for a launch on x's device."""
+    on = _enabled and x.is_cuda and _supported(x.device)
+    return {"PDL": on, "launch_pdl": on} if on else {"PDL": False}
+
+
+if _has_triton:
+    import triton
+    import triton.language as tl
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+    @triton.jit
+    def pdl_entry(PDL: tl.constexpr):
+        """A kernel's first statement: wait for the predecessor, then let the successor launch."""
+        if PDL:
+            gdc_wait()
+            gdc_launch_dependents()
