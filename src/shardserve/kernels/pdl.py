@@ -42,14 +42,21 @@ def _supported(device: torch.device) -> bool:
 
 def pdl_args(x: torch.Tensor) -> dict:
     """The launch arguments of a kernel that takes `PDL: tl.constexpr`, for a launch on x's device."""
-    on = _enabled and x.is_cuda and _supported(x.device)
+    on = _enabled and _has_gdc and x.is_cuda and _supported(x.device)
     return {"PDL": on, "launch_pdl": on} if on else {"PDL": False}
 
 
+_has_gdc = False
 if _has_triton:
     import triton
     import triton.language as tl
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+    try:  # Triton >= 3.4; an older one launches every kernel the ordinary way
+        from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+        _has_gdc = True
+    except ImportError:
+        pass
 
     @triton.jit
     def pdl_entry(PDL: tl.constexpr):
