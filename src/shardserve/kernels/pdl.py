@@ -43,7 +43,7 @@ def _supported(device: torch.device) -> bool:
 def pdl_args(x: torch.Tensor) -> dict:
     """The launch arguments of a kernel that takes `PDL: tl.constexpr`, for a launch on x's device."""
     on = _enabled and _has_gdc and x.is_cuda and _supported(x.device)
-    return {"PDL": on, "launch_pdl": on} if on else {"PDL": False}
+    return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
 
 
 _has_gdc = False

@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 # Largest batch treated as decode (weight-bound; tuned); larger ones are prefill (compute-bound).
 DECODE_MAX_TOKENS = 64
 # The GEMV kernel is offered to the tuner up to this many rows. Past 2 its per-row FMAs and
-# conversions (sm_90 SASS: ~5.4 instructions per weight at 1 row, ~8 at 2, ~16 at 4, against ~4-5
+# conversions (sm_90 SASS, int8: ~4.6 instructions per weight at 1 row, ~7.5 at 2, against ~4-5
 # for the dot kernel at any row count) make it slower than reading the weights.
 GEMV_MAX_TOKENS = 2
 TUNE = os.environ.get("SHARDSERVE_GEMM_TUNE", "1") != "0"
@@ -119,9 +119,9 @@ def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype =
     stage, swapped or not, other warps and stages: benchmarks/gemm_sweep.py) on an H200, for
     Llama-3-8B (1 and 4 rows, bf16 / int8 / fp8), OPT-30B at TP4 (fp16) and BLOOM-176B at TP4
     (int8), 4 rows:
-      8-bit weights: below 17 rows dot 32x256, 64x128, 128x128 and 32x512 (swapping does not
-        pay here: the conversions, not the MMA, bound the loop); past 16 rows, which the sweep
-        did not measure, 32x256 and 64x256 as before. At most 13 configs.
+      8-bit weights: below 17 rows dot 32x256, 64x128, 128x128 and 32x512 (swapping never won
+        for them); past 16 rows, which the sweep did not measure, 32x256 and 64x256 as before.
+        At most 13 configs.
       16-bit weights: cuBLAS, then below 17 rows the swapped dot (weights on the MMA's tall side,
         `_gemm_kernel`) at 64x256, 32x256 and 64x128, which beat cuBLAS and the unswapped tiles
         by 2-9% at 4 rows; past 16 rows the unswapped 32x256 and 64x128. At most 11 configs.
