@@ -7,7 +7,7 @@ weights rotating past L2) on Llama-3-8B, BLOOM-176B TP4 and OPT-30B TP4 shapes:
 
   GEMV  0  Triton's form: sign-extending byte extract, integer add into 2^23's mantissa, subtract
         1  inline PTX: xor 0x80 per byte, one PRMT per weight under 2^23's exponent, subtract
-           (what kernels/weight_convert.py ships)
+           (kernels/weight_convert.py's own `_int8_to_f32_ptx`, which ships)
         2  subnormal: xor 0x80, PRMT under exponent 0, so the float is (w + 128) * 2^-149 with
            no subtraction; x scaled by 2^64, and 128 * sum(x) taken off at the end
   dot   0  Triton's cast to the activation dtype
@@ -30,18 +30,8 @@ import triton
 import triton.language as tl
 
 from shardserve.kernels.tuned_gemm import _graph_time_us
+from shardserve.kernels.weight_convert import _int8_to_f32_ptx
 from shardserve.kernels.weight_formats import dequantize, quantize_rows
-
-
-@triton.jit
-def _f32_prmt(w):
-    return tl.inline_asm_elementwise(
-        asm="""{ .reg .b32 t; xor.b32 t, $4, 0x80808080;
-        prmt.b32 $0, t, 0x4B000000, 0x7540; prmt.b32 $1, t, 0x4B000000, 0x7541;
-        prmt.b32 $2, t, 0x4B000000, 0x7542; prmt.b32 $3, t, 0x4B000000, 0x7543;
-        sub.f32 $0, $0, 0f4B000080; sub.f32 $1, $1, 0f4B000080;
-        sub.f32 $2, $2, 0f4B000080; sub.f32 $3, $3, 0f4B000080; }""",
-        constraints="=r,=r,=r,=r,r", args=[w], dtype=tl.float32, is_pure=True, pack=4)
 
 
 @triton.jit
@@ -95,7 +85,7 @@ def _gemv(x_ptr, w_ptr, s_ptr, o_ptr, N, K, k_iters, MODE: tl.constexpr, BN: tl.
         if MODE == 0:
             acc += x[None, :] * ((w.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0)
         elif MODE == 1:
-            acc += x[None, :] * _f32_prmt(w)
+            acc += x[None, :] * _int8_to_f32_ptx(w)
         else:
             x_sum += x
             acc += (x * 18446744073709551616.0)[None, :] * _f32_subnormal(w)  # x * 2^64
