@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import torch  # noqa: E402
-from stages import OUT, RESULTS, finish, run_pytest, stage, with_prefetch  # noqa: E402
+from stages import OUT, RESULTS, finish, run_pytest, stage  # noqa: E402
 
 DEADLINE = 570
 os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
@@ -143,13 +143,13 @@ def _bench(model: str, tp: int, batch: int, reps: int, check_tokens: int, varian
             "variants": {r.engine: r.summary() | {"load_s": r.load_s, "warmup_s": r.warmup_s} for r in results}}
 
 
-def llama8b(ablations: bool, prefetch_mb: list[float]) -> dict:
+def llama8b(ablations: bool, late_trigger: bool = False) -> dict:
     variants = {"bf16": {}, "int8": {"quantization": "int8"}, "fp8": {"quantization": "fp8"}}
-    variants = with_prefetch(variants, prefetch_mb)
+    if late_trigger:  # each format with the decode GEMMs triggering their successor after the main loop
+        variants |= {f"{name}-late": spec | {"extra": {"pdl_gemm_trigger": "late"}} for name, spec in variants.items()}
     if ablations:  # each format without programmatic dependent launch (kernels/pdl.py); asynchronous
         # scheduling off; the fused kernels and tuned decode GEMMs off
-        variants |= {f"{name}-no-pdl": {"extra": {"pdl": False}} | ({"quantization": name} if name != "bf16" else {})
-                     for name in ("bf16", "int8", "fp8")}
+        variants |= {f"{name}-no-pdl": spec | {"extra": {"pdl": False}} for name, spec in variants.items()}
         variants |= {"bf16-sync": {"async_scheduling": False}, "bf16-unfused": {"extra": {"fused_kernels": False}}}
     out = _bench("llama-3-8b", tp=1, batch=1, reps=3, check_tokens=16, variants=variants)
     step = {k: v["decode_ms_per_step"] for k, v in out["variants"].items()}
@@ -158,9 +158,8 @@ def llama8b(ablations: bool, prefetch_mb: list[float]) -> dict:
     return out
 
 
-def bloom176b(tp: int, prefetch_mb: list[float]) -> dict:
-    variants = with_prefetch({"int8": {"quantization": "int8"}}, prefetch_mb)
-    out = _bench("bloom", tp=tp, batch=4, reps=5, check_tokens=0, variants=variants)
+def bloom176b(tp: int) -> dict:
+    out = _bench("bloom", tp=tp, batch=4, reps=5, check_tokens=0, variants={"int8": {"quantization": "int8"}})
     print(f"BLOOM-176B int8 TP{tp} P50 ms (target <= 3500 on 4xH200 TP4):", out["variants"]["int8"]["p50_ms"], flush=True)
     return out
 
@@ -353,8 +352,8 @@ if __name__ == "__main__":
     parser.add_argument("--skip-tests", action="store_true", help="--part kernels: no GPU tests first")
     parser.add_argument("--skip-sweep", action="store_true", help="--part kernels: no batch-1 sweep")
     parser.add_argument("--ablations", action="store_true", help="--part llama8b: also bf16 sync and unfused")
-    parser.add_argument("--prefetch", type=lambda v: [float(mb) for mb in v.split(",")], default=[],
-                        help="--part llama8b and bloom176b: also each variant with the weight prefetch at these MiB")
+    parser.add_argument("--late-trigger", action="store_true",
+                        help="--part llama8b: also each format with the GEMMs' late PDL trigger")
     args = parser.parse_args()
     if args.part == "kernels":
         stage("gpu_name", lambda: torch.cuda.get_device_name(0), 0, DEADLINE)
@@ -366,7 +365,7 @@ if __name__ == "__main__":
     elif args.part == "load":
         load(args.workdir, args.model, args.tp)
     elif args.part == "bloom176b":
-        stage(f"bloom176b_tp{args.tp}", lambda: bloom176b(args.tp, args.prefetch), 60, DEADLINE)
+        stage(f"bloom176b_tp{args.tp}", lambda: bloom176b(args.tp), 60, DEADLINE)
     else:
-        stage("llama8b", lambda: llama8b(args.ablations, args.prefetch), 60, DEADLINE)
+        stage("llama8b", lambda: llama8b(args.ablations, args.late_trigger), 60, DEADLINE)
     finish()

@@ -51,23 +51,6 @@ def finish() -> None:
         print(name, "->", str(r)[:3000])
 
 
-def with_prefetch(variants: dict[str, dict], budgets_mb: list[float]) -> dict[str, dict]:
-    """variants plus, for each one and each budget, "<name>-prefetch<MB>": the same engine with
-    the decode GEMMs' weight prefetch (kernels/pdl.py) at that budget."""
-    out = dict(variants)
-    for name, spec in variants.items():
-        for mb in budgets_mb:
-            out[f"{name}-prefetch{mb:g}"] = spec | {"extra": spec.get("extra", {}) | {"weight_prefetch_mb": mb}}
-    return out
-
-
-def prefetch_budgets(argv: list[str]) -> list[float]:
-    """The MiB budgets of a `--prefetch 8,16,32` argument (none without it)."""
-    if "--prefetch" not in argv:
-        return []
-    return [float(mb) for mb in argv[argv.index("--prefetch") + 1].split(",")]
-
-
 def run_pytest(args: list[str], timeout_s: int) -> dict:
     import subprocess
 

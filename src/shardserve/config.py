@@ -84,9 +84,6 @@ class EngineConfig:
             raise ValueError(f"attention_backend must be auto, torch or triton, got {self.attention_backend!r}")
         if self.load_format not in ("auto", "safetensors", "pt", "random", "presharded"):
             raise ValueError(f"load_format must be auto, safetensors, pt, presharded or random, got {self.load_format!r}")
-        prefetch_mb = self.extra.get("weight_prefetch_mb", 0)
-        if isinstance(prefetch_mb, bool) or not isinstance(prefetch_mb, (int, float)) or prefetch_mb < 0:
-            raise ValueError(f"extra.weight_prefetch_mb must be a number of MiB >= 0, got {prefetch_mb!r}")
         if self.devices is not None:
             object.__setattr__(self, "devices", tuple(self.devices))
             if len(self.devices) != self.tensor_parallel_size:

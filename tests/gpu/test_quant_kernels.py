@@ -24,10 +24,10 @@ from helpers.quant_cases import (
 )
 from helpers.quant_layers import error_bound
 from shardserve import kernels
-from shardserve.kernels import pdl, tuned_gemm
+from shardserve.kernels import tuned_gemm
 from shardserve.kernels.act_and_mul import apply_input_act, input_act_reference
 from shardserve.kernels.fp8_gemm import fp8_scaled_mm, fp8_scaled_mm_reference, scaled_mm_applies
-from shardserve.kernels.gemm_kernels import CUBLAS, DEQUANT, KernelConfig, prefetch_row_bytes
+from shardserve.kernels.gemm_kernels import CUBLAS, DEQUANT, KernelConfig
 from shardserve.kernels.tuned_gemm import (
     CUBLAS_MARGIN,
     DECODE_MAX_TOKENS,
@@ -144,44 +144,6 @@ def test_kernel_replays_in_a_cuda_graph(shape, config, qdtype, fresh_tuning):
     """Decode runs in CUDA graphs: split-K's zeroed workspace and cast must be captured too."""
     x, qweight, scale, bias = make_case(*shape, qdtype, torch.bfloat16, "cuda")
     _check_graph_replay(x, qweight, scale, bias, config, lambda f: linear_reference(f, qweight, scale, bias.float()))
-
-
-PDL_GPU = pytest.mark.skipif(not (pdl._has_gdc and _capability() >= (9, 0)),
-                             reason="programmatic dependent launch needs sm90+ and Triton >= 3.4")
-
-
-@PDL_GPU
-@pytest.mark.parametrize("qdtype", [pytest.param(None, id="16bit"), *QDTYPES])
-@pytest.mark.parametrize("budget", [64 << 10, 1 << 30], ids=["part", "whole"])
-def test_weight_prefetch_changes_no_result(qdtype, budget):
-    """With programmatic dependent launch on, the decode kernels first ask L2 for (a part of or
-    all) their weights, then wait for their predecessor (kernels/pdl.py). Two chained calls,
-    eagerly and replayed from a CUDA graph, give the ordinary launches' bits (unsplit configs;
-    a split's atomic adds may sum in another order: those within the bound of the reference)."""
-    m, n, k = 4, 512, 14336
-    x, w_b, scale_b, bias_b = make_case(m, n, k, qdtype, torch.bfloat16, "cuda")
-    _, w_a, scale_a, _ = make_case(m, k, k, qdtype, torch.bfloat16, "cuda", seed=1)
-    for config in [*CONFIGS, *OTHER_PATHS[:2]]:
-        def chain(x, config=config):  # back to back: the second launches while the first runs
-            return tuned_linear(tuned_linear(x, w_a, scale_a, None, config=config), w_b, scale_b, bias_b, config=config)
-
-        try:
-            plain = chain(x)
-            pdl.set_pdl(True, weight_prefetch_bytes=budget)
-            assert prefetch_row_bytes(x, w_b, config.split_k) > 0  # the prefetch really runs
-            eager = chain(x)
-            static_x = x.clone()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = chain(static_x)
-            graph.replay()
-        finally:
-            pdl.set_pdl(False)
-        for out in (eager, static_out):
-            if config.split_k == 1:
-                assert torch.equal(out, plain), config
-            else:
-                assert relative_error(out, plain) < TOL[torch.bfloat16], config
 
 
 def _check_graph_replay(x, weight, scale, bias, config, reference, input_act=None) -> None:

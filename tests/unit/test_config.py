@@ -14,8 +14,6 @@ from shardserve.config import EngineConfig, canonical_dtype, parse_tp_degree
         ("quantization", "int4", "quantization must be one of"),
         ("attention_backend", "flash", "attention_backend must be auto, torch or triton"),
         ("load_format", "gguf", "load_format must be"),
-        ("extra", {"weight_prefetch_mb": -1}, "extra.weight_prefetch_mb must be a number of MiB >= 0"),
-        ("extra", {"weight_prefetch_mb": "16"}, "extra.weight_prefetch_mb must be a number of MiB >= 0"),
     ],
 )
 def test_invalid_values_name_the_field(field, value, message):

@@ -60,7 +60,13 @@ if _has_triton:
     import triton.language as tl
 
     from shardserve.kernels.act_and_mul import act_kernel, act_tile
-    from shardserve.kernels.pdl import pdl_args, pdl_entry, prefetch_l2, weight_prefetch_bytes
+    from shardserve.kernels.pdl import (
+        gemm_trigger_late,
+        pdl_args,
+        pdl_entry,
+        pdl_launch_dependents,
+        pdl_wait,
+    )
     from shardserve.kernels.weight_convert import dequant_tile, dequantize_fast
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -145,21 +151,6 @@ if _has_triton:
         return rm, rn, tl.arange(0, BLOCK_K), rm < M, rn < N, tl.program_id(2)
 
     @triton.jit
-    def _prefetch_weights(w_ptr, N, K, k_iters, stride_wn, prefetch_bytes,
-                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        """Before the PDL wait (kernels/pdl.py): the first m tile's programs ask L2 for the first
-        prefetch_bytes (a multiple of 16) of each of their weight rows' part of K; the other m
-        tiles read the same rows."""
-        if prefetch_bytes > 0:
-            if tl.program_id(0) == 0:
-                rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-                k_start = tl.program_id(2) * (k_iters * BLOCK_K)
-                elt: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
-                left = (K - k_start) * elt // 16 * 16  # this split's part, whole 16-byte units
-                nbytes = tl.where(rn < N, tl.minimum(left, prefetch_bytes), 0)
-                prefetch_l2(w_ptr + rn.to(tl.int64) * stride_wn + k_start, nbytes)
-
-    @triton.jit
     def _epilogue(acc, rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om,
                   QUANTIZED: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr):
         # acc [BLOCK_M, BLOCK_N] float32 -> out (+)= acc (* scale) (+ bias, from the first K split).
@@ -188,17 +179,18 @@ if _has_triton:
     # Hopper that is a wgmma (m64n16k16) with the converted weights taken from registers, where
     # the unswapped tile (16 rows of x on the tall side: below wgmma's 64) compiles to mma.sync
     # (m16n8k16) (sm_90 PTX of both, 64x256 tiles).
-    @triton.jit(do_not_specialize=["M", "k_iters", "prefetch_bytes"])
+    @triton.jit(do_not_specialize=["M", "k_iters"])
     def _gemm_kernel(
-        x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K, k_iters, stride_xm, stride_wn, stride_om, prefetch_bytes,
+        x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K, k_iters, stride_xm, stride_wn, stride_om,
         QUANTIZED: tl.constexpr, W_FP8: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
         ACT: tl.constexpr, GATED: tl.constexpr, SWAP_AB: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
-        PDL: tl.constexpr,
+        PDL: tl.constexpr, LATE_TRIGGER: tl.constexpr,
     ):
-        if PDL:
-            _prefetch_weights(w_ptr, N, K, k_iters, stride_wn, prefetch_bytes, BLOCK_N, BLOCK_K)
-        pdl_entry(PDL)
+        if LATE_TRIGGER:
+            pdl_wait(PDL)
+        else:
+            pdl_entry(PDL)
         rm, rn, rk, m_mask, n_mask, pid_k = _program_tiles(M, N, BLOCK_M, BLOCK_N, BLOCK_K)
         x_rows = x_ptr + rm.to(tl.int64)[:, None] * stride_xm  # [BLOCK_M, 1]
         w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
@@ -219,22 +211,25 @@ if _has_triton:
                 acc = tl.dot(w, tl.trans(x), acc)
             else:
                 acc = tl.dot(x, tl.trans(w), acc)
+        if LATE_TRIGGER:
+            pdl_launch_dependents(PDL)
         if SWAP_AB:
             acc = tl.trans(acc)
         _epilogue(acc, rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om,
                   QUANTIZED, HAS_BIAS, ATOMIC)
 
-    @triton.jit(do_not_specialize=["M", "k_iters", "prefetch_bytes"])
+    @triton.jit(do_not_specialize=["M", "k_iters"])
     def _gemv_kernel(
-        x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K, k_iters, stride_xm, stride_wn, stride_om, prefetch_bytes,
+        x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K, k_iters, stride_xm, stride_wn, stride_om,
         QUANTIZED: tl.constexpr, W_FP8: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
         ACT: tl.constexpr, GATED: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
-        PDL: tl.constexpr,
+        PDL: tl.constexpr, LATE_TRIGGER: tl.constexpr,
     ):
-        if PDL:
-            _prefetch_weights(w_ptr, N, K, k_iters, stride_wn, prefetch_bytes, BLOCK_N, BLOCK_K)
-        pdl_entry(PDL)
+        if LATE_TRIGGER:
+            pdl_wait(PDL)
+        else:
+            pdl_entry(PDL)
         rm, rn, rk, m_mask, n_mask, pid_k = _program_tiles(M, N, BLOCK_M, BLOCK_N, BLOCK_K)
         x_rows = x_ptr + rm.to(tl.int64)[:, None, None] * stride_xm  # [BLOCK_M, 1, 1]
         w_rows = w_ptr + rn.to(tl.int64)[None, :, None] * stride_wn  # [1, BLOCK_N, 1]
@@ -249,6 +244,8 @@ if _has_triton:
             x = _x_tile(x_rows + kk, m_mask[:, None, None] & k_mask, K, ACT, GATED).to(tl.float32)
             w = tl.load(w_rows + kk, mask=n_mask[None, :, None] & k_mask, other=0)
             acc += x * _weight_tile(w, QUANTIZED, W_FP8, tl.float32)
+        if LATE_TRIGGER:
+            pdl_launch_dependents(PDL)
         _epilogue(tl.sum(acc, axis=2), rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om,
                   QUANTIZED, HAS_BIAS, ATOMIC)
 
@@ -279,23 +276,13 @@ def run_config(cfg: KernelConfig, x2: torch.Tensor, weight: torch.Tensor, scale:
         kernel[grid](
             x2, weight.view(torch.int8) if quantized else weight, scale_arg,
             bias if bias is not None else scale_arg, out, m, n, k, k_iters,
-            x2.stride(0), weight.stride(0), out.stride(0), prefetch_row_bytes(x2, weight, cfg.split_k),
+            x2.stride(0), weight.stride(0), out.stride(0),
             QUANTIZED=quantized, W_FP8=weight.dtype == torch.float8_e4m3fn, HAS_BIAS=bias is not None,
             ATOMIC=atomic, ACT=act, GATED=gated, **variant, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
             NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x2),
+            LATE_TRIGGER=gemm_trigger_late(),
         )
     return out.to(x2.dtype) if atomic else out
-
-
-def prefetch_row_bytes(x2: torch.Tensor, weight: torch.Tensor, split_k: int) -> int:
-    """Bytes of each weight row's K split that the kernel prefetches (kernels/pdl.py): the budget
-    spread over the weight's rows and splits, in whole 16-byte units; 0 where the bulk prefetch's
-    16-byte alignment does not hold for every row."""
-    budget = weight_prefetch_bytes(x2)
-    row_bytes = weight.stride(0) * weight.element_size()
-    if not budget or weight.data_ptr() % 16 or row_bytes % 16:
-        return 0
-    return budget // (weight.shape[0] * split_k) // 16 * 16
 
 
 def as_rows(x: torch.Tensor) -> torch.Tensor:

@@ -17,14 +17,7 @@ The engine turns it on for every decode-path kernel on GPUs of compute capabilit
 from 4.29 to 4.17 ms per step in bf16 and from 2.73 to 2.55 in int8; at TP4 (OPT-30B, BLOOM-176B
 int8) it measured within run-to-run noise (benchmarks/RESULTS.md). Kernels called directly
 (tests, tools) launch the ordinary way unless `set_pdl(True)`; Triton's interpreter (the CPU
-tests) never uses it.
-
-Weight prefetch: a kernel launched early may touch, before its wait, only what no predecessor
-writes. A decode GEMM's weights are such data, and the time a GEMM's programs would spend waiting
-(behind an all-reduce's cross-GPU barriers, or attention's few small kernels) is time the memory
-bus idles. So with `set_pdl(True, weight_prefetch_bytes=B)` the decode GEMMs
-(kernels/gemm_kernels.py) first ask L2 for up to B bytes of the weight rows their programs will
-read first (`prefetch_l2`), then wait: the main loop starts on weights already in L2."""
+tests) never uses it."""
 
 from __future__ import annotations
 
@@ -35,16 +28,18 @@ import torch
 from shardserve.kernels import _has_triton
 
 _enabled = False
-_prefetch_bytes = 0
+_gemm_trigger_late = False
 
 
-def set_pdl(enabled: bool, weight_prefetch_bytes: int = 0) -> None:
-    """Programmatic dependent launch on or off; with it on, how many bytes of its weights each
-    decode GEMM asks L2 for before it waits (0: none)."""
-    global _enabled, _prefetch_bytes
-    if weight_prefetch_bytes < 0:
-        raise ValueError(f"weight_prefetch_bytes must be >= 0, got {weight_prefetch_bytes}")
-    _enabled, _prefetch_bytes = bool(enabled), int(weight_prefetch_bytes)
+def set_pdl(enabled: bool, gemm_trigger_late: bool = False) -> None:
+    """Programmatic dependent launch on or off; gemm_trigger_late: the decode GEMMs let their
+    successor launch only after their main loop, not at their start."""
+    global _enabled, _gemm_trigger_late
+    _enabled, _gemm_trigger_late = bool(enabled), bool(gemm_trigger_late)
+
+
+def gemm_trigger_late() -> bool:
+    return _gemm_trigger_late
 
 
 @functools.lru_cache(maxsize=16)
@@ -56,11 +51,6 @@ def pdl_args(x: torch.Tensor) -> dict:
     """The launch arguments of a kernel that takes `PDL: tl.constexpr`, for a launch on x's device."""
     on = _enabled and _has_gdc and x.is_cuda and _supported(x.device)
     return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
-
-
-def weight_prefetch_bytes(x: torch.Tensor) -> int:
-    """The prefetch budget of a decode GEMM on x's device: 0 unless it launches early."""
-    return _prefetch_bytes if pdl_args(x)["PDL"] else 0
 
 
 _has_gdc = False
@@ -83,14 +73,12 @@ if _has_triton:
             gdc_launch_dependents()
 
     @triton.jit
-    def prefetch_l2(addrs, nbytes):
-        """Ask L2 for nbytes (a multiple of 16; 0: nothing) from each 16-byte-aligned address, one
-        bulk prefetch per element (sm_90's TMA unit; it returns at once and changes no value)."""
-        tl.inline_asm_elementwise(
-            """{
-            .reg .pred p;
-            setp.gt.s32 p, $2, 0;
-            @p cp.async.bulk.prefetch.L2.global [$1], $2;
-            mov.u32 $0, 0;
-            }""",
-            "=r,l,r", [addrs, nbytes], dtype=tl.int32, is_pure=False, pack=1)
+    def pdl_wait(PDL: tl.constexpr):
+        """`pdl_entry` without the successor's launch: for a kernel that lets it launch later."""
+        if PDL:
+            gdc_wait()
+
+    @triton.jit
+    def pdl_launch_dependents(PDL: tl.constexpr):
+        if PDL:
+            gdc_launch_dependents()

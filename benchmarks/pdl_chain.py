@@ -1,17 +1,15 @@
-"""Does the decode GEMMs' weight prefetch (kernels/pdl.py) hide an idle window at all? One GPU,
-CUDA-graph replay of 16 (window, GEMM) pairs on four rotating weights: the window is a one-program
-kernel that spins for W us (standing in for an all-reduce's barrier waits), launched with
-programmatic dependent launch like the engine's kernels. Per variant (PDL off; PDL on with a
-prefetch budget of 0, 8, 16, 32 MiB) and window (0, 10 us): us per pair, and the GEMM's share
-(pair minus a window-only chain). Then each budget once more under Nsight Compute, if asked
-(--ncu: one GEMM call, DRAM bytes read). Run on the device:
-PYTHONPATH=src python3 benchmarks/prefetch_chain.py"""
+"""Where should a decode GEMM let its successor launch (kernels/pdl.py)? One GPU, CUDA-graph
+replay of 16 (window, GEMM) pairs on four rotating weights: the window is a one-program kernel
+that spins for W us (standing in for an all-reduce's barrier waits or attention's small
+kernels), launched like the engine's kernels. Per variant (PDL off; on, the GEMM triggering its
+successor at its start; on, triggering after its main loop) and window (0: GEMMs back to back,
+10 us): us per pair, and a window-only chain. Run on the device:
+PYTHONPATH=src python3 benchmarks/pdl_chain.py"""
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 
 import torch
 import triton
@@ -20,12 +18,16 @@ import triton.language as tl
 from shardserve.kernels import pdl
 from shardserve.kernels.gemm_kernels import KernelConfig, run_config
 from shardserve.kernels.pdl import pdl_args, pdl_entry
+from shardserve.kernels.weight_formats import quantize_rows
 
-CASES = {  # name: (rows, N, K, dtype, the tuner's config on an H200)
+CASES = {  # name: (rows, N, K, weight format, the tuner's config on an H200)
     "llama8b-gate_up-bf16-1row": (1, 28672, 4096, torch.bfloat16, KernelConfig(16, 64, 128, 1, swap_ab=True)),
+    "llama8b-gate_up-int8-1row": (1, 28672, 4096, torch.int8, KernelConfig(1, 32, 256, 1, kernel="gemv")),
     "opt30b-tp4-qkv-fp16-4rows": (4, 5376, 7168, torch.float16, KernelConfig(16, 64, 256, 1, swap_ab=True)),
+    "opt30b-tp4-fc1-fp16-4rows": (4, 7168, 7168, torch.float16, KernelConfig(16, 64, 256, 1, swap_ab=True)),
+    "bloom-tp4-fc1-int8-4rows": (4, 14336, 14336, torch.int8, KernelConfig(16, 64, 256, 1)),
 }
-BUDGETS_MB = [None, 0, 8, 16, 32]  # None: PDL off
+VARIANTS = {"off": (False, False), "start": (True, False), "late": (True, True)}  # (pdl, gemm_trigger_late)
 
 
 @triton.jit
@@ -64,42 +66,37 @@ def graph_us(fn, pairs: int = 16) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def case(rows, n, k, dtype, cfg) -> dict:
+def case(rows, n, k, wdtype, cfg) -> dict:
+    dtype = torch.bfloat16 if wdtype == torch.int8 else wdtype
     x = torch.randn(rows, k, device="cuda", dtype=dtype)
-    weights = [torch.randn(n, k, device="cuda", dtype=dtype) for _ in range(4)]
+    weights = []
+    for _ in range(4):
+        w = torch.randn(n, k, device="cuda")
+        weights.append((w.to(dtype), None) if wdtype == dtype else quantize_rows(w, wdtype))
+        del w
     out = {}
-    for budget in BUDGETS_MB:
-        pdl.set_pdl(budget is not None, weight_prefetch_bytes=(budget or 0) << 20)
+    for name, (on, late) in VARIANTS.items():
+        pdl.set_pdl(on, gemm_trigger_late=late)
         for window in (0, 10):
             def chain(window=window):
                 for i in range(16):
                     if window:
                         spin(x, window)
-                    run_config(cfg, x, weights[i % 4], None, None)
+                    run_config(cfg, x, *weights[i % 4], None)
 
-            out[f"budget {budget} window {window}"] = graph_us(chain)
-        out[f"budget {budget} window only"] = graph_us(lambda: [spin(x, 10) for _ in range(16)])
+            out[f"{name} window {window}"] = graph_us(chain)
+        out[f"{name} window only"] = graph_us(lambda: [spin(x, 10) for _ in range(16)])
     pdl.set_pdl(False)
     return out
 
 
 if __name__ == "__main__":
-    if "--ncu" in sys.argv:  # one call per budget: ncu -k regex:_gemm_kernel --metrics dram__bytes_read.sum
-        rows, n, k, dtype, cfg = CASES[sys.argv[sys.argv.index("--ncu") + 1]]
-        x = torch.randn(rows, k, device="cuda", dtype=dtype)
-        w = torch.randn(n, k, device="cuda", dtype=dtype)
-        for budget in BUDGETS_MB[1:]:
-            pdl.set_pdl(True, weight_prefetch_bytes=budget << 20)
-            torch.cuda.synchronize()
-            run_config(cfg, x, w, None, None)
-            torch.cuda.synchronize()
-        sys.exit(0)
     results = {name: case(*spec) for name, spec in CASES.items()}
     for name, res in results.items():
         print(name)
         for key, us in res.items():
-            print(f"  {key:28s} {us:8.2f} us per pair")
+            print(f"  {key:20s} {us:8.2f} us per pair")
     out = os.environ.get("OUT")
     if out:
-        with open(os.path.join(out, "prefetch_chain.json"), "w") as f:
+        with open(os.path.join(out, "pdl_chain.json"), "w") as f:
             json.dump(results, f, indent=1)
