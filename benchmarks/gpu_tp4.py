@@ -19,15 +19,14 @@ os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
 
 def opt30b(quick: bool):
     """TP over every GPU up to 4 (the issue's setting is 4; a 2-GPU machine runs TP2). Variants:
-    ours, ours with the norm after the all-reduce in a kernel of its own, ours without programmatic
-    dependent launch (kernels/pdl.py), and (not quick) ours on NCCL. quick: 5 reps and no NCCL
-    variant, for a short device lease."""
+    ours, ours without programmatic dependent launch (kernels/pdl.py), and (not quick) ours with
+    the norm after the all-reduce in a kernel of its own and ours on NCCL. quick: 5 reps and
+    neither of the last two, for a short device lease."""
     from shardserve.bench.latency import BenchConfig, run_bench
 
-    variants = {"tp": {}, "tp-late": {"extra": {"pdl_gemm_trigger": "late"}}}
+    variants = {"tp": {}, "tp-no-pdl": {"extra": {"pdl": False}}}
     if not quick:
         variants["tp-norm-apart"] = {"extra": {"fused_all_reduce_norm": False}}
-        variants["tp-no-pdl"] = {"extra": {"pdl": False}}
         variants["tp-nccl"] = {"extra": {"fast_all_reduce": False}}
     cfg = BenchConfig(model="opt-30b", random_weights=True, tp=min(4, torch.cuda.device_count()), batch=4, prompt_len=32, new_tokens=256,
                       reps=5 if quick else 10, baseline_reps=3, dtype="fp16", check_tokens=16, out_dir=OUT,

@@ -1,9 +1,9 @@
-"""Where should a decode GEMM let its successor launch (kernels/pdl.py)? One GPU, CUDA-graph
-replay of 16 (window, GEMM) pairs on four rotating weights: the window is a one-program kernel
-that spins for W us (standing in for an all-reduce's barrier waits or attention's small
-kernels), launched like the engine's kernels. Per variant (PDL off; on, the GEMM triggering its
-successor at its start; on, triggering after its main loop) and window (0: GEMMs back to back,
-10 us): us per pair, and a window-only chain. Run on the device:
+"""What programmatic dependent launch (kernels/pdl.py) does to the decode GEMMs. One GPU,
+CUDA-graph replay of 16 (window, GEMM) pairs on four rotating weights: the window is a one-program
+kernel that spins for W us (standing in for an all-reduce's barrier waits or attention's small
+kernels), launched like the engine's kernels. Per variant (PDL off / on) and window (0: GEMMs
+back to back, 10 us): us per pair, and a window-only chain. (Commit fa552c9 also had the GEMMs'
+trigger at their start as a variant: benchmarks/RESULTS.md.) Run on the device:
 PYTHONPATH=src python3 benchmarks/pdl_chain.py"""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ CASES = {  # name: (rows, N, K, weight format, the tuner's config on an H200)
     "opt30b-tp4-fc1-fp16-4rows": (4, 7168, 7168, torch.float16, KernelConfig(16, 64, 256, 1, swap_ab=True)),
     "bloom-tp4-fc1-int8-4rows": (4, 14336, 14336, torch.int8, KernelConfig(16, 64, 256, 1)),
 }
-VARIANTS = {"off": (False, False), "start": (True, False), "late": (True, True)}  # (pdl, gemm_trigger_late)
+VARIANTS = {"off": False, "on": True}
 
 
 @triton.jit
@@ -75,8 +75,8 @@ def case(rows, n, k, wdtype, cfg) -> dict:
         weights.append((w.to(dtype), None) if wdtype == dtype else quantize_rows(w, wdtype))
         del w
     out = {}
-    for name, (on, late) in VARIANTS.items():
-        pdl.set_pdl(on, gemm_trigger_late=late)
+    for name, on in VARIANTS.items():
+        pdl.set_pdl(on)
         for window in (0, 10):
             def chain(window=window):
                 for i in range(16):

@@ -143,10 +143,8 @@ def _bench(model: str, tp: int, batch: int, reps: int, check_tokens: int, varian
             "variants": {r.engine: r.summary() | {"load_s": r.load_s, "warmup_s": r.warmup_s} for r in results}}
 
 
-def llama8b(ablations: bool, late_trigger: bool = False) -> dict:
+def llama8b(ablations: bool) -> dict:
     variants = {"bf16": {}, "int8": {"quantization": "int8"}, "fp8": {"quantization": "fp8"}}
-    if late_trigger:  # each format with the decode GEMMs triggering their successor after the main loop
-        variants |= {f"{name}-late": spec | {"extra": {"pdl_gemm_trigger": "late"}} for name, spec in variants.items()}
     if ablations:  # each format without programmatic dependent launch (kernels/pdl.py); asynchronous
         # scheduling off; the fused kernels and tuned decode GEMMs off
         variants |= {f"{name}-no-pdl": spec | {"extra": {"pdl": False}} for name, spec in variants.items()}
@@ -352,8 +350,6 @@ if __name__ == "__main__":
     parser.add_argument("--skip-tests", action="store_true", help="--part kernels: no GPU tests first")
     parser.add_argument("--skip-sweep", action="store_true", help="--part kernels: no batch-1 sweep")
     parser.add_argument("--ablations", action="store_true", help="--part llama8b: also bf16 sync and unfused")
-    parser.add_argument("--late-trigger", action="store_true",
-                        help="--part llama8b: also each format with the GEMMs' late PDL trigger")
     args = parser.parse_args()
     if args.part == "kernels":
         stage("gpu_name", lambda: torch.cuda.get_device_name(0), 0, DEADLINE)
@@ -367,5 +363,5 @@ if __name__ == "__main__":
     elif args.part == "bloom176b":
         stage(f"bloom176b_tp{args.tp}", lambda: bloom176b(args.tp), 60, DEADLINE)
     else:
-        stage("llama8b", lambda: llama8b(args.ablations, args.late_trigger), 60, DEADLINE)
+        stage("llama8b", lambda: llama8b(args.ablations), 60, DEADLINE)
     finish()

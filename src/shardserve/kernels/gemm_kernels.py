@@ -60,13 +60,7 @@ if _has_triton:
     import triton.language as tl
 
     from shardserve.kernels.act_and_mul import act_kernel, act_tile
-    from shardserve.kernels.pdl import (
-        gemm_trigger_late,
-        pdl_args,
-        pdl_entry,
-        pdl_launch_dependents,
-        pdl_wait,
-    )
+    from shardserve.kernels.pdl import pdl_args, pdl_launch_dependents, pdl_wait
     from shardserve.kernels.weight_convert import dequant_tile, dequantize_fast
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -185,12 +179,9 @@ if _has_triton:
         QUANTIZED: tl.constexpr, W_FP8: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
         ACT: tl.constexpr, GATED: tl.constexpr, SWAP_AB: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
-        PDL: tl.constexpr, LATE_TRIGGER: tl.constexpr,
+        PDL: tl.constexpr,
     ):
-        if LATE_TRIGGER:
-            pdl_wait(PDL)
-        else:
-            pdl_entry(PDL)
+        pdl_wait(PDL)  # the successor launches after the main loop (kernels/pdl.py says why)
         rm, rn, rk, m_mask, n_mask, pid_k = _program_tiles(M, N, BLOCK_M, BLOCK_N, BLOCK_K)
         x_rows = x_ptr + rm.to(tl.int64)[:, None] * stride_xm  # [BLOCK_M, 1]
         w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
@@ -211,8 +202,7 @@ if _has_triton:
                 acc = tl.dot(w, tl.trans(x), acc)
             else:
                 acc = tl.dot(x, tl.trans(w), acc)
-        if LATE_TRIGGER:
-            pdl_launch_dependents(PDL)
+        pdl_launch_dependents(PDL)
         if SWAP_AB:
             acc = tl.trans(acc)
         _epilogue(acc, rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om,
@@ -224,12 +214,9 @@ if _has_triton:
         QUANTIZED: tl.constexpr, W_FP8: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
         ACT: tl.constexpr, GATED: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
-        PDL: tl.constexpr, LATE_TRIGGER: tl.constexpr,
+        PDL: tl.constexpr,
     ):
-        if LATE_TRIGGER:
-            pdl_wait(PDL)
-        else:
-            pdl_entry(PDL)
+        pdl_wait(PDL)  # the successor launches after the main loop (kernels/pdl.py says why)
         rm, rn, rk, m_mask, n_mask, pid_k = _program_tiles(M, N, BLOCK_M, BLOCK_N, BLOCK_K)
         x_rows = x_ptr + rm.to(tl.int64)[:, None, None] * stride_xm  # [BLOCK_M, 1, 1]
         w_rows = w_ptr + rn.to(tl.int64)[None, :, None] * stride_wn  # [1, BLOCK_N, 1]
@@ -244,8 +231,7 @@ if _has_triton:
             x = _x_tile(x_rows + kk, m_mask[:, None, None] & k_mask, K, ACT, GATED).to(tl.float32)
             w = tl.load(w_rows + kk, mask=n_mask[None, :, None] & k_mask, other=0)
             acc += x * _weight_tile(w, QUANTIZED, W_FP8, tl.float32)
-        if LATE_TRIGGER:
-            pdl_launch_dependents(PDL)
+        pdl_launch_dependents(PDL)
         _epilogue(tl.sum(acc, axis=2), rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om,
                   QUANTIZED, HAS_BIAS, ATOMIC)
 
@@ -280,7 +266,6 @@ def run_config(cfg: KernelConfig, x2: torch.Tensor, weight: torch.Tensor, scale:
             QUANTIZED=quantized, W_FP8=weight.dtype == torch.float8_e4m3fn, HAS_BIAS=bias is not None,
             ATOMIC=atomic, ACT=act, GATED=gated, **variant, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
             NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x2),
-            LATE_TRIGGER=gemm_trigger_late(),
         )
     return out.to(x2.dtype) if atomic else out
 

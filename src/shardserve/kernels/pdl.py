@@ -1,23 +1,31 @@
 """Programmatic dependent launch (Hopper and later): a decode step is a chain of a few hundred
 small kernels, each of which, launched the ordinary way, starts only once its predecessor has
 finished and the launch has gone through. Launched with the programmatic-serialization attribute
-(`launch_pdl`), a kernel is launched while its predecessor still runs; its programs then wait
-(`griddepcontrol.wait`) until the predecessor has completed and its writes are visible, so the
-launch latency and the program start-up overlap the predecessor's tail.
+(`launch_pdl`), a kernel is launched once every program of its predecessor has let it
+(`griddepcontrol.launch_dependents`); its programs then wait (`griddepcontrol.wait`) until the
+predecessor has completed and its writes are visible, so the launch latency and the program
+start-up overlap the predecessor's tail.
 
-Every kernel launched so calls `pdl_entry` first, in every program, before any memory access:
-no read of a predecessor's output and no write to what a predecessor reads can move ahead of the
-wait. The wait covers only the immediate predecessor, which is enough because a kernel completes
-only after its own wait: the chain stays ordered. `pdl_entry` also lets the next kernel launch at
-once (its programs wait in turn). Kernels that follow in the stream without the attribute (cuBLAS,
-torch's own) start after a full completion, as always.
+Every kernel launched so calls `pdl_entry` (or `pdl_wait`) first, in every program, before any
+memory access: no read of a predecessor's output and no write to what a predecessor reads can
+move ahead of the wait. The wait covers only the immediate predecessor, which is enough because
+a kernel completes only after its own wait: the chain stays ordered. Kernels that follow in the
+stream without the attribute (cuBLAS, torch's own) start after a full completion, as always.
+
+Where a kernel lets its successor launch matters. The small kernels do it at once (`pdl_entry`).
+The decode GEMMs do it only after their main loop (`pdl_wait` first, `pdl_launch_dependents`
+after the loop): a successor let in at the GEMM's start places its waiting programs on whatever
+SM slots the GEMM leaves free, so a GEMM after a GEMM starts with its programs unevenly spread
+and runs as long as its most crowded SM. Back to back on an H200 (benchmarks/pdl_chain.py, us
+per call): BLOOM-176B TP4 fc1 int8 62.3 without PDL, 81.8 let in at the start, 62.0 after the
+loop; OPT-30B TP4 qkv fp16 20.6 / 24.7 / 20.0.
 
 The engine turns it on for every decode-path kernel on GPUs of compute capability 9.0 and up
-(EngineConfig.extra {"pdl": False} turns it off). On an H200 it took Llama-3-8B decode at batch 1
-from 4.29 to 4.17 ms per step in bf16 and from 2.73 to 2.55 in int8; at TP4 (OPT-30B, BLOOM-176B
-int8) it measured within run-to-run noise (benchmarks/RESULTS.md). Kernels called directly
-(tests, tools) launch the ordinary way unless `set_pdl(True)`; Triton's interpreter (the CPU
-tests) never uses it."""
+(EngineConfig.extra {"pdl": False} turns it off). With the GEMMs' late trigger, on an H200,
+Llama-3-8B bf16 decode at batch 1 took 4.05 ms per step against 4.32 with the trigger at the
+start, and OPT-30B fp16 at TP4 5.41 against 5.63 (benchmarks/RESULTS.md). Kernels called
+directly (tests, tools) launch the ordinary way unless `set_pdl(True)`; Triton's interpreter (the
+CPU tests) never uses it."""
 
 from __future__ import annotations
 
@@ -28,18 +36,11 @@ import torch
 from shardserve.kernels import _has_triton
 
 _enabled = False
-_gemm_trigger_late = False
 
 
-def set_pdl(enabled: bool, gemm_trigger_late: bool = False) -> None:
-    """Programmatic dependent launch on or off; gemm_trigger_late: the decode GEMMs let their
-    successor launch only after their main loop, not at their start."""
-    global _enabled, _gemm_trigger_late
-    _enabled, _gemm_trigger_late = bool(enabled), bool(gemm_trigger_late)
-
-
-def gemm_trigger_late() -> bool:
-    return _gemm_trigger_late
+def set_pdl(enabled: bool) -> None:
+    global _enabled
+    _enabled = bool(enabled)
 
 
 @functools.lru_cache(maxsize=16)
