@@ -5,7 +5,9 @@ the 8-bit dot kernel at 2.6-3.3 TB/s where the 16-bit swapped tile reads 3.6-4.2
         --section SpeedOfLight --section Occupancy --section WarpStateStats ... \\
         python3 benchmarks/gemm_profile_case.py ROWS N K int8|fp8|bf16 BLOCK_N BLOCK_K SPLIT [swap]
 
-Four copies of the weight rotate, so every call reads its weight from HBM, as in decode."""
+Four copies of the weight rotate, so every call reads its weight from HBM, as in decode. For the
+stall reasons, which the sections above only summarise, add
+`--metrics regex:smsp__average_warps_issue_stalled_.*_per_issue_active.ratio`."""
 
 from __future__ import annotations
 
