@@ -25,10 +25,11 @@ if __name__ == "__main__":
     block_m, stages = _dot_rows(rows)
     cfg = KernelConfig(block_m, block_n, block_k, split, num_stages=stages, swap_ab="swap" in sys.argv[8:])
     x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+    qdtype = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}.get(fmt)
     weights = []
     for _ in range(4):
         w = torch.randn(n, k, device="cuda")
-        weights.append((w.bfloat16(), None) if fmt == "bf16" else quantize_rows(w, {"int8": torch.int8, "fp8": torch.float8_e4m3fn}[fmt]))
+        weights.append((w.bfloat16(), None) if qdtype is None else quantize_rows(w, qdtype))
         del w
     for i in range(16):
         weight, scale = weights[i % 4]

@@ -8,17 +8,22 @@ PYTHONPATH=src python3 benchmarks/pdl_chain.py"""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import sys
+from pathlib import Path
 
-import torch
-import triton
-import triton.language as tl
+sys.path.insert(0, str(Path(__file__).parent))
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from gpu_single import graph_time_us  # noqa: E402
 
-from shardserve.kernels import pdl
-from shardserve.kernels.gemm_kernels import KernelConfig, run_config
-from shardserve.kernels.pdl import pdl_args, pdl_entry
-from shardserve.kernels.weight_formats import quantize_rows
+from shardserve.kernels import pdl  # noqa: E402
+from shardserve.kernels.gemm_kernels import KernelConfig, run_config  # noqa: E402
+from shardserve.kernels.pdl import pdl_args, pdl_entry  # noqa: E402
+from shardserve.kernels.weight_formats import quantize_rows  # noqa: E402
 
 CASES = {  # name: (rows, N, K, weight format, the tuner's config on an H200)
     "llama8b-gate_up-bf16-1row": (1, 28672, 4096, torch.bfloat16, KernelConfig(16, 64, 128, 1, swap_ab=True)),
@@ -47,25 +52,6 @@ def spin(x: torch.Tensor, us: float) -> None:
     _spin_kernel[(1,)](int(us * 1000), num_warps=1, **pdl_args(x))
 
 
-def graph_us(fn, pairs: int = 16) -> float:
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(5):
-        start.record()
-        for _ in range(10):
-            graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1000 / 10 / pairs)
-    return sorted(times)[len(times) // 2]
-
-
 def case(rows, n, k, wdtype, cfg) -> dict:
     dtype = torch.bfloat16 if wdtype == torch.int8 else wdtype
     x = torch.randn(rows, k, device="cuda", dtype=dtype)
@@ -74,18 +60,19 @@ def case(rows, n, k, wdtype, cfg) -> dict:
         w = torch.randn(n, k, device="cuda")
         weights.append((w.to(dtype), None) if wdtype == dtype else quantize_rows(w, wdtype))
         del w
+    turn = itertools.count()
+
+    def pair(window: float) -> None:
+        if window:
+            spin(x, window)
+        run_config(cfg, x, *weights[next(turn) % 4], None)
+
     out = {}
     for name, on in VARIANTS.items():
         pdl.set_pdl(on)
         for window in (0, 10):
-            def chain(window=window):
-                for i in range(16):
-                    if window:
-                        spin(x, window)
-                    run_config(cfg, x, *weights[i % 4], None)
-
-            out[f"{name} window {window}"] = graph_us(chain)
-        out[f"{name} window only"] = graph_us(lambda: [spin(x, 10) for _ in range(16)])
+            out[f"{name} window {window}"] = graph_time_us(lambda w=window: pair(w), calls=16)
+        out[f"{name} window only"] = graph_time_us(lambda: spin(x, 10), calls=16)
     pdl.set_pdl(False)
     return out
 

@@ -17,8 +17,9 @@ The decode GEMMs do it only after their main loop (`pdl_wait` first, `pdl_launch
 after the loop). A successor let in at the GEMM's start places its waiting programs on whatever
 SM slots the GEMM leaves free; our reading of the figures below (not profiled) is that a GEMM
 after a GEMM then starts with its programs unevenly spread and runs as long as its most crowded
-SM. Back to back on an H200 (benchmarks/pdl_chain.py, us per call): BLOOM-176B TP4 fc1 int8 62.3 without PDL, 81.8 let in at the start, 62.0 after the
-loop; OPT-30B TP4 qkv fp16 20.6 / 24.7 / 20.0.
+SM. Back to back on an H200 (benchmarks/pdl_chain.py, us per call): BLOOM-176B TP4 fc1 int8
+62.3 without PDL, 81.8 let in at the start, 62.0 after the loop; OPT-30B TP4 qkv fp16 20.6 /
+24.7 / 20.0.
 
 The engine turns it on for every decode-path kernel on GPUs of compute capability 9.0 and up
 (EngineConfig.extra {"pdl": False} turns it off). With the GEMMs' late trigger, on an H200,
