@@ -4,6 +4,7 @@ and timed as the tuner times it (CUDA-graph replay, weights rotating past L2). I
 tiles the tuner should offer; the figures land in $OUT/results.json.
 
     PYTHONPATH=src python3 benchmarks/gemm_sweep.py [--rows 1 4] [--models llama-3-8b ...] [--weights int8 ...]
+        [--stream-k]   # the tuner's stream-K candidates too (kernels/tuned_gemm.py: off by default)
 """
 
 from __future__ import annotations
@@ -91,7 +92,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--weights", nargs="+", choices=list(DTYPES), help="only these weight formats")
+    parser.add_argument("--stream-k", action="store_true", help="offer the tuner's stream-K configs too")
     args = parser.parse_args()
+    if args.stream_k:
+        from shardserve.kernels import tuned_gemm
+
+        tuned_gemm.set_stream_k(True)
     for model in args.models:
         stage(f"sweep_{model}", lambda model=model: sweep(model, args.rows, args.weights), 30, 3600)
     finish()

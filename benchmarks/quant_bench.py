@@ -143,11 +143,17 @@ def _bench(model: str, tp: int, batch: int, reps: int, check_tokens: int, varian
             "variants": {r.engine: r.summary() | {"load_s": r.load_s, "warmup_s": r.warmup_s} for r in results}}
 
 
-def llama8b(ablations: bool) -> dict:
-    variants = {"bf16": {}, "int8": {"quantization": "int8"}, "fp8": {"quantization": "fp8"}}
+def with_stream_k(variants: dict[str, dict]) -> dict[str, dict]:
+    """variants plus each as "<name>-stream-k": the tuner offering stream-K configs too."""
+    return variants | {f"{name}-stream-k": spec | {"extra": {"stream_k": True}} for name, spec in variants.items()}
+
+
+def llama8b(ablations: bool, stream_k: bool = False) -> dict:
+    formats = {"bf16": {}, "int8": {"quantization": "int8"}, "fp8": {"quantization": "fp8"}}
+    variants = with_stream_k(formats) if stream_k else dict(formats)
     if ablations:  # each format without programmatic dependent launch (kernels/pdl.py); asynchronous
         # scheduling off; the fused kernels and tuned decode GEMMs off
-        variants |= {f"{name}-no-pdl": spec | {"extra": {"pdl": False}} for name, spec in variants.items()}
+        variants |= {f"{name}-no-pdl": spec | {"extra": {"pdl": False}} for name, spec in formats.items()}
         variants |= {"bf16-sync": {"async_scheduling": False}, "bf16-unfused": {"extra": {"fused_kernels": False}}}
     out = _bench("llama-3-8b", tp=1, batch=1, reps=3, check_tokens=16, variants=variants)
     step = {k: v["decode_ms_per_step"] for k, v in out["variants"].items()}
@@ -156,8 +162,9 @@ def llama8b(ablations: bool) -> dict:
     return out
 
 
-def bloom176b(tp: int) -> dict:
-    out = _bench("bloom", tp=tp, batch=4, reps=5, check_tokens=0, variants={"int8": {"quantization": "int8"}})
+def bloom176b(tp: int, stream_k: bool = False) -> dict:
+    variants = {"int8": {"quantization": "int8"}}
+    out = _bench("bloom", tp=tp, batch=4, reps=5, check_tokens=0, variants=with_stream_k(variants) if stream_k else variants)
     print(f"BLOOM-176B int8 TP{tp} P50 ms (target <= 3500 on 4xH200 TP4):", out["variants"]["int8"]["p50_ms"], flush=True)
     return out
 
@@ -350,6 +357,8 @@ if __name__ == "__main__":
     parser.add_argument("--skip-tests", action="store_true", help="--part kernels: no GPU tests first")
     parser.add_argument("--skip-sweep", action="store_true", help="--part kernels: no batch-1 sweep")
     parser.add_argument("--ablations", action="store_true", help="--part llama8b: also bf16 sync and unfused")
+    parser.add_argument("--stream-k", action="store_true",
+                        help="--part llama8b and bloom176b: also each variant with the tuner's stream-K configs")
     args = parser.parse_args()
     if args.part == "kernels":
         stage("gpu_name", lambda: torch.cuda.get_device_name(0), 0, DEADLINE)
@@ -361,7 +370,7 @@ if __name__ == "__main__":
     elif args.part == "load":
         load(args.workdir, args.model, args.tp)
     elif args.part == "bloom176b":
-        stage(f"bloom176b_tp{args.tp}", lambda: bloom176b(args.tp), 60, DEADLINE)
+        stage(f"bloom176b_tp{args.tp}", lambda: bloom176b(args.tp, args.stream_k), 60, DEADLINE)
     else:
-        stage("llama8b", lambda: llama8b(args.ablations), 60, DEADLINE)
+        stage("llama8b", lambda: llama8b(args.ablations, args.stream_k), 60, DEADLINE)
     finish()

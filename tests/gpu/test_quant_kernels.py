@@ -146,6 +146,23 @@ def test_kernel_replays_in_a_cuda_graph(shape, config, qdtype, fresh_tuning):
     _check_graph_replay(x, qweight, scale, bias, config, lambda f: linear_reference(f, qweight, scale, bias.float()))
 
 
+@pytest.mark.parametrize("qdtype", [pytest.param(None, id="16bit"), *QDTYPES])
+@DTYPES
+@pytest.mark.parametrize("shape", [(1, 4096, 4096), (4, 512, 14336), (16, 130, 520)], ids=str)
+def test_stream_k_matches_reference(shape, dtype, qdtype, monkeypatch):
+    """Stream-K (gemm_kernels._stream_k_kernel): the configs the tuner offers with it on, and 7
+    programs (units split inside N tiles), against the reference; one replayed in a CUDA graph."""
+    monkeypatch.setattr(tuned_gemm, "STREAM_K", True)
+    m, n, k = shape
+    offered = [c for c in candidates(m, n, k, torch.cuda.get_device_properties(0).multi_processor_count,
+                                     dtype if qdtype is None else qdtype) if c.stream_k]
+    assert len(offered) == 4
+    for config in [*offered, KernelConfig(16, 64, 64, 1, stream_k=7)]:
+        check_kernel(m, n, k, qdtype, dtype, "cuda", config=config, tol=TOL[dtype], bias=m % 2 == 1)
+    x, weight, scale, bias = make_case(m, n, k, qdtype, torch.bfloat16, "cuda")
+    _check_graph_replay(x, weight, scale, bias, offered[0], lambda f: linear_reference(f, weight, scale, bias.float()))
+
+
 def _check_graph_replay(x, weight, scale, bias, config, reference, input_act=None) -> None:
     """Capture tuned_linear once, replay it on fresh inputs: within the bf16 bound of reference(x)."""
     static_x = x.clone()

@@ -12,6 +12,9 @@ is added in the same epilogue.
             on tensor cores (tl.dot). Any batch; the only 8-bit kernel past GEMV_MAX_TOKENS rows.
             `swap_ab` puts the weight tile on the MMA's tall side (Hopper: wgmma instead of
             mma.sync at 16 rows), which the tuner offers 16-bit weights below 17 rows.
+            `stream_k` (one row tile) runs `_stream_k_kernel` instead: a fixed number of
+            programs share the (N tile, K tile) units evenly. Not yet measured on a GPU, so the
+            tuner offers it only when asked (kernels/tuned_gemm.py STREAM_K).
   "gemv"    `_gemv_kernel`: no tensor cores. Each program multiplies its float32 weight tile by
             the broadcast activation rows elementwise and reduces over K once at the end; for 1-2
             rows this skips the dot path's 16-row operand padding and register shuffles.
@@ -26,7 +29,7 @@ is added in the same epilogue.
             plain cuBLAS.)
 Either kernel may split K over programs that atomically add float32 partials into a zeroed
 buffer, cast once at the end (one memset and one cast launch: worth it only where N alone leaves
-SMs idle).
+SMs idle); stream-K always does. The kernels' building blocks are in kernels/gemm_tiles.py.
 
 Input activation (`input_act`, kernels/act_and_mul.py): the MLP's second matmul may be handed its
 input before the activation, e.g. [gate | up] for gated SiLU. The kernels apply it in their
@@ -59,9 +62,16 @@ if _has_triton:
     import triton
     import triton.language as tl
 
-    from shardserve.kernels.act_and_mul import act_kernel, act_tile
+    from shardserve.kernels.act_and_mul import act_kernel
+    from shardserve.kernels.gemm_tiles import (
+        activation_tile,
+        dot_k_tiles,
+        program_tiles,
+        store_tile,
+        weight_tile,
+    )
     from shardserve.kernels.pdl import pdl_args, pdl_launch_dependents, pdl_wait
-    from shardserve.kernels.weight_convert import dequant_tile, dequantize_fast
+    from shardserve.kernels.weight_convert import dequantize_fast
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -79,13 +89,16 @@ class KernelConfig:
     fuse_act: bool = True
     # "dot" only: the weight tile is the MMA's left operand, W @ x.T (see `_gemm_kernel`).
     swap_ab: bool = False
+    # "dot" only, one row tile (m <= block_m), split_k 1: > 0 runs `_stream_k_kernel` on this many
+    # programs, which share the (N tile, K tile) work evenly instead of one program per tile.
+    stream_k: int = 0
 
     def __str__(self) -> str:  # for logs and benchmark tables
         if self.kernel in ("cublas", "dequant"):
             return self.kernel
         return (f"{self.kernel} {self.block_m}x{self.block_n}x{self.block_k} split {self.split_k} "
                 f"warps {self.num_warps} stages {self.num_stages}" + (" swapped" if self.swap_ab else "")
-                + ("" if self.fuse_act else " act apart"))
+                + ("" if self.fuse_act else " act apart") + (f" stream-K {self.stream_k}" if self.stream_k else ""))
 
 
 DEQUANT = KernelConfig(0, 0, 0, 1, kernel="dequant")
@@ -114,60 +127,14 @@ def kernel_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 if _has_triton:
 
-    @triton.jit
-    def _weight_tile(w, QUANTIZED: tl.constexpr, W_FP8: tl.constexpr, DTYPE: tl.constexpr):
-        """A loaded weight tile -> DTYPE: 8-bit weights by `dequant_tile` (unscaled); a 16-bit
-        weight is in the activation dtype already (no-op for the dot kernel, widened by the GEMV)."""
-        if QUANTIZED:
-            out = dequant_tile(w, W_FP8, DTYPE)
-        else:
-            out = w.to(DTYPE)
-        return out
-
-    @triton.jit
-    def _x_tile(x_ptrs, mask, K, ACT: tl.constexpr, GATED: tl.constexpr):
-        """The activation tile the matmul multiplies, in x's dtype: as stored (ACT ""), or act(x),
-        or with GATED act(gate) * up, up being K columns after gate in each [gate | up] row.
-        Masked entries load as 0, and every activation maps 0 to 0."""
-        x = tl.load(x_ptrs, mask=mask, other=0.0)
-        if ACT != "":
-            up = x
-            if GATED:
-                up = tl.load(x_ptrs + K, mask=mask, other=0.0)
-            x = act_tile(x, up, ACT, GATED)
-        return x
-
-    @triton.jit
-    def _program_tiles(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        """This program's rows, outputs and K lanes, their masks, and its K split."""
-        rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-        rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        return rm, rn, tl.arange(0, BLOCK_K), rm < M, rn < N, tl.program_id(2)
-
-    @triton.jit
-    def _epilogue(acc, rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om,
-                  QUANTIZED: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr):
-        # acc [BLOCK_M, BLOCK_N] float32 -> out (+)= acc (* scale) (+ bias, from the first K split).
-        if QUANTIZED:
-            acc = acc * tl.load(scale_ptr + rn, mask=n_mask, other=0.0)[None, :]
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
-            acc += tl.where(pid_k == 0, bias, 0.0)[None, :]
-        out = out_ptr + rm.to(tl.int64)[:, None] * stride_om + rn[None, :]
-        mask = m_mask[:, None] & n_mask[None, :]
-        if ATOMIC:
-            tl.atomic_add(out, acc, mask=mask)
-        else:
-            tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
-
-    # Both kernels: program (m tile, n tile, k split) -> out[m tile, n tile] (+)= x[m, ks] @
-    # W[n, ks].T (* scale), over this split's k_iters tiles of K from k_start (the last split may
+    # The dot and GEMV kernels: program (m tile, n tile, k split) -> out[m tile, n tile] (+)=
+    # x[m, ks] @ W[n, ks].T (* scale), over this split's k_iters tiles of K (the last split may
     # run past K: masked). m tiles vary fastest, so the programs sharing a weight tile run
     # together and read it from HBM once. k_iters and M are runtime values, so one compiled
     # kernel per config serves every layer shape and batch of its row class (Triton still
     # pipelines the loads: cp.async in the sm_90 SASS). QUANTIZED=False: w_ptr holds the weight
-    # in x's dtype, and scale_ptr is not read. ACT / GATED: the input activation (`_x_tile`); K is
-    # the weight's, and x's rows are [gate | up] of 2 * K with GATED.
+    # in x's dtype, and scale_ptr is not read. ACT / GATED: the input activation
+    # (`activation_tile`); K is the weight's, and x's rows are [gate | up] of 2 * K with GATED.
     # SWAP_AB: acc.T = W_tile @ x_tile.T, the weight tile as the MMA's left operand. Its BLOCK_N
     # rows fill the MMA's tall side, the few activation rows (padded to 16) its narrow side. On
     # Hopper that is a wgmma (m64n16k16) with the converted weights taken from registers, where
@@ -182,31 +149,15 @@ if _has_triton:
         PDL: tl.constexpr,
     ):
         pdl_wait(PDL)  # the successor launches after the main loop (kernels/pdl.py says why)
-        rm, rn, rk, m_mask, n_mask, pid_k = _program_tiles(M, N, BLOCK_M, BLOCK_N, BLOCK_K)
+        rm, rn, rk, m_mask, n_mask, pid_k = program_tiles(M, N, BLOCK_M, BLOCK_N, BLOCK_K)
         x_rows = x_ptr + rm.to(tl.int64)[:, None] * stride_xm  # [BLOCK_M, 1]
         w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
-        if SWAP_AB:
-            acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-        else:
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        k_start = pid_k * (k_iters * BLOCK_K)
-        for i in tl.range(0, k_iters, num_stages=NUM_STAGES):
-            kk = k_start + i * BLOCK_K + rk
-            k_mask = kk < K
-            x = _x_tile(x_rows + kk[None, :], m_mask[:, None] & k_mask[None, :], K, ACT, GATED)
-            # [BLOCK_N, BLOCK_K] weights in the activation dtype: 16-bit ones as loaded, 8-bit ones
-            # converted exactly (fp8 comes as its int8 bits, so masked entries are +0 in either).
-            w = tl.load(w_rows + kk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
-            w = _weight_tile(w, QUANTIZED, W_FP8, x.dtype)
-            if SWAP_AB:
-                acc = tl.dot(w, tl.trans(x), acc)
-            else:
-                acc = tl.dot(x, tl.trans(w), acc)
+        k_first = pid_k * k_iters
+        acc = dot_k_tiles(x_rows, w_rows, rk, m_mask, n_mask, k_first, k_first + k_iters, K, QUANTIZED, W_FP8,
+                          ACT, GATED, SWAP_AB, BLOCK_M, BLOCK_N, BLOCK_K, NUM_STAGES)
         pdl_launch_dependents(PDL)
-        if SWAP_AB:
-            acc = tl.trans(acc)
-        _epilogue(acc, rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om,
-                  QUANTIZED, HAS_BIAS, ATOMIC)
+        store_tile(acc, rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om,
+                   QUANTIZED, HAS_BIAS, ATOMIC)
 
     @triton.jit(do_not_specialize=["M", "k_iters"])
     def _gemv_kernel(
@@ -217,7 +168,7 @@ if _has_triton:
         PDL: tl.constexpr,
     ):
         pdl_wait(PDL)  # the successor launches after the main loop (kernels/pdl.py says why)
-        rm, rn, rk, m_mask, n_mask, pid_k = _program_tiles(M, N, BLOCK_M, BLOCK_N, BLOCK_K)
+        rm, rn, rk, m_mask, n_mask, pid_k = program_tiles(M, N, BLOCK_M, BLOCK_N, BLOCK_K)
         x_rows = x_ptr + rm.to(tl.int64)[:, None, None] * stride_xm  # [BLOCK_M, 1, 1]
         w_rows = w_ptr + rn.to(tl.int64)[None, :, None] * stride_wn  # [1, BLOCK_N, 1]
         # One float32 product sum per (row, output, k lane): plain FMAs in the loop, a single
@@ -228,12 +179,49 @@ if _has_triton:
         for i in tl.range(0, k_iters, num_stages=NUM_STAGES):
             kk = (k_start + i * BLOCK_K + rk)[None, None, :]
             k_mask = kk < K
-            x = _x_tile(x_rows + kk, m_mask[:, None, None] & k_mask, K, ACT, GATED).to(tl.float32)
+            x = activation_tile(x_rows + kk, m_mask[:, None, None] & k_mask, K, ACT, GATED).to(tl.float32)
             w = tl.load(w_rows + kk, mask=n_mask[None, :, None] & k_mask, other=0)
-            acc += x * _weight_tile(w, QUANTIZED, W_FP8, tl.float32)
+            acc += x * weight_tile(w, QUANTIZED, W_FP8, tl.float32)
         pdl_launch_dependents(PDL)
-        _epilogue(tl.sum(acc, axis=2), rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om,
-                  QUANTIZED, HAS_BIAS, ATOMIC)
+        store_tile(tl.sum(acc, axis=2), rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om,
+                   QUANTIZED, HAS_BIAS, ATOMIC)
+
+    # Stream-K: the product is (N tiles) x (K tiles) units of work, and program p of P takes units
+    # [p * U / P, (p + 1) * U / P) in order (an N tile's K tiles are consecutive), adding each
+    # tile's partial sum atomically, scaled, into the zeroed float32 output (the bias from the
+    # program that has the tile's first K tile). Every program reads the same number of weights
+    # (within one K tile), where one program per tile (224 of them on 132 SMs for BLOOM-176B's
+    # TP4 fc1 at 64-wide tiles) leaves some SMs with twice the work of others. One row tile.
+    @triton.jit(do_not_specialize=["M", "k_tiles"])
+    def _stream_k_kernel(
+        x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K, k_tiles, stride_xm, stride_wn, stride_om,
+        QUANTIZED: tl.constexpr, W_FP8: tl.constexpr, HAS_BIAS: tl.constexpr,
+        ACT: tl.constexpr, GATED: tl.constexpr, SWAP_AB: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
+        PDL: tl.constexpr,
+    ):
+        pdl_wait(PDL)
+        units = tl.cdiv(N, BLOCK_N) * k_tiles
+        pid, programs = tl.program_id(0), tl.num_programs(0)
+        unit, end = pid * units // programs, (pid + 1) * units // programs
+        rm = tl.arange(0, BLOCK_M)
+        m_mask = rm < M
+        rk = tl.arange(0, BLOCK_K)
+        x_rows = x_ptr + rm.to(tl.int64)[:, None] * stride_xm
+        while unit < end:
+            tile = unit // k_tiles
+            k_first = unit - tile * k_tiles
+            k_last = tl.minimum(k_tiles, k_first + end - unit)
+            rn = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+            n_mask = rn < N
+            w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn
+            acc = dot_k_tiles(x_rows, w_rows, rk, m_mask, n_mask, k_first, k_last, K, QUANTIZED, W_FP8,
+                              ACT, GATED, SWAP_AB, BLOCK_M, BLOCK_N, BLOCK_K, NUM_STAGES)
+            store_tile(acc, rm, rn, m_mask, n_mask, k_first, scale_ptr, bias_ptr, out_ptr, stride_om,
+                       QUANTIZED, HAS_BIAS, True)
+            unit += k_last - k_first
+        pdl_launch_dependents(PDL)
+
 
 def run_config(cfg: KernelConfig, x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
                bias: torch.Tensor | None, input_act: str | None = None) -> torch.Tensor:
@@ -250,23 +238,28 @@ def run_config(cfg: KernelConfig, x2: torch.Tensor, weight: torch.Tensor, scale:
         return F.linear(apply_input_act(x2, input_act), weight, bias)
     if cfg.kernel == "dequant":
         return F.linear(apply_input_act(x2, input_act), dequantize_fast(weight, scale, x2.dtype), bias)
-    atomic = cfg.split_k > 1
-    # Split K: float32 partials are summed in place, then rounded once to the output dtype.
+    atomic = cfg.split_k > 1 or cfg.stream_k > 0
+    # Split K / stream-K: float32 partials are summed in place, then rounded once to the output dtype.
     out = torch.zeros((m, n), dtype=torch.float32, device=x2.device) if atomic else x2.new_empty((m, n))
     if m:
         quantized = scale is not None
-        k_iters = -(-k // (cfg.block_k * cfg.split_k))  # K tiles per split (the last may be short)
-        grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), cfg.split_k)
-        kernel, variant = (_gemv_kernel, {}) if cfg.kernel == "gemv" else (_gemm_kernel, {"SWAP_AB": cfg.swap_ab})
         scale_arg = scale if quantized else weight  # not read without QUANTIZED
-        kernel[grid](
-            x2, weight.view(torch.int8) if quantized else weight, scale_arg,
-            bias if bias is not None else scale_arg, out, m, n, k, k_iters,
-            x2.stride(0), weight.stride(0), out.stride(0),
-            QUANTIZED=quantized, W_FP8=weight.dtype == torch.float8_e4m3fn, HAS_BIAS=bias is not None,
-            ATOMIC=atomic, ACT=act, GATED=gated, **variant, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-            NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x2),
-        )
+        args = (x2, weight.view(torch.int8) if quantized else weight, scale_arg, bias if bias is not None else scale_arg,
+                out, m, n, k)
+        strides = (x2.stride(0), weight.stride(0), out.stride(0))
+        meta = dict(QUANTIZED=quantized, W_FP8=weight.dtype == torch.float8_e4m3fn, HAS_BIAS=bias is not None,
+                    ACT=act, GATED=gated, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                    NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x2))
+        if cfg.stream_k:
+            assert cfg.kernel == "dot" and cfg.split_k == 1 and m <= cfg.block_m, cfg
+            k_tiles = triton.cdiv(k, cfg.block_k)
+            programs = min(cfg.stream_k, triton.cdiv(n, cfg.block_n) * k_tiles)
+            _stream_k_kernel[(programs,)](*args, k_tiles, *strides, SWAP_AB=cfg.swap_ab, **meta)
+        else:
+            k_iters = -(-k // (cfg.block_k * cfg.split_k))  # K tiles per split (the last may be short)
+            grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), cfg.split_k)
+            kernel, variant = (_gemv_kernel, {}) if cfg.kernel == "gemv" else (_gemm_kernel, {"SWAP_AB": cfg.swap_ab})
+            kernel[grid](*args, k_iters, *strides, ATOMIC=atomic, **variant, **meta)
     return out.to(x2.dtype) if atomic else out
 
 
