@@ -5,7 +5,7 @@ one 10-minute command; every figure lands in $OUT/results.json (benchmarks/stage
     PYTHONPATH=src python3 benchmarks/quant_bench.py --part kernels     # 1 GPU: tests + kernel times
     PYTHONPATH=src python3 benchmarks/quant_bench.py --part llama8b     # 1 GPU: decode, batch 1
     PYTHONPATH=src python3 benchmarks/quant_bench.py --part bloom176b   # --tp GPUs (4), batch 4 x 256
-    PYTHONPATH=src python3 benchmarks/quant_bench.py --part load        # 4 GPUs, ~130 GB of disk
+    PYTHONPATH=src python3 benchmarks/quant_bench.py --part load        # 4 GPUs, ~130 GB of disk (presharded_load.py)
 
 `--part load` writes its checkpoints under --workdir and reuses them: if the first command runs
 out of time while writing them, run the same command again on the same (warm) machine.
@@ -14,16 +14,14 @@ out of time while writing them, run the same command again on the same (warm) ma
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import torch  # noqa: E402
-from stages import OUT, RESULTS, finish, run_pytest, stage  # noqa: E402
+from stages import OUT, finish, run_pytest, stage  # noqa: E402
 
 DEADLINE = 570
 os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
@@ -31,7 +29,6 @@ os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
 # Llama-3-8B's linear layers at TP1: (output features, input features).
 LLAMA8B = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 QDTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
-CUDA = torch.cuda.is_available()  # the load part also runs on a CPU (a smoke test of the script)
 
 
 # -- kernels --------------------------------------------------------------------------------------
@@ -169,185 +166,6 @@ def bloom176b(tp: int, stream_k: bool = False) -> dict:
     return out
 
 
-# -- loading --------------------------------------------------------------------------------------
-def write_hf_checkpoint(model: str, path: Path, shard_bytes: int = 5 << 30) -> Path:
-    """A random fp16 HF checkpoint (safetensors shards + index), tensors made on the GPU."""
-    from accelerate import init_empty_weights
-    from safetensors.torch import save_file
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from shardserve.bench.latency import write_placeholder_tokenizer
-    from shardserve.models.config import ModelConfig
-    from shardserve.weights.catalog import write_config_dir
-
-    write_config_dir(model, path)
-    write_placeholder_tokenizer(path, ModelConfig.from_hf(path))
-    with init_empty_weights():
-        meta = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float16)
-    weight_map, shard, size, index = {}, {}, 0, 0
-
-    def flush():
-        nonlocal shard, size, index
-        name = f"model-{index:05d}.safetensors"
-        save_file(shard, str(path / name), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, name))
-        shard, size, index = {}, 0, index + 1
-
-    for name, p in meta.named_parameters():
-        if name == "lm_head.weight" and meta.config.tie_word_embeddings:
-            continue  # tied to the embedding, which is saved
-        shard[name] = (torch.randn(p.shape, device="cuda" if CUDA else "cpu", dtype=torch.float16) * 0.02).cpu()
-        size += shard[name].numel() * 2
-        if size >= shard_bytes:
-            flush()
-    if shard:
-        flush()
-    total = sum((path / f).stat().st_size for f in set(weight_map.values()))
-    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
-    return path
-
-
-def drop_page_cache(paths: list[Path]) -> str:
-    """Cold reads: after a sync, drop the whole page cache where we may (root), else drop these
-    files' clean cached pages with posix_fadvise(DONTNEED) (no privileges needed)."""
-    os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3")
-        return "drop_caches"
-    except OSError:
-        pass
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
-    return "fadvise_dontneed"
-
-
-def disk_ceiling(paths: list[Path], threads: int, direct: bool) -> dict:
-    """What the disk gives with no loader around it: every file read cold, front to back, in
-    16 MiB requests by `threads` threads at once into throwaway page-aligned buffers."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import numpy as np
-
-    piece = 16 << 20
-    cache = drop_page_cache(paths)
-    jobs = [(p, lo) for p in paths for lo in range(0, p.stat().st_size, piece)]
-    fds = {p: os.open(p, os.O_RDONLY | (os.O_DIRECT if direct else 0)) for p in paths}
-
-    def worker(k: int) -> int:
-        raw = np.empty(piece + 4096, dtype=np.uint8)
-        skip = -raw.ctypes.data % 4096
-        buf, n = memoryview(raw[skip : skip + piece]), 0
-        for p, lo in jobs[k::threads]:
-            n += os.preadv(fds[p], [buf], lo)
-        return n
-
-    t0 = time.time()
-    with ThreadPoolExecutor(threads) as pool:
-        total = sum(pool.map(worker, range(threads)))
-    wall = time.time() - t0
-    for fd in fds.values():
-        os.close(fd)
-    return {"page_cache": cache, "threads": threads, "direct": direct, "GB": total / 1e9, "GBps": total / wall / 1e9}
-
-
-def _rank_load(rank: int, tp: int, model_dir: str, verify: bool, direct: bool, ready, go, results) -> None:
-    """One rank: CUDA ready, then (on `go`) build + read its rank file onto cuda:rank (CPU:
-    the safetensors path); for an HF checkpoint dir, its slices through the generic loader."""
-    from shardserve.models import create_model
-    from shardserve.models.config import ModelConfig
-    from shardserve.parallel import ParallelInfo, set_parallel_info
-    from shardserve.weights.fast_read import LoadStats
-    from shardserve.weights.loader import load_weights, materialize
-    from shardserve.weights.manifest import is_presharded
-    from shardserve.weights.presharded import load_presharded
-
-    device = f"cuda:{rank}" if CUDA else "cpu"
-    if CUDA:
-        torch.cuda.set_device(rank)
-        torch.zeros(1, device=device)
-    set_parallel_info(ParallelInfo(rank=rank, world_size=tp))
-    config = ModelConfig.from_hf(model_dir)
-    # Imports and torch's first-call costs (building on meta, meta -> device) before the clock.
-    create_model(config, torch.float16)
-    torch.empty_like(torch.empty(1, device="meta"), device=device)
-    ready.put(rank)
-    go.wait()
-    t0, stats = time.time(), LoadStats()
-    model = create_model(config, torch.float16)
-    materialize(model, device)
-    stats.build_s = time.time() - t0
-    if is_presharded(model_dir):
-        load_presharded(model, model_dir, rank, tp, verify=verify, direct=direct, stats=stats)
-    else:
-        load_weights(model, model_dir)
-        stats.bytes_read = sum(p.numel() * p.element_size() for p in model.parameters())
-    if CUDA:
-        torch.cuda.synchronize()
-    stats.total_s = time.time() - t0
-    results.put((rank, t0, time.time(), stats.as_dict()))
-
-
-def ours(pre: Path, tp: int, verify: bool, direct: bool = False) -> dict:
-    import torch.multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=_rank_load, args=(r, tp, str(pre), verify, direct, ready, go, results)) for r in range(tp)]
-    for p in procs:
-        p.start()
-    for _ in procs:
-        ready.get(timeout=300)
-    cache = drop_page_cache(sorted(pre.glob("*.safetensors")))
-    go.set()
-    ranks = sorted(results.get(timeout=400) for _ in procs)
-    for p in procs:
-        p.join()
-    wall = max(r[2] for r in ranks) - min(r[1] for r in ranks)
-    total = sum(r[3]["bytes_read"] for r in ranks)
-    return {"page_cache": cache, "verify": verify, "direct": direct, "wall_s": wall, "GB": total / 1e9, "GBps": total / wall / 1e9,
-            "ranks": [r[3] for r in ranks]}
-
-
-def transformers_load(hf: Path) -> dict:
-    from transformers import AutoModelForCausalLM
-
-    cache = drop_page_cache(sorted(hf.glob("*.safetensors")))
-    t0 = time.time()
-    model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float16, device_map="auto", local_files_only=True)
-    for d in range(torch.cuda.device_count()):
-        torch.cuda.synchronize(d)
-    wall = time.time() - t0
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
-    del model
-    torch.cuda.empty_cache()
-    return {"page_cache": cache, "wall_s": wall, "GB": total / 1e9, "GBps": total / wall / 1e9}
-
-
-def load(workdir: Path, model: str, tp: int) -> None:
-    from shardserve.weights.partition import partition
-
-    hf, pre = workdir / model / "hf", workdir / model / f"tp{tp}-fp16"
-    if not (hf / "model.safetensors.index.json").is_file():
-        stage("write_hf_checkpoint", lambda: str(write_hf_checkpoint(model, hf)), 120, DEADLINE)
-    if not (pre / "shardserve-manifest.json").is_file():
-        shutil.rmtree(pre, ignore_errors=True)  # an earlier command stopped half way
-        stage("partition", lambda: str(partition(hf, pre, tp, "fp16")), 200, DEADLINE)
-    files = sorted(pre.glob("*.safetensors"))
-    for threads, direct in ((1, False), (8, False), (8, True)):
-        stage(f"disk_ceiling_threads={threads}_direct={direct}", lambda t=threads, d=direct: disk_ceiling(files, t, d),
-              60, DEADLINE)
-    theirs = stage("transformers_device_map_auto", lambda: transformers_load(hf), 120, DEADLINE)
-    # Issue 3's comparison: our own loader on the HF checkpoint (sliced reads) vs pre-sharded.
-    stage("ours_from_hf_checkpoint", lambda: ours(hf, tp, True), 120, DEADLINE)
-    for verify, direct in ((True, False), (True, True), (False, True)):
-        name = f"ours_verify={verify}_direct={direct}"
-        mine = stage(name, lambda v=verify, d=direct: ours(pre, tp, v, d), 60, DEADLINE)
-        if mine and theirs:
-            RESULTS[name]["speedup_vs_transformers"] = theirs["wall_s"] / mine["wall_s"]
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--part", required=True, choices=["kernels", "llama8b", "bloom176b", "load"])
@@ -368,7 +186,9 @@ if __name__ == "__main__":
         if not args.skip_sweep:
             stage("kernel_sweep_batch1", lambda: kernel_times(sweep=True), 90, DEADLINE)
     elif args.part == "load":
-        load(args.workdir, args.model, args.tp)
+        from presharded_load import load
+
+        load(args.workdir, args.model, args.tp, DEADLINE)
     elif args.part == "bloom176b":
         stage(f"bloom176b_tp{args.tp}", lambda: bloom176b(args.tp, args.stream_k), 60, DEADLINE)
     else:
