@@ -181,7 +181,8 @@ if __name__ == "__main__":
     if args.part == "kernels":
         stage("gpu_name", lambda: torch.cuda.get_device_name(0), 0, DEADLINE)
         if not args.skip_tests:
-            stage("gpu_tests", lambda: run_pytest(["tests/gpu/test_quant_kernels.py"], 300), 120, DEADLINE)
+            stage("gpu_tests", lambda: run_pytest(["tests/gpu/test_quant_kernels.py", "tests/gpu/test_dense_kernels.py",
+                                                         "tests/gpu/test_act_gemm_kernels.py"], 600), 120, DEADLINE)
         stage("kernel_times", kernel_times, 60, DEADLINE)
         if not args.skip_sweep:
             stage("kernel_sweep_batch1", lambda: kernel_times(sweep=True), 90, DEADLINE)

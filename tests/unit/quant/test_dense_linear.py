@@ -1,7 +1,7 @@
 """16-bit weights through the tuned path (the unquantised linear layers and the LM head): the
 Triton kernels with QUANTIZED off in Triton's CPU interpreter against F.linear, the tuner's
 cuBLAS candidate and margin, and the layer dispatch, which must leave every CPU result exactly
-F.linear's (timing itself is CUDA-graph work: tests/gpu/test_quant_kernels.py).
+F.linear's (timing itself is CUDA-graph work: tests/gpu/test_dense_kernels.py).
 
 float16 runs every kernel; bfloat16 only the GEMV (the interpreter's bf16 tl.dot is wrong and its
 float32 -> bf16 cast truncates, so bf16 outputs are within 2^-8, not 2^-9): tests/gpu runs bf16
