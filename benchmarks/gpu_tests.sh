@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The GPU test suite (tests/gpu) spread over the visible GPUs, one lane per GPU, so it takes
+# about as long as its slowest lane instead of the sum (the tuned-GEMM tests alone took ~9
+# minutes on an H200). The multi-GPU tests run on GPUs 2 and 3 once the lane on GPU 2 is done.
+# Fewer than 4 GPUs: one lane, the whole suite on every visible GPU. From the repository root:
+#   PYTHONPATH=src bash benchmarks/gpu_tests.sh        # logs in ${OUT:-gpu-tests}/<lane>.log
+set -u
+out=${OUT:-gpu-tests}
+mkdir -p "$out"
+gpus=$(python3 -c "import torch; print(torch.cuda.device_count())")
+run() {  # run LANE GPUS FILE...: pytest on those GPUs, its summary line on stdout
+  local lane=$1 devices=$2
+  shift 2
+  CUDA_VISIBLE_DEVICES=$devices python3 -m pytest -q -p no:cacheprovider "$@" > "$out/$lane.log" 2>&1
+  echo "$lane (GPUs $devices): $(tail -n 1 "$out/$lane.log")"
+}
+if [ "$gpus" -lt 4 ]; then
+  run all "$(seq -s, 0 $((gpus - 1)))" tests/gpu
+  exit
+fi
+first=(tests/gpu/test_quant_kernels.py)
+second=(tests/gpu/test_dense_kernels.py tests/gpu/test_act_gemm_kernels.py)
+multi=(tests/gpu/test_fast_all_reduce.py)
+rest=()  # every other test file, so a new one is never left out
+for f in tests/gpu/test_*.py; do
+  case " ${first[*]} ${second[*]} ${multi[*]} " in *" $f "*) ;; *) rest+=("$f") ;; esac
+done
+run quant 0 "${first[@]}" &
+run dense-act 1 "${second[@]}" &
+(run rest 2 "${rest[@]}"; run multi-gpu 2,3 "${multi[@]}") &
+wait
