@@ -159,9 +159,13 @@ def llama8b(ablations: bool, stream_k: bool = False) -> dict:
     return out
 
 
-def bloom176b(tp: int, stream_k: bool = False) -> dict:
+def bloom176b(tp: int, stream_k: bool = False, split_barrier: bool = False) -> dict:
     variants = {"int8": {"quantization": "int8"}}
-    out = _bench("bloom", tp=tp, batch=4, reps=5, check_tokens=0, variants=with_stream_k(variants) if stream_k else variants)
+    if stream_k:
+        variants = with_stream_k(variants)
+    if split_barrier:  # the all-reduce kernels' split barrier (parallel/one_shot_kernel.py)
+        variants["int8-split-barrier"] = {"quantization": "int8", "extra": {"all_reduce_split_barrier": True}}
+    out = _bench("bloom", tp=tp, batch=4, reps=5, check_tokens=0, variants=variants)
     print(f"BLOOM-176B int8 TP{tp} P50 ms (target <= 3500 on 4xH200 TP4):", out["variants"]["int8"]["p50_ms"], flush=True)
     return out
 
@@ -177,6 +181,8 @@ if __name__ == "__main__":
     parser.add_argument("--ablations", action="store_true", help="--part llama8b: also bf16 sync and unfused")
     parser.add_argument("--stream-k", action="store_true",
                         help="--part llama8b and bloom176b: also each variant with the tuner's stream-K configs")
+    parser.add_argument("--split-barrier", action="store_true",
+                        help="--part bloom176b: also int8 with the all-reduce kernels' split barrier")
     args = parser.parse_args()
     if args.part == "kernels":
         stage("gpu_name", lambda: torch.cuda.get_device_name(0), 0, DEADLINE)
@@ -191,7 +197,7 @@ if __name__ == "__main__":
 
         load(args.workdir, args.model, args.tp, DEADLINE)
     elif args.part == "bloom176b":
-        stage(f"bloom176b_tp{args.tp}", lambda: bloom176b(args.tp, args.stream_k), 60, DEADLINE)
+        stage(f"bloom176b_tp{args.tp}", lambda: bloom176b(args.tp, args.stream_k, args.split_barrier), 60, DEADLINE)
     else:
         stage("llama8b", lambda: llama8b(args.ablations, args.stream_k), 60, DEADLINE)
     finish()

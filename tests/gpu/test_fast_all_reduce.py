@@ -4,7 +4,9 @@ gets the same bits; NCCL stays for tensors it does not take.
 
 The all-reduce fused with the residual add and the norm (SymmMemAllReduce.add_norm, through
 parallel.comm.all_reduce_add_norm as the models call it) vs the one-shot all-reduce followed by
-the norm kernels it replaces: the same bits, on every rank, eagerly and from CUDA graphs."""
+the norm kernels it replaces: the same bits, on every rank, eagerly and from CUDA graphs.
+
+Both with the kernels' two barriers and with the split barrier (one_shot_kernel.py)."""
 
 from __future__ import annotations
 
@@ -38,13 +40,13 @@ def _digest(t: torch.Tensor) -> str:
     return hashlib.sha1(t.contiguous().view(torch.uint8).cpu().numpy().tobytes()).hexdigest()
 
 
-def _worker(rank: int, world: int, port: int, results: dict) -> None:
+def _worker(rank: int, world: int, port: int, results: dict, split: bool) -> None:
     from shardserve.parallel.fast_all_reduce import create_fast_all_reduce
 
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     device = torch.device("cuda", rank)
-    fast = create_fast_all_reduce(dist.group.WORLD, device, world)
+    fast = create_fast_all_reduce(dist.group.WORLD, device, world, split_barrier=split)
     errors = {name: [] for name in _NAMES.values()}  # worst error vs NCCL / the bound, per dtype
     digests = []  # every rank's results, to check all ranks got the same bits
     assert fast is not None, "fast all-reduce not available"
@@ -79,19 +81,23 @@ def _worker(rank: int, world: int, port: int, results: dict) -> None:
     dist.destroy_process_group()
 
 
-def _run_ranks(worker) -> dict:
-    """worker(rank, world, port, results) on one process per GPU (up to 4); results by rank."""
+def _run_ranks(worker, split: bool) -> dict:
+    """worker(rank, world, port, results, split) on one process per GPU (up to 4); results by
+    rank. split: the kernels' split barrier (one_shot_kernel.py)."""
     os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     world = min(torch.cuda.device_count(), 4)
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(worker, args=(world, free_port(), results), nprocs=world)
+        mp.spawn(worker, args=(world, free_port(), results, split), nprocs=world)
         return dict(results)
 
 
-def test_fast_all_reduce_matches_nccl():
-    results = _run_ranks(_worker)
+@pytest.mark.parametrize("split", [False, True], ids=["two-barriers", "split-barrier"])
+def test_fast_all_reduce_matches_nccl(split):
+    """Back-to-back calls reuse the buffer at once: with the split barrier, a rank that
+    overwrote it before every peer had read it would show as a wrong sum."""
+    results = _run_ranks(_worker, split)
     assert len({tuple(digests) for _, _, digests in results.values()}) == 1, "ranks got different sums"
     for rank, (err, declined, _) in results.items():
         for name, excess in err.items():
@@ -126,7 +132,7 @@ def _random_norm(kind: str, dim: int, dtype: torch.dtype, gen: torch.Generator):
     return norm
 
 
-def _norm_worker(rank: int, world: int, port: int, results: dict) -> None:
+def _norm_worker(rank: int, world: int, port: int, results: dict, split: bool) -> None:
     from shardserve.parallel import ParallelInfo, set_parallel_info
     from shardserve.parallel.comm import all_reduce_add_norm
     from shardserve.parallel.fast_all_reduce import create_fast_all_reduce
@@ -134,7 +140,7 @@ def _norm_worker(rank: int, world: int, port: int, results: dict) -> None:
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     device = torch.device("cuda", rank)
-    fast = create_fast_all_reduce(dist.group.WORLD, device, world)
+    fast = create_fast_all_reduce(dist.group.WORLD, device, world, split_barrier=split)
     assert fast is not None, "fast all-reduce not available"
     set_parallel_info(ParallelInfo(rank=rank, world_size=world, group=dist.group.WORLD, fast_all_reduce=fast))
     mine = torch.Generator(device=device).manual_seed(100 + rank)  # partial sums: every rank its own
@@ -163,9 +169,11 @@ def _norm_worker(rank: int, world: int, port: int, results: dict) -> None:
         residual = (4 * torch.randn(rows, dim, generator=shared, device=device) + 1).to(dtype)
         return x, residual
 
-    for kind in ("layer", "rms"):
-        for dtype in (torch.float16, torch.bfloat16):
-            for dim in NORM_DIMS:
+    # The split barrier: one case of each kernel pairing (its one-shot and norm kernels alternate
+    # on one buffer below, mapping positions to programs differently), not every compile again.
+    for kind in ("layer",) if split else ("layer", "rms"):
+        for dtype in (torch.float16,) if split else (torch.float16, torch.bfloat16):
+            for dim in [7168] if split else NORM_DIMS:
                 norm = _random_norm(kind, dim, dtype, shared)
                 for rows in NORM_ROWS:
                     what = f"{kind} {_NAMES[dtype]} [{rows}, {dim}]"
@@ -205,8 +213,9 @@ def _norm_worker(rank: int, world: int, port: int, results: dict) -> None:
 
 
 @pytest.mark.timeout(900)  # each rank compiles ~60 kernel variants
-def test_fused_all_reduce_add_norm_matches_two_kernels():
-    results = _run_ranks(_norm_worker)
+@pytest.mark.parametrize("split", [False, True], ids=["two-barriers", "split-barrier"])
+def test_fused_all_reduce_add_norm_matches_two_kernels(split):
+    results = _run_ranks(_norm_worker, split)
     for rank, (failures, _, taken) in sorted(results.items()):
         assert not failures, f"rank {rank}: fused != all-reduce then norm:\n" + "\n".join(failures[:20])
         assert not taken, f"rank {rank}: the fused kernel took inputs it must decline: {taken}"

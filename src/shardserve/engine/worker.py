@@ -48,9 +48,11 @@ def init_distributed(
     if device.type == "cuda" and config.extra.get("fast_all_reduce", True):
         from shardserve.parallel.fast_all_reduce import create_fast_all_reduce
 
-        # None: NCCL only. extra.fused_all_reduce_norm=false keeps the norms out of the all-reduce.
+        # None: NCCL only. extra.fused_all_reduce_norm=false keeps the norms out of the all-reduce;
+        # extra.all_reduce_split_barrier=true tries the split barrier (not yet measured).
         fuse_norm = config.extra.get("fused_all_reduce_norm", True)
-        fast_all_reduce = create_fast_all_reduce(group, device, world_size, fuse_norm)
+        split = config.extra.get("all_reduce_split_barrier", False)
+        fast_all_reduce = create_fast_all_reduce(group, device, world_size, fuse_norm, split)
     set_parallel_info(ParallelInfo(rank=rank, world_size=world_size, group=group, fast_all_reduce=fast_all_reduce))
     return dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else group
 

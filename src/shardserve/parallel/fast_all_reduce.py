@@ -36,10 +36,11 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 class SymmMemAllReduce:
     """Callable: x -> sum of x over the group (new tensor), or None to let NCCL do it.
     fuse_norm=False turns `add_norm` off (EngineConfig.extra {"fused_all_reduce_norm": False}),
-    to measure what it buys."""
+    to measure what it buys. split_barrier=True (extra {"all_reduce_split_barrier": True}) runs
+    the kernels with the split barrier (one_shot_kernel.py): off until measured on GPUs."""
 
     def __init__(self, group: dist.ProcessGroup, device: torch.device, max_bytes: int = DEFAULT_MAX_BYTES,
-                 fuse_norm: bool = True):
+                 fuse_norm: bool = True, split_barrier: bool = False):
         import torch.distributed._symmetric_memory as symm_mem
 
         world = dist.get_world_size(group)
@@ -49,8 +50,9 @@ class SymmMemAllReduce:
         # One byte buffer mapped by every rank; the kernel views it as the input's dtype.
         self.buffer = symm_mem.empty(max_bytes, dtype=torch.uint8, device=device)
         self.handle = symm_mem.rendezvous(self.buffer, group)
-        self.max_programs = self.handle.signal_pad_size // (4 * world)  # world int32 slots each
-        self.fuse_norm = fuse_norm
+        # world int32 flag slots per program, then the split barrier's world done counters
+        self.max_programs = (self.handle.signal_pad_size // 4 - world) // world
+        self.fuse_norm, self.split = fuse_norm, split_barrier
         from shardserve.parallel.one_shot_kernel import one_shot_all_reduce  # needs Triton
         from shardserve.parallel.reduce_norm_kernel import reduce_add_norm
 
@@ -60,7 +62,7 @@ class SymmMemAllReduce:
         return x.dtype in _DTYPES and x.is_contiguous() and x.numel() * x.element_size() <= self.max_bytes
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
-        return self._kernel(x, self.handle, self.max_programs) if self._takes(x) else None
+        return self._kernel(x, self.handle, self.max_programs, self.split) if self._takes(x) else None
 
     def add_norm(self, x: torch.Tensor, residual: torch.Tensor | None, norm) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(norm(s + residual), s + residual) with s the sum of x [T, dim] over the group ((norm(s),
@@ -73,7 +75,7 @@ class SymmMemAllReduce:
             return None
         if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype or not residual.is_contiguous()):
             return None
-        return self._norm_kernel(x, residual, norm.weight, bias, norm.eps, self.handle, self.max_programs)
+        return self._norm_kernel(x, residual, norm.weight, bias, norm.eps, self.handle, self.max_programs, self.split)
 
 
 def ranks_share_one_host(world_size: int) -> bool:
@@ -85,13 +87,14 @@ def ranks_share_one_host(world_size: int) -> bool:
 
 
 def create_fast_all_reduce(
-    group: dist.ProcessGroup, device: torch.device, world_size: int, fuse_norm: bool = True
+    group: dist.ProcessGroup, device: torch.device, world_size: int, fuse_norm: bool = True,
+    split_barrier: bool = False,
 ) -> SymmMemAllReduce | None:
     """Set up and self-check the fast path on every rank; None (NCCL only) unless all succeed."""
     candidate, ok = None, False
     if device.type == "cuda" and world_size > 1 and ranks_share_one_host(world_size):
         try:
-            candidate = SymmMemAllReduce(group, device, fuse_norm=fuse_norm)
+            candidate = SymmMemAllReduce(group, device, fuse_norm=fuse_norm, split_barrier=split_barrier)
             ok = _agrees_with_nccl(candidate, group, device)
         except Exception as e:  # no symmetric memory in this build / driver / topology
             logger.warning("fast all-reduce unavailable, using NCCL: %s", e)

@@ -20,6 +20,17 @@ yet consumed the previous flag) and waits for every peer's flag in its own slots
 each to 0 as it takes it. Pads start zeroed and end zeroed, so the kernel replays from CUDA graphs.
 One thread per peer does the atomics (system scope); a CTA barrier before and after orders the
 other threads' stores and loads around them.
+
+SPLIT (the split barrier; off unless asked for, until measured on GPUs): step 4 moves off the
+critical path. Each program instead adds 1 to its rank's "done" counter in every peer's signal
+pad (after the pads' flag slots) once its reads are over, and the next call's programs wait,
+before step 1, until every peer's counter in their own pad has reached their own rank's: every
+program of every peer has then finished reading every earlier call's buffer, whatever positions
+its programs covered (so the one-shot and the norm kernel, which map positions to programs
+differently, can follow each other). The counters only grow (compared by signed difference, so
+they may wrap), and all ranks run the same grids, so they stay in step. By the next call the
+peers' signals have long arrived, behind the matmuls in between: one NVLink round trip per
+call instead of two.
 """
 
 from __future__ import annotations
@@ -70,9 +81,49 @@ def _meet_peers(signal_pads, slot, RANK: tl.constexpr, WORLD: tl.constexpr, TAKE
 
 
 @triton.jit
-def _one_shot_kernel(x_ptr, out_ptr, buffer_ptrs, signal_pads, numel,
-                     RANK: tl.constexpr, WORLD: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+def _wait_peers_done(signal_pads, done_slot, RANK: tl.constexpr, WORLD: tl.constexpr):
+    """SPLIT: return once every peer's done counter in this rank's pad has reached this rank's."""
+    pads = signal_pads.to(tl.pointer_type(tl.uint64))
+    counters = tl.load(pads + RANK).to(tl.pointer_type(tl.int32)) + done_slot
+    own = tl.load(counters + RANK, volatile=True)  # only this rank's earlier kernels wrote it
+    if _thread_index() < WORLD:  # thread i holds element i of the [WORLD] vector
+        tl.inline_asm_elementwise(
+            """{
+            .reg .s32 %seen;
+            .reg .pred %behind;
+            retry:
+            ld.acquire.sys.global.s32 %seen, [$1];
+            sub.s32 %seen, %seen, $2;
+            setp.lt.s32 %behind, %seen, 0;
+            @%behind bra retry;
+            mov.u32 $0, 0;
+            }""",
+            "=r, l, r", [counters + tl.arange(0, WORLD), own + tl.zeros((WORLD,), tl.int32)],
+            dtype=tl.int32, is_pure=False, pack=1,
+        )
+    tl.debug_barrier()  # no thread stages before the wait is over
+
+
+@triton.jit
+def _signal_done(signal_pads, done_slot, RANK: tl.constexpr, WORLD: tl.constexpr):
+    """SPLIT: this program's reads of the peers' buffers are over: add 1 to this rank's done
+    counter in every pad (this rank's own too), released after them."""
+    pads = signal_pads.to(tl.pointer_type(tl.uint64))
+    peers = tl.arange(0, WORLD)
+    to_peers = tl.load(pads + peers).to(tl.pointer_type(tl.int32)) + done_slot + RANK
+    tl.debug_barrier()  # every thread's loads precede the release below
+    if _thread_index() < WORLD:
+        tl.inline_asm_elementwise("atom.global.release.sys.add.s32 $0, [$1], 1;", "=r, l", [to_peers],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _one_shot_kernel(x_ptr, out_ptr, buffer_ptrs, signal_pads, numel, done_slot,
+                     RANK: tl.constexpr, WORLD: tl.constexpr, BLOCK: tl.constexpr, SPLIT: tl.constexpr,
+                     PDL: tl.constexpr):
     pdl_entry(PDL)
+    if SPLIT:
+        _wait_peers_done(signal_pads, done_slot, RANK, WORLD)
     pid, programs = tl.program_id(0), tl.num_programs(0)
     dtype = x_ptr.dtype.element_ty
     buffers = buffer_ptrs.to(tl.pointer_type(tl.uint64))
@@ -91,16 +142,21 @@ def _one_shot_kernel(x_ptr, out_ptr, buffer_ptrs, signal_pads, numel,
             theirs = tl.multiple_of(tl.load(buffers + peer).to(tl.pointer_type(dtype)), 16)
             acc += tl.load(theirs + offs, mask=mask).to(tl.float32)
         tl.store(out_ptr + offs, acc.to(dtype), mask=mask)
-    _meet_peers(signal_pads, pid, RANK, WORLD, "relaxed")  # only our reads must precede
+    if SPLIT:
+        _signal_done(signal_pads, done_slot, RANK, WORLD)
+    else:
+        _meet_peers(signal_pads, pid, RANK, WORLD, "relaxed")  # only our reads must precede
 
 
-def one_shot_all_reduce(x: torch.Tensor, handle, max_programs: int) -> torch.Tensor:
+def one_shot_all_reduce(x: torch.Tensor, handle, max_programs: int, split: bool = False) -> torch.Tensor:
     """Sum of the contiguous x over the ranks of `handle` (a symmetric-memory rendezvous of a
     buffer of at least x.nbytes; power-of-two world size), as a new tensor. At most
-    `max_programs` programs: each uses world_size slots of the signal pads."""
+    `max_programs` programs: each uses world_size slots of the signal pads; with `split` (the
+    split barrier) the world_size int32 after those slots hold the done counters."""
     out = torch.empty_like(x)
     block = CHUNK_BYTES // x.element_size()
     grid = (max(1, min(triton.cdiv(x.numel(), block), max_programs)),)
     _one_shot_kernel[grid](x, out, handle.buffer_ptrs_dev, handle.signal_pad_ptrs_dev, x.numel(),
-                           RANK=handle.rank, WORLD=handle.world_size, BLOCK=block, num_warps=4, **pdl_args(x))
+                           max_programs * handle.world_size, RANK=handle.rank, WORLD=handle.world_size, BLOCK=block,
+                           SPLIT=split, num_warps=4, **pdl_args(x))
     return out

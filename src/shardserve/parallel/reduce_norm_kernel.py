@@ -29,15 +29,17 @@ from shardserve.kernels import norm_row_launch
 from shardserve.kernels.layer_norm import _layer_norm_row
 from shardserve.kernels.pdl import pdl_args, pdl_entry
 from shardserve.kernels.rms_norm import _rms_norm_row
-from shardserve.parallel.one_shot_kernel import _meet_peers
+from shardserve.parallel.one_shot_kernel import _meet_peers, _signal_done, _wait_peers_done
 
 
 @triton.jit
 def _reduce_norm_kernel(x_ptr, res_ptr, w_ptr, b_ptr, out_ptr, res_out_ptr, buffer_ptrs, signal_pads,
-                        n_rows, n_cols, eps, RANK: tl.constexpr, WORLD: tl.constexpr,
+                        n_rows, n_cols, eps, done_slot, RANK: tl.constexpr, WORLD: tl.constexpr,
                         RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
-                        PDL: tl.constexpr):
+                        SPLIT: tl.constexpr, PDL: tl.constexpr):
     pdl_entry(PDL)
+    if SPLIT:  # one_shot_kernel.py: the split barrier
+        _wait_peers_done(signal_pads, done_slot, RANK, WORLD)
     pid, programs = tl.program_id(0), tl.num_programs(0)
     dtype = x_ptr.dtype.element_ty
     buffers = buffer_ptrs.to(tl.pointer_type(tl.uint64))
@@ -73,16 +75,20 @@ def _reduce_norm_kernel(x_ptr, res_ptr, w_ptr, b_ptr, out_ptr, res_out_ptr, buff
         else:
             normed = _layer_norm_row(x, w.to(tl.float32), b.to(tl.float32), mask, n_cols, eps).to(dtype)
         tl.store(out_ptr + offs, normed, mask=mask)
-    _meet_peers(signal_pads, pid, RANK, WORLD, "relaxed")  # only our reads must precede
+    if SPLIT:
+        _signal_done(signal_pads, done_slot, RANK, WORLD)
+    else:
+        _meet_peers(signal_pads, pid, RANK, WORLD, "relaxed")  # only our reads must precede
 
 
 def reduce_add_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
-                    bias: torch.Tensor | None, eps: float, handle, max_programs: int):
+                    bias: torch.Tensor | None, eps: float, handle, max_programs: int, split: bool = False):
     """x [T, dim] contiguous, this rank's partial sum; s = the sum of x over the ranks of `handle`
     (a symmetric-memory rendezvous of a buffer of at least x.nbytes; power-of-two world size)
     plus residual [T, dim] (contiguous) when given. -> (norm(s), s), new contiguous
     tensors: LayerNorm with `bias`, RMSNorm without; weight (and bias) in x's dtype. At most
-    `max_programs` programs: each uses world_size slots of the signal pads."""
+    `max_programs` programs: each uses world_size slots of the signal pads (`split`: as in
+    one_shot_all_reduce)."""
     out, res_out = torch.empty_like(x), torch.empty_like(x)
     rows, dim = x.shape
     if rows == 0:
@@ -91,7 +97,8 @@ def reduce_add_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torc
     block, num_warps = norm_row_launch(dim)
     _reduce_norm_kernel[(min(rows, max_programs),)](
         x, res, weight, weight if bias is None else bias, out, res_out, handle.buffer_ptrs_dev,
-        handle.signal_pad_ptrs_dev, rows, dim, eps, RANK=handle.rank, WORLD=handle.world_size,
-        RMS=bias is None, HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=num_warps, **pdl_args(x),
+        handle.signal_pad_ptrs_dev, rows, dim, eps, max_programs * handle.world_size, RANK=handle.rank,
+        WORLD=handle.world_size, RMS=bias is None, HAS_RESIDUAL=residual is not None, BLOCK=block, SPLIT=split,
+        num_warps=num_warps, **pdl_args(x),
     )
     return out, res_out

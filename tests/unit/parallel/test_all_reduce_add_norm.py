@@ -32,6 +32,10 @@ if triton is not None:
     def _no_barrier(signal_pads, slot, RANK: tl.constexpr, WORLD: tl.constexpr, TAKE_SEM: tl.constexpr):
         pass  # one process plays every rank, one after another: nothing to wait for
 
+    @triton.jit
+    def _no_done_signal(signal_pads, done_slot, RANK: tl.constexpr, WORLD: tl.constexpr):
+        pass  # the split barrier's wait and signal: likewise nothing to do
+
 
 def _norms(dim: int, dtype: torch.dtype) -> list[RMSNorm | LayerNorm]:
     gen = torch.Generator().manual_seed(7)  # the same parameters on every rank (replicated)
@@ -117,7 +121,7 @@ def test_fused_kernel_taken_where_the_norm_kernel_runs_else_two_steps(two_fake_r
         assert torch.equal(res, 2 * x + residual) and torch.equal(out, norm(2 * x + residual))
 
 
-def _run_kernel_as_every_rank(partials, residual, norm, max_programs):
+def _run_kernel_as_every_rank(partials, residual, norm, max_programs, split=False):
     """Each simulated rank's (out, residual out) from reduce_add_norm, ranks run one by one."""
     from shardserve.parallel.reduce_norm_kernel import reduce_add_norm
 
@@ -136,24 +140,28 @@ def _run_kernel_as_every_rank(partials, residual, norm, max_programs):
 
         Handle.rank = rank
         results.append(reduce_add_norm(partials[rank], residual, norm.weight, getattr(norm, "bias", None),
-                                       norm.eps, Handle, max_programs))
+                                       norm.eps, Handle, max_programs, split))
     return results
 
 
 @needs_interpreter
+@pytest.mark.parametrize("split", [False, True], ids=["two-barriers", "split-barrier"])
 @pytest.mark.parametrize("rows,dim", [(1, 1000), (5, 33), (3, 256)])
 @pytest.mark.parametrize("world", [2, 4])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-def test_kernel_in_interpreter_is_sum_then_norm_kernel(monkeypatch, dtype, world, rows, dim):
+def test_kernel_in_interpreter_is_sum_then_norm_kernel(monkeypatch, dtype, world, rows, dim, split):
     """Bit for bit: the float32 sum in rank order rounded to the dtype (the one-shot all-reduce),
-    then fused_add_*_norm (or the plain norm kernel without a residual). bfloat16 is left to
-    tests/gpu (the interpreter's bfloat16 rounding is not the GPU's)."""
+    then fused_add_*_norm (or the plain norm kernel without a residual), with either barrier
+    scheme (their cross-GPU waits are tests/gpu's). bfloat16 is left to tests/gpu (the
+    interpreter's bfloat16 rounding is not the GPU's)."""
     pytest.importorskip("triton")
     import shardserve.parallel.reduce_norm_kernel as kernel_module
     from shardserve.kernels.layer_norm import fused_add_layer_norm, layer_norm
     from shardserve.kernels.rms_norm import fused_add_rms_norm, rms_norm
 
     monkeypatch.setattr(kernel_module, "_meet_peers", _no_barrier)
+    monkeypatch.setattr(kernel_module, "_wait_peers_done", _no_done_signal)
+    monkeypatch.setattr(kernel_module, "_signal_done", _no_done_signal)
     gen = torch.Generator().manual_seed(world * rows + dim)
     partials = [(torch.randn(rows, dim, generator=gen) * 2).to(dtype) for _ in range(world)]
     residual = (torch.randn(rows, dim, generator=gen) * 4 + 1).to(dtype)
@@ -171,7 +179,7 @@ def test_kernel_in_interpreter_is_sum_then_norm_kernel(monkeypatch, dtype, world
     for (norm, has_residual), (want_out, want_res) in expected.items():
         # max_programs 2: a program loops over several rows when rows > 2.
         for rank, (out, res) in enumerate(
-            _run_kernel_as_every_rank(partials, residual if has_residual else None, norm, max_programs=2)
+            _run_kernel_as_every_rank(partials, residual if has_residual else None, norm, max_programs=2, split=split)
         ):
             what = f"{type(norm).__name__} residual={has_residual} rank {rank}"
             assert torch.equal(res, want_res), f"{what}: residual stream"
