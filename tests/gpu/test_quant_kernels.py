@@ -19,6 +19,7 @@ from helpers.gpu_linear import (
     built_in_bf16_on_gpu,
     capability,
     check_graph_replay,
+    sms,
     tuned_calls,
 )
 from helpers.quant_cases import (
@@ -60,7 +61,7 @@ def test_kernel_matches_reference(shape, dtype, qdtype, fresh_tuning):
 @pytest.mark.parametrize("shape", [(1, 4096, 4096), (2, 6144, 4096), (4, 512, 14336), (64, 768, 4096)], ids=str)
 def test_every_tuning_candidate_matches_reference(shape, dtype, qdtype):
     m, n, k = shape
-    for config in candidates(m, n, k, torch.cuda.get_device_properties(0).multi_processor_count):
+    for config in candidates(m, n, k, sms()):
         check_kernel(m, n, k, qdtype, dtype, "cuda", config=config, tol=TOL[dtype], bias=m % 2 == 1)
 
 
@@ -81,17 +82,16 @@ def test_tuning_times_every_candidate_and_caches_the_fastest(fresh_tuning, timed
         out = tuned_linear(x, qweight, scale, bias)
     assert not caplog.records  # no candidate was off, tuning did not fail
     ((key, cfg),) = fresh_tuning.items()
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    assert key[:3] == (1, 4096, 4096) and set(timed) == set(candidates(1, 4096, 4096, sms))
+    assert key[:3] == (1, 4096, 4096) and set(timed) == set(candidates(1, 4096, 4096, sms()))
     assert all(0 < t < 1000 for t in timed.values()) and cfg == min(timed, key=timed.get)
     ref = linear_reference(x.float(), qweight, scale, bias.float())
     assert relative_error(out, ref) < TOL[torch.bfloat16]
     # A batch class first met inside a capture: the heuristic, nothing timed or cached.
     x8 = torch.randn(8, 4096, device="cuda", dtype=torch.bfloat16)
-    tuned_linear(x8, qweight, scale, bias, config=pick_config(8, 4096, 4096, sms))  # compiled outside
+    tuned_linear(x8, qweight, scale, bias, config=pick_config(8, 4096, 4096, sms()))  # compiled outside
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        assert tuned_gemm.chosen_config(x8, qweight, scale) == pick_config(8, 4096, 4096, sms)
+        assert tuned_gemm.chosen_config(x8, qweight, scale) == pick_config(8, 4096, 4096, sms())
         tuned_linear(x8, qweight, scale, bias)
     graph.replay()
     assert len(fresh_tuning) == 1
@@ -118,8 +118,7 @@ def test_stream_k_matches_reference(shape, dtype, qdtype, monkeypatch):
     programs (units split inside N tiles), against the reference; one replayed in a CUDA graph."""
     monkeypatch.setattr(tuned_gemm, "STREAM_K", True)
     m, n, k = shape
-    offered = [c for c in candidates(m, n, k, torch.cuda.get_device_properties(0).multi_processor_count,
-                                     dtype if qdtype is None else qdtype) if c.stream_k]
+    offered = [c for c in candidates(m, n, k, sms(), dtype if qdtype is None else qdtype) if c.stream_k]
     assert len(offered) == 4
     for config in [*offered, KernelConfig(16, 64, 64, 1, stream_k=7)]:
         check_kernel(m, n, k, qdtype, dtype, "cuda", config=config, tol=TOL[dtype], bias=m % 2 == 1)

@@ -9,6 +9,7 @@ import torch
 
 from helpers.quant_cases import TOL, relative_error
 from shardserve import kernels
+from shardserve.kernels.gemm_kernels import device_facts
 from shardserve.kernels.tuned_gemm import tuned_linear
 from shardserve.layers import quant
 
@@ -18,7 +19,7 @@ def capability() -> tuple[int, int]:
 
 
 def sms() -> int:
-    return torch.cuda.get_device_properties(0).multi_processor_count
+    return device_facts(torch.device("cuda", 0))[0]
 
 
 FP8_WEIGHTS = pytest.param(

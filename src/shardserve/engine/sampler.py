@@ -7,8 +7,8 @@ not depend on what else is in the batch.
 `sample` leaves the tokens on the device and never waits for the GPU (host values it needs go up
 through pinned memory; penalties keep what they count per request on the device and add each
 step's newest token, which may still be in flight, there), so the next step can be launched
-before this one's tokens are read; calling the sampler reads them at once. Every rank may run it: same logits (all-gathered), same
-generators, same tokens.
+before this one's tokens are read; calling the sampler reads them at once. Every rank may run
+it: same logits (all-gathered), same generators, same tokens.
 """
 
 from __future__ import annotations

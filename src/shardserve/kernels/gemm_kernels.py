@@ -244,8 +244,8 @@ def run_config(cfg: KernelConfig, x2: torch.Tensor, weight: torch.Tensor, scale:
     if m:
         quantized = scale is not None
         scale_arg = scale if quantized else weight  # not read without QUANTIZED
-        args = (x2, weight.view(torch.int8) if quantized else weight, scale_arg, bias if bias is not None else scale_arg,
-                out, m, n, k)
+        w_arg = weight.view(torch.int8) if quantized else weight
+        args = (x2, w_arg, scale_arg, bias if bias is not None else scale_arg, out, m, n, k)
         strides = (x2.stride(0), weight.stride(0), out.stride(0))
         meta = dict(QUANTIZED=quantized, W_FP8=weight.dtype == torch.float8_e4m3fn, HAS_BIAS=bias is not None,
                     ACT=act, GATED=gated, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
