@@ -4,7 +4,7 @@ and timed as the tuner times it (CUDA-graph replay, weights rotating past L2). I
 tiles the tuner should offer; the figures land in $OUT/results.json.
 
     PYTHONPATH=src python3 benchmarks/gemm_sweep.py [--rows 1 4] [--models llama-3-8b ...] [--weights int8 ...]
-        [--stream-k]   # the tuner's stream-K candidates too (kernels/tuned_gemm.py: off by default)
+        [--tuner-only]   # the tuner's candidates alone, not the wider grid (minutes less)
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def grid(m: int, n: int, k: int, sms: int, weight_dtype: torch.dtype) -> list:
     return list(dict.fromkeys(out))
 
 
-def sweep(model: str, rows: list[int], weights: list[str] | None) -> list[dict]:
+def sweep(model: str, rows: list[int], weights: list[str] | None, tuner_only: bool = False) -> list[dict]:
     from shardserve.kernels import tuned_gemm
     from shardserve.kernels.weight_formats import quantize_rows
 
@@ -69,8 +69,9 @@ def sweep(model: str, rows: list[int], weights: list[str] | None) -> list[dict]:
             weight, scale = (w, None) if wdt == act_dtype else quantize_rows(w, wdt)
             for m in rows:
                 x = torch.randn(m, k, device="cuda", dtype=act_dtype)
-                configs = grid(m, n, k, sms, wdt)
-                tuner_set = set(tuned_gemm.candidates(m, n, k, sms, wdt))
+                offered = tuned_gemm.candidates(m, n, k, sms, wdt)
+                configs = offered if tuner_only else grid(m, n, k, sms, wdt)
+                tuner_set = set(offered)
                 _, times = tuned_gemm._tune(x, weight, scale, None, configs, tuned_gemm._graph_time_us)
                 ranked = sorted(times.items(), key=lambda kv: kv[1])
                 tuner_best = min((t, str(c)) for c, t in times.items() if c in tuner_set)
@@ -92,14 +93,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--weights", nargs="+", choices=list(DTYPES), help="only these weight formats")
-    parser.add_argument("--stream-k", action="store_true", help="offer the tuner's stream-K configs too")
+    parser.add_argument("--tuner-only", action="store_true", help="time the tuner's candidates alone")
     args = parser.parse_args()
-    if args.stream_k:
-        from shardserve.kernels import tuned_gemm
-
-        tuned_gemm.set_stream_k(True)
     for model in args.models:
-        stage(f"sweep_{model}", lambda model=model: sweep(model, args.rows, args.weights), 30, 3600)
+        stage(f"sweep_{model}", lambda model=model: sweep(model, args.rows, args.weights, args.tuner_only), 30, 3600)
     finish()
 
 

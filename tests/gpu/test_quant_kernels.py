@@ -1,6 +1,6 @@
 """The tuned linear path on the GPU with 8-bit weights: every path of tuned_linear against its
 reference on random inputs (int8 and fp8 weights, fp16 and bf16 activations, decode and prefill
-shapes, forced tilings, every config the tuner may pick, the tuned choice itself, stream-K),
+shapes, forced tilings, every config the tuner may pick, the tuned choice itself),
 inside a CUDA graph, the quantised layers' (and untied LM heads') choice of path, and FP8
 torch._scaled_mm on Hopper. 16-bit weights: test_dense_kernels.py; input activations fused into
 the matmul: test_act_gemm_kernels.py."""
@@ -108,22 +108,6 @@ def test_kernel_replays_in_a_cuda_graph(shape, config, qdtype, fresh_tuning):
     """Decode runs in CUDA graphs: split-K's zeroed workspace and cast must be captured too."""
     x, qweight, scale, bias = make_case(*shape, qdtype, torch.bfloat16, "cuda")
     check_graph_replay(x, qweight, scale, bias, config, lambda f: linear_reference(f, qweight, scale, bias.float()))
-
-
-@pytest.mark.parametrize("qdtype", [pytest.param(None, id="16bit"), *QDTYPES])
-@DTYPES
-@pytest.mark.parametrize("shape", [(1, 4096, 4096), (4, 512, 14336), (16, 130, 520)], ids=str)
-def test_stream_k_matches_reference(shape, dtype, qdtype, monkeypatch):
-    """Stream-K (gemm_kernels._stream_k_kernel): the configs the tuner offers with it on, and 7
-    programs (units split inside N tiles), against the reference; one replayed in a CUDA graph."""
-    monkeypatch.setattr(tuned_gemm, "STREAM_K", True)
-    m, n, k = shape
-    offered = [c for c in candidates(m, n, k, sms(), dtype if qdtype is None else qdtype) if c.stream_k]
-    assert len(offered) == 4
-    for config in [*offered, KernelConfig(16, 64, 64, 1, stream_k=7)]:
-        check_kernel(m, n, k, qdtype, dtype, "cuda", config=config, tol=TOL[dtype], bias=m % 2 == 1)
-    x, weight, scale, bias = make_case(m, n, k, qdtype, torch.bfloat16, "cuda")
-    check_graph_replay(x, weight, scale, bias, offered[0], lambda f: linear_reference(f, weight, scale, bias.float()))
 
 
 @pytest.mark.parametrize("quantization", ["int8", pytest.param("fp8", marks=FP8_WEIGHTS.marks)])

@@ -31,7 +31,7 @@ from shardserve.engine.sampler import Sampler, on_device
 from shardserve.engine.scheduler import ScheduledSeq, SchedulerOutput
 from shardserve.kernels import set_fused_kernels
 from shardserve.kernels.pdl import set_pdl
-from shardserve.kernels.tuned_gemm import DECODE_MAX_TOKENS, set_stream_k
+from shardserve.kernels.tuned_gemm import DECODE_MAX_TOKENS
 from shardserve.layers.attention import Attention, set_default_attention_backend
 from shardserve.layers.forward_context import AttentionMetadata, forward_context
 from shardserve.models import load_model
@@ -66,7 +66,6 @@ class ModelRunner:
         self.fused_kernels = backend == "triton" and config.extra.get("fused_kernels", True)
         set_fused_kernels(self.fused_kernels)
         set_pdl(config.extra.get("pdl", True))  # kernels/pdl.py: launches overlap their predecessor's tail
-        set_stream_k(config.extra.get("stream_k", False))  # kernels/tuned_gemm.py: not yet measured
         # Decode CUDA graphs need kernels that read no per-step host values (triton backend).
         self.use_cuda_graphs = device.type == "cuda" and backend == "triton" and not config.enforce_eager
         self.cuda_graphs: DecodeGraphs | None = None

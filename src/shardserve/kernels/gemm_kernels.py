@@ -12,9 +12,6 @@ is added in the same epilogue.
             on tensor cores (tl.dot). Any batch; the only 8-bit kernel past GEMV_MAX_TOKENS rows.
             `swap_ab` puts the weight tile on the MMA's tall side (Hopper: wgmma instead of
             mma.sync at 16 rows), which the tuner offers 16-bit weights below 17 rows.
-            `stream_k` (one row tile) runs `_stream_k_kernel` instead: a fixed number of
-            programs share the (N tile, K tile) units evenly. Not yet measured on a GPU, so the
-            tuner offers it only when asked (kernels/tuned_gemm.py STREAM_K).
   "gemv"    `_gemv_kernel`: no tensor cores. Each program multiplies its float32 weight tile by
             the broadcast activation rows elementwise and reduces over K once at the end; for 1-2
             rows this skips the dot path's 16-row operand padding and register shuffles.
@@ -29,7 +26,7 @@ is added in the same epilogue.
             plain cuBLAS.)
 Either kernel may split K over programs that atomically add float32 partials into a zeroed
 buffer, cast once at the end (one memset and one cast launch: worth it only where N alone leaves
-SMs idle); stream-K always does. The kernels' building blocks are in kernels/gemm_tiles.py.
+SMs idle). The kernels' building blocks are in kernels/gemm_tiles.py.
 
 Input activation (`input_act`, kernels/act_and_mul.py): the MLP's second matmul may be handed its
 input before the activation, e.g. [gate | up] for gated SiLU. The kernels apply it in their
@@ -89,16 +86,13 @@ class KernelConfig:
     fuse_act: bool = True
     # "dot" only: the weight tile is the MMA's left operand, W @ x.T (see `_gemm_kernel`).
     swap_ab: bool = False
-    # "dot" only, one row tile (m <= block_m), split_k 1: > 0 runs `_stream_k_kernel` on this many
-    # programs, which share the (N tile, K tile) work evenly instead of one program per tile.
-    stream_k: int = 0
 
     def __str__(self) -> str:  # for logs and benchmark tables
         if self.kernel in ("cublas", "dequant"):
             return self.kernel
         return (f"{self.kernel} {self.block_m}x{self.block_n}x{self.block_k} split {self.split_k} "
                 f"warps {self.num_warps} stages {self.num_stages}" + (" swapped" if self.swap_ab else "")
-                + ("" if self.fuse_act else " act apart") + (f" stream-K {self.stream_k}" if self.stream_k else ""))
+                + ("" if self.fuse_act else " act apart"))
 
 
 DEQUANT = KernelConfig(0, 0, 0, 1, kernel="dequant")
@@ -186,42 +180,6 @@ if _has_triton:
         store_tile(tl.sum(acc, axis=2), rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om,
                    QUANTIZED, HAS_BIAS, ATOMIC)
 
-    # Stream-K: the product is (N tiles) x (K tiles) units of work, and program p of P takes units
-    # [p * U / P, (p + 1) * U / P) in order (an N tile's K tiles are consecutive), adding each
-    # tile's partial sum atomically, scaled, into the zeroed float32 output (the bias from the
-    # program that has the tile's first K tile). Every program reads the same number of weights
-    # (within one K tile), where one program per tile (224 of them on 132 SMs for BLOOM-176B's
-    # TP4 fc1 at 64-wide tiles) leaves some SMs with twice the work of others. One row tile.
-    @triton.jit(do_not_specialize=["M", "k_tiles"])
-    def _stream_k_kernel(
-        x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K, k_tiles, stride_xm, stride_wn, stride_om,
-        QUANTIZED: tl.constexpr, W_FP8: tl.constexpr, HAS_BIAS: tl.constexpr,
-        ACT: tl.constexpr, GATED: tl.constexpr, SWAP_AB: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
-        PDL: tl.constexpr,
-    ):
-        pdl_wait(PDL)
-        units = tl.cdiv(N, BLOCK_N) * k_tiles
-        pid, programs = tl.program_id(0), tl.num_programs(0)
-        unit, end = pid * units // programs, (pid + 1) * units // programs
-        rm = tl.arange(0, BLOCK_M)
-        m_mask = rm < M
-        rk = tl.arange(0, BLOCK_K)
-        x_rows = x_ptr + rm.to(tl.int64)[:, None] * stride_xm
-        while unit < end:
-            tile = unit // k_tiles
-            k_first = unit - tile * k_tiles
-            k_last = tl.minimum(k_tiles, k_first + end - unit)
-            rn = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-            n_mask = rn < N
-            w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn
-            acc = dot_k_tiles(x_rows, w_rows, rk, m_mask, n_mask, k_first, k_last, K, QUANTIZED, W_FP8,
-                              ACT, GATED, SWAP_AB, BLOCK_M, BLOCK_N, BLOCK_K, NUM_STAGES)
-            store_tile(acc, rm, rn, m_mask, n_mask, k_first, scale_ptr, bias_ptr, out_ptr, stride_om,
-                       QUANTIZED, HAS_BIAS, True)
-            unit += k_last - k_first
-        pdl_launch_dependents(PDL)
-
 
 def run_config(cfg: KernelConfig, x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
                bias: torch.Tensor | None, input_act: str | None = None) -> torch.Tensor:
@@ -238,8 +196,8 @@ def run_config(cfg: KernelConfig, x2: torch.Tensor, weight: torch.Tensor, scale:
         return F.linear(apply_input_act(x2, input_act), weight, bias)
     if cfg.kernel == "dequant":
         return F.linear(apply_input_act(x2, input_act), dequantize_fast(weight, scale, x2.dtype), bias)
-    atomic = cfg.split_k > 1 or cfg.stream_k > 0
-    # Split K / stream-K: float32 partials are summed in place, then rounded once to the output dtype.
+    atomic = cfg.split_k > 1
+    # Split K: float32 partials are summed in place, then rounded once to the output dtype.
     out = torch.zeros((m, n), dtype=torch.float32, device=x2.device) if atomic else x2.new_empty((m, n))
     if m:
         quantized = scale is not None
@@ -250,16 +208,10 @@ def run_config(cfg: KernelConfig, x2: torch.Tensor, weight: torch.Tensor, scale:
         meta = dict(QUANTIZED=quantized, W_FP8=weight.dtype == torch.float8_e4m3fn, HAS_BIAS=bias is not None,
                     ACT=act, GATED=gated, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                     NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x2))
-        if cfg.stream_k:
-            assert cfg.kernel == "dot" and cfg.split_k == 1 and m <= cfg.block_m, cfg
-            k_tiles = triton.cdiv(k, cfg.block_k)
-            programs = min(cfg.stream_k, triton.cdiv(n, cfg.block_n) * k_tiles)
-            _stream_k_kernel[(programs,)](*args, k_tiles, *strides, SWAP_AB=cfg.swap_ab, **meta)
-        else:
-            k_iters = -(-k // (cfg.block_k * cfg.split_k))  # K tiles per split (the last may be short)
-            grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), cfg.split_k)
-            kernel, variant = (_gemv_kernel, {}) if cfg.kernel == "gemv" else (_gemm_kernel, {"SWAP_AB": cfg.swap_ab})
-            kernel[grid](*args, k_iters, *strides, ATOMIC=atomic, **variant, **meta)
+        k_iters = -(-k // (cfg.block_k * cfg.split_k))  # K tiles per split (the last may be short)
+        grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), cfg.split_k)
+        kernel, variant = (_gemv_kernel, {}) if cfg.kernel == "gemv" else (_gemm_kernel, {"SWAP_AB": cfg.swap_ab})
+        kernel[grid](*args, k_iters, *strides, ATOMIC=atomic, **variant, **meta)
     return out.to(x2.dtype) if atomic else out
 
 

@@ -56,18 +56,6 @@ TUNE = os.environ.get("SHARDSERVE_GEMM_TUNE", "1") != "0"
 # A kernel replaces cuBLAS for a shape only if the tuner timed it below this fraction of cuBLAS's
 # time: each candidate is timed alone, and a near tie is not worth trading the library for.
 CUBLAS_MARGIN = 0.98
-# Whether `candidates` offers stream-K configs (gemm_kernels._stream_k_kernel: every program
-# reads the same share of the weight). Off until measured on a GPU; EngineConfig.extra
-# {"stream_k": True} turns it on (`set_stream_k`).
-STREAM_K = False
-
-
-def set_stream_k(on: bool) -> None:
-    """Offer stream-K configs to the tuner or not; choices tuned with the other set are dropped."""
-    global STREAM_K
-    if STREAM_K != bool(on):
-        _TUNED.clear()
-    STREAM_K = bool(on)
 
 
 def _pow2(v: int) -> int:
@@ -137,8 +125,6 @@ def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype =
       16-bit weights: cuBLAS, then below 17 rows the swapped dot (weights on the MMA's tall side,
         `_gemm_kernel`) at 64x256, 32x256 and 64x128, which beat cuBLAS and the unswapped tiles
         by 2-9% at 4 rows; past 16 rows the unswapped 32x256 and 64x128. At most 11 configs.
-    With STREAM_K on and one row tile, the first two dot tiles also as stream-K over one and two
-    programs per SM (4 configs more, 2 compiles).
     A compile is one (tile, split or not, swapped or not, dtypes, bias or not, input activation)
     and serves every layer shape (`test_16bit_candidates_start_with_cublas_and_fit_the_budget`
     counts them for a bf16 Llama); an activation is a compile of its own."""
@@ -146,16 +132,10 @@ def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype =
     block_m, stages = _dot_rows(m)
     m_tiles = -(-m // block_m)
     most = 8 if block_m == 16 else 4  # the sweep measured up to 16 rows
-    tiles = _DOT_TILES[weight_dtype in QMAX, block_m == 16]
-    for bn, bk, swap in tiles:
+    for bn, bk, swap in _DOT_TILES[weight_dtype in QMAX, block_m == 16]:
         bk = min(bk, max(32, _pow2(k)))
         for split in (1, _fill_split(-(-n // bn) * m_tiles, k, bk, num_sms, most)):
             out.append(KernelConfig(block_m, bn, bk, split, num_stages=stages, swap_ab=swap))
-    if STREAM_K and m_tiles == 1:
-        for bn, bk, swap in tiles[:2]:
-            bk = min(bk, max(32, _pow2(k)))
-            for programs in (num_sms, 2 * num_sms):
-                out.append(KernelConfig(block_m, bn, bk, 1, num_stages=stages, swap_ab=swap, stream_k=programs))
     if m <= GEMV_MAX_TOKENS:
         bm = _pow2(m)
         for bn, bk in ((16, 512), (32, 256)):

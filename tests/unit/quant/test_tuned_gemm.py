@@ -49,39 +49,6 @@ def test_every_path_matches_the_reference(dtype, qdtype):
     check_kernel(65, N, K, qdtype, dtype, "cpu", tol=TOL[dtype])  # untuned prefill: dequantise + matmul
 
 
-# Stream-K over 4 N tiles x 4 K tiles: 1-40 programs (a program's units may start and end inside
-# an N tile, a tile may be shared by up to four programs; 40 is clamped to the 16 units).
-STREAM_K = [KernelConfig(16, 16, 32, 1, stream_k=p) for p in (1, 3, 7, 16, 40)]
-
-
-@interpreter
-@pytest.mark.parametrize("qdtype", [*QDTYPES, pytest.param(None, id="16bit")])
-def test_stream_k_matches_the_reference(qdtype):
-    for m in (1, 3, 16):
-        for config in STREAM_K + [KernelConfig(16, 16, 32, 1, swap_ab=True, stream_k=5)] * (qdtype is None):
-            check_kernel(m, N, K, qdtype, torch.float16, "cpu", config=config, tol=TOL[torch.float16],
-                         bias=m % 2 == 1, seed=m)
-
-
-def test_stream_k_candidates_only_when_on(monkeypatch):
-    assert not any(c.stream_k for m in (1, 4, 16) for c in candidates(m, 14336, 14336, 132))
-    monkeypatch.setattr(tuned_gemm, "STREAM_K", True)
-    for weight_dtype in (torch.int8, torch.bfloat16):
-        for m in (1, 4, 16, 17, 64):  # decode batches are one row tile of the dot kernel
-            streamed = [c for c in candidates(m, 14336, 14336, 132, weight_dtype) if c.stream_k]
-            assert len(streamed) == 4 and {c.stream_k for c in streamed} == {132, 264}
-            assert all(c.kernel == "dot" and c.split_k == 1 and m <= c.block_m for c in streamed)
-
-
-def test_turning_stream_k_on_or_off_drops_the_tuned_choices(monkeypatch):
-    monkeypatch.setattr(tuned_gemm, "_TUNED", {"key": DOT[0]})
-    monkeypatch.setattr(tuned_gemm, "STREAM_K", False)
-    tuned_gemm.set_stream_k(False)
-    assert tuned_gemm._TUNED == {"key": DOT[0]}  # unchanged: kept
-    tuned_gemm.set_stream_k(True)
-    assert tuned_gemm._TUNED == {} and tuned_gemm.STREAM_K
-
-
 @interpreter
 @pytest.mark.parametrize("qdtype", QDTYPES)
 def test_dequantise_pass_is_the_reference_bit_for_bit(qdtype):
