@@ -1,7 +1,7 @@
 """All-reduce latency on the GPUs of one host, per size and dtype: NCCL vs our one-shot kernel
-(parallel/one_shot_kernel.py; also with the split barrier) vs torch's one-shot op (bfloat16
-only: it has no float16),
-replayed from CUDA graphs (as in decode) and eager. Also run by gpu_tp4.py.
+(parallel/one_shot_kernel.py; also with its second barrier in place of the split one) vs torch's
+one-shot op (bfloat16 only: it has no float16), replayed from CUDA graphs (as in decode) and
+eager. Also run by gpu_tp4.py.
 Usage on the device: PYTHONPATH=src python3 benchmarks/allreduce_sweep.py [world]"""
 
 from __future__ import annotations
@@ -59,10 +59,11 @@ def _worker(rank: int, world: int, port: int, out_path: str) -> None:
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     group = dist.group.WORLD
+    # Ours (the split barrier, one_shot_kernel.py), and with the second barrier on a buffer of its
+    # own. Back to back, as timed here, the split barrier's wait meets the peers' signals just
+    # sent; in decode the matmuls in between hide that.
     fast = SymmMemAllReduce(group, torch.device("cuda", rank), max_bytes=max(SIZES_KB) * 1024)
-    # The split barrier (one_shot_kernel.py) on a buffer of its own. Back to back, as timed here,
-    # its wait meets the peers' signals just sent; in decode the matmuls in between hide that.
-    split = SymmMemAllReduce(group, torch.device("cuda", rank), max_bytes=max(SIZES_KB) * 1024, split_barrier=True)
+    two = SymmMemAllReduce(group, torch.device("cuda", rank), max_bytes=max(SIZES_KB) * 1024, split_barrier=False)
     name = group.group_name
 
     def nccl(x):
@@ -86,7 +87,7 @@ def _worker(rank: int, world: int, port: int, out_path: str) -> None:
 
     rows = []
     for dtype in (torch.float16, torch.bfloat16):
-        methods = [("nccl", nccl), ("ours", fast), ("ours_split_barrier", split),
+        methods = [("nccl", nccl), ("ours", fast), ("ours_two_barriers", two),
                    ("ours_chunk4k", ours_with_chunk(4096)), ("ours_chunk8k", ours_with_chunk(8192))]
         if dtype == torch.bfloat16:
             methods.append(("torch_one_shot", torch_one_shot))

@@ -140,14 +140,9 @@ def _bench(model: str, tp: int, batch: int, reps: int, check_tokens: int, varian
             "variants": {r.engine: r.summary() | {"load_s": r.load_s, "warmup_s": r.warmup_s} for r in results}}
 
 
-def with_stream_k(variants: dict[str, dict]) -> dict[str, dict]:
-    """variants plus each as "<name>-stream-k": the tuner offering stream-K configs too."""
-    return variants | {f"{name}-stream-k": spec | {"extra": {"stream_k": True}} for name, spec in variants.items()}
-
-
-def llama8b(ablations: bool, stream_k: bool = False) -> dict:
+def llama8b(ablations: bool) -> dict:
     formats = {"bf16": {}, "int8": {"quantization": "int8"}, "fp8": {"quantization": "fp8"}}
-    variants = with_stream_k(formats) if stream_k else dict(formats)
+    variants = dict(formats)
     if ablations:  # each format without programmatic dependent launch (kernels/pdl.py); asynchronous
         # scheduling off; the fused kernels and tuned decode GEMMs off
         variants |= {f"{name}-no-pdl": spec | {"extra": {"pdl": False}} for name, spec in formats.items()}
@@ -159,12 +154,10 @@ def llama8b(ablations: bool, stream_k: bool = False) -> dict:
     return out
 
 
-def bloom176b(tp: int, stream_k: bool = False, split_barrier: bool = False) -> dict:
+def bloom176b(tp: int, two_barriers: bool = False) -> dict:
     variants = {"int8": {"quantization": "int8"}}
-    if stream_k:
-        variants = with_stream_k(variants)
-    if split_barrier:  # the all-reduce kernels' split barrier (parallel/one_shot_kernel.py)
-        variants["int8-split-barrier"] = {"quantization": "int8", "extra": {"all_reduce_split_barrier": True}}
+    if two_barriers:  # the all-reduce kernels' second barrier in place of the split one
+        variants["int8-two-barriers"] = {"quantization": "int8", "extra": {"all_reduce_split_barrier": False}}
     out = _bench("bloom", tp=tp, batch=4, reps=5, check_tokens=0, variants=variants)
     print(f"BLOOM-176B int8 TP{tp} P50 ms (target <= 3500 on 4xH200 TP4):", out["variants"]["int8"]["p50_ms"], flush=True)
     return out
@@ -179,10 +172,8 @@ if __name__ == "__main__":
     parser.add_argument("--skip-tests", action="store_true", help="--part kernels: no GPU tests first")
     parser.add_argument("--skip-sweep", action="store_true", help="--part kernels: no batch-1 sweep")
     parser.add_argument("--ablations", action="store_true", help="--part llama8b: also bf16 sync and unfused")
-    parser.add_argument("--stream-k", action="store_true",
-                        help="--part llama8b and bloom176b: also each variant with the tuner's stream-K configs")
-    parser.add_argument("--split-barrier", action="store_true",
-                        help="--part bloom176b: also int8 with the all-reduce kernels' split barrier")
+    parser.add_argument("--two-barriers", action="store_true",
+                        help="--part bloom176b: also int8 with the all-reduce kernels' second barrier")
     args = parser.parse_args()
     if args.part == "kernels":
         stage("gpu_name", lambda: torch.cuda.get_device_name(0), 0, DEADLINE)
@@ -197,7 +188,7 @@ if __name__ == "__main__":
 
         load(args.workdir, args.model, args.tp, DEADLINE)
     elif args.part == "bloom176b":
-        stage(f"bloom176b_tp{args.tp}", lambda: bloom176b(args.tp, args.stream_k, args.split_barrier), 60, DEADLINE)
+        stage(f"bloom176b_tp{args.tp}", lambda: bloom176b(args.tp, args.two_barriers), 60, DEADLINE)
     else:
-        stage("llama8b", lambda: llama8b(args.ablations, args.stream_k), 60, DEADLINE)
+        stage("llama8b", lambda: llama8b(args.ablations), 60, DEADLINE)
     finish()

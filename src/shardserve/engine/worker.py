@@ -49,9 +49,9 @@ def init_distributed(
         from shardserve.parallel.fast_all_reduce import create_fast_all_reduce
 
         # None: NCCL only. extra.fused_all_reduce_norm=false keeps the norms out of the all-reduce;
-        # extra.all_reduce_split_barrier=true tries the split barrier (not yet measured).
+        # extra.all_reduce_split_barrier=false puts the kernels' second barrier back.
         fuse_norm = config.extra.get("fused_all_reduce_norm", True)
-        split = config.extra.get("all_reduce_split_barrier", False)
+        split = config.extra.get("all_reduce_split_barrier", True)
         fast_all_reduce = create_fast_all_reduce(group, device, world_size, fuse_norm, split)
     set_parallel_info(ParallelInfo(rank=rank, world_size=world_size, group=group, fast_all_reduce=fast_all_reduce))
     return dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else group

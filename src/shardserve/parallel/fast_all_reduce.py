@@ -36,11 +36,11 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 class SymmMemAllReduce:
     """Callable: x -> sum of x over the group (new tensor), or None to let NCCL do it.
     fuse_norm=False turns `add_norm` off (EngineConfig.extra {"fused_all_reduce_norm": False}),
-    to measure what it buys. split_barrier=True (extra {"all_reduce_split_barrier": True}) runs
-    the kernels with the split barrier (one_shot_kernel.py): off until measured on GPUs."""
+    to measure what it buys. split_barrier=False (extra {"all_reduce_split_barrier": False}) runs
+    the kernels with a second barrier in place of the split one (one_shot_kernel.py)."""
 
     def __init__(self, group: dist.ProcessGroup, device: torch.device, max_bytes: int = DEFAULT_MAX_BYTES,
-                 fuse_norm: bool = True, split_barrier: bool = False):
+                 fuse_norm: bool = True, split_barrier: bool = True):
         import torch.distributed._symmetric_memory as symm_mem
 
         world = dist.get_world_size(group)
@@ -88,7 +88,7 @@ def ranks_share_one_host(world_size: int) -> bool:
 
 def create_fast_all_reduce(
     group: dist.ProcessGroup, device: torch.device, world_size: int, fuse_norm: bool = True,
-    split_barrier: bool = False,
+    split_barrier: bool = True,
 ) -> SymmMemAllReduce | None:
     """Set up and self-check the fast path on every rank; None (NCCL only) unless all succeed."""
     candidate, ok = None, False

@@ -9,9 +9,9 @@ p, p + programs, ... of the input and
   3. reads those chunks from every rank's buffer over NVLink and sums them in float32, ranks in
      order 0..world-1, so every rank gets the same bits (each rank samples from its own copy of
      the logits: they must agree);
-  4. meets them again, so no rank overwrites its buffer (the next call's step 1) before every
-     peer has read it.
-One launch and two NVLink round trips, where a copy kernel, torch's one-shot kernel and NCCL's
+  4. makes sure no rank overwrites its buffer (the next call's step 1) before every peer has
+     read it: a second barrier, or (SPLIT, the default) the split barrier below.
+One launch and one or two NVLink round trips on the critical path, where a copy kernel, torch's one-shot kernel and NCCL's
 ring pay more launches or more round trips.
 
 The barrier is the zero-reset flag protocol of torch's symmetric-memory barriers: program p of
@@ -21,8 +21,9 @@ each to 0 as it takes it. Pads start zeroed and end zeroed, so the kernel replay
 One thread per peer does the atomics (system scope); a CTA barrier before and after orders the
 other threads' stores and loads around them.
 
-SPLIT (the split barrier; off unless asked for, until measured on GPUs): step 4 moves off the
-critical path. Each program instead adds 1 to its rank's "done" counter in every peer's signal
+SPLIT (the split barrier, on unless EngineConfig.extra {"all_reduce_split_barrier": False}; it
+took OPT-30B TP4 decode from 5.40 to 5.19 ms a step on 4x H200, benchmarks/RESULTS.md): step 4
+moves off the critical path. Each program instead adds 1 to its rank's "done" counter in every peer's signal
 pad (after the pads' flag slots) once its reads are over, and the next call's programs wait,
 before step 1, until every peer's counter in their own pad has reached their own rank's: every
 program of every peer has then finished reading every earlier call's buffer, whatever positions
@@ -148,7 +149,7 @@ def _one_shot_kernel(x_ptr, out_ptr, buffer_ptrs, signal_pads, numel, done_slot,
         _meet_peers(signal_pads, pid, RANK, WORLD, "relaxed")  # only our reads must precede
 
 
-def one_shot_all_reduce(x: torch.Tensor, handle, max_programs: int, split: bool = False) -> torch.Tensor:
+def one_shot_all_reduce(x: torch.Tensor, handle, max_programs: int, split: bool = True) -> torch.Tensor:
     """Sum of the contiguous x over the ranks of `handle` (a symmetric-memory rendezvous of a
     buffer of at least x.nbytes; power-of-two world size), as a new tensor. At most
     `max_programs` programs: each uses world_size slots of the signal pads; with `split` (the

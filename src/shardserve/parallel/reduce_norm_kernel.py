@@ -82,7 +82,7 @@ def _reduce_norm_kernel(x_ptr, res_ptr, w_ptr, b_ptr, out_ptr, res_out_ptr, buff
 
 
 def reduce_add_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
-                    bias: torch.Tensor | None, eps: float, handle, max_programs: int, split: bool = False):
+                    bias: torch.Tensor | None, eps: float, handle, max_programs: int, split: bool = True):
     """x [T, dim] contiguous, this rank's partial sum; s = the sum of x over the ranks of `handle`
     (a symmetric-memory rendezvous of a buffer of at least x.nbytes; power-of-two world size)
     plus residual [T, dim] (contiguous) when given. -> (norm(s), s), new contiguous
