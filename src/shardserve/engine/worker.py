@@ -99,11 +99,21 @@ def spawned_worker_main(config: EngineConfig, rank: int, world_size: int, master
             dist.destroy_process_group()
 
 
+# The last barrier's work handle, kept until the process exits (see `leave_group`).
+_LAST_BARRIER: list = []
+
+
 def leave_group(control) -> None:
     """Every rank leaves together: rank 0 hosts the rendezvous store, and tearing it down while
     another rank still talks to it aborts that rank or fills its log with the NCCL heartbeat's
-    "TCPStore server has shut down" traces."""
-    dist.barrier(group=control)
+    "TCPStore server has shut down" traces.
+    The barrier's work handle is kept: otherwise the gloo thread that ran it may drop the last
+    reference to its tensor after this process has begun to exit, and freeing a tensor's Python
+    object from that thread then aborts the process ("terminate called without an active
+    exception", seen in a core dump of a launcher-started rank 0)."""
+    work = dist.barrier(group=control, async_op=True)
+    work.wait()
+    _LAST_BARRIER.append(work)
     dist.destroy_process_group()
 
 
