@@ -11,8 +11,8 @@ p, p + programs, ... of the input and
      the logits: they must agree);
   4. makes sure no rank overwrites its buffer (the next call's step 1) before every peer has
      read it: a second barrier, or (SPLIT, the default) the split barrier below.
-One launch and one or two NVLink round trips on the critical path, where a copy kernel, torch's one-shot kernel and NCCL's
-ring pay more launches or more round trips.
+One launch and one or two NVLink round trips on the critical path, where a copy kernel, torch's
+one-shot kernel and NCCL's ring pay more launches or more round trips.
 
 The barrier is the zero-reset flag protocol of torch's symmetric-memory barriers: program p of
 rank r sets slot [p, r] of each peer's signal pad from 0 to 1 (spinning while the peer has not
@@ -23,15 +23,15 @@ other threads' stores and loads around them.
 
 SPLIT (the split barrier, on unless EngineConfig.extra {"all_reduce_split_barrier": False}; it
 took OPT-30B TP4 decode from 5.40 to 5.19 ms a step on 4x H200, benchmarks/RESULTS.md): step 4
-moves off the critical path. Each program instead adds 1 to its rank's "done" counter in every peer's signal
-pad (after the pads' flag slots) once its reads are over, and the next call's programs wait,
-before step 1, until every peer's counter in their own pad has reached their own rank's: every
-program of every peer has then finished reading every earlier call's buffer, whatever positions
-its programs covered (so the one-shot and the norm kernel, which map positions to programs
-differently, can follow each other). The counters only grow (compared by signed difference, so
-they may wrap), and all ranks run the same grids, so they stay in step. By the next call the
-peers' signals have long arrived, behind the matmuls in between: one NVLink round trip per
-call instead of two.
+moves off the critical path. Each program instead adds 1 to its rank's "done" counter in every
+peer's signal pad (after the pads' flag slots) once its reads are over, and the next call's
+programs wait, before step 1, until every peer's counter in their own pad has reached their own
+rank's: every program of every peer has then finished reading every earlier call's buffer,
+whatever positions its programs covered (so the one-shot and the norm kernel, which map
+positions to programs differently, can follow each other). The counters only grow (compared by
+signed difference, so they may wrap), and all ranks run the same grids, so they stay in step. By
+the next call the peers' signals have long arrived, behind the matmuls in between: one NVLink
+round trip per call instead of two.
 """
 
 from __future__ import annotations
