@@ -7,6 +7,7 @@ or mpirun on one or many hosts (calls arrive as broadcasts from rank 0 over a gl
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import traceback
@@ -17,6 +18,8 @@ import torch.distributed as dist
 
 from shardserve.config import EngineConfig
 from shardserve.parallel.state import ParallelInfo, set_parallel_info
+
+logger = logging.getLogger(__name__)
 
 
 def rank_device(config: EngineConfig, rank: int, local_rank: int) -> torch.device:
@@ -101,20 +104,38 @@ def spawned_worker_main(config: EngineConfig, rank: int, world_size: int, master
 
 # The last barrier's work handle, kept until the process exits (see `leave_group`).
 _LAST_BARRIER: list = []
+LEAVE_TIMEOUT_S = 30.0
 
 
 def leave_group(control) -> None:
-    """Every rank leaves together: rank 0 hosts the rendezvous store, and tearing it down while
-    another rank still talks to it aborts that rank or fills its log with the NCCL heartbeat's
-    "TCPStore server has shut down" traces.
+    """Every rank leaves together, and rank 0 last: its process hosts the rendezvous store, and
+    a rank still tearing down its NCCL group polls that store from the heartbeat thread, logging
+    a stack trace for each poll that finds it gone (such traces came from ranks 2-3 in TP4
+    benchmark logs, with rank 0 leaving right after the barrier). So each other rank reports through the store once its group is destroyed, and rank
+    0 waits for those reports (`wait_for_peers_to_leave`).
     The barrier's work handle is kept: otherwise the gloo thread that ran it may drop the last
     reference to its tensor after this process has begun to exit, and freeing a tensor's Python
     object from that thread then aborts the process ("terminate called without an active
     exception", seen in a core dump of a launcher-started rank 0)."""
+    store = dist.distributed_c10d._get_default_store()  # outlives the group: we hold it
+    rank, world = dist.get_rank(), dist.get_world_size()
     work = dist.barrier(group=control, async_op=True)
     work.wait()
     _LAST_BARRIER.append(work)
     dist.destroy_process_group()
+    wait_for_peers_to_leave(store, rank, world)
+
+
+def wait_for_peers_to_leave(store: dist.Store, rank: int, world: int, timeout_s: float = LEAVE_TIMEOUT_S) -> None:
+    """Rank r > 0 says it has left; rank 0 returns once every other rank has, or after timeout_s
+    (a rank that died says nothing: it is not waited for longer)."""
+    if rank:
+        store.set(f"shardserve/left/{rank}", "1")
+        return
+    try:
+        store.wait([f"shardserve/left/{r}" for r in range(1, world)], timedelta(seconds=timeout_s))
+    except RuntimeError as e:  # DistStoreError: timed out, or the store is gone
+        logger.warning("not every rank reported leaving the process group within %.0f s: %s", timeout_s, e)
 
 
 def free_port() -> int:

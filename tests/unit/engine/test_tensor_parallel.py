@@ -9,7 +9,7 @@ import time
 import pytest
 
 from shardserve import LLM, SamplingParams
-from shardserve.engine.worker import free_port
+from shardserve.engine.worker import free_port, wait_for_peers_to_leave
 from shardserve.errors import EngineDeadError
 
 PROMPTS = ["The quick brown fox", "Once upon a time there was", "Hi"]
@@ -111,3 +111,18 @@ def test_rank_lost_while_idle_marks_the_async_engine_errored(tiny_checkpoint):
         assert not any(p.is_alive() for p in procs)
     finally:
         engine.shutdown()
+
+
+def test_rank0_leaves_after_every_other_rank_or_its_timeout(caplog):
+    import torch.distributed as dist
+
+    store = dist.HashStore()
+    for rank in (1, 2):
+        wait_for_peers_to_leave(store, rank, 4)
+    start = time.monotonic()
+    wait_for_peers_to_leave(store, 0, 4, timeout_s=0.3)  # rank 3 never reports
+    assert time.monotonic() - start >= 0.3 and "not every rank" in caplog.text
+    wait_for_peers_to_leave(store, 3, 4)
+    caplog.clear()
+    wait_for_peers_to_leave(store, 0, 4, timeout_s=30)  # all reported: returns at once
+    assert time.monotonic() - start < 10 and not caplog.text
