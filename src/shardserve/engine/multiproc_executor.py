@@ -15,6 +15,7 @@ and then exits. A lost remote rank surfaces as a collective error or after
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -39,6 +40,24 @@ from shardserve.errors import EngineDeadError
 logger = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def _caller_main_hidden():
+    """multiprocessing re-runs the caller's main module in every child it starts, so that
+    objects defined there can be unpickled. Ranks run shardserve code alone and need none of
+    it, and re-running it would start a script's engine again inside each rank, unless the
+    script guards its code with `if __name__ == "__main__":`. So while a rank starts, the main
+    module shows no file or module name to import it by (see multiprocessing.spawn)."""
+    main = sys.modules["__main__"]
+    saved = {key: main.__dict__[key] for key in ("__spec__", "__file__") if key in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
 class MultiProcExecutor(Executor):
     def __init__(self, config: EngineConfig):
         # A fork server with torch and our modules preloaded starts ranks in about a second
@@ -58,7 +77,8 @@ class MultiProcExecutor(Executor):
                 name=f"shardserve-rank{rank}",
                 daemon=True,
             )
-            proc.start()
+            with _caller_main_hidden():
+                proc.start()
             child.close()
             self.procs.append(proc)
             self.conns.append(parent)

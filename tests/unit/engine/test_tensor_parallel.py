@@ -94,6 +94,20 @@ def test_two_hosts_via_launcher_env_equal_one_rank(tiny_checkpoint, tmp_path):
     assert "RESULT" not in outputs[1][0]  # rank 1 only served
 
 
+def test_script_without_a_main_guard_starts_its_ranks_once(tiny_checkpoint, tmp_path):
+    """The README's Python example as a script: the engine created at module level. The ranks
+    must not re-run the script (multiprocessing's default), which would start ranks from ranks."""
+    path = tiny_checkpoint("llama")
+    script = tmp_path / "unguarded.py"
+    script.write_text(_LAUNCHED.format(prompts=PROMPTS))  # no `if __name__ == "__main__":`
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    done = subprocess.run([sys.executable, str(script), str(path)], env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
+    assert len(result) == 1 and json.loads(result[0][len("RESULT"):]) == one_rank_tokens(path)
+
+
 def test_rank_lost_while_idle_marks_the_async_engine_errored(tiny_checkpoint):
     from shardserve import AsyncEngine, EngineConfig
 
