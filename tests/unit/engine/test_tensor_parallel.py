@@ -65,7 +65,8 @@ def test_killed_rank_fails_fast_and_leaves_no_process(tiny_checkpoint):
         llm.step()
 
 
-_LAUNCHED = """
+# A user's script at TP2, the engine at module level (no main guard); rank 0 prints the tokens.
+_TP2_SCRIPT = """
 import json, sys
 from shardserve import LLM, SamplingParams
 llm = LLM(sys.argv[1], dtype="fp32", tensor_parallel_size=2)
@@ -79,7 +80,7 @@ def test_two_hosts_via_launcher_env_equal_one_rank(tiny_checkpoint, tmp_path):
     """Ranks started like torchrun/mpirun would on two hosts (here both on loopback)."""
     path = tiny_checkpoint("llama")
     script = tmp_path / "launched.py"
-    script.write_text(_LAUNCHED.format(prompts=PROMPTS))
+    script.write_text(_TP2_SCRIPT.format(prompts=PROMPTS))
     port = str(free_port())
     procs = []
     for rank in range(2):
@@ -99,7 +100,7 @@ def test_script_without_a_main_guard_starts_its_ranks_once(tiny_checkpoint, tmp_
     must not re-run the script (multiprocessing's default), which would start ranks from ranks."""
     path = tiny_checkpoint("llama")
     script = tmp_path / "unguarded.py"
-    script.write_text(_LAUNCHED.format(prompts=PROMPTS))  # no `if __name__ == "__main__":`
+    script.write_text(_TP2_SCRIPT.format(prompts=PROMPTS))
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     done = subprocess.run([sys.executable, str(script), str(path)], env=env, capture_output=True, text=True,
                           timeout=240)
