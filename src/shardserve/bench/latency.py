@@ -3,7 +3,7 @@ weights, same prompts, one invocation, so the ratios are fair.
 
 Order of a run: measure the GPU's copy bandwidth; load the baseline and take its reference
 (greedy tokens and per-position logits for one prompt); load our engine (load and warm-up timed
-apart) and print its correctness against that reference; then time our engine variants and the
+apart) and print its correctness against that reference (bench/correctness.py); then time our engine variants and the
 baseline (latency of the whole batch, and time to first token from max_new_tokens=1 runs).
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from shardserve.bench.correctness import check_engine, format_check, take_reference
 from shardserve.bench.hardware import copy_bandwidth, describe
 from shardserve.bench.report import EngineResult, table, write_reports
 from shardserve.models.config import ModelConfig
@@ -76,7 +77,7 @@ def run_bench(cfg: BenchConfig) -> tuple[list[EngineResult], dict]:
             from shardserve.bench.accelerate_baseline import AccelerateBaseline
 
             baseline = AccelerateBaseline(model_dir, dtype, devices, cfg.random_weights, cfg.seed)
-            reference = _reference(baseline, prompts(1)[0], cfg.check_tokens) if cfg.check_tokens else None
+            reference = take_reference(baseline, prompts(1)[0], cfg.check_tokens) if cfg.check_tokens else None
             if "accelerate" not in cfg.engines:
                 baseline.close()
                 baseline = None
@@ -117,9 +118,9 @@ def _bench_ours(cfg, label, overrides, model_dir, dtype_name, prompts, reference
     llm = LLM(config=EngineConfig(**options))
     try:
         load, warmup = llm.load_seconds, llm.warmup_seconds
-        check = _check(llm, reference) if reference else {}
+        check = check_engine(llm, reference) if reference else {}
         if check:
-            print(f"correctness [{label}] vs transformers: {_format_check(check)}", flush=True)
+            print(f"correctness [{label}] vs transformers: {format_check(check)}", flush=True)
         from shardserve import SamplingParams
 
         def generate(batch, n):
@@ -152,72 +153,6 @@ def _time_engine(generate, prompts, cfg: BenchConfig, reps: int) -> dict:
         generate(batch, 1)
         ttfts.append(time.perf_counter() - t0)
     return {"latencies_s": latencies, "ttfts_s": ttfts}
-
-
-# -- correctness ----------------------------------------------------------------------------------
-def _reference(baseline, prompt: list[int], n: int) -> dict:
-    tokens = baseline.generate([prompt], n)[0]
-    seq = prompt + tokens
-    reference = {"prompt": prompt, "tokens": tokens, "logits": baseline.logits(seq)}
-    if baseline.dtype != torch.float32:
-        reference["logits_fp32"] = baseline.logits_fp32(seq)
-    return reference
-
-
-def _check(llm, reference: dict) -> dict:
-    """Our per-position logits on the reference sequence, and our greedy tokens, vs transformers."""
-    from shardserve import SamplingParams
-    from shardserve.engine.request import Request
-
-    prompt, ref_tokens = reference["prompt"], reference["tokens"]
-    seq = prompt + ref_tokens
-    request = Request("bench-check", seq, SamplingParams())
-    block_manager = llm.scheduler.block_manager
-    assert block_manager.allocate(request, len(seq)), "no KV blocks for the check"
-    try:
-        ours = llm.executor.call("prompt_logits", seq, request.block_ids)
-    finally:
-        block_manager.free(request)
-    summary = compare_logits(ours, reference["logits"])
-    if "logits_fp32" in reference:
-        summary |= judge_against_fp32(ours, reference["logits"], reference["logits_fp32"], summary["passed"])
-    n = len(ref_tokens)
-    params = SamplingParams(max_new_tokens=n, min_new_tokens=n, temperature=0.0)
-    greedy = llm.generate([prompt], params)[0].token_ids
-    agree = next((i for i, (a, b) in enumerate(zip(greedy, ref_tokens, strict=True)) if a != b), n)
-    return summary | {"greedy_agree": agree, "greedy_of": n}
-
-
-def compare_logits(ours: torch.Tensor, ref: torch.Tensor) -> dict:
-    """Cosine per position (float64) and argmax agreement of two [T, vocab] logit tensors."""
-    ours, ref = ours.double(), ref.double()
-    cos = torch.nn.functional.cosine_similarity(ours, ref, dim=-1)
-    return {
-        "min_cosine": float(cos.min()),
-        "mean_cosine": float(cos.mean()),
-        "argmax_agree": float((ours.argmax(-1) == ref.argmax(-1)).double().mean()),
-        "positions": int(ours.shape[0]),
-        "passed": bool(cos.min() >= 0.999),
-    }
-
-
-def judge_against_fp32(ours: torch.Tensor, half: torch.Tensor, fp32: torch.Tensor, passed: bool) -> dict:
-    """Half precision alone moves logits: judge ours against transformers' float32 logits next to
-    transformers' own half-precision ones, and pass (besides `passed`, the plain check) when ours
-    is no further from float32 (min cosine) than transformers' half precision is. NaN fails."""
-    ours32 = compare_logits(ours, fp32)["min_cosine"]
-    hf32 = compare_logits(half, fp32)["min_cosine"]
-    return {"min_cosine_vs_fp32": ours32, "hf_min_cosine_vs_fp32": hf32, "passed": passed or ours32 >= hf32}
-
-
-def _format_check(c: dict) -> str:
-    verdict = "PASS" if c["passed"] else "FAIL"
-    text = (f"{verdict} min cosine {c['min_cosine']:.5f} (mean {c['mean_cosine']:.5f}) over {c['positions']} "
-            f"positions, argmax agree {c['argmax_agree']:.0%}, greedy agree {c['greedy_agree']}/{c['greedy_of']}")
-    if "min_cosine_vs_fp32" in c:
-        text += (f"; vs float32 transformers: ours {c['min_cosine_vs_fp32']:.5f}, "
-                 f"transformers' own half precision {c['hf_min_cosine_vs_fp32']:.5f}")
-    return text
 
 
 # -- model and bytes ------------------------------------------------------------------------------
