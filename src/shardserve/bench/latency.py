@@ -3,8 +3,9 @@ weights, same prompts, one invocation, so the ratios are fair.
 
 Order of a run: measure the GPU's copy bandwidth; load the baseline and take its reference
 (greedy tokens and per-position logits for one prompt); load our engine (load and warm-up timed
-apart) and print its correctness against that reference (bench/correctness.py); then time our engine variants and the
-baseline (latency of the whole batch, and time to first token from max_new_tokens=1 runs).
+apart) and print its correctness against that reference (bench/correctness.py); then time our
+engine variants and the baseline (latency of the whole batch, and time to first token from
+max_new_tokens=1 runs).
 """
 
 from __future__ import annotations
