@@ -108,11 +108,12 @@ LEAVE_TIMEOUT_S = 30.0
 
 
 def leave_group(control) -> None:
-    """Every rank leaves together, and rank 0 last: its process hosts the rendezvous store, and
-    a rank still tearing down its NCCL group polls that store from the heartbeat thread, logging
-    a stack trace for each poll that finds it gone (such traces came from ranks 2-3 in TP4
-    benchmark logs, with rank 0 leaving right after the barrier). So each other rank reports through the store once its group is destroyed, and rank
-    0 waits for those reports (`wait_for_peers_to_leave`).
+    """Every rank leaves together, and rank 0 last: its process hosts the rendezvous store, and a
+    rank still tearing down its NCCL group polls that store from the heartbeat thread, logging a
+    stack trace for each poll that finds it gone (such traces came from ranks 2-3 in TP4
+    benchmark logs, with rank 0 leaving right after the barrier). So each other rank reports
+    through the store once its group is destroyed, and rank 0 waits for those reports
+    (`wait_for_peers_to_leave`).
     The barrier's work handle is kept: otherwise the gloo thread that ran it may drop the last
     reference to its tensor after this process has begun to exit, and freeing a tensor's Python
     object from that thread then aborts the process ("terminate called without an active

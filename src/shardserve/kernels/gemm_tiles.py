@@ -48,8 +48,8 @@ def program_tiles(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: t
 @triton.jit
 def store_tile(acc, rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om,
                QUANTIZED: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr):
-    """acc [BLOCK_M, BLOCK_N] float32 -> out (+)= acc (* scale) (+ bias where pid_k, the first of
-    the program's K tiles or splits, is 0)."""
+    """acc [BLOCK_M, BLOCK_N] float32 -> out (+)= acc (* scale) (+ bias from the first K split,
+    pid_k 0)."""
     if QUANTIZED:
         acc = acc * tl.load(scale_ptr + rn, mask=n_mask, other=0.0)[None, :]
     if HAS_BIAS:
