@@ -50,12 +50,14 @@ class SymmMemAllReduce:
         # One byte buffer mapped by every rank; the kernel views it as the input's dtype.
         self.buffer = symm_mem.empty(max_bytes, dtype=torch.uint8, device=device)
         self.handle = symm_mem.rendezvous(self.buffer, group)
-        # world int32 flag slots per program, then the split barrier's world done counters
-        self.max_programs = (self.handle.signal_pad_size // 4 - world) // world
-        self.fuse_norm, self.split = fuse_norm, split_barrier
-        from shardserve.parallel.one_shot_kernel import one_shot_all_reduce  # needs Triton
+        from shardserve.parallel.one_shot_kernel import (  # needs Triton
+            one_shot_all_reduce,
+            pad_programs,
+        )
         from shardserve.parallel.reduce_norm_kernel import reduce_add_norm
 
+        self.max_programs = pad_programs(self.handle.signal_pad_size, world)
+        self.fuse_norm, self.split = fuse_norm, split_barrier
         self._kernel, self._norm_kernel = one_shot_all_reduce, reduce_add_norm
 
     def _takes(self, x: torch.Tensor) -> bool:

@@ -149,7 +149,18 @@ def _one_shot_kernel(x_ptr, out_ptr, buffer_ptrs, signal_pads, numel, done_slot,
         _meet_peers(signal_pads, pid, RANK, WORLD, "relaxed")  # only our reads must precede
 
 
-def one_shot_all_reduce(x: torch.Tensor, handle, max_programs: int, split: bool = True) -> torch.Tensor:
+def pad_programs(signal_pad_size: int, world: int) -> int:
+    """How many programs the signal pads have room for: world int32 flag slots per program, and
+    after all of them the split barrier's world done counters (`done_offset`)."""
+    return (signal_pad_size // 4 - world) // world
+
+
+def done_offset(handle, max_programs: int) -> int:
+    """The int32 offset of the done counters in each signal pad: after the flag slots."""
+    return max_programs * handle.world_size
+
+
+def one_shot_all_reduce(x: torch.Tensor, handle, max_programs: int, split: bool) -> torch.Tensor:
     """Sum of the contiguous x over the ranks of `handle` (a symmetric-memory rendezvous of a
     buffer of at least x.nbytes; power-of-two world size), as a new tensor. At most
     `max_programs` programs: each uses world_size slots of the signal pads; with `split` (the
@@ -158,6 +169,6 @@ def one_shot_all_reduce(x: torch.Tensor, handle, max_programs: int, split: bool 
     block = CHUNK_BYTES // x.element_size()
     grid = (max(1, min(triton.cdiv(x.numel(), block), max_programs)),)
     _one_shot_kernel[grid](x, out, handle.buffer_ptrs_dev, handle.signal_pad_ptrs_dev, x.numel(),
-                           max_programs * handle.world_size, RANK=handle.rank, WORLD=handle.world_size, BLOCK=block,
+                           done_offset(handle, max_programs), RANK=handle.rank, WORLD=handle.world_size, BLOCK=block,
                            SPLIT=split, num_warps=4, **pdl_args(x))
     return out

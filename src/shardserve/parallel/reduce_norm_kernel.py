@@ -29,7 +29,12 @@ from shardserve.kernels import norm_row_launch
 from shardserve.kernels.layer_norm import _layer_norm_row
 from shardserve.kernels.pdl import pdl_args, pdl_entry
 from shardserve.kernels.rms_norm import _rms_norm_row
-from shardserve.parallel.one_shot_kernel import _meet_peers, _signal_done, _wait_peers_done
+from shardserve.parallel.one_shot_kernel import (
+    _meet_peers,
+    _signal_done,
+    _wait_peers_done,
+    done_offset,
+)
 
 
 @triton.jit
@@ -82,7 +87,7 @@ def _reduce_norm_kernel(x_ptr, res_ptr, w_ptr, b_ptr, out_ptr, res_out_ptr, buff
 
 
 def reduce_add_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
-                    bias: torch.Tensor | None, eps: float, handle, max_programs: int, split: bool = True):
+                    bias: torch.Tensor | None, eps: float, handle, max_programs: int, split: bool):
     """x [T, dim] contiguous, this rank's partial sum; s = the sum of x over the ranks of `handle`
     (a symmetric-memory rendezvous of a buffer of at least x.nbytes; power-of-two world size)
     plus residual [T, dim] (contiguous) when given. -> (norm(s), s), new contiguous
@@ -97,7 +102,7 @@ def reduce_add_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torc
     block, num_warps = norm_row_launch(dim)
     _reduce_norm_kernel[(min(rows, max_programs),)](
         x, res, weight, weight if bias is None else bias, out, res_out, handle.buffer_ptrs_dev,
-        handle.signal_pad_ptrs_dev, rows, dim, eps, max_programs * handle.world_size, RANK=handle.rank,
+        handle.signal_pad_ptrs_dev, rows, dim, eps, done_offset(handle, max_programs), RANK=handle.rank,
         WORLD=handle.world_size, RMS=bias is None, HAS_RESIDUAL=residual is not None, BLOCK=block, SPLIT=split,
         num_warps=num_warps, **pdl_args(x),
     )
