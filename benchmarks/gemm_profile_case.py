@@ -12,12 +12,14 @@ stall reasons, which the sections above only summarise, add
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).parent))
+import torch  # noqa: E402
+from gpu_single import weight_copies  # noqa: E402
 
-from shardserve.kernels.gemm_kernels import KernelConfig, run_config
-from shardserve.kernels.tuned_gemm import _dot_rows
-from shardserve.kernels.weight_formats import quantize_rows
+from shardserve.kernels.gemm_kernels import KernelConfig, run_config  # noqa: E402
+from shardserve.kernels.tuned_gemm import _dot_rows  # noqa: E402
 
 if __name__ == "__main__":
     rows, n, k, fmt, block_n, block_k, split = sys.argv[1:8]
@@ -25,12 +27,8 @@ if __name__ == "__main__":
     block_m, stages = _dot_rows(rows)
     cfg = KernelConfig(block_m, block_n, block_k, split, num_stages=stages, swap_ab="swap" in sys.argv[8:])
     x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
-    qdtype = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}.get(fmt)
-    weights = []
-    for _ in range(4):
-        w = torch.randn(n, k, device="cuda")
-        weights.append((w.bfloat16(), None) if qdtype is None else quantize_rows(w, qdtype))
-        del w
+    wdtype = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}.get(fmt, torch.bfloat16)
+    weights = weight_copies(n, k, torch.bfloat16, wdtype)
     for i in range(16):
         weight, scale = weights[i % 4]
         run_config(cfg, x, weight, scale, None)

@@ -49,6 +49,20 @@ def graph_time_us(fn, calls: int = 20) -> float:
     return sorted(samples)[4]
 
 
+def weight_copies(n: int, k: int, act_dtype: torch.dtype, weight_dtype: torch.dtype, copies: int = 4) -> list:
+    """`copies` random [n, k] weights as the decode GEMMs take them, (weight, scale): 16-bit in
+    act_dtype (scale None) or 8-bit with per-row scales. Calls that rotate over them read every
+    weight from HBM, as a decode step does."""
+    from shardserve.kernels.weight_formats import quantize_rows
+
+    out = []
+    for _ in range(copies):
+        w = torch.randn(n, k, device="cuda")
+        out.append((w.to(act_dtype), None) if weight_dtype == act_dtype else quantize_rows(w, weight_dtype))
+        del w
+    return out
+
+
 def decode_kernel_times():
     """Decode attention at Llama-3-8B shapes, in graphs: microseconds, KV GB/s, splits vs none."""
     from shardserve.kernels.paged_decode import paged_decode_attention

@@ -18,12 +18,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
-from gpu_single import graph_time_us  # noqa: E402
+from gpu_single import graph_time_us, weight_copies  # noqa: E402
 
 from shardserve.kernels import pdl  # noqa: E402
 from shardserve.kernels.gemm_kernels import KernelConfig, run_config  # noqa: E402
 from shardserve.kernels.pdl import pdl_args, pdl_entry  # noqa: E402
-from shardserve.kernels.weight_formats import quantize_rows  # noqa: E402
 
 CASES = {  # name: (rows, N, K, weight format, the tuner's config on an H200)
     "llama8b-gate_up-bf16-1row": (1, 28672, 4096, torch.bfloat16, KernelConfig(16, 64, 128, 1, swap_ab=True)),
@@ -55,11 +54,7 @@ def spin(x: torch.Tensor, us: float) -> None:
 def case(rows, n, k, wdtype, cfg) -> dict:
     dtype = torch.bfloat16 if wdtype == torch.int8 else wdtype
     x = torch.randn(rows, k, device="cuda", dtype=dtype)
-    weights = []
-    for _ in range(4):
-        w = torch.randn(n, k, device="cuda")
-        weights.append((w.to(dtype), None) if wdtype == dtype else quantize_rows(w, wdtype))
-        del w
+    weights = weight_copies(n, k, dtype, wdtype)
     turn = itertools.count()
 
     def pair(window: float) -> None:
