@@ -127,29 +127,35 @@ def kernel_times(sweep: bool = False) -> dict:
 
 
 # -- end to end latency ---------------------------------------------------------------------------
-def _bench(model: str, tp: int, batch: int, reps: int, check_tokens: int, variants: dict) -> dict:
+def _bench(model: str, tp: int, batch: int, reps: int, check_tokens: int, variants: dict,
+           profile: bool = False) -> dict:
     """run_bench for our engine's variants (bandwidth utilisation counts the bytes each variant
-    really reads: 8-bit linear weights + scales, model-dtype rest)."""
+    really reads: 8-bit linear weights + scales, model-dtype rest); profile: one more batch of
+    each under the profiler, into $OUT/profile/<variant>/."""
     from shardserve.bench.latency import BenchConfig, run_bench
 
     cfg = BenchConfig(model=model, random_weights=True, tp=tp, batch=batch, prompt_len=32, new_tokens=256,
                       reps=reps, engines=("tp",), dtype="bf16", check_tokens=check_tokens, out_dir=OUT / model,
-                      variants=variants)
+                      variants=variants, profile_dir=OUT / "profile" if profile else None)
     results, context = run_bench(cfg)
     return {"copy_GBps": context["copy_bandwidth_GBps"], "correctness": context.get("correctness"),
             "variants": {r.engine: r.summary() | {"load_s": r.load_s, "warmup_s": r.warmup_s} for r in results}}
 
 
-def llama8b(ablations: bool) -> dict:
+def llama8b(ablations: bool, early: bool = False, profile: bool = False) -> dict:
     formats = {"bf16": {}, "int8": {"quantization": "int8"}, "fp8": {"quantization": "fp8"}}
     variants = dict(formats)
+    if early:  # the decode GEMMs' first weight tile loaded before their PDL wait (kernels/pdl.py)
+        variants |= {f"{name}-early": spec | {"extra": {"early_weight_loads": True}} for name, spec in formats.items()}
     if ablations:  # each format without programmatic dependent launch (kernels/pdl.py); asynchronous
         # scheduling off; the fused kernels and tuned decode GEMMs off
         variants |= {f"{name}-no-pdl": spec | {"extra": {"pdl": False}} for name, spec in formats.items()}
         variants |= {"bf16-sync": {"async_scheduling": False}, "bf16-unfused": {"extra": {"fused_kernels": False}}}
-    out = _bench("llama-3-8b", tp=1, batch=1, reps=3, check_tokens=16, variants=variants)
+    out = _bench("llama-3-8b", tp=1, batch=1, reps=3, check_tokens=16, variants=variants, profile=profile)
     step = {k: v["decode_ms_per_step"] for k, v in out["variants"].items()}
     out["decode_speedup_vs_bf16"] = {q: step["bf16"] / step[q] for q in ("int8", "fp8")}
+    if early:
+        out["decode_speedup_vs_bf16"] |= {f"{q}-early": step["bf16-early"] / step[f"{q}-early"] for q in ("int8", "fp8")}
     print("decode speed-up vs bf16 (target >= 1.6):", out["decode_speedup_vs_bf16"], flush=True)
     return out
 
@@ -172,6 +178,10 @@ if __name__ == "__main__":
     parser.add_argument("--skip-tests", action="store_true", help="--part kernels: no GPU tests first")
     parser.add_argument("--skip-sweep", action="store_true", help="--part kernels: no batch-1 sweep")
     parser.add_argument("--ablations", action="store_true", help="--part llama8b: also bf16 sync and unfused")
+    parser.add_argument("--early", action="store_true",
+                        help="--part llama8b: also each format with the GEMMs' early weight loads")
+    parser.add_argument("--profile", action="store_true",
+                        help="--part llama8b: each variant's kernels under the profiler ($OUT/profile)")
     parser.add_argument("--two-barriers", action="store_true",
                         help="--part bloom176b: also int8 with the all-reduce kernels' second barrier")
     args = parser.parse_args()
@@ -190,5 +200,5 @@ if __name__ == "__main__":
     elif args.part == "bloom176b":
         stage(f"bloom176b_tp{args.tp}", lambda: bloom176b(args.tp, args.two_barriers), 60, DEADLINE)
     else:
-        stage("llama8b", lambda: llama8b(args.ablations), 60, DEADLINE)
+        stage("llama8b", lambda: llama8b(args.ablations, args.early, args.profile), 60, DEADLINE)
     finish()
