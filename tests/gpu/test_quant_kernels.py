@@ -3,8 +3,7 @@ reference on random inputs (int8 and fp8 weights, fp16 and bf16 activations, dec
 shapes, forced tilings, every config the tuner may pick, the tuned choice itself),
 inside a CUDA graph, the quantised layers' (and untied LM heads') choice of path, and FP8
 torch._scaled_mm on Hopper; the early weight loads (16-bit weights too). 16-bit weights:
-test_dense_kernels.py; input activations fused into
-the matmul: test_act_gemm_kernels.py."""
+test_dense_kernels.py; input activations fused into the matmul: test_act_gemm_kernels.py."""
 
 from __future__ import annotations
 
