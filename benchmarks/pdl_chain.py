@@ -1,9 +1,8 @@
 """What programmatic dependent launch (kernels/pdl.py) does to the decode GEMMs. One GPU,
 CUDA-graph replay of 16 (window, GEMM) pairs on four rotating weights: the window is a one-program
 kernel that spins for W us (standing in for an all-reduce's barrier waits or attention's small
-kernels), launched like the engine's kernels. Per variant (PDL off / on / on with the GEMMs'
-early weight loads) and window (0: GEMMs back to back, 10 us): us per pair, and a window-only
-chain. (Commit fa552c9 also had the GEMMs'
+kernels), launched like the engine's kernels. Per variant (PDL off / on) and window (0: GEMMs
+back to back, 10 us): us per pair, and a window-only chain. (Commit fa552c9 also had the GEMMs'
 trigger at their start as a variant: benchmarks/RESULTS.md.) Run on the device:
 PYTHONPATH=src python3 benchmarks/pdl_chain.py"""
 
@@ -28,13 +27,11 @@ from shardserve.kernels.pdl import pdl_args, pdl_entry  # noqa: E402
 CASES = {  # name: (rows, N, K, weight format, the tuner's config on an H200)
     "llama8b-gate_up-bf16-1row": (1, 28672, 4096, torch.bfloat16, KernelConfig(16, 64, 128, 1, swap_ab=True)),
     "llama8b-gate_up-int8-1row": (1, 28672, 4096, torch.int8, KernelConfig(1, 32, 256, 1, kernel="gemv")),
-    "llama8b-qkv-int8-1row": (1, 6144, 4096, torch.int8, KernelConfig(1, 16, 512, 1, kernel="gemv")),
-    "llama8b-o-int8-1row": (1, 4096, 4096, torch.int8, KernelConfig(1, 16, 512, 1, kernel="gemv")),
     "opt30b-tp4-qkv-fp16-4rows": (4, 5376, 7168, torch.float16, KernelConfig(16, 64, 256, 1, swap_ab=True)),
     "opt30b-tp4-fc1-fp16-4rows": (4, 7168, 7168, torch.float16, KernelConfig(16, 64, 256, 1, swap_ab=True)),
     "bloom-tp4-fc1-int8-4rows": (4, 14336, 14336, torch.int8, KernelConfig(16, 64, 256, 1)),
 }
-VARIANTS = {"off": (False, False), "on": (True, False), "early": (True, True)}  # (PDL, early weights)
+VARIANTS = {"off": False, "on": True}
 
 
 @triton.jit
@@ -66,8 +63,8 @@ def case(rows, n, k, wdtype, cfg) -> dict:
         run_config(cfg, x, *weights[next(turn) % 4], None)
 
     out = {}
-    for name, (on, early) in VARIANTS.items():
-        pdl.set_pdl(on, early_weights=early)
+    for name, on in VARIANTS.items():
+        pdl.set_pdl(on)
         for window in (0, 10):
             out[f"{name} window {window}"] = graph_time_us(lambda w=window: pair(w), calls=16)
         out[f"{name} window only"] = graph_time_us(lambda: spin(x, 10), calls=16)

@@ -142,11 +142,9 @@ def _bench(model: str, tp: int, batch: int, reps: int, check_tokens: int, varian
             "variants": {r.engine: r.summary() | {"load_s": r.load_s, "warmup_s": r.warmup_s} for r in results}}
 
 
-def llama8b(ablations: bool, early: bool = False, profile: bool = False) -> dict:
+def llama8b(ablations: bool, profile: bool = False) -> dict:
     formats = {"bf16": {}, "int8": {"quantization": "int8"}, "fp8": {"quantization": "fp8"}}
     variants = dict(formats)
-    if early:  # the decode GEMMs' first weight tile loaded before their PDL wait (kernels/pdl.py)
-        variants |= {f"{name}-early": spec | {"extra": {"early_weight_loads": True}} for name, spec in formats.items()}
     if ablations:  # each format without programmatic dependent launch (kernels/pdl.py); asynchronous
         # scheduling off; the fused kernels and tuned decode GEMMs off
         variants |= {f"{name}-no-pdl": spec | {"extra": {"pdl": False}} for name, spec in formats.items()}
@@ -154,8 +152,6 @@ def llama8b(ablations: bool, early: bool = False, profile: bool = False) -> dict
     out = _bench("llama-3-8b", tp=1, batch=1, reps=3, check_tokens=16, variants=variants, profile=profile)
     step = {k: v["decode_ms_per_step"] for k, v in out["variants"].items()}
     out["decode_speedup_vs_bf16"] = {q: step["bf16"] / step[q] for q in ("int8", "fp8")}
-    if early:
-        out["decode_speedup_vs_bf16"] |= {f"{q}-early": step["bf16-early"] / step[f"{q}-early"] for q in ("int8", "fp8")}
     print("decode speed-up vs bf16 (target >= 1.6):", out["decode_speedup_vs_bf16"], flush=True)
     return out
 
@@ -178,8 +174,6 @@ if __name__ == "__main__":
     parser.add_argument("--skip-tests", action="store_true", help="--part kernels: no GPU tests first")
     parser.add_argument("--skip-sweep", action="store_true", help="--part kernels: no batch-1 sweep")
     parser.add_argument("--ablations", action="store_true", help="--part llama8b: also bf16 sync and unfused")
-    parser.add_argument("--early", action="store_true",
-                        help="--part llama8b: also each format with the GEMMs' early weight loads")
     parser.add_argument("--profile", action="store_true",
                         help="--part llama8b: each variant's kernels under the profiler ($OUT/profile)")
     parser.add_argument("--two-barriers", action="store_true",
@@ -200,5 +194,5 @@ if __name__ == "__main__":
     elif args.part == "bloom176b":
         stage(f"bloom176b_tp{args.tp}", lambda: bloom176b(args.tp, args.two_barriers), 60, DEADLINE)
     else:
-        stage("llama8b", lambda: llama8b(args.ablations, args.early, args.profile), 60, DEADLINE)
+        stage("llama8b", lambda: llama8b(args.ablations, args.profile), 60, DEADLINE)
     finish()

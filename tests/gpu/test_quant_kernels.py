@@ -2,8 +2,8 @@
 reference on random inputs (int8 and fp8 weights, fp16 and bf16 activations, decode and prefill
 shapes, forced tilings, every config the tuner may pick, the tuned choice itself),
 inside a CUDA graph, the quantised layers' (and untied LM heads') choice of path, and FP8
-torch._scaled_mm on Hopper; the early weight loads (16-bit weights too). 16-bit weights:
-test_dense_kernels.py; input activations fused into the matmul: test_act_gemm_kernels.py."""
+torch._scaled_mm on Hopper. 16-bit weights: test_dense_kernels.py; input activations fused into
+the matmul: test_act_gemm_kernels.py."""
 
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ from helpers.quant_cases import (
     OTHER_PATHS,
     SHAPES,
     TOL,
-    check_early_weights,
     check_kernel,
     make_case,
     relative_error,
@@ -64,17 +63,6 @@ def test_every_tuning_candidate_matches_reference(shape, dtype, qdtype):
     m, n, k = shape
     for config in candidates(m, n, k, sms()):
         check_kernel(m, n, k, qdtype, dtype, "cuda", config=config, tol=TOL[dtype], bias=m % 2 == 1)
-
-
-@pytest.mark.parametrize("qdtype", [None, *QDTYPES])
-@pytest.mark.parametrize("m", [1, 4])
-def test_early_weight_loads_give_the_same_bits(m, qdtype):
-    """The tuner's kernel candidates for a Llama-3-8B qkv shape (16-bit weights included: the
-    swapped dot), three at most to bound compile time, with PDL where the GPU has it (the
-    interpreter test covers input activations)."""
-    configs = [c for c in candidates(m, 6144, 4096, sms(), qdtype or torch.bfloat16) if c.kernel != "cublas"]
-    check_early_weights(m, 6144, 4096, qdtype, torch.bfloat16, "cuda", configs[-3:], capability() >= (9, 0),
-                        TOL[torch.bfloat16], act=False)
 
 
 @pytest.mark.parametrize("qdtype", QDTYPES)

@@ -69,28 +69,3 @@ def check_kernel(m, n, k, qdtype, dtype, device, config: KernelConfig | None = N
     err = relative_error(out, ref)
     assert err < tol, f"{(m, n, k, qdtype, dtype, config)}: relative error {err:.2e} >= {tol:.0e}"
     return err
-
-
-def check_early_weights(m, n, k, qdtype, dtype, device, configs, pdl_on: bool, tol: float, act: bool = True) -> None:
-    """kernels/pdl.py's early weight loads (the K loop's first weight load peeled ahead of the PDL
-    wait) against the plain loop, every config (act: also with a gated input activation): the
-    same bits, and within tol of the float32 reference. pdl_on: launched with PDL (a GPU from
-    Hopper on), so the peeled load really runs before griddepcontrol.wait."""
-    from shardserve.kernels import pdl
-
-    x, w, scale, bias = make_case(m, n, k, qdtype, dtype, device)
-    gate_up = torch.randn(m, 2 * k, generator=torch.Generator().manual_seed(1)).to(x)
-    try:
-        for config in configs:
-            outs = []
-            for early in (False, True):
-                pdl.set_pdl(pdl_on, early_weights=early)
-                outs.append([tuned_linear(x, w, scale, bias, config=config)])
-                if act:
-                    outs[-1].append(tuned_linear(gate_up, w, scale, bias, config=config, input_act="silu_and_mul"))
-            for plain, peeled in zip(*outs):
-                assert torch.equal(plain, peeled), config
-            err = relative_error(outs[1][0], linear_reference(x.float(), w, scale, bias.float()))
-            assert err < tol, f"{config}: relative error {err:.2e}"
-    finally:
-        pdl.set_pdl(False)

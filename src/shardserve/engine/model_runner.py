@@ -65,9 +65,7 @@ class ModelRunner:
         # what the small fused kernels (norm, rotary, SiLU-mul) buy.
         self.fused_kernels = backend == "triton" and config.extra.get("fused_kernels", True)
         set_fused_kernels(self.fused_kernels)
-        # kernels/pdl.py: launches overlap their predecessor's tail; early weight loads: the decode
-        # GEMMs' first weight tile loads before they wait for their predecessor.
-        set_pdl(config.extra.get("pdl", True), early_weights=config.extra.get("early_weight_loads", False))
+        set_pdl(config.extra.get("pdl", True))  # kernels/pdl.py: launches overlap their predecessor's tail
         # Decode CUDA graphs need kernels that read no per-step host values (triton backend).
         self.use_cuda_graphs = device.type == "cuda" and backend == "triton" and not config.enforce_eager
         self.cuda_graphs: DecodeGraphs | None = None

@@ -63,12 +63,11 @@ if _has_triton:
     from shardserve.kernels.gemm_tiles import (
         activation_tile,
         dot_k_tiles,
-        load_weight_k_tile,
         program_tiles,
         store_tile,
         weight_tile,
     )
-    from shardserve.kernels.pdl import gemm_pdl_args, pdl_launch_dependents, pdl_wait
+    from shardserve.kernels.pdl import pdl_args, pdl_launch_dependents, pdl_wait
     from shardserve.kernels.weight_convert import dequantize_fast
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -141,28 +140,18 @@ if _has_triton:
         QUANTIZED: tl.constexpr, W_FP8: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
         ACT: tl.constexpr, GATED: tl.constexpr, SWAP_AB: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
-        PDL: tl.constexpr, EARLY_WEIGHTS: tl.constexpr,
+        PDL: tl.constexpr,
     ):
+        pdl_wait(PDL)  # the successor launches after the main loop (kernels/pdl.py says why)
         rm, rn, rk, m_mask, n_mask, pid_k = program_tiles(M, N, BLOCK_M, BLOCK_N, BLOCK_K)
         x_rows = x_ptr + rm.to(tl.int64)[:, None] * stride_xm  # [BLOCK_M, 1]
         w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
         k_first = pid_k * k_iters
-        w_first = 0
-        if EARLY_WEIGHTS:  # weights are no predecessor's output (kernels/pdl.py)
-            w_first = load_weight_k_tile(w_rows, k_first, rk, n_mask, K, BLOCK_K)
-        pdl_wait(PDL)  # the successor launches after the main loop (kernels/pdl.py says why)
-        acc = dot_k_tiles(x_rows, w_rows, rk, m_mask, n_mask, k_first, k_first + k_iters, K, w_first, QUANTIZED,
-                          W_FP8, ACT, GATED, SWAP_AB, EARLY_WEIGHTS, BLOCK_M, BLOCK_N, BLOCK_K, NUM_STAGES)
+        acc = dot_k_tiles(x_rows, w_rows, rk, m_mask, n_mask, k_first, k_first + k_iters, K, QUANTIZED, W_FP8,
+                          ACT, GATED, SWAP_AB, BLOCK_M, BLOCK_N, BLOCK_K, NUM_STAGES)
         pdl_launch_dependents(PDL)
         store_tile(acc, rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om,
                    QUANTIZED, HAS_BIAS, ATOMIC)
-
-    @triton.jit
-    def _gemv_k_tile(acc, x_rows, w, kk, m_mask, K, QUANTIZED: tl.constexpr, W_FP8: tl.constexpr,
-                     ACT: tl.constexpr, GATED: tl.constexpr):
-        """acc + x's tile at K lanes kk times w, their loaded weights, elementwise in float32."""
-        x = activation_tile(x_rows + kk, m_mask[:, None, None] & (kk < K), K, ACT, GATED).to(tl.float32)
-        return acc + x * weight_tile(w, QUANTIZED, W_FP8, tl.float32)
 
     @triton.jit(do_not_specialize=["M", "k_iters"])
     def _gemv_kernel(
@@ -170,31 +159,23 @@ if _has_triton:
         QUANTIZED: tl.constexpr, W_FP8: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
         ACT: tl.constexpr, GATED: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
-        PDL: tl.constexpr, EARLY_WEIGHTS: tl.constexpr,
+        PDL: tl.constexpr,
     ):
+        pdl_wait(PDL)  # the successor launches after the main loop (kernels/pdl.py says why)
         rm, rn, rk, m_mask, n_mask, pid_k = program_tiles(M, N, BLOCK_M, BLOCK_N, BLOCK_K)
         x_rows = x_ptr + rm.to(tl.int64)[:, None, None] * stride_xm  # [BLOCK_M, 1, 1]
         w_rows = w_ptr + rn.to(tl.int64)[None, :, None] * stride_wn  # [1, BLOCK_N, 1]
-        w_mask = n_mask[None, :, None]
-        k_start = pid_k * (k_iters * BLOCK_K)
-        first = 0
-        w_first = 0
-        if EARLY_WEIGHTS:  # weights are no predecessor's output (kernels/pdl.py)
-            kk = (k_start + rk)[None, None, :]
-            w_first = tl.load(w_rows + kk, mask=w_mask & (kk < K), other=0)
-            first = 1
-        pdl_wait(PDL)  # the successor launches after the main loop (kernels/pdl.py says why)
         # One float32 product sum per (row, output, k lane): plain FMAs in the loop, a single
         # cross-thread reduction over K after it.
         acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
-        if EARLY_WEIGHTS:
-            acc = _gemv_k_tile(acc, x_rows, w_first, (k_start + rk)[None, None, :], m_mask, K, QUANTIZED, W_FP8,
-                               ACT, GATED)
+        k_start = pid_k * (k_iters * BLOCK_K)
         # An explicit num_stages: without it Triton does not pipeline loads that feed no tl.dot.
-        for i in tl.range(first, k_iters, num_stages=NUM_STAGES):
+        for i in tl.range(0, k_iters, num_stages=NUM_STAGES):
             kk = (k_start + i * BLOCK_K + rk)[None, None, :]
-            w = tl.load(w_rows + kk, mask=w_mask & (kk < K), other=0)
-            acc = _gemv_k_tile(acc, x_rows, w, kk, m_mask, K, QUANTIZED, W_FP8, ACT, GATED)
+            k_mask = kk < K
+            x = activation_tile(x_rows + kk, m_mask[:, None, None] & k_mask, K, ACT, GATED).to(tl.float32)
+            w = tl.load(w_rows + kk, mask=n_mask[None, :, None] & k_mask, other=0)
+            acc += x * weight_tile(w, QUANTIZED, W_FP8, tl.float32)
         pdl_launch_dependents(PDL)
         store_tile(tl.sum(acc, axis=2), rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr, stride_om,
                    QUANTIZED, HAS_BIAS, ATOMIC)
@@ -226,7 +207,7 @@ def run_config(cfg: KernelConfig, x2: torch.Tensor, weight: torch.Tensor, scale:
         strides = (x2.stride(0), weight.stride(0), out.stride(0))
         meta = dict(QUANTIZED=quantized, W_FP8=weight.dtype == torch.float8_e4m3fn, HAS_BIAS=bias is not None,
                     ACT=act, GATED=gated, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                    NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **gemm_pdl_args(x2))
+                    NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x2))
         k_iters = -(-k // (cfg.block_k * cfg.split_k))  # K tiles per split (the last may be short)
         grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), cfg.split_k)
         kernel, variant = (_gemv_kernel, {}) if cfg.kernel == "gemv" else (_gemm_kernel, {"SWAP_AB": cfg.swap_ab})

@@ -64,47 +64,28 @@ def store_tile(acc, rm, rn, m_mask, n_mask, pid_k, scale_ptr, bias_ptr, out_ptr,
 
 
 @triton.jit
-def load_weight_k_tile(w_rows, i, rk, n_mask, K, BLOCK_K: tl.constexpr):
-    """The [BLOCK_N, BLOCK_K] weight tile of K tile i as stored (past K: 0, also +0 in fp8 bits)."""
-    kk = i * BLOCK_K + rk
-    return tl.load(w_rows + kk[None, :], mask=n_mask[:, None] & (kk < K)[None, :], other=0)
-
-
-@triton.jit
-def dot_k_tile(acc, x_rows, w, i, rk, m_mask, K, QUANTIZED: tl.constexpr, W_FP8: tl.constexpr,
-               ACT: tl.constexpr, GATED: tl.constexpr, SWAP_AB: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc + the activation tile of K tile i times w, its loaded weight tile, on tensor cores
-    (acc transposed with SWAP_AB)."""
-    kk = i * BLOCK_K + rk
-    x = activation_tile(x_rows + kk[None, :], m_mask[:, None] & (kk < K)[None, :], K, ACT, GATED)
-    # 16-bit weights as loaded, 8-bit ones converted exactly to the activation dtype.
-    w = weight_tile(w, QUANTIZED, W_FP8, x.dtype)
-    if SWAP_AB:
-        acc = tl.dot(w, tl.trans(x), acc)
-    else:
-        acc = tl.dot(x, tl.trans(w), acc)
-    return acc
-
-
-@triton.jit
-def dot_k_tiles(x_rows, w_rows, rk, m_mask, n_mask, k_first, k_last, K, w_first,
+def dot_k_tiles(x_rows, w_rows, rk, m_mask, n_mask, k_first, k_last, K,
                 QUANTIZED: tl.constexpr, W_FP8: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr,
-                SWAP_AB: tl.constexpr, EARLY_WEIGHTS: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr):
+                SWAP_AB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                NUM_STAGES: tl.constexpr):
     """[BLOCK_M, BLOCK_N] float32 sum over K tiles [k_first, k_last) (past K: masked) of the
-    activation tile times the weight tile, on tensor cores. EARLY_WEIGHTS: w_first is tile
-    k_first, loaded already (`load_weight_k_tile`), and the loop starts one tile later."""
+    activation tile times the weight tile, on tensor cores."""
     if SWAP_AB:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if EARLY_WEIGHTS:
-        acc = dot_k_tile(acc, x_rows, w_first, k_first, rk, m_mask, K, QUANTIZED, W_FP8, ACT, GATED, SWAP_AB,
-                         BLOCK_K)
-        k_first += 1
     for i in tl.range(k_first, k_last, num_stages=NUM_STAGES):
-        w = load_weight_k_tile(w_rows, i, rk, n_mask, K, BLOCK_K)
-        acc = dot_k_tile(acc, x_rows, w, i, rk, m_mask, K, QUANTIZED, W_FP8, ACT, GATED, SWAP_AB, BLOCK_K)
+        kk = i * BLOCK_K + rk
+        k_mask = kk < K
+        x = activation_tile(x_rows + kk[None, :], m_mask[:, None] & k_mask[None, :], K, ACT, GATED)
+        # [BLOCK_N, BLOCK_K] weights in the activation dtype: 16-bit ones as loaded, 8-bit ones
+        # converted exactly (fp8 comes as its int8 bits, so masked entries are +0 in either).
+        w = tl.load(w_rows + kk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
+        w = weight_tile(w, QUANTIZED, W_FP8, x.dtype)
+        if SWAP_AB:
+            acc = tl.dot(w, tl.trans(x), acc)
+        else:
+            acc = tl.dot(x, tl.trans(w), acc)
     if SWAP_AB:
         acc = tl.trans(acc)
     return acc

@@ -26,14 +26,7 @@ The engine turns it on for every decode-path kernel on GPUs of compute capabilit
 Llama-3-8B bf16 decode at batch 1 took 4.05 ms per step against 4.32 with the trigger at the
 start, and OPT-30B fp16 at TP4 5.41 against 5.63 (benchmarks/RESULTS.md). Kernels called
 directly (tests, tools) launch the ordinary way unless `set_pdl(True)`; Triton's interpreter (the
-CPU tests) never uses it.
-
-Early weight loads (`set_pdl(True, early_weights=True)`; engine: extra {"early_weight_loads":
-True}): a decode GEMM's programs load their first weight tile before the wait. A layer's weights
-are no predecessor's output in a decode step, so while a GEMM sits launched behind a norm or the
-attention, the first bytes of its weight stream are already on the way. Only where nothing that
-runs in the same PDL chain writes the weights (in the engine: loading and quantisation finish
-before the first decode step)."""
+CPU tests) never uses it."""
 
 from __future__ import annotations
 
@@ -44,12 +37,11 @@ import torch
 from shardserve.kernels import _has_triton
 
 _enabled = False
-_early_weights = False
 
 
-def set_pdl(enabled: bool, early_weights: bool = False) -> None:
-    global _enabled, _early_weights
-    _enabled, _early_weights = bool(enabled), bool(early_weights)
+def set_pdl(enabled: bool) -> None:
+    global _enabled
+    _enabled = bool(enabled)
 
 
 @functools.lru_cache(maxsize=16)
@@ -61,12 +53,6 @@ def pdl_args(x: torch.Tensor) -> dict:
     """The launch arguments of a kernel that takes `PDL: tl.constexpr`, for a launch on x's device."""
     on = _enabled and _has_gdc and x.is_cuda and _supported(x.device)
     return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
-
-
-def gemm_pdl_args(x: torch.Tensor) -> dict:
-    """`pdl_args` for the decode GEMM kernels, which also take `EARLY_WEIGHTS: tl.constexpr`: their
-    first weight tile loaded ahead of the wait (without PDL: the loop's first load, peeled)."""
-    return pdl_args(x) | {"EARLY_WEIGHTS": _early_weights}
 
 
 _has_gdc = False

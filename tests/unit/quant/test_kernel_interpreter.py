@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from helpers.markers import needs_interpreter
-from helpers.quant_cases import CONFIGS, SMALL_SHAPES, check_early_weights, check_kernel
-from shardserve.kernels.gemm_kernels import KernelConfig
+from helpers.quant_cases import CONFIGS, SMALL_SHAPES, check_kernel
 
 pytest.importorskip("triton")
 pytestmark = needs_interpreter
@@ -27,12 +26,3 @@ def test_kernel_matches_reference_in_interpreter(shape, qdtype):
 @pytest.mark.parametrize("qdtype", [torch.int8, torch.float8_e4m3fn], ids=["int8", "fp8"])
 def test_kernel_without_bias_on_strided_rows(qdtype):
     check_kernel(5, 96, 200, qdtype, torch.float16, "cpu", tol=1.5e-3, bias=False, strided=True)
-
-
-
-@pytest.mark.parametrize("qdtype", [None, torch.int8, torch.float8_e4m3fn], ids=["16bit", "int8", "fp8"])
-def test_early_weight_loads_give_the_same_bits(qdtype):
-    """Every kernel path, K split or not (the last split ragged), swapped or not."""
-    configs = [KernelConfig(2, 16, 32, 1, kernel="gemv"), KernelConfig(4, 16, 32, 3, kernel="gemv"),
-               KernelConfig(16, 32, 32, 1), KernelConfig(16, 16, 32, 3), KernelConfig(16, 32, 32, 2, swap_ab=True)]
-    check_early_weights(3, 40, 72, qdtype, torch.float16, "cpu", configs, pdl_on=False, tol=1.5e-3)
