@@ -5,6 +5,7 @@ tiles the tuner should offer; the figures land in $OUT/results.json.
 
     PYTHONPATH=src python3 benchmarks/gemm_sweep.py [--rows 1 4] [--models llama-3-8b ...] [--weights int8 ...]
         [--tuner-only]   # the tuner's candidates alone, not the wider grid (minutes less)
+        [--gemv-only]    # the tuner's candidates and the GEMV grid, no dot grid
 """
 
 from __future__ import annotations
@@ -28,15 +29,19 @@ SHAPES = {
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8, "fp8": torch.float8_e4m3fn}
 
 
-def grid(m: int, n: int, k: int, sms: int, weight_dtype: torch.dtype) -> list:
+def grid(m: int, n: int, k: int, sms: int, weight_dtype: torch.dtype, gemv_only: bool = False) -> list:
     """The tuner's candidates, then dot tiles of 8-32 KB of weights per stage, swapped and not,
     unsplit and with the filling K split, and warp / stage variants of the tile the tuner's sets
     are built around, swapped and not (more warps per program to hide the 8-bit conversions'
-    latency, deeper or shallower load pipelines)."""
+    latency, deeper or shallower load pipelines). Up to GEMV_MAX_TOKENS rows also GEMV tiles of
+    8-16K weights, with 32 to 128 float32 accumulators a thread, 2 to 6 stages (gemv_only: the
+    tuner's candidates and these alone)."""
     from shardserve.kernels.gemm_kernels import KernelConfig
     from shardserve.kernels.tuned_gemm import _dot_rows, _fill_split, candidates
 
     out = candidates(m, n, k, sms, weight_dtype)
+    if gemv_only:
+        return out + _gemv_grid(m, n, k, sms)
     block_m, stages = _dot_rows(m)
     eight_bit = weight_dtype.itemsize == 1
     tiles = [(64, 128), (64, 256), (64, 512), (128, 128), (128, 256), (32, 512)]
@@ -51,10 +56,29 @@ def grid(m: int, n: int, k: int, sms: int, weight_dtype: torch.dtype) -> list:
     for warps, st in ((8, 4), (8, 6), (4, 3), (4, 6)):
         for swap in (False, True):
             out.append(KernelConfig(block_m, bn, bk, split, warps, st, swap_ab=swap))
-    return list(dict.fromkeys(out))
+    return list(dict.fromkeys(out + _gemv_grid(m, n, k, sms)))
 
 
-def sweep(model: str, rows: list[int], weights: list[str] | None, tuner_only: bool = False) -> list[dict]:
+def _gemv_grid(m: int, n: int, k: int, sms: int) -> list:
+    from shardserve.kernels.gemm_kernels import KernelConfig
+    from shardserve.kernels.tuned_gemm import GEMV_MAX_TOKENS, _fill_split, _pow2
+
+    out = []
+    if m <= GEMV_MAX_TOKENS:
+        bm = _pow2(m)
+        for bn, bk in ((8, 1024), (16, 512), (32, 256), (16, 1024), (32, 512), (64, 256)):
+            for acc_per_thread in (32, 64, 128):
+                warps = bm * bn * bk // (32 * acc_per_thread)
+                if not 2 <= warps <= 16:
+                    continue
+                for stages in (2, 4, 6):
+                    for split in (1, _fill_split(-(-n // bn), k, bk, sms, most=4)):
+                        out.append(KernelConfig(bm, bn, bk, split, warps, stages, kernel="gemv"))
+    return out
+
+
+def sweep(model: str, rows: list[int], weights: list[str] | None, tuner_only: bool = False,
+          gemv_only: bool = False) -> list[dict]:
     from shardserve.kernels import tuned_gemm
     from shardserve.kernels.weight_formats import quantize_rows
 
@@ -70,7 +94,7 @@ def sweep(model: str, rows: list[int], weights: list[str] | None, tuner_only: bo
             for m in rows:
                 x = torch.randn(m, k, device="cuda", dtype=act_dtype)
                 offered = tuned_gemm.candidates(m, n, k, sms, wdt)
-                configs = offered if tuner_only else grid(m, n, k, sms, wdt)
+                configs = offered if tuner_only else grid(m, n, k, sms, wdt, gemv_only)
                 tuner_set = set(offered)
                 _, times = tuned_gemm._tune(x, weight, scale, None, configs, tuned_gemm._graph_time_us)
                 ranked = sorted(times.items(), key=lambda kv: kv[1])
@@ -94,9 +118,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--weights", nargs="+", choices=list(DTYPES), help="only these weight formats")
     parser.add_argument("--tuner-only", action="store_true", help="time the tuner's candidates alone")
+    parser.add_argument("--gemv-only", action="store_true", help="the tuner's candidates and the GEMV grid")
     args = parser.parse_args()
     for model in args.models:
-        stage(f"sweep_{model}", lambda model=model: sweep(model, args.rows, args.weights, args.tuner_only), 30, 3600)
+        stage(f"sweep_{model}", lambda model=model: sweep(model, args.rows, args.weights, args.tuner_only, args.gemv_only), 30, 3600)
     finish()
 
 

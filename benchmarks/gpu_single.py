@@ -64,11 +64,12 @@ def weight_copies(n: int, k: int, act_dtype: torch.dtype, weight_dtype: torch.dt
 
 
 def decode_kernel_times():
-    """Decode attention at Llama-3-8B shapes, in graphs: microseconds, KV GB/s, splits vs none."""
+    """Decode attention at Llama-3-8B shapes, in graphs: microseconds, KV GB/s, the default split
+    count ("auto") against fixed ones (at batch 1, 1 to 8)."""
     from shardserve.kernels.paged_decode import paged_decode_attention
 
     rows = []
-    for batch, ctx in ((1, 64), (1, 288), (1, 4096), (4, 288), (32, 1024)):
+    for batch, ctx in ((1, 64), (1, 160), (1, 288), (1, 1024), (1, 4096), (4, 288), (32, 1024)):
         nb = batch * (ctx // 16 + 1) + 4
         kc = torch.randn(nb, 16, 8, 128, device="cuda", dtype=torch.bfloat16)
         vc = torch.randn_like(kc)
@@ -76,7 +77,7 @@ def decode_kernel_times():
         tables = torch.randperm(nb, device="cuda", dtype=torch.int32)[: batch * (ctx // 16 + 1)].view(batch, -1)
         lens = torch.full((batch,), ctx, device="cuda", dtype=torch.int32)
         kv_bytes = 2 * batch * ctx * 8 * 128 * 2
-        for splits in (None, 1):
+        for splits in (None, 1, 2, 4, 8) if batch == 1 else (None, 1):
             args = (q, kc, vc, tables, lens, 128**-0.5)
             us = graph_time_us(lambda a=args, s=splits: paged_decode_attention(*a, num_splits=s))
             rows.append({"batch": batch, "ctx": ctx, "splits": splits or "auto", "us": round(us, 2),

@@ -1,6 +1,7 @@
 """RMSNorm, LayerNorm, rotary and SiLU-mul Triton kernels, the fused residual add + norm
 kernels and the rotary fused into the KV-cache write, vs the layers' torch code (and the unfused
-kernels) on random inputs; the input activations' Triton code on every half-precision value."""
+kernels) on random inputs; the input activations' Triton code on every half-precision value;
+greedy sampling's argmax against torch's."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from helpers.act_gemm_cases import check_act_kernel_on_every_value
+from helpers.argmax_cases import check_argmax
 from helpers.fused_cases import FUSED_CHECKS
 from helpers.fused_norm_cases import FUSED_ADD_NORM_CHECKS
 from helpers.rotary_kv_cases import (
@@ -97,3 +99,7 @@ def test_fused_rotary_kv_write_replays_in_cuda_graph():
         torch.cuda.synchronize()
         assert torch.equal(static_qkv, ref_qkv) and torch.equal(kc, ref_kc) and torch.equal(vc, ref_vc)
         assert not torch.equal(kc, k_cache)
+
+
+def test_argmax_matches_torch():
+    check_argmax("cuda")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from shardserve.engine.scheduler import SamplingInfo
+from shardserve.kernels.argmax import argmax_rows
 
 
 class Sampler:
@@ -65,7 +66,7 @@ class Sampler:
             if info.suppress_token_ids:
                 logits[row, on_device(info.suppress_token_ids, torch.int64, logits.device)] = float("-inf")
 
-        tokens = logits.argmax(dim=-1)
+        tokens = argmax_rows(logits)  # torch.argmax's answer; on GPUs a faster kernel pair
         sampled_rows = [r for r, i in enumerate(infos) if not i.greedy]
         if sampled_rows:
             rows = on_device(sampled_rows, torch.int64, logits.device)
@@ -80,7 +81,7 @@ class Sampler:
             if unseeded:
                 idx = on_device(unseeded, torch.int64, logits.device)
                 noise[idx] = torch.empty_like(noise[idx]).exponential_(generator=self._generator)
-            tokens[rows] = (probs / noise).argmax(dim=-1)
+            tokens[rows] = argmax_rows(probs / noise)
         chosen_lp = raw_logprobs.gather(1, tokens[:, None]).squeeze(1) if raw_logprobs is not None else None
         return tokens, chosen_lp
 
