@@ -4,7 +4,7 @@ the 8-bit dot kernel at 2.6-3.3 TB/s where the 16-bit swapped tile reads 3.6-4.2
     ncu --clock-control none -k regex:_gemm_kernel --launch-skip 8 --launch-count 1 \\
         --section SpeedOfLight --section Occupancy --section WarpStateStats ... \\
         python3 benchmarks/gemm_profile_case.py ROWS N K int8|fp8|bf16 BLOCK_N BLOCK_K SPLIT [swap|gemv] \
-        [warps=W] [stages=S] [unroll=U]
+        [warps=W] [stages=S]
 
 (`-k regex:_gemv_kernel` for the GEMV, which runs one row per program's BLOCK_M.)
 
@@ -32,8 +32,7 @@ if __name__ == "__main__":
     if "gemv" in sys.argv[8:]:
         block_m = 1 << max(0, rows - 1).bit_length()
     cfg = KernelConfig(block_m, block_n, block_k, split, int(opts.get("warps", 4)), int(opts.get("stages", stages)),
-                       kernel="gemv" if "gemv" in sys.argv[8:] else "dot", swap_ab="swap" in sys.argv[8:],
-                       unroll=int(opts.get("unroll", 1)))
+                       kernel="gemv" if "gemv" in sys.argv[8:] else "dot", swap_ab="swap" in sys.argv[8:])
     x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
     wdtype = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}.get(fmt, torch.bfloat16)
     weights = weight_copies(n, k, torch.bfloat16, wdtype)

@@ -34,9 +34,8 @@ def grid(m: int, n: int, k: int, sms: int, weight_dtype: torch.dtype, gemv_only:
     unsplit and with the filling K split, and warp / stage variants of the tile the tuner's sets
     are built around, swapped and not (more warps per program to hide the 8-bit conversions'
     latency, deeper or shallower load pipelines). Up to GEMV_MAX_TOKENS rows also GEMV tiles of
-    8-16K weights, with 32 to 128 float32 accumulators a thread, 2 to 6 stages, or 1 stage (loads
-    straight to registers) with the loop unrolled 2 to 8 times (gemv_only: the tuner's candidates
-    and these alone)."""
+    8-16K weights, with 32 to 128 float32 accumulators a thread, 2 to 6 stages (gemv_only: the
+    tuner's candidates and these alone)."""
     from shardserve.kernels.gemm_kernels import KernelConfig
     from shardserve.kernels.tuned_gemm import _dot_rows, _fill_split, candidates
 
@@ -72,9 +71,9 @@ def _gemv_grid(m: int, n: int, k: int, sms: int) -> list:
                 warps = bm * bn * bk // (32 * acc_per_thread)
                 if not 2 <= warps <= 16:
                     continue
-                for stages, unroll in ((2, 1), (4, 1), (6, 1), (1, 2), (1, 4), (1, 8)):
+                for stages in (2, 4, 6):
                     for split in (1, _fill_split(-(-n // bn), k, bk, sms, most=4)):
-                        out.append(KernelConfig(bm, bn, bk, split, warps, stages, kernel="gemv", unroll=unroll))
+                        out.append(KernelConfig(bm, bn, bk, split, warps, stages, kernel="gemv"))
     return out
 
 

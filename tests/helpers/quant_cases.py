@@ -33,7 +33,6 @@ INTERP_GEMV = [
     KernelConfig(1, 16, 32, 1, kernel="gemv"),
     KernelConfig(2, 16, 64, 2, kernel="gemv"),  # split K in two
     KernelConfig(4, 32, 32, 3, num_warps=8, kernel="gemv"),  # ragged split: the third has no K left
-    KernelConfig(1, 16, 32, 1, num_stages=1, kernel="gemv", unroll=4),  # register loads, unrolled
 ]
 TOL = {torch.float16: 1.5e-3, torch.bfloat16: 8e-3}
 LLAMA8B = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}

@@ -86,16 +86,12 @@ class KernelConfig:
     fuse_act: bool = True
     # "dot" only: the weight tile is the MMA's left operand, W @ x.T (see `_gemm_kernel`).
     swap_ab: bool = False
-    # "gemv" only: K tiles per pass of its loop (with num_stages 1: loads straight to registers,
-    # several tiles in flight, no shared-memory staging or barriers).
-    unroll: int = 1
 
     def __str__(self) -> str:  # for logs and benchmark tables
         if self.kernel in ("cublas", "dequant"):
             return self.kernel
         return (f"{self.kernel} {self.block_m}x{self.block_n}x{self.block_k} split {self.split_k} "
                 f"warps {self.num_warps} stages {self.num_stages}" + (" swapped" if self.swap_ab else "")
-                + (f" unroll {self.unroll}" if self.unroll > 1 else "")
                 + ("" if self.fuse_act else " act apart"))
 
 
@@ -163,7 +159,7 @@ if _has_triton:
         QUANTIZED: tl.constexpr, W_FP8: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
         ACT: tl.constexpr, GATED: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
-        UNROLL: tl.constexpr, PDL: tl.constexpr,
+        PDL: tl.constexpr,
     ):
         pdl_wait(PDL)  # the successor launches after the main loop (kernels/pdl.py says why)
         rm, rn, rk, m_mask, n_mask, pid_k = program_tiles(M, N, BLOCK_M, BLOCK_N, BLOCK_K)
@@ -174,7 +170,7 @@ if _has_triton:
         acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
         k_start = pid_k * (k_iters * BLOCK_K)
         # An explicit num_stages: without it Triton does not pipeline loads that feed no tl.dot.
-        for i in tl.range(0, k_iters, num_stages=NUM_STAGES, loop_unroll_factor=UNROLL):
+        for i in tl.range(0, k_iters, num_stages=NUM_STAGES):
             kk = (k_start + i * BLOCK_K + rk)[None, None, :]
             k_mask = kk < K
             x = activation_tile(x_rows + kk, m_mask[:, None, None] & k_mask, K, ACT, GATED).to(tl.float32)
@@ -214,8 +210,7 @@ def run_config(cfg: KernelConfig, x2: torch.Tensor, weight: torch.Tensor, scale:
                     NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x2))
         k_iters = -(-k // (cfg.block_k * cfg.split_k))  # K tiles per split (the last may be short)
         grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), cfg.split_k)
-        kernel, variant = ((_gemv_kernel, {"UNROLL": cfg.unroll}) if cfg.kernel == "gemv"
-                           else (_gemm_kernel, {"SWAP_AB": cfg.swap_ab}))
+        kernel, variant = (_gemv_kernel, {}) if cfg.kernel == "gemv" else (_gemm_kernel, {"SWAP_AB": cfg.swap_ab})
         kernel[grid](*args, k_iters, *strides, ATOMIC=atomic, **variant, **meta)
     return out.to(x2.dtype) if atomic else out
 

@@ -112,8 +112,7 @@ def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype =
     first, then the dot kernel's (BLOCK_N, BLOCK_K) tiles, each unsplit and with the K split that
     fills the GPU (up to 8 ways below 17 rows, else 4; the same config where N alone fills it),
     and for m <= GEMV_MAX_TOKENS the GEMV with 16x512 and 32x256 tiles likewise (num_warps so each
-    thread keeps 64 float32 accumulators: 4 for one row, 8 for two), for 8-bit weights also
-    unsplit with its loop unrolled 4 times and no load pipeline. With an input activation,
+    thread keeps 64 float32 accumulators: 4 for one row, 8 for two). With an input activation,
     every kernel config also with the activation apart (`fuse_act=False`: act_kernel, then the
     plain kernel), so fusing must win its place too: twice the counts below, less cuBLAS. The
     tiles are those that came within 1.3% of the best of a wider grid (tiles of 8-32 KB per
@@ -122,7 +121,7 @@ def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype =
     (int8), 4 rows:
       8-bit weights: below 17 rows dot 32x256, 64x128, 128x128 and 32x512 (swapping never won
         for them); past 16 rows, which the sweep did not measure, 32x256 and 64x256 as before.
-        At most 15 configs.
+        At most 13 configs.
       16-bit weights: cuBLAS, then below 17 rows the swapped dot (weights on the MMA's tall side,
         `_gemm_kernel`) at 64x256, 32x256 and 64x128, which beat cuBLAS and the unswapped tiles
         by 2-9% at 4 rows; past 16 rows the unswapped 32x256 and 64x128. At most 11 configs.
@@ -144,8 +143,6 @@ def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype =
             warps = max(4, bm * bn * bk // (32 * 64))
             for split in (1, _fill_split(-(-n // bn), k, bk, num_sms, most=4)):
                 out.append(KernelConfig(bm, bn, bk, split, warps, 4, kernel="gemv"))
-            if weight_dtype in QMAX:  # loads straight to registers, four K tiles in flight
-                out.append(KernelConfig(bm, bn, bk, 1, warps, 1, kernel="gemv", unroll=4))
     out = list(dict.fromkeys(out))  # duplicates removed, order kept
     if input_act is not None:
         out += [replace(c, fuse_act=False) for c in out if c.kernel in ("dot", "gemv")]
