@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from collections import defaultdict
 
 
@@ -20,8 +21,9 @@ def kernels(trace_path: str) -> list[dict]:
 
 
 def increments(events: list[dict]) -> dict:
-    """(name, grid) -> {"count", "increment_us" total, "dur_us" total, "idle_us" total}."""
-    rows: dict = defaultdict(lambda: {"count": 0, "increment_us": 0.0, "dur_us": 0.0, "idle_us": 0.0})
+    """(name, grid) -> {"count", "increment_us" total, "dur_us" total, "idle_us" total, "idles": per
+    call}."""
+    rows: dict = defaultdict(lambda: {"count": 0, "increment_us": 0.0, "dur_us": 0.0, "idle_us": 0.0, "idles": []})
     last_end = None
     for e in events:
         end = e["ts"] + e["dur"]
@@ -32,6 +34,7 @@ def increments(events: list[dict]) -> dict:
         start = e["ts"] if last_end is None else last_end  # the first kernel: its whole duration
         row["increment_us"] += max(0.0, end - start)
         row["idle_us"] += max(0.0, e["ts"] - start)
+        row["idles"].append(max(0.0, e["ts"] - start))
         last_end = end if last_end is None else max(last_end, end)
     return rows
 
@@ -40,10 +43,12 @@ def report(trace_path: str, steps: int) -> dict:
     rows = increments(kernels(trace_path))
     total = sum(r["increment_us"] for r in rows.values())
     print(f"{trace_path}: {total / 1e3:.2f} ms of kernel span; per step (/ {steps}):")
-    print(f"{'us/step':>8} {'idle':>6} {'calls/step':>10} {'us/call dur':>11}  kernel [grid]")
+    # idle: before the kernel, per step; its median per call tells a steady gap from a few long ones.
+    print(f"{'us/step':>8} {'idle':>6} {'idle p50':>8} {'calls/step':>10} {'us/call dur':>11}  kernel [grid]")
     top = sorted(rows.items(), key=lambda kv: -kv[1]["increment_us"])
     for (name, grid), r in top[:25]:
-        print(f"{r['increment_us'] / steps:8.1f} {r['idle_us'] / steps:6.1f} {r['count'] / steps:10.1f} "
+        print(f"{r['increment_us'] / steps:8.1f} {r['idle_us'] / steps:6.1f} {statistics.median(r['idles']):8.1f} "
+              f"{r['count'] / steps:10.1f} "
               f"{r['dur_us'] / r['count']:11.2f}  {name} {grid}")
     return {"span_ms": total / 1e3, "per_step_us": {f"{n} {g}": round(r["increment_us"] / steps, 2) for (n, g), r in top}}
 
