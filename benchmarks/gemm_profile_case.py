@@ -3,8 +3,8 @@ the 8-bit dot kernel at 2.6-3.3 TB/s where the 16-bit swapped tile reads 3.6-4.2
 
     ncu --clock-control none -k regex:_gemm_kernel --launch-skip 8 --launch-count 1 \\
         --section SpeedOfLight --section Occupancy --section WarpStateStats ... \\
-        python3 benchmarks/gemm_profile_case.py ROWS N K int8|fp8|bf16 BLOCK_N BLOCK_K SPLIT [swap|gemv] \
-        [warps=W] [stages=S]
+        python3 benchmarks/gemm_profile_case.py ROWS N K int8|fp8|bf16 BLOCK_N BLOCK_K SPLIT \\
+        [swap|gemv] [warps=W] [stages=S]
 
 (`-k regex:_gemv_kernel` for the GEMV, which runs one row per program's BLOCK_M.)
 

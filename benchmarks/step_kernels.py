@@ -43,7 +43,7 @@ def report(trace_path: str, steps: int) -> dict:
     rows = increments(kernels(trace_path))
     total = sum(r["increment_us"] for r in rows.values())
     print(f"{trace_path}: {total / 1e3:.2f} ms of kernel span; per step (/ {steps}):")
-    # idle: before the kernel, per step; its median per call tells a steady gap from a few long ones.
+    # idle: before the kernel, per step; its median per call tells a steady gap from rare long ones.
     print(f"{'us/step':>8} {'idle':>6} {'idle p50':>8} {'calls/step':>10} {'us/call dur':>11}  kernel [grid]")
     top = sorted(rows.items(), key=lambda kv: -kv[1]["increment_us"])
     for (name, grid), r in top[:25]:
