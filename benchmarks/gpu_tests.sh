@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU test suite (tests/gpu) spread over the visible GPUs, one lane per GPU, so it takes
 # about as long as its slowest lane instead of the sum (on 4x H200: 4.2 minutes for the quant
-# lane, 4.9 for dense-act, 2.3 for the rest, 1 for the multi-GPU tests). The multi-GPU tests run on GPUs 2 and 3 once the lane on GPU 2 is done.
+# lane, 4.9 for dense-act, 2.3 for the rest, 1 for the multi-GPU tests). The multi-GPU tests
+# run on GPUs 2 and 3 once the lane on GPU 2 is done.
 # Fewer than 4 GPUs: one lane, the whole suite on every visible GPU. From the repository root:
 #   PYTHONPATH=src bash benchmarks/gpu_tests.sh        # logs in ${OUT:-gpu-tests}/<lane>.log
 set -u

@@ -145,8 +145,8 @@ def _bench(model: str, tp: int, batch: int, reps: int, check_tokens: int, varian
 def llama8b(ablations: bool, profile: bool = False) -> dict:
     formats = {"bf16": {}, "int8": {"quantization": "int8"}, "fp8": {"quantization": "fp8"}}
     variants = dict(formats)
-    if ablations:  # each format without programmatic dependent launch (kernels/pdl.py); asynchronous
-        # scheduling off; the fused kernels and tuned decode GEMMs off
+    if ablations:  # each format without programmatic dependent launch (kernels/pdl.py); bf16 with
+        # asynchronous scheduling off, and with the small fused kernels off
         variants |= {f"{name}-no-pdl": spec | {"extra": {"pdl": False}} for name, spec in formats.items()}
         variants |= {"bf16-sync": {"async_scheduling": False}, "bf16-unfused": {"extra": {"fused_kernels": False}}}
     out = _bench("llama-3-8b", tp=1, batch=1, reps=3, check_tokens=16, variants=variants, profile=profile)
@@ -173,7 +173,7 @@ if __name__ == "__main__":
     parser.add_argument("--tp", type=int, default=4, help="--part load and bloom176b: ranks (GPUs)")
     parser.add_argument("--skip-tests", action="store_true", help="--part kernels: no GPU tests first")
     parser.add_argument("--skip-sweep", action="store_true", help="--part kernels: no batch-1 sweep")
-    parser.add_argument("--ablations", action="store_true", help="--part llama8b: also bf16 sync and unfused")
+    parser.add_argument("--ablations", action="store_true", help="--part llama8b: also each format without PDL, bf16 sync and unfused")
     parser.add_argument("--profile", action="store_true",
                         help="--part llama8b: each variant's kernels under the profiler ($OUT/profile)")
     parser.add_argument("--two-barriers", action="store_true",
