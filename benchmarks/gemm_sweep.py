@@ -6,6 +6,7 @@ tiles the tuner should offer; the figures land in $OUT/results.json.
     PYTHONPATH=src python3 benchmarks/gemm_sweep.py [--rows 1 4] [--models llama-3-8b ...] [--weights int8 ...]
         [--tuner-only]   # the tuner's candidates alone, not the wider grid (minutes less)
         [--gemv-only]    # the tuner's candidates and the GEMV grid, no dot grid
+        [--mma-only]     # the tuner's candidates and every int8 "mma" variant, no dot grid
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ SHAPES = {
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8, "fp8": torch.float8_e4m3fn}
 
 
-def grid(m: int, n: int, k: int, sms: int, weight_dtype: torch.dtype, gemv_only: bool = False) -> list:
+def grid(m: int, n: int, k: int, sms: int, weight_dtype: torch.dtype, gemv_only: bool = False,
+         mma_only: bool = False) -> list:
     """The tuner's candidates, then dot tiles of 8-32 KB of weights per stage, swapped and not,
     unsplit and with the filling K split, and warp / stage variants of the tile the tuner's sets
     are built around, swapped and not (more warps per program to hide the 8-bit conversions'
@@ -42,6 +44,8 @@ def grid(m: int, n: int, k: int, sms: int, weight_dtype: torch.dtype, gemv_only:
     out = candidates(m, n, k, sms, weight_dtype)
     if gemv_only:
         return out + _gemv_grid(m, n, k, sms)
+    if mma_only:
+        return list(dict.fromkeys(out + _mma_grid(m, k, weight_dtype)))
     block_m, stages = _dot_rows(m)
     eight_bit = weight_dtype.itemsize == 1
     tiles = [(64, 128), (64, 256), (64, 512), (128, 128), (128, 256), (32, 512)]
@@ -56,7 +60,18 @@ def grid(m: int, n: int, k: int, sms: int, weight_dtype: torch.dtype, gemv_only:
     for warps, st in ((8, 4), (8, 6), (4, 3), (4, 6)):
         for swap in (False, True):
             out.append(KernelConfig(block_m, bn, bk, split, warps, st, swap_ab=swap))
-    return list(dict.fromkeys(out + _gemv_grid(m, n, k, sms)))
+    return list(dict.fromkeys(out + _gemv_grid(m, n, k, sms) + _mma_grid(m, k, weight_dtype)))
+
+
+def _mma_grid(m: int, k: int, weight_dtype: torch.dtype) -> list:
+    """Every variant of the int8 "mma" kernel (kernels/int8_mma.py) where it applies."""
+    from shardserve.kernels import int8_mma
+    from shardserve.kernels.tuned_gemm import mma_config
+
+    if weight_dtype != torch.int8 or m > int8_mma.MAX_ROWS or k % int8_mma.K_BLOCK:
+        return []
+    return [mma_config(nt, warps, pipe) for nt in int8_mma.NT_CHOICES for warps in int8_mma.WARP_CHOICES
+            for pipe in (1, 2, 3)]
 
 
 def _gemv_grid(m: int, n: int, k: int, sms: int) -> list:
@@ -78,7 +93,7 @@ def _gemv_grid(m: int, n: int, k: int, sms: int) -> list:
 
 
 def sweep(model: str, rows: list[int], weights: list[str] | None, tuner_only: bool = False,
-          gemv_only: bool = False) -> list[dict]:
+          gemv_only: bool = False, mma_only: bool = False) -> list[dict]:
     from shardserve.kernels import tuned_gemm
     from shardserve.kernels.weight_formats import quantize_rows
 
@@ -94,7 +109,7 @@ def sweep(model: str, rows: list[int], weights: list[str] | None, tuner_only: bo
             for m in rows:
                 x = torch.randn(m, k, device="cuda", dtype=act_dtype)
                 offered = tuned_gemm.candidates(m, n, k, sms, wdt)
-                configs = offered if tuner_only else grid(m, n, k, sms, wdt, gemv_only)
+                configs = offered if tuner_only else grid(m, n, k, sms, wdt, gemv_only, mma_only)
                 tuner_set = set(offered)
                 _, times = tuned_gemm._tune(x, weight, scale, None, configs, tuned_gemm._graph_time_us)
                 ranked = sorted(times.items(), key=lambda kv: kv[1])
@@ -119,9 +134,10 @@ def main() -> None:
     parser.add_argument("--weights", nargs="+", choices=list(DTYPES), help="only these weight formats")
     parser.add_argument("--tuner-only", action="store_true", help="time the tuner's candidates alone")
     parser.add_argument("--gemv-only", action="store_true", help="the tuner's candidates and the GEMV grid")
+    parser.add_argument("--mma-only", action="store_true", help="the tuner's candidates and every int8 mma variant")
     args = parser.parse_args()
     for model in args.models:
-        stage(f"sweep_{model}", lambda model=model: sweep(model, args.rows, args.weights, args.tuner_only, args.gemv_only), 30, 3600)
+        stage(f"sweep_{model}", lambda model=model: sweep(model, args.rows, args.weights, args.tuner_only, args.gemv_only, args.mma_only), 30, 3600)
     finish()
 
 

@@ -32,10 +32,10 @@ from helpers.quant_cases import (
     relative_error,
 )
 from helpers.quant_layers import error_bound
-from shardserve.kernels import tuned_gemm
+from shardserve.kernels import int8_mma, tuned_gemm
 from shardserve.kernels.fp8_gemm import fp8_scaled_mm, fp8_scaled_mm_reference, scaled_mm_applies
 from shardserve.kernels.gemm_kernels import DEQUANT, KernelConfig
-from shardserve.kernels.tuned_gemm import candidates, pick_config, tuned_linear
+from shardserve.kernels.tuned_gemm import candidates, mma_config, pick_config, tuned_linear
 from shardserve.kernels.weight_formats import linear_reference
 from shardserve.layers import quant
 from shardserve.layers.embedding import ParallelLMHead
@@ -63,6 +63,38 @@ def test_every_tuning_candidate_matches_reference(shape, dtype, qdtype):
     m, n, k = shape
     for config in candidates(m, n, k, sms()):
         check_kernel(m, n, k, qdtype, dtype, "cuda", config=config, tol=TOL[dtype], bias=m % 2 == 1)
+
+
+MMA_TILES = [(nt, warps, pipe) for nt in int8_mma.NT_CHOICES for warps in int8_mma.WARP_CHOICES for pipe in (1, 3)]
+
+
+@DTYPES
+@pytest.mark.parametrize("tiles", MMA_TILES, ids=str)
+def test_int8_mma_matches_reference_elementwise(tiles, dtype):
+    """Every variant of the CUDA int8 kernel against the reference, element by element (a wrong
+    operand layout or K order shows in single outputs): 1-8 rows, fewer K blocks than warps,
+    features past the last full tile, bias or none, strided and misaligned activations."""
+    assert int8_mma.available()
+    config = mma_config(*tiles)
+    cases = [(1, 200, 320, {}), (3, 72, 64, {}), (8, 4096, 4096, {"bias": False}), (5, 130, 14336, {}),
+             (2, 96, 512, {"strided": True})]
+    for m, n, k, kw in cases:
+        x, qweight, scale, bias = make_case(m, n, k, torch.int8, dtype, "cuda", seed=m, **kw)
+        ref = linear_reference(x.float(), qweight, scale, None if bias is None else bias.float())
+        out = tuned_linear(x, qweight, scale, bias, config=config)
+        assert out.shape == (m, n) and out.dtype == dtype
+        worst = float((out.float() - ref).abs().max() / ref.abs().max())
+        assert worst < TOL[dtype], f"{(m, n, k, kw, tiles)}: max error {worst:.2e} of the largest output"
+    misaligned = torch.randn(4 * 640 + 1, device="cuda", dtype=dtype)[1:].view(4, 640)  # 2 bytes off
+    _, qweight, scale, bias = make_case(4, 64, 640, torch.int8, dtype, "cuda")
+    ref = linear_reference(misaligned.float(), qweight, scale, bias.float())
+    assert relative_error(tuned_linear(misaligned, qweight, scale, bias, config=config), ref) < TOL[dtype]
+
+
+def test_int8_mma_replays_in_a_cuda_graph():
+    x, qweight, scale, bias = make_case(4, 1024, 4096, torch.int8, torch.bfloat16, "cuda")
+    check_graph_replay(x, qweight, scale, bias, mma_config(2, 8, 1),
+                       lambda x32: linear_reference(x32, qweight, scale, bias.float()))
 
 
 @pytest.mark.parametrize("qdtype", QDTYPES)

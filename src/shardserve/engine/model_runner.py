@@ -29,7 +29,7 @@ from shardserve.engine.pending_step import (
 from shardserve.engine.profiler import RankProfiler
 from shardserve.engine.sampler import Sampler, on_device
 from shardserve.engine.scheduler import ScheduledSeq, SchedulerOutput
-from shardserve.kernels import set_fused_kernels
+from shardserve.kernels import int8_mma, set_fused_kernels
 from shardserve.kernels.pdl import set_pdl
 from shardserve.kernels.tuned_gemm import DECODE_MAX_TOKENS
 from shardserve.layers.attention import Attention, set_default_attention_backend
@@ -66,6 +66,7 @@ class ModelRunner:
         self.fused_kernels = backend == "triton" and config.extra.get("fused_kernels", True)
         set_fused_kernels(self.fused_kernels)
         set_pdl(config.extra.get("pdl", True))  # kernels/pdl.py: launches overlap their predecessor's tail
+        int8_mma.set_enabled(config.extra.get("int8_mma", True))  # a tuner candidate for int8 decode GEMMs
         # Decode CUDA graphs need kernels that read no per-step host values (triton backend).
         self.use_cuda_graphs = device.type == "cuda" and backend == "triton" and not config.enforce_eager
         self.cuda_graphs: DecodeGraphs | None = None

@@ -29,7 +29,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from shardserve.kernels import _has_triton
+from shardserve.kernels import _has_triton, int8_mma
 from shardserve.kernels.act_and_mul import input_act_reference
 from shardserve.kernels.gemm_kernels import (
     CUBLAS,
@@ -104,6 +104,10 @@ _DOT_TILES = {
     (False, True): [(64, 256, True), (32, 256, True), (64, 128, True)],
     (False, False): [(32, 256, False), (64, 128, False)],
 }
+# The int8 "mma" kernel's (16-feature tiles, warps splitting K, K blocks in flight a warp): the
+# best of its 27 variants at each Llama-3-8B and BLOOM-176B TP4 shape, 1 and 4 rows, on an H200
+# and an H100 (benchmarks/gemm_sweep.py --mma-only).
+_MMA_TILES = [(1, 16, 1), (2, 8, 1), (2, 4, 1), (2, 16, 1), (1, 16, 2)]
 
 
 def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype = torch.int8,
@@ -146,7 +150,15 @@ def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype =
     out = list(dict.fromkeys(out))  # duplicates removed, order kept
     if input_act is not None:
         out += [replace(c, fuse_act=False) for c in out if c.kernel in ("dot", "gemv")]
+    if weight_dtype == torch.int8 and m <= int8_mma.MAX_ROWS and k % int8_mma.K_BLOCK == 0 and int8_mma.available():
+        out += [mma_config(*tile) for tile in _MMA_TILES]
     return out
+
+
+def mma_config(tiles: int, warps: int, in_flight: int) -> KernelConfig:
+    """The int8 "mma" kernel (kernels/int8_mma.py) with `tiles` 16-feature tiles a program, `warps`
+    warps splitting K in it and `in_flight` 64-wide K blocks loading ahead a warp."""
+    return KernelConfig(int8_mma.MAX_ROWS, 16 * tiles, int8_mma.K_BLOCK, 1, warps, in_flight, kernel="mma")
 
 
 def tuned_linear(
@@ -168,7 +180,8 @@ def tuned_linear(
 
 
 # -- tuning -------------------------------------------------------------------------------------
-_TUNED: dict[tuple, KernelConfig] = {}  # (row class, N, K, weight dtype, x dtype, device, input_act) -> config
+# (row class, N, K, weight dtype, x dtype, device, int8 "mma" kernel on, input_act) -> config
+_TUNED: dict[tuple, KernelConfig] = {}
 
 
 def _can_tune(x: torch.Tensor) -> bool:
@@ -185,7 +198,7 @@ def chosen_config(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | N
     n, k = weight.shape
     m = x.numel() // max(x.shape[-1], 1)
     if 0 < m <= DECODE_MAX_TOKENS:
-        key = (_pow2(m), n, k, weight.dtype, x.dtype, x.device, input_act)
+        key = (_pow2(m), n, k, weight.dtype, x.dtype, x.device, int8_mma.enabled(), input_act)
         cfg = _TUNED.get(key)
         if cfg is not None:
             return cfg
@@ -220,7 +233,7 @@ def _tune(x2, weight, scale, bias, configs: list[KernelConfig], timer, input_act
     for cfg in configs:
         try:
             out = run_config(cfg, probe, weight, scale, bias, input_act)  # compiles it
-        except (OutOfResources, PTXASError) as e:  # e.g. shared memory on a smaller GPU
+        except (OutOfResources, PTXASError, int8_mma.KernelUnavailable) as e:  # e.g. shared memory on a smaller GPU
             logger.debug("tuned_linear config %s does not compile here: %s", cfg, e)
             continue
         err = float((out[:, :rows].float() - ref).norm() / ref.norm().clamp_min(1e-30))

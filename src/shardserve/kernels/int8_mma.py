@@ -1,0 +1,284 @@
+"""Decode GEMM for int8 weights below Triton: y = x @ (W * scale).T (+ b) for at most 8 rows of
+fp16/bf16 activations, in CUDA C compiled at run time by NVRTC (torch.cuda._compile_kernel: no
+compiler beyond what PyTorch's CUDA build brings).
+
+Why not Triton: at 1-4 rows Triton's 8-bit kernels stage every weight tile through shared memory,
+load it back, convert it and feed it to mma.sync; Nsight Compute found them bound by those
+instructions and the pipeline's barriers (2.6-3.8 TB/s on an H200, where 16-bit tiles fed to
+wgmma read 4.2; benchmarks/RESULTS.md). Here each thread loads its weights straight from global
+memory into the registers the tensor core takes them from, with no shared memory and no barrier
+in the loop:
+
+- The weight tile is the MMA's left operand (m16n8k16: 16 output features by 16 of K), the
+  activations its right one (8 columns: the rows of x, zero past M), the float32 result is the
+  output's transpose.
+- A dot product does not care in which order it visits K, so long as both operands agree. An
+  m16n8k16 thread holds K lanes {2t, 2t+1, 2t+8, 2t+9} (t = lane % 4) of its rows; we let lane
+  t's four be the four consecutive bytes 16t + 4i .. 16t + 4i + 3 of a 64-wide K block at MMA
+  step i = 0..3. So one 16-byte load of a weight row feeds four MMAs, and the activations come
+  as two 16-byte loads of the same 16 columns.
+- An int8 byte becomes an exact 16-bit float by bit tricks: for fp16, the byte (offset by 128)
+  goes into the mantissa of 1024.0 and 1152.0 is subtracted (two values per instruction pair);
+  for bf16, whose 7-bit mantissa cannot hold a byte, the same is done in float32 (2^23) and the
+  upper halves of two floats are packed (exact: every int8 is a bf16).
+- A block's WARPS warps split K (interleaved 64-wide blocks, PIPE of them in flight a warp) and
+  sum their accumulators through shared memory once at the end, where the per-row scale and the
+  bias are applied in float32, as the Triton kernels do.
+
+Applies to int8 weights with K a multiple of 64, contiguous rows and 16-byte aligned activations
+and weights (`applies`); the tuner (kernels/tuned_gemm.py) offers it as KernelConfig(kernel="mma",
+block_n=16 * NT, num_warps=WARPS) and runs it only where it measured fastest. The reference is
+`linear_reference` (kernels/weight_formats.py), as for every decode GEMM.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+MAX_ROWS = 8  # the MMA's narrow side
+K_BLOCK = 64  # K consumed by one 16-byte load of a weight row
+NT_CHOICES = (1, 2, 4)  # 16-feature tiles a warp (and a block)
+WARP_CHOICES = (4, 8, 16)  # warps splitting K in a block
+
+_SOURCE = r"""
+typedef unsigned int u32;
+typedef unsigned short u16;
+
+// Four int8 weights (one word) -> two registers of two 16-bit floats: bytes (0, 1) and (2, 3).
+__device__ __forceinline__ void convert4(u32 q, u32 &lo, u32 &hi) {
+    u32 u = q ^ 0x80808080u;  // w + 128, as unsigned bytes
+#if BF16
+    const u32 base = 0x4B000000u;  // 2^23: its mantissa's low byte takes u
+    float f0 = __uint_as_float(__byte_perm(u, base, 0x7440)) - 8388736.0f;
+    float f1 = __uint_as_float(__byte_perm(u, base, 0x7441)) - 8388736.0f;
+    float f2 = __uint_as_float(__byte_perm(u, base, 0x7442)) - 8388736.0f;
+    float f3 = __uint_as_float(__byte_perm(u, base, 0x7443)) - 8388736.0f;
+    lo = __byte_perm(__float_as_uint(f0), __float_as_uint(f1), 0x7632);
+    hi = __byte_perm(__float_as_uint(f2), __float_as_uint(f3), 0x7632);
+#else
+    const u32 magic = 0x64806480u;  // 1152.0 = 1024 + 128, twice
+    u32 a = __byte_perm(u, 0x64646464u, 0x4140);  // 1024 + u0, 1024 + u1
+    u32 b = __byte_perm(u, 0x64646464u, 0x4342);
+    asm("sub.f16x2 %0, %1, %2;" : "=r"(lo) : "r"(a), "r"(magic));
+    asm("sub.f16x2 %0, %1, %2;" : "=r"(hi) : "r"(b), "r"(magic));
+#endif
+}
+
+__device__ __forceinline__ void mma(float *c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+#if BF16
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+#endif
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Weights are read once: keep them out of L1.
+__device__ __forceinline__ uint4 load_stream(const void *p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ float half_to_float(u16 h) {
+#if BF16
+    return __uint_as_float(((u32)h) << 16);
+#else
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+#endif
+}
+
+__device__ __forceinline__ u16 float_to_half(float f) {
+    u16 h;
+#if BF16
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+#else
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+#endif
+    return h;
+}
+
+__device__ __forceinline__ u32 word(const uint4 &v, int i) {
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+struct Slot {
+    uint4 w[NT][2];  // rows g and g + 8 of each 16-feature tile: 16 bytes of K each
+    uint4 x[2];      // 16 activations of row g
+};
+
+// Program: 16 * NT output features; its WARPS warps take the 64-wide K blocks in turn.
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+KERNEL_NAME(const u16 *__restrict__ x, const signed char *__restrict__ w, const float *__restrict__ scale,
+            const u16 *__restrict__ bias, u16 *__restrict__ out, int M, int N, int K, int stride_xm,
+            int stride_om, int has_bias) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int n0 = blockIdx.x * (16 * NT);
+    const int kblocks = K / 64;
+    const signed char *wrow[NT][2];
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            int n = min(n0 + 16 * j + 8 * h + g, N - 1);  // rows past N are read, never stored
+            wrow[j][h] = w + (long long)n * K + 16 * t;
+        }
+    const bool has_x = g < M;  // the MMA's columns past M multiply zeros
+    const u16 *xrow = x + (long long)(has_x ? g : 0) * stride_xm + 16 * t;
+    float acc[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+    Slot slot[PIPE];
+#pragma unroll
+    for (int s = 0; s < PIPE; ++s) {
+        int kb = warp + s * WARPS;
+        if (kb < kblocks) {
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+                slot[s].w[j][0] = load_stream(wrow[j][0] + kb * 64);
+                slot[s].w[j][1] = load_stream(wrow[j][1] + kb * 64);
+            }
+            slot[s].x[0] = has_x ? *(const uint4 *)(xrow + kb * 64) : make_uint4(0, 0, 0, 0);
+            slot[s].x[1] = has_x ? *(const uint4 *)(xrow + kb * 64 + 8) : make_uint4(0, 0, 0, 0);
+        }
+    }
+    for (int base = warp; base < kblocks; base += PIPE * WARPS) {
+#pragma unroll
+        for (int s = 0; s < PIPE; ++s) {
+            const int kb = base + s * WARPS;
+            if (kb < kblocks) {
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {  // MMA step i: bytes 4i .. 4i + 3 of each row's 16
+                    const u32 b0 = word(slot[s].x[i >> 1], (2 * i) & 3);
+                    const u32 b1 = word(slot[s].x[i >> 1], (2 * i + 1) & 3);
+#pragma unroll
+                    for (int j = 0; j < NT; ++j) {
+                        u32 a0, a1, a2, a3;
+                        convert4(word(slot[s].w[j][0], i), a0, a2);
+                        convert4(word(slot[s].w[j][1], i), a1, a3);
+                        mma(acc[j], a0, a1, a2, a3, b0, b1);
+                    }
+                }
+                const int next = kb + PIPE * WARPS;
+                if (next < kblocks) {
+#pragma unroll
+                    for (int j = 0; j < NT; ++j) {
+                        slot[s].w[j][0] = load_stream(wrow[j][0] + next * 64);
+                        slot[s].w[j][1] = load_stream(wrow[j][1] + next * 64);
+                    }
+                    slot[s].x[0] = has_x ? *(const uint4 *)(xrow + next * 64) : make_uint4(0, 0, 0, 0);
+                    slot[s].x[1] = has_x ? *(const uint4 *)(xrow + next * 64 + 8) : make_uint4(0, 0, 0, 0);
+                }
+            }
+        }
+    }
+    // acc[j][r]: feature n0 + 16j + g + 8 * (r >> 1), row 2t + (r & 1). Sum over the warps.
+    __shared__ float partial[WARPS][NT * 4][32];
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) partial[warp][4 * j + r][lane] = acc[j][r];
+    __syncthreads();
+    for (int v = threadIdx.x; v < NT * 4 * 32; v += WARPS * 32) {
+        const int jr = v >> 5, l = v & 31;
+        const int j = jr >> 2, r = jr & 3;
+        const int n = n0 + 16 * j + (l >> 2) + 8 * (r >> 1);
+        const int m = 2 * (l & 3) + (r & 1);
+        if (n < N && m < M) {
+            float sum = 0.0f;
+#pragma unroll
+            for (int q = 0; q < WARPS; ++q) sum += partial[q][jr][l];
+            sum *= scale[n];
+            if (has_bias)
+                sum += half_to_float(bias[n]);
+            out[(long long)m * stride_om + n] = float_to_half(sum);
+        }
+    }
+}
+"""
+
+
+def kernel_name(bf16: bool, nt: int, warps: int, pipe: int) -> str:
+    return f"int8_mma_{'bf16' if bf16 else 'fp16'}_nt{nt}_w{warps}_p{pipe}"
+
+
+def source(bf16: bool, nt: int, warps: int, pipe: int) -> str:
+    """The CUDA source of one variant."""
+    defines = {"BF16": int(bf16), "NT": nt, "WARPS": warps, "PIPE": pipe,
+               "KERNEL_NAME": kernel_name(bf16, nt, warps, pipe)}
+    return "".join(f"#define {k} {v}\n" for k, v in defines.items()) + _SOURCE
+
+
+_enabled = True
+
+
+def set_enabled(enabled: bool) -> None:
+    """EngineConfig.extra {"int8_mma": False} keeps the kernel out of the tuner's candidates (to
+    measure what it buys)."""
+    global _enabled
+    _enabled = bool(enabled)
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+def available() -> bool:
+    """Whether the kernel is on and this PyTorch can compile CUDA C at run time (NVRTC) for a CUDA
+    GPU of compute capability 8.0 or later (mma.sync with bf16)."""
+    return _enabled and _supported()
+
+
+@functools.cache
+def _supported() -> bool:
+    return (hasattr(torch.cuda, "_compile_kernel") and torch.cuda.is_available()
+            and torch.cuda.get_device_capability() >= (8, 0))
+
+
+class KernelUnavailable(RuntimeError):
+    """NVRTC could not build the kernel here (the tuner then skips the config)."""
+
+
+@functools.cache
+def _compiled(device_index: int, bf16: bool, nt: int, warps: int, pipe: int):
+    name = kernel_name(bf16, nt, warps, pipe)
+    try:
+        with torch.cuda.device(device_index):
+            return torch.cuda._compile_kernel(source(bf16, nt, warps, pipe), name)
+    except (OSError, RuntimeError) as e:  # no libnvrtc, or a compile error
+        raise KernelUnavailable(f"{name}: {e}") from e
+
+
+def applies(x2: torch.Tensor, weight: torch.Tensor) -> bool:
+    """x2 [m, K] rows with unit stride; weight [N, K] int8, contiguous and 16-byte aligned."""
+    m, k = x2.shape
+    return (x2.is_cuda and weight.dtype == torch.int8 and x2.dtype in (torch.float16, torch.bfloat16)
+            and m <= MAX_ROWS and k % K_BLOCK == 0 and weight.is_contiguous() and weight.shape[1] == k
+            and weight.data_ptr() % 16 == 0 and available())
+
+
+def int8_mma(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+             nt: int = 2, warps: int = 8, pipe: int = 1) -> torch.Tensor:
+    """x2 [m, K] fp16/bf16 (m <= 8), weight [N, K] int8, scale [N] float32, bias [N] in x2's dtype
+    or None -> x2 @ (weight * scale[:, None]).T (+ bias) [m, N] in x2's dtype."""
+    assert applies(x2, weight) and scale.dtype == torch.float32 and scale.is_contiguous()
+    if x2.stride(0) % 8 or x2.data_ptr() % 16:  # 16-byte loads of each row
+        x2 = x2.clone()
+    m, k = x2.shape
+    n = weight.shape[0]
+    out = x2.new_empty((m, n))
+    if m and n:
+        kernel = _compiled(x2.device.index or 0, x2.dtype == torch.bfloat16, nt, warps, pipe)
+        has_bias = bias is not None
+        args = [x2, weight, scale, bias.contiguous() if has_bias else out, out, m, n, k, x2.stride(0),
+                out.stride(0), int(has_bias)]
+        kernel(grid=(-(-n // (16 * nt)), 1, 1), block=(32 * warps, 1, 1), args=args)
+    return out
