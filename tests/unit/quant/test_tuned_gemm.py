@@ -17,7 +17,7 @@ import torch
 
 from helpers.markers import needs_interpreter
 from helpers.quant_cases import INTERP_GEMV, INTERP_SHAPE, LLAMA8B, TOL, check_kernel, make_case
-from shardserve.kernels import tuned_gemm, weight_convert
+from shardserve.kernels import int8_mma, tuned_gemm, weight_convert
 from shardserve.kernels.gemm_kernels import DEQUANT, KernelConfig
 from shardserve.kernels.tuned_gemm import (
     DECODE_MAX_TOKENS,
@@ -73,6 +73,27 @@ def test_candidates_start_with_the_heuristic_and_fit_the_budget():
                 if c.kernel == "gemv":  # 64 float32 accumulators per thread
                     assert c.block_m * c.block_n * c.block_k == 64 * 32 * c.num_warps
     assert pick_config(DECODE_MAX_TOKENS + 1, 4096, 4096, 132) == DEQUANT
+
+
+def test_the_cuda_int8_kernel_is_offered_where_it_applies(monkeypatch):
+    """kernels/int8_mma.py runs only on a GPU with NVRTC (never on this CPU); where it can, the
+    tuner offers it for int8 weights at <= 8 rows with K a multiple of 64, and not when the engine
+    switched it off (extra int8_mma=false)."""
+    assert not int8_mma.available()  # no CUDA here
+    assert not any(c.kernel == "mma" for c in candidates(4, 4096, 4096, 132))
+    monkeypatch.setattr(int8_mma, "_supported", lambda: True)
+    mma = lambda *args: [c for c in candidates(*args) if c.kernel == "mma"]  # noqa: E731
+    for m in (1, 4, 8):
+        assert len(mma(m, 4096, 4096, 132)) == len(tuned_gemm._MMA_TILES)
+    assert all(str(c).startswith("mma ") and c.block_n % 16 == 0 for c in mma(4, 4096, 4096, 132))
+    assert not mma(9, 4096, 4096, 132) and not mma(4, 4096, 4000, 132)
+    assert not mma(4, 4096, 4096, 132, torch.float8_e4m3fn) and not mma(4, 4096, 4096, 132, torch.bfloat16)
+    assert mma(4, 4096, 4096, 132, torch.int8, "silu_and_mul")  # the activation runs first
+    int8_mma.set_enabled(False)
+    try:
+        assert not mma(4, 4096, 4096, 132)
+    finally:
+        int8_mma.set_enabled(True)
 
 
 def _fake_timer(times: dict):
