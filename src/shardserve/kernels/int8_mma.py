@@ -25,10 +25,13 @@ in the loop:
   sum their accumulators through shared memory once at the end, where the per-row scale and the
   bias are applied in float32, as the Triton kernels do.
 
-Applies to int8 weights with K a multiple of 64, contiguous rows and 16-byte aligned activations
-and weights (`applies`); the tuner (kernels/tuned_gemm.py) offers it as KernelConfig(kernel="mma",
-block_n=16 * NT, num_warps=WARPS) and runs it only where it measured fastest. The reference is
-`linear_reference` (kernels/weight_formats.py), as for every decode GEMM.
+Applies to int8 weights with K a multiple of 64 and contiguous, 16-byte aligned rows (`applies`;
+unaligned activations are copied first); the tuner (kernels/tuned_gemm.py) offers it as
+KernelConfig(kernel="mma", block_n=16 * NT, num_warps=WARPS, num_stages=PIPE) and runs it only
+where it measured fastest. On an H200 at 4 rows it beat every Triton config at every Llama-3-8B
+and BLOOM-176B TP4 shape, by 1-25% (up to 3.59 TB/s); at 1 row the Triton GEMV stays faster; on
+an H100 it ranged from 21% faster to 2% slower (benchmarks/RESULTS.md, eighth session). The
+reference is `linear_reference` (kernels/weight_formats.py), as for every decode GEMM.
 """
 
 from __future__ import annotations
@@ -114,6 +117,17 @@ struct Slot {
     uint4 x[2];      // 16 activations of row g
 };
 
+__device__ __forceinline__ void load_slot(Slot &slot, const signed char *const (&wrow)[NT][2], const u16 *xrow,
+                                          bool has_x, int kb) {
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+        slot.w[j][0] = load_stream(wrow[j][0] + kb * 64);
+        slot.w[j][1] = load_stream(wrow[j][1] + kb * 64);
+    }
+    slot.x[0] = has_x ? *(const uint4 *)(xrow + kb * 64) : make_uint4(0, 0, 0, 0);
+    slot.x[1] = has_x ? *(const uint4 *)(xrow + kb * 64 + 8) : make_uint4(0, 0, 0, 0);
+}
+
 // Program: 16 * NT output features; its WARPS warps take the 64-wide K blocks in turn.
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
 KERNEL_NAME(const u16 *__restrict__ x, const signed char *__restrict__ w, const float *__restrict__ scale,
@@ -138,18 +152,9 @@ KERNEL_NAME(const u16 *__restrict__ x, const signed char *__restrict__ w, const 
     for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
     Slot slot[PIPE];
 #pragma unroll
-    for (int s = 0; s < PIPE; ++s) {
-        int kb = warp + s * WARPS;
-        if (kb < kblocks) {
-#pragma unroll
-            for (int j = 0; j < NT; ++j) {
-                slot[s].w[j][0] = load_stream(wrow[j][0] + kb * 64);
-                slot[s].w[j][1] = load_stream(wrow[j][1] + kb * 64);
-            }
-            slot[s].x[0] = has_x ? *(const uint4 *)(xrow + kb * 64) : make_uint4(0, 0, 0, 0);
-            slot[s].x[1] = has_x ? *(const uint4 *)(xrow + kb * 64 + 8) : make_uint4(0, 0, 0, 0);
-        }
-    }
+    for (int s = 0; s < PIPE; ++s)
+        if (warp + s * WARPS < kblocks)
+            load_slot(slot[s], wrow, xrow, has_x, warp + s * WARPS);
     for (int base = warp; base < kblocks; base += PIPE * WARPS) {
 #pragma unroll
         for (int s = 0; s < PIPE; ++s) {
@@ -167,16 +172,8 @@ KERNEL_NAME(const u16 *__restrict__ x, const signed char *__restrict__ w, const 
                         mma(acc[j], a0, a1, a2, a3, b0, b1);
                     }
                 }
-                const int next = kb + PIPE * WARPS;
-                if (next < kblocks) {
-#pragma unroll
-                    for (int j = 0; j < NT; ++j) {
-                        slot[s].w[j][0] = load_stream(wrow[j][0] + next * 64);
-                        slot[s].w[j][1] = load_stream(wrow[j][1] + next * 64);
-                    }
-                    slot[s].x[0] = has_x ? *(const uint4 *)(xrow + next * 64) : make_uint4(0, 0, 0, 0);
-                    slot[s].x[1] = has_x ? *(const uint4 *)(xrow + next * 64 + 8) : make_uint4(0, 0, 0, 0);
-                }
+                if (kb + PIPE * WARPS < kblocks)
+                    load_slot(slot[s], wrow, xrow, has_x, kb + PIPE * WARPS);
             }
         }
     }
