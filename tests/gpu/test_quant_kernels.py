@@ -1,9 +1,10 @@
 """The tuned linear path on the GPU with 8-bit weights: every path of tuned_linear against its
 reference on random inputs (int8 and fp8 weights, fp16 and bf16 activations, decode and prefill
-shapes, forced tilings, every config the tuner may pick, the tuned choice itself),
-inside a CUDA graph, the quantised layers' (and untied LM heads') choice of path, and FP8
-torch._scaled_mm on Hopper. 16-bit weights: test_dense_kernels.py; input activations fused into
-the matmul: test_act_gemm_kernels.py."""
+shapes, forced tilings, every config the tuner may pick, the tuned choice itself), every variant
+of the CUDA int8 kernel (kernels/int8_mma.py) element by element, inside a CUDA graph, the
+quantised layers' (and untied LM heads') choice of path, and FP8 torch._scaled_mm on Hopper.
+16-bit weights: test_dense_kernels.py; input activations fused into the matmul:
+test_act_gemm_kernels.py."""
 
 from __future__ import annotations
 

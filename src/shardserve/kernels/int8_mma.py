@@ -229,14 +229,14 @@ def enabled() -> bool:
 
 
 def available() -> bool:
-    """Whether the kernel is on and this PyTorch can compile CUDA C at run time (NVRTC) for a CUDA
-    GPU of compute capability 8.0 or later (mma.sync with bf16)."""
+    """Whether the kernel is on and this PyTorch can compile CUDA C at run time (NVRTC) for an
+    NVIDIA GPU of compute capability 8.0 or later (mma.sync with bf16)."""
     return _enabled and _supported()
 
 
 @functools.cache
 def _supported() -> bool:
-    return (hasattr(torch.cuda, "_compile_kernel") and torch.cuda.is_available()
+    return (hasattr(torch.cuda, "_compile_kernel") and torch.version.hip is None and torch.cuda.is_available()
             and torch.cuda.get_device_capability() >= (8, 0))
 
 

@@ -104,9 +104,9 @@ _DOT_TILES = {
     (False, True): [(64, 256, True), (32, 256, True), (64, 128, True)],
     (False, False): [(32, 256, False), (64, 128, False)],
 }
-# The int8 "mma" kernel's (16-feature tiles, warps splitting K, K blocks in flight a warp): the
-# best of its 27 variants at each Llama-3-8B and BLOOM-176B TP4 shape, 1 and 4 rows, on an H200
-# and an H100 (benchmarks/gemm_sweep.py --mma-only).
+# The int8 "mma" kernel's (16-feature tiles, warps splitting K, K blocks in flight a warp): those
+# fastest at some Llama-3-8B or BLOOM-176B TP4 shape, 1 or 4 rows, among all 27 on an H200
+# (benchmarks/gemm_sweep.py --mma-only), and (2, 16, 1), fastest at BLOOM fc1 on an H100.
 _MMA_TILES = [(1, 16, 1), (2, 8, 1), (2, 4, 1), (2, 16, 1), (1, 16, 2)]
 
 
