@@ -11,6 +11,7 @@ from helpers.act_gemm_cases import ACTS, check_fused_act, make_act_case
 from helpers.gpu_linear import DTYPES, FP8_WEIGHTS, QDTYPES, check_graph_replay, sms
 from helpers.quant_cases import TOL, relative_error
 from shardserve import kernels
+from shardserve.kernels import int8_mma
 from shardserve.kernels.act_and_mul import apply_input_act, input_act_reference
 from shardserve.kernels.gemm_kernels import CUBLAS, DEQUANT, KernelConfig
 from shardserve.kernels.tuned_gemm import CUBLAS_MARGIN, DECODE_MAX_TOKENS, candidates, tuned_linear
@@ -51,7 +52,7 @@ def test_tuning_with_an_input_activation_times_it_in_every_candidate(qdtype, fre
     assert set(without) == set(candidates(m, n, k, sms(), w.dtype))
     assert set(timed) == set(candidates(m, n, k, sms(), w.dtype, "silu_and_mul")) > set(without)
     assert {key[-1] for key in fresh_tuning} == {None, "silu_and_mul"}
-    cfg = fresh_tuning[(1, n, k, w.dtype, torch.bfloat16, x.device, "silu_and_mul")]
+    cfg = fresh_tuning[(1, n, k, w.dtype, torch.bfloat16, x.device, int8_mma.enabled(), "silu_and_mul")]
     fastest = min(timed, key=timed.get)
     assert cfg == (CUBLAS if CUBLAS in timed and timed[fastest] > CUBLAS_MARGIN * timed[CUBLAS] else fastest)
     print({str(c): (round(without.get(c, 0), 2), round(timed[c], 2)) for c in timed}, "->", cfg)
