@@ -275,7 +275,9 @@ def int8_mma(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: 
     if m and n:
         kernel = _compiled(x2.device.index or 0, x2.dtype == torch.bfloat16, nt, warps, pipe)
         has_bias = bias is not None
-        args = [x2, weight, scale, bias.contiguous() if has_bias else out, out, m, n, k, x2.stride(0),
-                out.stride(0), int(has_bias)]
+        if has_bias:  # the kernel reads the bias as x's 16-bit type
+            bias = bias.to(x2.dtype).contiguous()
+        args = [x2, weight, scale, bias if has_bias else out, out, m, n, k, x2.stride(0), out.stride(0),
+                int(has_bias)]
         kernel(grid=(-(-n // (16 * nt)), 1, 1), block=(32 * warps, 1, 1), args=args)
     return out
