@@ -14,7 +14,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-SIZES_KB = [8, 32, 56, 128, 256, 512]
+# Decode sizes, then prefill's (OPT-30B's 4 x 32 tokens: 1792 KB), where the one-shot kernel
+# competes with NCCL's bandwidth algorithms.
+SIZES_KB = [8, 32, 56, 128, 256, 512, 1024, 1792, 4096]
 CALLS = 20  # per graph: launch gaps vanish, as in a decode step's graph
 
 

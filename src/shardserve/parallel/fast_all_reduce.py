@@ -6,8 +6,9 @@ batch 4: 56 KB, 96 times a step; on 4 H200s in CUDA graphs NCCL took 19.3 us, to
 10.6 us). NCCL's ring pays several NVLink round trips of latency per call; the one-shot kernel
 stages the input in a buffer that every GPU of the host has mapped, meets the peers at a barrier
 in their signal pads, and each rank then reads all peers' buffers over NVLink and sums them
-itself: one round trip. It stays the better choice up to a few hundred KB, beyond which NCCL
-(bandwidth-optimal) takes over again. Our kernel takes float16 too (torch's one-shot op does
+itself: one round trip. It measured faster than NCCL at every size up to 512 KB; larger sums
+(prefill's) go to NCCL, whose bandwidth-optimal algorithms should win there, though that is not
+measured yet (`DEFAULT_MAX_BYTES`). Our kernel takes float16 too (torch's one-shot op does
 not; casting float16 to float32 around it cost more than it saved) and sums in float32.
 `add_norm` goes further where a norm follows the all-reduce (a pre-LN decoder's residual add and
 norm): reduce + add + norm in one kernel (reduce_norm_kernel.py), one norm launch fewer per call.
@@ -29,7 +30,10 @@ import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_BYTES = 512 * 1024  # above this, NCCL's bandwidth-optimal algorithms win
+# Up to this size the one-shot kernel measured faster than NCCL (2x H200, 8-512 KB, decode sizes);
+# prefill's larger sums (1.8 MB for OPT-30B's 4 x 32 tokens) are not measured yet:
+# EngineConfig.extra {"fast_all_reduce_max_kb": N} moves the limit to measure them.
+DEFAULT_MAX_BYTES = 512 * 1024
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -90,13 +94,13 @@ def ranks_share_one_host(world_size: int) -> bool:
 
 def create_fast_all_reduce(
     group: dist.ProcessGroup, device: torch.device, world_size: int, fuse_norm: bool = True,
-    split_barrier: bool = True,
+    split_barrier: bool = True, max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> SymmMemAllReduce | None:
     """Set up and self-check the fast path on every rank; None (NCCL only) unless all succeed."""
     candidate, ok = None, False
     if device.type == "cuda" and world_size > 1 and ranks_share_one_host(world_size):
         try:
-            candidate = SymmMemAllReduce(group, device, fuse_norm=fuse_norm, split_barrier=split_barrier)
+            candidate = SymmMemAllReduce(group, device, max_bytes, fuse_norm, split_barrier)
             ok = _agrees_with_nccl(candidate, group, device)
         except Exception as e:  # no symmetric memory in this build / driver / topology
             logger.warning("fast all-reduce unavailable, using NCCL: %s", e)
