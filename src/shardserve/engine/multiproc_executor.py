@@ -20,6 +20,7 @@ import logging
 import multiprocessing as mp
 import os
 import sys
+from datetime import timedelta
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -64,7 +65,12 @@ class MultiProcExecutor(Executor):
         # instead of re-importing torch in each one (as spawn does); it never touches CUDA.
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["shardserve.engine.worker", "shardserve.engine.model_runner"])
-        master = f"127.0.0.1:{free_port()}"
+        port = free_port()
+        # The ranks' rendezvous store lives here, so that it outlives every rank: a rank's NCCL
+        # heartbeat thread polls it until that rank's process ends (worker.leave_group).
+        self.store = dist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False,
+                                   timeout=timedelta(seconds=config.collective_timeout_s))
+        master = f"127.0.0.1:{port}"
         self.world_size = config.tensor_parallel_size
         self.procs: list[mp.Process] = []
         self.conns = []
@@ -145,6 +151,7 @@ class MultiProcExecutor(Executor):
                 proc.join(timeout=5)
         for conn in self.conns:
             conn.close()
+        self.store = None  # every rank is gone
 
 
 class LauncherExecutor(Executor):

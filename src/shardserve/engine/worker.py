@@ -31,9 +31,11 @@ def rank_device(config: EngineConfig, rank: int, local_rank: int) -> torch.devic
 
 
 def init_distributed(
-    config: EngineConfig, rank: int, world_size: int, device: torch.device, master: str
+    config: EngineConfig, rank: int, world_size: int, device: torch.device, master: str, store_is_hosted: bool = False
 ) -> dist.ProcessGroup:
-    """Join the TP group (NCCL on GPUs, gloo on CPUs); returns a gloo group for control messages."""
+    """Join the TP group (NCCL on GPUs, gloo on CPUs); returns a gloo group for control messages.
+    The rendezvous store at `master` is rank 0's (a launcher's ranks), or with store_is_hosted
+    one that the engine process already serves there (spawned ranks: MultiProcExecutor)."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
         # A GPU rank's only CPU tensor work is a step's small index arithmetic, which a pool of
@@ -45,7 +47,12 @@ def init_distributed(
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     backend = "nccl" if device.type == "cuda" else "gloo"
     timeout = timedelta(seconds=config.collective_timeout_s)
-    dist.init_process_group(backend, init_method=f"tcp://{master}", rank=rank, world_size=world_size, timeout=timeout)
+    if store_is_hosted:
+        host, port = master.rsplit(":", 1)
+        store = dist.TCPStore(host, int(port), is_master=False, timeout=timeout)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
+    else:
+        dist.init_process_group(backend, init_method=f"tcp://{master}", rank=rank, world_size=world_size, timeout=timeout)
     group = dist.group.WORLD
     fast_all_reduce = None
     if device.type == "cuda" and config.extra.get("fast_all_reduce", True):
@@ -81,7 +88,7 @@ def spawned_worker_main(config: EngineConfig, rank: int, world_size: int, master
     """
     try:
         device = rank_device(config, rank, rank)
-        control = init_distributed(config, rank, world_size, device, master)
+        control = init_distributed(config, rank, world_size, device, master, store_is_hosted=True)
         worker = Worker(config, rank, device)
         conn.send(("ready", None))
         while True:
@@ -110,12 +117,13 @@ LEAVE_TIMEOUT_S = 30.0
 
 
 def leave_group(control) -> None:
-    """Every rank leaves together, and rank 0 last: its process hosts the rendezvous store, and a
-    rank still tearing down its NCCL group polls that store from the heartbeat thread, logging a
-    stack trace for each poll that finds it gone (such traces came from ranks 2-3 in TP4
-    benchmark logs, with rank 0 leaving right after the barrier). So each other rank reports
-    through the store once its group is destroyed, and rank 0 waits for those reports
-    (`wait_for_peers_to_leave`).
+    """Every rank leaves together, and rank 0 last: with a launcher, its process hosts the
+    rendezvous store, and a rank still tearing down its NCCL group polls that store from the
+    heartbeat thread, logging a stack trace for each poll that finds it gone (such traces came
+    from ranks 2-3 in TP4 benchmark logs, with rank 0 leaving right after the barrier). So each
+    other rank reports through the store once its group is destroyed, and rank 0 waits for those
+    reports (`wait_for_peers_to_leave`). Spawned ranks' store lives in the engine process, which
+    outlives them (MultiProcExecutor), since one such trace still came at TP4 with this order.
     The barrier's work handle is kept: otherwise the gloo thread that ran it may drop the last
     reference to its tensor after this process has begun to exit, and freeing a tensor's Python
     object from that thread then aborts the process ("terminate called without an active

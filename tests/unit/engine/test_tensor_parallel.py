@@ -128,6 +128,18 @@ def test_rank_lost_while_idle_marks_the_async_engine_errored(tiny_checkpoint):
         engine.shutdown()
 
 
+def test_spawned_ranks_rendezvous_in_a_store_the_engine_hosts(tiny_checkpoint):
+    """The store outlives every rank (a rank's NCCL heartbeat thread polls it until the rank's
+    process ends): the ranks report leaving to it, exit cleanly, and it still answers after."""
+    llm = LLM(str(tiny_checkpoint("llama")), dtype="fp32", tensor_parallel_size=2)
+    store, procs = llm.executor.store, list(llm.executor.procs)
+    store.set("probe", "engine")
+    llm.shutdown()
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert any(key.endswith("shardserve/left/1") for key in store.list_keys())  # under the group's prefix
+    assert store.get("probe") == b"engine"
+
+
 def test_rank0_leaves_after_every_other_rank_or_its_timeout(caplog):
     import torch.distributed as dist
 
