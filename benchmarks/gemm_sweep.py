@@ -68,7 +68,7 @@ def _mma_grid(m: int, k: int, weight_dtype: torch.dtype) -> list:
     from shardserve.kernels import int8_mma
     from shardserve.kernels.tuned_gemm import mma_config
 
-    if weight_dtype != torch.int8 or m > int8_mma.MAX_ROWS or k % int8_mma.K_BLOCK:
+    if not int8_mma.shape_applies(m, k, weight_dtype):
         return []
     return [mma_config(nt, warps, pipe) for nt in int8_mma.NT_CHOICES for warps in int8_mma.WARP_CHOICES
             for pipe in (1, 2, 3)]

@@ -30,7 +30,6 @@ from shardserve.config import EngineConfig
 from shardserve.engine.executor import Executor
 from shardserve.engine.worker import (
     Worker,
-    free_port,
     init_distributed,
     leave_group,
     rank_device,
@@ -65,12 +64,12 @@ class MultiProcExecutor(Executor):
         # instead of re-importing torch in each one (as spawn does); it never touches CUDA.
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["shardserve.engine.worker", "shardserve.engine.model_runner"])
-        port = free_port()
         # The ranks' rendezvous store lives here, so that it outlives every rank: a rank's NCCL
-        # heartbeat thread polls it until that rank's process ends (worker.leave_group).
-        self.store = dist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False,
+        # heartbeat thread polls it until that rank's process ends (worker.leave_group). Port 0:
+        # the system picks a free one as the store binds it.
+        self.store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
                                    timeout=timedelta(seconds=config.collective_timeout_s))
-        master = f"127.0.0.1:{port}"
+        master = f"127.0.0.1:{self.store.port}"
         self.world_size = config.tensor_parallel_size
         self.procs: list[mp.Process] = []
         self.conns = []

@@ -87,7 +87,8 @@ class KernelConfig:
     num_warps: int = 4
     num_stages: int = 4
     kernel: str = "dot"  # "dot" | "gemv" | "mma" (int8) | "cublas" (16-bit) | "dequant" (8-bit prefill)
-    # With an input activation, "dot" / "gemv": in the prologue (True) or by act_kernel first.
+    # With an input activation, "dot" / "gemv": in the prologue (True) or by act_kernel first
+    # ("mma": always first, False).
     fuse_act: bool = True
     # "dot" only: the weight tile is the MMA's left operand, W @ x.T (see `_gemm_kernel`).
     swap_ab: bool = False
@@ -195,7 +196,7 @@ def run_config(cfg: KernelConfig, x2: torch.Tensor, weight: torch.Tensor, scale:
     x2's dtype."""
     m = x2.shape[0]
     n, k = weight.shape
-    if input_act is not None and (cfg.kernel == "mma" or not cfg.fuse_act and cfg.kernel in ("dot", "gemv")):
+    if input_act is not None and not cfg.fuse_act and cfg.kernel in ("dot", "gemv", "mma"):
         x2, input_act = act_kernel(x2, input_act), None  # the prologue's float32 code: the same bits
     act, gated = split_input_act(input_act)
     assert x2.shape[1] == (2 * k if gated else k)

@@ -254,12 +254,18 @@ def _compiled(device_index: int, bf16: bool, nt: int, warps: int, pipe: int):
         raise KernelUnavailable(f"{name}: {e}") from e
 
 
+def shape_applies(m: int, k: int, weight_dtype: torch.dtype) -> bool:
+    """Whether the kernel can take an [m, k] x [k, N] product by a weight of weight_dtype here:
+    int8, at most MAX_ROWS rows, K a whole number of K blocks (the tuner asks before it has
+    tensors)."""
+    return weight_dtype == torch.int8 and m <= MAX_ROWS and k % K_BLOCK == 0 and available()
+
+
 def applies(x2: torch.Tensor, weight: torch.Tensor) -> bool:
     """x2 [m, K] rows with unit stride; weight [N, K] int8, contiguous and 16-byte aligned."""
     m, k = x2.shape
-    return (x2.is_cuda and weight.dtype == torch.int8 and x2.dtype in (torch.float16, torch.bfloat16)
-            and m <= MAX_ROWS and k % K_BLOCK == 0 and weight.is_contiguous() and weight.shape[1] == k
-            and weight.data_ptr() % 16 == 0 and available())
+    return (x2.is_cuda and x2.dtype in (torch.float16, torch.bfloat16) and weight.is_contiguous()
+            and weight.shape[1] == k and weight.data_ptr() % 16 == 0 and shape_applies(m, k, weight.dtype))
 
 
 def int8_mma(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,

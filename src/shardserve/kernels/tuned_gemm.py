@@ -151,15 +151,17 @@ def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype =
     out = list(dict.fromkeys(out))  # duplicates removed, order kept
     if input_act is not None:
         out += [replace(c, fuse_act=False) for c in out if c.kernel in ("dot", "gemv")]
-    if weight_dtype == torch.int8 and m <= int8_mma.MAX_ROWS and k % int8_mma.K_BLOCK == 0 and int8_mma.available():
+    if int8_mma.shape_applies(m, k, weight_dtype):
         out += [mma_config(*tile) for tile in _MMA_TILES]
     return out
 
 
 def mma_config(tiles: int, warps: int, in_flight: int) -> KernelConfig:
     """The int8 "mma" kernel (kernels/int8_mma.py) with `tiles` 16-feature tiles a program, `warps`
-    warps splitting K in it and `in_flight` 64-wide K blocks loading ahead a warp."""
-    return KernelConfig(int8_mma.MAX_ROWS, 16 * tiles, int8_mma.K_BLOCK, 1, warps, in_flight, kernel="mma")
+    warps splitting K in it and `in_flight` 64-wide K blocks loading ahead a warp. It has no
+    prologue to fuse an input activation into: always `fuse_act=False`."""
+    return KernelConfig(int8_mma.MAX_ROWS, 16 * tiles, int8_mma.K_BLOCK, 1, warps, in_flight, kernel="mma",
+                        fuse_act=False)
 
 
 def tuned_linear(

@@ -89,11 +89,8 @@ def test_the_cuda_int8_kernel_is_offered_where_it_applies(monkeypatch):
     assert not mma(9, 4096, 4096, 132) and not mma(4, 4096, 4000, 132)
     assert not mma(4, 4096, 4096, 132, torch.float8_e4m3fn) and not mma(4, 4096, 4096, 132, torch.bfloat16)
     assert mma(4, 4096, 4096, 132, torch.int8, "silu_and_mul")  # the activation runs first
-    int8_mma.set_enabled(False)
-    try:
-        assert not mma(4, 4096, 4096, 132)
-    finally:
-        int8_mma.set_enabled(True)
+    monkeypatch.setattr(int8_mma, "_enabled", False)
+    assert not mma(4, 4096, 4096, 132)
 
 
 def _fake_timer(times: dict):
