@@ -142,14 +142,16 @@ def _bench(model: str, tp: int, batch: int, reps: int, check_tokens: int, varian
             "variants": {r.engine: r.summary() | {"load_s": r.load_s, "warmup_s": r.warmup_s} for r in results}}
 
 
-def llama8b(ablations: bool, profile: bool = False) -> dict:
+def llama8b(ablations: bool, profile: bool = False, batch: int = 1, no_mma: bool = False) -> dict:
     formats = {"bf16": {}, "int8": {"quantization": "int8"}, "fp8": {"quantization": "fp8"}}
     variants = dict(formats)
+    if no_mma:  # the tuner without the CUDA int8 kernel (it runs at 1-8 rows; batch 1 keeps the GEMV)
+        variants["int8-no-mma"] = {"quantization": "int8", "extra": {"int8_mma": False}}
     if ablations:  # each format without programmatic dependent launch (kernels/pdl.py); bf16 with
         # asynchronous scheduling off, and with the small fused kernels off
         variants |= {f"{name}-no-pdl": spec | {"extra": {"pdl": False}} for name, spec in formats.items()}
         variants |= {"bf16-sync": {"async_scheduling": False}, "bf16-unfused": {"extra": {"fused_kernels": False}}}
-    out = _bench("llama-3-8b", tp=1, batch=1, reps=3, check_tokens=16, variants=variants, profile=profile)
+    out = _bench("llama-3-8b", tp=1, batch=batch, reps=3, check_tokens=16, variants=variants, profile=profile)
     step = {k: v["decode_ms_per_step"] for k, v in out["variants"].items()}
     out["decode_speedup_vs_bf16"] = {q: step["bf16"] / step[q] for q in ("int8", "fp8")}
     print("decode speed-up vs bf16 (target >= 1.6):", out["decode_speedup_vs_bf16"], flush=True)
@@ -181,7 +183,8 @@ if __name__ == "__main__":
     parser.add_argument("--two-barriers", action="store_true",
                         help="--part bloom176b: also int8 with the all-reduce kernels' second barrier")
     parser.add_argument("--no-mma", action="store_true",
-                        help="--part bloom176b: also int8 without the CUDA int8 kernel (Triton's alone)")
+                        help="--part bloom176b / llama8b: also int8 without the CUDA int8 kernel (Triton's alone)")
+    parser.add_argument("--batch", type=int, default=1, help="--part llama8b: sequences (target: batch 1)")
     args = parser.parse_args()
     if args.part == "kernels":
         stage("gpu_name", lambda: torch.cuda.get_device_name(0), 0, DEADLINE)
@@ -198,5 +201,5 @@ if __name__ == "__main__":
     elif args.part == "bloom176b":
         stage(f"bloom176b_tp{args.tp}", lambda: bloom176b(args.tp, args.two_barriers, args.no_mma), 60, DEADLINE)
     else:
-        stage("llama8b", lambda: llama8b(args.ablations, args.profile), 60, DEADLINE)
+        stage("llama8b", lambda: llama8b(args.ablations, args.profile, args.batch, args.no_mma), 60, DEADLINE)
     finish()

@@ -12,6 +12,8 @@ import logging
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from helpers.gpu_linear import (
     DTYPES,
@@ -33,9 +35,10 @@ from helpers.quant_cases import (
     relative_error,
 )
 from helpers.quant_layers import error_bound
-from shardserve.kernels import int8_mma, tuned_gemm
+from shardserve.kernels import int8_mma, pdl, tuned_gemm
 from shardserve.kernels.fp8_gemm import fp8_scaled_mm, fp8_scaled_mm_reference, scaled_mm_applies
 from shardserve.kernels.gemm_kernels import DEQUANT, KernelConfig
+from shardserve.kernels.pdl import pdl_args, pdl_entry
 from shardserve.kernels.tuned_gemm import candidates, mma_config, pick_config, tuned_linear
 from shardserve.kernels.weight_formats import linear_reference
 from shardserve.layers import quant
@@ -62,11 +65,12 @@ def test_kernel_matches_reference(shape, dtype, qdtype, fresh_tuning):
 @pytest.mark.parametrize("shape", [(1, 4096, 4096), (2, 6144, 4096), (4, 512, 14336), (64, 768, 4096)], ids=str)
 def test_every_tuning_candidate_matches_reference(shape, dtype, qdtype):
     m, n, k = shape
-    for config in candidates(m, n, k, sms()):
+    for config in candidates(m, n, k, sms(), qdtype):
         check_kernel(m, n, k, qdtype, dtype, "cuda", config=config, tol=TOL[dtype], bias=m % 2 == 1)
 
 
-MMA_TILES = [(nt, warps, pipe) for nt in int8_mma.NT_CHOICES for warps in int8_mma.WARP_CHOICES for pipe in (1, 3)]
+MMA_TILES = [(nt, warps, pipe, kw) for kw in int8_mma.KW_CHOICES for nt in int8_mma.NT_CHOICES
+             for warps in int8_mma.WARP_CHOICES for pipe in (1, 3)]
 
 
 @DTYPES
@@ -77,8 +81,9 @@ def test_int8_mma_matches_reference_elementwise(tiles, dtype):
     features past the last full tile, bias or none, strided and misaligned activations."""
     assert int8_mma.available()
     config = mma_config(*tiles)
-    cases = [(1, 200, 320, {}), (3, 72, 64, {}), (8, 4096, 4096, {"bias": False}), (5, 130, 14336, {}),
-             (2, 96, 512, {"strided": True})]
+    kblock = config.block_k  # K: one block, fewer blocks than warps, many blocks
+    cases = [(1, 200, 5 * kblock, {}), (3, 72, kblock, {}), (8, 4096, 4096, {"bias": False}), (5, 130, 14336, {}),
+             (2, 96, 8 * kblock, {"strided": True})]
     for m, n, k, kw in cases:
         x, qweight, scale, bias = make_case(m, n, k, torch.int8, dtype, "cuda", seed=m, **kw)
         ref = linear_reference(x.float(), qweight, scale, None if bias is None else bias.float())
@@ -86,8 +91,8 @@ def test_int8_mma_matches_reference_elementwise(tiles, dtype):
         assert out.shape == (m, n) and out.dtype == dtype
         worst = float((out.float() - ref).abs().max() / ref.abs().max())
         assert worst < TOL[dtype], f"{(m, n, k, kw, tiles)}: max error {worst:.2e} of the largest output"
-    misaligned = torch.randn(4 * 640 + 1, device="cuda", dtype=dtype)[1:].view(4, 640)  # 2 bytes off
-    _, qweight, scale, bias = make_case(4, 64, 640, torch.int8, dtype, "cuda")
+    misaligned = torch.randn(4 * 1280 + 1, device="cuda", dtype=dtype)[1:].view(4, 1280)  # 2 bytes off
+    _, qweight, scale, bias = make_case(4, 64, 1280, torch.int8, dtype, "cuda")
     ref = linear_reference(misaligned.float(), qweight, scale, bias.float())
     assert relative_error(tuned_linear(misaligned, qweight, scale, bias, config=config), ref) < TOL[dtype]
 
@@ -96,6 +101,55 @@ def test_int8_mma_replays_in_a_cuda_graph():
     x, qweight, scale, bias = make_case(4, 1024, 4096, torch.int8, torch.bfloat16, "cuda")
     check_graph_replay(x, qweight, scale, bias, mma_config(2, 8, 1),
                        lambda x32: linear_reference(x32, qweight, scale, bias.float()))
+
+
+@triton.jit
+def _now():
+    return tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False, pack=1)
+
+
+@triton.jit
+def _late_copy_kernel(src, dst, n, ns, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    """dst = src after `ns` nanoseconds, its successor let in at the start (as a norm kernel does)."""
+    pdl_entry(PDL)
+    start = _now()
+    while _now() - start < ns:
+        pass
+    offs = tl.arange(0, BLOCK)
+    tl.store(dst + offs, tl.load(src + offs, mask=offs < n), mask=offs < n)
+
+
+@pytest.mark.skipif(capability() < (9, 0), reason="programmatic dependent launch needs sm90+")
+@pytest.mark.parametrize("tiles", [(2, 8, 1, 1), (1, 16, 2, 1), (4, 4, 3, 1), (2, 8, 1, 2)], ids=str)
+def test_int8_mma_launched_early_waits_for_its_input(tiles, monkeypatch):
+    """Launched with PDL, the kernel loads weights while its predecessor runs, but reads the
+    activations only after it: behind a kernel that writes them 20 us after letting it launch,
+    eagerly and replayed from a CUDA graph, the output is that of the new activations, not of the
+    old ones."""
+    monkeypatch.setattr(pdl, "_enabled", True)
+    x, qweight, scale, bias = make_case(4, 6144, 4096, torch.int8, torch.bfloat16, "cuda")
+    fresh = torch.randn_like(x)
+    config = mma_config(*tiles)
+
+    def chain():
+        _late_copy_kernel[(1,)](fresh, x, x.numel(), 20_000, BLOCK=triton.next_power_of_2(x.numel()),
+                                **pdl_args(x))
+        return tuned_linear(x, qweight, scale, bias, config=config)
+
+    ref = linear_reference(fresh.float(), qweight, scale, bias.float())
+    stale = linear_reference(x.float(), qweight, scale, bias.float())
+    assert relative_error(stale, ref) > 0.5  # the two inputs tell apart
+    assert relative_error(chain(), ref) < TOL[torch.bfloat16]
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = chain()
+    for seed in range(2):
+        x.copy_(torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).to(x))
+        fresh.copy_(torch.randn(x.shape, generator=torch.Generator().manual_seed(seed + 10)).to(x))
+        graph.replay()
+        ref = linear_reference(fresh.float(), qweight, scale, bias.float())
+        assert relative_error(out, ref) < TOL[torch.bfloat16]
 
 
 @pytest.mark.parametrize("qdtype", QDTYPES)

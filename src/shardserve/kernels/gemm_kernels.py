@@ -17,7 +17,8 @@ is added in the same epilogue.
             rows this skips the dot path's 16-row operand padding and register shuffles.
   "mma"     int8 weights, at most 8 rows: kernels/int8_mma.py, CUDA C that loads each weight
             straight into the tensor core's operand registers (block_n: a program's features,
-            num_warps: its warps splitting K, num_stages: K blocks in flight a warp). An input
+            block_k: a K block, 64 or 128, num_warps: its warps splitting K, num_stages: K blocks
+            in flight a warp). An input
             activation runs as its own kernel first.
   "cublas"  16-bit weights only: F.linear, exactly the call an unquantised layer makes; the
             tuner's first candidate and the untuned choice, so a kernel runs only where it
@@ -58,7 +59,7 @@ import torch.nn.functional as F
 
 from shardserve.kernels import _has_triton
 from shardserve.kernels.act_and_mul import apply_input_act, split_input_act
-from shardserve.kernels.int8_mma import int8_mma
+from shardserve.kernels.int8_mma import K_BLOCK, int8_mma
 
 if _has_triton:
     import triton
@@ -97,7 +98,7 @@ class KernelConfig:
         if self.kernel in ("cublas", "dequant"):
             return self.kernel
         if self.kernel == "mma":
-            return f"mma {self.block_n} warps {self.num_warps} in flight {self.num_stages}"
+            return f"mma {self.block_n}x{self.block_k} warps {self.num_warps} in flight {self.num_stages}"
         return (f"{self.kernel} {self.block_m}x{self.block_n}x{self.block_k} split {self.split_k} "
                 f"warps {self.num_warps} stages {self.num_stages}" + (" swapped" if self.swap_ab else "")
                 + ("" if self.fuse_act else " act apart"))
@@ -205,7 +206,8 @@ def run_config(cfg: KernelConfig, x2: torch.Tensor, weight: torch.Tensor, scale:
     if cfg.kernel == "dequant":
         return F.linear(apply_input_act(x2, input_act), dequantize_fast(weight, scale, x2.dtype), bias)
     if cfg.kernel == "mma":
-        return int8_mma(x2, weight, scale, bias, cfg.block_n // 16, cfg.num_warps, cfg.num_stages)
+        return int8_mma(x2, weight, scale, bias, cfg.block_n // 16, cfg.num_warps, cfg.num_stages,
+                        cfg.block_k // K_BLOCK)
     atomic = cfg.split_k > 1
     # Split K: float32 partials are summed in place, then rounded once to the output dtype.
     out = torch.zeros((m, n), dtype=torch.float32, device=x2.device) if atomic else x2.new_empty((m, n))

@@ -49,10 +49,14 @@ def _supported(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device) >= (9, 0)
 
 
+def pdl_on(x: torch.Tensor) -> bool:
+    """Whether a kernel launched on x's device launches so (CUDA C kernels: kernels/cuda_launch.py)."""
+    return _enabled and x.is_cuda and _supported(x.device)
+
+
 def pdl_args(x: torch.Tensor) -> dict:
     """The launch arguments of a kernel that takes `PDL: tl.constexpr`, for a launch on x's device."""
-    on = _enabled and _has_gdc and x.is_cuda and _supported(x.device)
-    return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
+    return {"PDL": True, "launch_pdl": True} if _has_gdc and pdl_on(x) else {"PDL": False}
 
 
 _has_gdc = False

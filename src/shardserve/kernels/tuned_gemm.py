@@ -104,10 +104,13 @@ _DOT_TILES = {
     (False, True): [(64, 256, True), (32, 256, True), (64, 128, True)],
     (False, False): [(32, 256, False), (64, 128, False)],
 }
-# The int8 "mma" kernel's (16-feature tiles, warps splitting K, K blocks in flight a warp): those
-# fastest at some Llama-3-8B or BLOOM-176B TP4 shape, 1 or 4 rows, among all 27 on an H200
-# (benchmarks/gemm_sweep.py --mma-only), and (2, 16, 1), fastest at BLOOM fc1 on an H100.
-_MMA_TILES = [(1, 16, 1), (2, 8, 1), (2, 4, 1), (2, 16, 1), (1, 16, 2)]
+# The int8 "mma" kernel's (16-feature tiles, warps splitting K, K blocks in flight a warp, K block
+# width / 64): with 64-wide blocks those fastest at some Llama-3-8B or BLOOM-176B TP4 shape, 1 or 4
+# rows, among all 27 on an H200 (benchmarks/gemm_sweep.py --mma-only), and (2, 16, 1), fastest at
+# BLOOM fc1 on an H100; with 128-wide blocks those fastest or within 1.5% at some shape at 4 rows
+# among all 54 on an H100 (where they beat the 64-wide ones by 2-9%).
+_MMA_TILES = [(1, 16, 1, 1), (2, 8, 1, 1), (2, 4, 1, 1), (2, 16, 1, 1), (1, 16, 2, 1),
+              (1, 4, 1, 2), (1, 8, 1, 2), (1, 16, 1, 2)]
 
 
 def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype = torch.int8,
@@ -126,7 +129,8 @@ def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype =
       8-bit weights: below 17 rows dot 32x256, 64x128, 128x128 and 32x512 (swapping never won
         for them); past 16 rows, which the sweep did not measure, 32x256 and 64x256 as before.
         At most 13 configs; for int8 at 1-8 rows with K a multiple of 64, where this PyTorch
-        can compile CUDA C (NVRTC), also the 5 "mma" configs of kernels/int8_mma.py.
+        can compile CUDA C (NVRTC), also the 5 "mma" configs of kernels/int8_mma.py with 64-wide
+        K blocks, and where K is a multiple of 128, 3 with 128-wide ones.
       16-bit weights: cuBLAS, then below 17 rows the swapped dot (weights on the MMA's tall side,
         `_gemm_kernel`) at 64x256, 32x256 and 64x128, which beat cuBLAS and the unswapped tiles
         by 2-9% at 4 rows; past 16 rows the unswapped 32x256 and 64x128. At most 11 configs.
@@ -151,16 +155,15 @@ def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype =
     out = list(dict.fromkeys(out))  # duplicates removed, order kept
     if input_act is not None:
         out += [replace(c, fuse_act=False) for c in out if c.kernel in ("dot", "gemv")]
-    if int8_mma.shape_applies(m, k, weight_dtype):
-        out += [mma_config(*tile) for tile in _MMA_TILES]
+    out += [mma_config(*tile) for tile in _MMA_TILES if int8_mma.shape_applies(m, k, weight_dtype, *tile[3:])]
     return out
 
 
-def mma_config(tiles: int, warps: int, in_flight: int) -> KernelConfig:
+def mma_config(tiles: int, warps: int, in_flight: int, kw: int = 1) -> KernelConfig:
     """The int8 "mma" kernel (kernels/int8_mma.py) with `tiles` 16-feature tiles a program, `warps`
-    warps splitting K in it and `in_flight` 64-wide K blocks loading ahead a warp. It has no
-    prologue to fuse an input activation into: always `fuse_act=False`."""
-    return KernelConfig(int8_mma.MAX_ROWS, 16 * tiles, int8_mma.K_BLOCK, 1, warps, in_flight, kernel="mma",
+    warps splitting K in it, `in_flight` K blocks loading ahead a warp, and K blocks of 64 * kw. It
+    has no prologue to fuse an input activation into: always `fuse_act=False`."""
+    return KernelConfig(int8_mma.MAX_ROWS, 16 * tiles, int8_mma.K_BLOCK * kw, 1, warps, in_flight, kernel="mma",
                         fuse_act=False)
 
 

@@ -77,8 +77,8 @@ def test_candidates_start_with_the_heuristic_and_fit_the_budget():
 
 def test_the_cuda_int8_kernel_is_offered_where_it_applies(monkeypatch):
     """kernels/int8_mma.py runs only on a GPU with NVRTC (never on this CPU); where it can, the
-    tuner offers it for int8 weights at <= 8 rows with K a multiple of 64, and not when the engine
-    switched it off (extra int8_mma=false)."""
+    tuner offers it for int8 weights at <= 8 rows with K a multiple of 64 (its 128-wide K blocks
+    where K is a multiple of 128), and not when the engine switched it off (extra int8_mma=false)."""
     assert not int8_mma.available()  # no CUDA here
     assert not any(c.kernel == "mma" for c in candidates(4, 4096, 4096, 132))
     monkeypatch.setattr(int8_mma, "_supported", lambda: True)
@@ -86,6 +86,8 @@ def test_the_cuda_int8_kernel_is_offered_where_it_applies(monkeypatch):
     for m in (1, 4, 8):
         assert len(mma(m, 4096, 4096, 132)) == len(tuned_gemm._MMA_TILES)
     assert all(str(c).startswith("mma ") and c.block_n % 16 == 0 for c in mma(4, 4096, 4096, 132))
+    assert {c.block_k for c in mma(4, 4096, 4096, 132)} == {64, 128}
+    assert {c.block_k for c in mma(4, 4096, 4160, 132)} == {64}  # 65 blocks of 64
     assert not mma(9, 4096, 4096, 132) and not mma(4, 4096, 4000, 132)
     assert not mma(4, 4096, 4096, 132, torch.float8_e4m3fn) and not mma(4, 4096, 4096, 132, torch.bfloat16)
     assert mma(4, 4096, 4096, 132, torch.int8, "silu_and_mul")  # the activation runs first
