@@ -145,7 +145,7 @@ def _bench(model: str, tp: int, batch: int, reps: int, check_tokens: int, varian
 def llama8b(ablations: bool, profile: bool = False, batch: int = 1, no_mma: bool = False) -> dict:
     formats = {"bf16": {}, "int8": {"quantization": "int8"}, "fp8": {"quantization": "fp8"}}
     variants = dict(formats)
-    if no_mma:  # the tuner without the CUDA int8 kernel (it runs at 1-8 rows; batch 1 keeps the GEMV)
+    if no_mma:  # the tuner without the CUDA int8 kernel (a candidate at 1-8 rows)
         variants["int8-no-mma"] = {"quantization": "int8", "extra": {"int8_mma": False}}
     if ablations:  # each format without programmatic dependent launch (kernels/pdl.py); bf16 with
         # asynchronous scheduling off, and with the small fused kernels off

@@ -18,7 +18,8 @@ in the loop:
   block at MMA step i = 0 .. 4 KW - 1. So one 16-byte load of a weight row feeds four MMAs, and
   the activations come as 16-byte loads of the same columns. With KW = 2 the four threads of a
   row read its 128 bytes, a whole cache line, where KW = 1 splits each line between two warps:
-  2-9% faster at 4 rows on an H100 (benchmarks/RESULTS.md, ninth session).
+  3-9% faster at BLOOM-176B TP4's GEMMs at 4 rows on an H100 (benchmarks/RESULTS.md, ninth
+  session).
 - An int8 byte becomes an exact 16-bit float by bit tricks: for fp16, the byte (offset by 128)
   goes into the mantissa of 1024.0 and 1152.0 is subtracted (two values per instruction pair);
   for bf16, whose 7-bit mantissa cannot hold a byte, the same is done in float32 (2^23) and the
