@@ -45,4 +45,3 @@ def launch(kernel, grid: tuple[int, int, int], block: tuple[int, int, int], args
     status = _driver().cuLaunchKernelEx(ctypes.byref(config), kernel.func, params, None)
     if status:
         raise RuntimeError(f"cuLaunchKernelEx failed with CUDA driver error {status}")
-

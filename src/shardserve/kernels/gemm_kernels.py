@@ -18,8 +18,7 @@ is added in the same epilogue.
   "mma"     int8 weights, at most 8 rows: kernels/int8_mma.py, CUDA C that loads each weight
             straight into the tensor core's operand registers (block_n: a program's features,
             block_k: a K block, 64 or 128, num_warps: its warps splitting K, num_stages: K blocks
-            in flight a warp). An input
-            activation runs as its own kernel first.
+            in flight a warp). An input activation runs as its own kernel first.
   "cublas"  16-bit weights only: F.linear, exactly the call an unquantised layer makes; the
             tuner's first candidate and the untuned choice, so a kernel runs only where it
             measured faster (cuBLAS reads small decode weights at ~3.1-3.75 TB/s on an H200,

@@ -50,7 +50,7 @@ from shardserve.kernels.cuda_launch import launch
 from shardserve.kernels.pdl import pdl_on
 
 MAX_ROWS = 8  # the MMA's narrow side
-K_BLOCK = 64  # K consumed by one 16-byte load of each weight row (4 threads of a warp); K's multiple
+K_BLOCK = 64  # K of one 16-byte load of a weight row by 4 threads; K must be a multiple
 NT_CHOICES = (1, 2, 4)  # 16-feature tiles a warp (and a block)
 WARP_CHOICES = (4, 8, 16)  # warps splitting K in a block
 KW_CHOICES = (1, 2)  # 16-byte loads a thread makes of each row per K block: 64- or 128-wide blocks
@@ -185,7 +185,7 @@ KERNEL_NAME(const u16 *__restrict__ x, const signed char *__restrict__ w, const 
             const int kb = base + s * WARPS;
             if (kb < kblocks) {
 #pragma unroll
-                for (int i = 0; i < 4 * KW; ++i) {  // MMA step i: bytes 4i .. 4i + 3 of each row's 16 * KW
+                for (int i = 0; i < 4 * KW; ++i) {  // MMA step i: bytes 4i .. 4i + 3 of a row's 16 KW
                     const u32 b0 = word(slot[s].x[i >> 1], (2 * i) & 3);
                     const u32 b1 = word(slot[s].x[i >> 1], (2 * i + 1) & 3);
 #pragma unroll

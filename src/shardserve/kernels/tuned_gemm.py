@@ -155,7 +155,8 @@ def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype =
     out = list(dict.fromkeys(out))  # duplicates removed, order kept
     if input_act is not None:
         out += [replace(c, fuse_act=False) for c in out if c.kernel in ("dot", "gemv")]
-    out += [mma_config(*tile) for tile in _MMA_TILES if int8_mma.shape_applies(m, k, weight_dtype, *tile[3:])]
+    out += [mma_config(nt, warps, pipe, kw) for nt, warps, pipe, kw in _MMA_TILES
+            if int8_mma.shape_applies(m, k, weight_dtype, kw)]
     return out
 
 
