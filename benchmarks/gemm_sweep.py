@@ -68,8 +68,8 @@ def _mma_grid(m: int, k: int, weight_dtype: torch.dtype) -> list:
     from shardserve.kernels import int8_mma
     from shardserve.kernels.tuned_gemm import mma_config
 
-    return [mma_config(nt, warps, pipe, kw) for kw in int8_mma.KW_CHOICES for nt in int8_mma.NT_CHOICES
-            for warps in int8_mma.WARP_CHOICES for pipe in (1, 2, 3) if int8_mma.shape_applies(m, k, weight_dtype, kw)]
+    return [mma_config(nt, warps, pipe, kw) for nt, warps, pipe, kw in int8_mma.VARIANTS
+            if int8_mma.shape_applies(m, k, weight_dtype, kw)]
 
 
 def _gemv_grid(m: int, n: int, k: int, sms: int) -> list:

@@ -1,6 +1,7 @@
 """Decode GEMM for int8 weights below Triton: y = x @ (W * scale).T (+ b) for at most 8 rows of
-fp16/bf16 activations, in CUDA C compiled at run time by NVRTC (torch.cuda._compile_kernel: no
-compiler beyond what PyTorch's CUDA build brings).
+fp16/bf16 activations, in CUDA C (int8_mma.cu, beside this file) compiled at run time by NVRTC
+(torch.cuda._compile_kernel: no compiler beyond what PyTorch's CUDA build brings). This module
+holds what the kernel does and how Python builds, offers and launches its variants.
 
 Why not Triton: at 1-4 rows Triton's 8-bit kernels stage every weight tile through shared memory,
 load it back, convert it and feed it to mma.sync; Nsight Compute found them bound by those
@@ -43,6 +44,7 @@ reference is `linear_reference` (kernels/weight_formats.py), as for every decode
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import torch
 
@@ -54,182 +56,10 @@ K_BLOCK = 64  # K of one 16-byte load of a weight row by 4 threads; K must be a 
 NT_CHOICES = (1, 2, 4)  # 16-feature tiles a warp (and a block)
 WARP_CHOICES = (4, 8, 16)  # warps splitting K in a block
 KW_CHOICES = (1, 2)  # 16-byte loads a thread makes of each row per K block: 64- or 128-wide blocks
-
-_SOURCE = r"""
-typedef unsigned int u32;
-typedef unsigned short u16;
-
-// Four int8 weights (one word) -> two registers of two 16-bit floats: bytes (0, 1) and (2, 3).
-__device__ __forceinline__ void convert4(u32 q, u32 &lo, u32 &hi) {
-    u32 u = q ^ 0x80808080u;  // w + 128, as unsigned bytes
-#if BF16
-    const u32 base = 0x4B000000u;  // 2^23: its mantissa's low byte takes u
-    float f0 = __uint_as_float(__byte_perm(u, base, 0x7440)) - 8388736.0f;
-    float f1 = __uint_as_float(__byte_perm(u, base, 0x7441)) - 8388736.0f;
-    float f2 = __uint_as_float(__byte_perm(u, base, 0x7442)) - 8388736.0f;
-    float f3 = __uint_as_float(__byte_perm(u, base, 0x7443)) - 8388736.0f;
-    lo = __byte_perm(__float_as_uint(f0), __float_as_uint(f1), 0x7632);
-    hi = __byte_perm(__float_as_uint(f2), __float_as_uint(f3), 0x7632);
-#else
-    const u32 magic = 0x64806480u;  // 1152.0 = 1024 + 128, twice
-    u32 a = __byte_perm(u, 0x64646464u, 0x4140);  // 1024 + u0, 1024 + u1
-    u32 b = __byte_perm(u, 0x64646464u, 0x4342);
-    asm("sub.f16x2 %0, %1, %2;" : "=r"(lo) : "r"(a), "r"(magic));
-    asm("sub.f16x2 %0, %1, %2;" : "=r"(hi) : "r"(b), "r"(magic));
-#endif
-}
-
-__device__ __forceinline__ void mma(float *c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-#if BF16
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-#else
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-#endif
-                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// Weights are read once: keep them out of L1.
-__device__ __forceinline__ uint4 load_stream(const void *p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
-}
-
-__device__ __forceinline__ float half_to_float(u16 h) {
-#if BF16
-    return __uint_as_float(((u32)h) << 16);
-#else
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-#endif
-}
-
-__device__ __forceinline__ u16 float_to_half(float f) {
-    u16 h;
-#if BF16
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
-#else
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-#endif
-    return h;
-}
-
-__device__ __forceinline__ u32 word(const uint4 &v, int i) {
-    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-}
-
-struct Slot {
-    uint4 w[NT][2][KW];  // rows g and g + 8 of each 16-feature tile: 16 * KW bytes of K each
-    uint4 x[2 * KW];     // 16 * KW activations of row g
-};
-
-__device__ __forceinline__ void load_weights(Slot &slot, const signed char *const (&wrow)[NT][2], int kb) {
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-        for (int u = 0; u < KW; ++u) {
-            slot.w[j][0][u] = load_stream(wrow[j][0] + kb * KBLOCK + 16 * u);
-            slot.w[j][1][u] = load_stream(wrow[j][1] + kb * KBLOCK + 16 * u);
-        }
-}
-
-__device__ __forceinline__ void load_x(Slot &slot, const u16 *xrow, bool has_x, int kb) {
-#pragma unroll
-    for (int u = 0; u < 2 * KW; ++u)
-        slot.x[u] = has_x ? *(const uint4 *)(xrow + kb * KBLOCK + 8 * u) : make_uint4(0, 0, 0, 0);
-}
-
-// Program: 16 * NT output features; its WARPS warps take the KBLOCK-wide K blocks in turn.
-extern "C" __global__ void __launch_bounds__(WARPS * 32)
-KERNEL_NAME(const u16 *__restrict__ x, const signed char *__restrict__ w, const float *__restrict__ scale,
-            const u16 *__restrict__ bias, u16 *__restrict__ out, int M, int N, int K, int stride_xm,
-            int stride_om, int has_bias) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int g = lane >> 2, t = lane & 3;
-    const int n0 = blockIdx.x * (16 * NT);
-    const int kblocks = K / KBLOCK;
-    const signed char *wrow[NT][2];
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            int n = min(n0 + 16 * j + 8 * h + g, N - 1);  // rows past N are read, never stored
-            wrow[j][h] = w + (long long)n * K + 16 * KW * t;
-        }
-    const bool has_x = g < M;  // the MMA's columns past M multiply zeros
-    const u16 *xrow = x + (long long)(has_x ? g : 0) * stride_xm + 16 * KW * t;
-    float acc[NT][4];
-#pragma unroll
-    for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
-    // Launched early (PDL), the program loads its first weights, which no kernel of the step
-    // writes, while its predecessor still runs; then it waits for the activations.
-    Slot slot[PIPE];
-#pragma unroll
-    for (int s = 0; s < PIPE; ++s)
-        if (warp + s * WARPS < kblocks)
-            load_weights(slot[s], wrow, warp + s * WARPS);
-#if PDL
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-#pragma unroll
-    for (int s = 0; s < PIPE; ++s)
-        if (warp + s * WARPS < kblocks)
-            load_x(slot[s], xrow, has_x, warp + s * WARPS);
-    for (int base = warp; base < kblocks; base += PIPE * WARPS) {
-#pragma unroll
-        for (int s = 0; s < PIPE; ++s) {
-            const int kb = base + s * WARPS;
-            if (kb < kblocks) {
-#pragma unroll
-                for (int i = 0; i < 4 * KW; ++i) {  // MMA step i: bytes 4i .. 4i + 3 of a row's 16 KW
-                    const u32 b0 = word(slot[s].x[i >> 1], (2 * i) & 3);
-                    const u32 b1 = word(slot[s].x[i >> 1], (2 * i + 1) & 3);
-#pragma unroll
-                    for (int j = 0; j < NT; ++j) {
-                        u32 a0, a1, a2, a3;
-                        convert4(word(slot[s].w[j][0][i >> 2], i & 3), a0, a2);
-                        convert4(word(slot[s].w[j][1][i >> 2], i & 3), a1, a3);
-                        mma(acc[j], a0, a1, a2, a3, b0, b1);
-                    }
-                }
-                if (kb + PIPE * WARPS < kblocks) {
-                    load_weights(slot[s], wrow, kb + PIPE * WARPS);
-                    load_x(slot[s], xrow, has_x, kb + PIPE * WARPS);
-                }
-            }
-        }
-    }
-#if PDL
-    asm volatile("griddepcontrol.launch_dependents;");  // late, as the Triton GEMMs (kernels/pdl.py)
-#endif
-    // acc[j][r]: feature n0 + 16j + g + 8 * (r >> 1), row 2t + (r & 1). Sum over the warps.
-    __shared__ float partial[WARPS][NT * 4][32];
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) partial[warp][4 * j + r][lane] = acc[j][r];
-    __syncthreads();
-    for (int v = threadIdx.x; v < NT * 4 * 32; v += WARPS * 32) {
-        const int jr = v >> 5, l = v & 31;
-        const int j = jr >> 2, r = jr & 3;
-        const int n = n0 + 16 * j + (l >> 2) + 8 * (r >> 1);
-        const int m = 2 * (l & 3) + (r & 1);
-        if (n < N && m < M) {
-            float sum = 0.0f;
-#pragma unroll
-            for (int q = 0; q < WARPS; ++q) sum += partial[q][jr][l];
-            sum *= scale[n];
-            if (has_bias)
-                sum += half_to_float(bias[n]);
-            out[(long long)m * stride_om + n] = float_to_half(sum);
-        }
-    }
-}
-"""
+PIPE_CHOICES = (1, 2, 3)  # K blocks in flight a warp
+# Every variant, (NT, WARPS, PIPE, KW): the sweep's grid (benchmarks/gemm_sweep.py --mma-only).
+VARIANTS = [(nt, warps, pipe, kw) for kw in KW_CHOICES for nt in NT_CHOICES for warps in WARP_CHOICES
+            for pipe in PIPE_CHOICES]
 
 
 def kernel_name(bf16: bool, nt: int, warps: int, pipe: int, kw: int = 1, pdl: bool = False) -> str:
@@ -241,7 +71,12 @@ def source(bf16: bool, nt: int, warps: int, pipe: int, kw: int = 1, pdl: bool = 
     first weights, and lets its successor launch after its main loop (kernels/pdl.py)."""
     defines = {"BF16": int(bf16), "NT": nt, "WARPS": warps, "PIPE": pipe, "KW": kw, "KBLOCK": K_BLOCK * kw,
                "PDL": int(pdl), "KERNEL_NAME": kernel_name(bf16, nt, warps, pipe, kw, pdl)}
-    return "".join(f"#define {k} {v}\n" for k, v in defines.items()) + _SOURCE
+    return "".join(f"#define {k} {v}\n" for k, v in defines.items()) + _cuda_source()
+
+
+@functools.cache
+def _cuda_source() -> str:
+    return Path(__file__).with_name("int8_mma.cu").read_text()
 
 
 _enabled = True

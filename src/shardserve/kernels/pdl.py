@@ -9,8 +9,9 @@ start-up overlap the predecessor's tail.
 Every kernel launched so calls `pdl_entry` (or `pdl_wait`) first, in every program, before any
 memory access: no read of a predecessor's output and no write to what a predecessor reads can
 move ahead of the wait. (The CUDA int8 GEMM, kernels/int8_mma.py, launched by
-kernels/cuda_launch.py, loads its first weights before its wait: no kernel of a step writes them.) The wait covers only the immediate predecessor, which is enough because
-a kernel completes only after its own wait: the chain stays ordered. Kernels that follow in the
+kernels/cuda_launch.py, loads its first weights before its wait: no kernel of a step writes
+them.) The wait covers only the immediate predecessor, which is enough because a kernel
+completes only after its own wait: the chain stays ordered. Kernels that follow in the
 stream without the attribute (cuBLAS, torch's own) start after a full completion, as always.
 
 Where a kernel lets its successor launch matters. The small kernels do it at once (`pdl_entry`).
