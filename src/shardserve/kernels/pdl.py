@@ -52,7 +52,7 @@ def _supported(device: torch.device) -> bool:
 
 
 def pdl_on(x: torch.Tensor) -> bool:
-    """Whether a kernel launched on x's device launches so (CUDA C kernels: kernels/cuda_launch.py)."""
+    """Whether a kernel on x's device launches so (CUDA C kernels: kernels/cuda_launch.py)."""
     return _enabled and x.is_cuda and _supported(x.device)
 
 
