@@ -109,7 +109,7 @@ def _now():
 
 @triton.jit
 def _late_copy_kernel(src, dst, n, ns, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    """dst = src after `ns` nanoseconds; lets its successor launch at once (as a norm kernel does)."""
+    """dst = src after `ns` ns; lets its successor launch at once (as a norm kernel does)."""
     pdl_entry(PDL)
     start = _now()
     while _now() - start < ns:
