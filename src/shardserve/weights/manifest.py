@@ -12,7 +12,9 @@ from shardserve.errors import ModelLoadError
 
 MANIFEST = "shardserve-manifest.json"
 FORMAT = "shardserve-presharded"
-FORMAT_VERSION = 1
+# Rank files hold the parameters as the model keeps them in memory, so any change to how a layer
+# stores its slice bumps the version. 2: BLOOM's query_key_value rows as [3, heads, head_dim].
+FORMAT_VERSION = 2
 BLOCK_BYTES = 16 << 20  # hash granularity: blocks are verified in parallel as they are read
 
 
@@ -33,7 +35,7 @@ def read_manifest(model_dir: str | Path) -> dict:
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise ModelLoadError(
             f"{path}: format {manifest.get('format')!r} version {manifest.get('format_version')!r} "
-            f"is not {FORMAT!r} version {FORMAT_VERSION}"
+            f"is not {FORMAT!r} version {FORMAT_VERSION}: write it again with `shardserve partition`"
         )
     return manifest
 
