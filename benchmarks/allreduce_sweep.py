@@ -1,8 +1,7 @@
 """All-reduce latency on the GPUs of one host, per size and dtype: NCCL vs our one-shot kernel
 (parallel/one_shot_kernel.py; also with its second barrier in place of the split one) vs torch's
 one-shot op (bfloat16 only: it has no float16), replayed from CUDA graphs (as in decode) and
-eager; then the fused all-reduce + add + norm at decode shapes per chunk width. Also run by
-gpu_tp4.py.
+eager. Also run by gpu_tp4.py.
 Usage on the device: PYTHONPATH=src python3 benchmarks/allreduce_sweep.py [world]"""
 
 from __future__ import annotations
@@ -104,42 +103,10 @@ def _worker(rank: int, world: int, port: int, out_path: str) -> None:
                 except Exception as e:  # report, keep going
                     row[f"{label}_error"] = repr(e)[:200]
             rows.append(row)
-    rows += _add_norm_rows(fast)
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(rows, f, indent=1)
     dist.destroy_process_group()
-
-
-# The fused all-reduce + residual add + LayerNorm (reduce_norm_kernel.py) at decode shapes: rows x
-# hidden size of OPT-30B (fp16) and BLOOM-176B (bf16), cut into chunks of these many columns
-# ("row": one unit a row, one program per row as before the chunks).
-NORM_SHAPES = [(4, 7168, torch.float16), (4, 14336, torch.bfloat16), (1, 14336, torch.bfloat16)]
-NORM_CHUNKS = ["row", 4096, 2048, 1024, 512]
-
-
-def _add_norm_rows(fast) -> list[dict]:
-    from shardserve.layers.norm import LayerNorm
-    from shardserve.parallel.reduce_norm_kernel import reduce_add_norm
-
-    rows = []
-    for n_rows, dim, dtype in NORM_SHAPES:
-        norm = LayerNorm(dim, 1e-5).to("cuda", dtype)
-        torch.nn.init.normal_(norm.weight, 1.0, 0.2)
-        torch.nn.init.normal_(norm.bias, 0.0, 0.2)
-        x = torch.randn(n_rows, dim, device="cuda", dtype=dtype)
-        residual = torch.randn(n_rows, dim, device="cuda", dtype=dtype)
-        row = {"add_norm": f"{n_rows}x{dim}", "dtype": str(dtype).removeprefix("torch.")}
-        for chunk in NORM_CHUNKS:
-            def run(x, residual=residual, norm=norm, chunk=0 if chunk == "row" else chunk):
-                return reduce_add_norm(x, residual, norm.weight, norm.bias, norm.eps, fast.handle, fast.row_counts,
-                                       fast.max_programs, fast.split, chunk)
-            try:
-                row[f"chunk_{chunk}_graph_us"] = round(_time_graph(run, x), 2)
-            except Exception as e:  # report, keep going
-                row[f"chunk_{chunk}_error"] = repr(e)[:200]
-        rows.append(row)
-    return rows
 
 
 def sweep(world: int, out_path: str) -> list[dict]:

@@ -158,15 +158,12 @@ def llama8b(ablations: bool, profile: bool = False, batch: int = 1, no_mma: bool
     return out
 
 
-def bloom176b(tp: int, two_barriers: bool = False, no_mma: bool = False, profile: bool = False,
-              norm_rows: bool = False) -> dict:
+def bloom176b(tp: int, two_barriers: bool = False, no_mma: bool = False, profile: bool = False) -> dict:
     variants = {"int8": {"quantization": "int8"}}
     if two_barriers:  # the all-reduce kernels' second barrier in place of the split one
         variants["int8-two-barriers"] = {"quantization": "int8", "extra": {"all_reduce_split_barrier": False}}
     if no_mma:  # the tuner without the CUDA int8 kernel (kernels/int8_mma.py): Triton's alone
         variants["int8-no-mma"] = {"quantization": "int8", "extra": {"int8_mma": False}}
-    if norm_rows:  # the fused all-reduce + norm kernel one program a row (reduce_norm_kernel.py)
-        variants["int8-norm-rows"] = {"quantization": "int8", "extra": {"all_reduce_norm_chunk": 0}}
     out = _bench("bloom", tp=tp, batch=4, reps=5, check_tokens=0, variants=variants, profile=profile)
     print(f"BLOOM-176B int8 TP{tp} P50 ms (target <= 3500 on 4xH200 TP4):", out["variants"]["int8"]["p50_ms"], flush=True)
     return out
@@ -187,8 +184,6 @@ if __name__ == "__main__":
                         help="--part bloom176b: also int8 with the all-reduce kernels' second barrier")
     parser.add_argument("--no-mma", action="store_true",
                         help="--part bloom176b / llama8b: also int8 without the CUDA int8 kernel (Triton's alone)")
-    parser.add_argument("--norm-rows", action="store_true",
-                        help="--part bloom176b: also int8 with the fused all-reduce + norm one program a row")
     parser.add_argument("--batch", type=int, default=1, help="--part llama8b: sequences (target: batch 1)")
     args = parser.parse_args()
     if args.part == "kernels":
@@ -204,8 +199,7 @@ if __name__ == "__main__":
 
         load(args.workdir, args.model, args.tp, DEADLINE)
     elif args.part == "bloom176b":
-        stage(f"bloom176b_tp{args.tp}", lambda: bloom176b(args.tp, args.two_barriers, args.no_mma, args.profile,
-                                                                    args.norm_rows), 60, DEADLINE)
+        stage(f"bloom176b_tp{args.tp}", lambda: bloom176b(args.tp, args.two_barriers, args.no_mma, args.profile), 60, DEADLINE)
     else:
         stage("llama8b", lambda: llama8b(args.ablations, args.profile, args.batch, args.no_mma), 60, DEADLINE)
     finish()

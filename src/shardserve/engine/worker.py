@@ -56,22 +56,15 @@ def init_distributed(
     group = dist.group.WORLD
     fast_all_reduce = None
     if device.type == "cuda" and config.extra.get("fast_all_reduce", True):
-        from shardserve.parallel.fast_all_reduce import (
-            DEFAULT_MAX_BYTES,
-            DEFAULT_NORM_CHUNK,
-            create_fast_all_reduce,
-        )
+        from shardserve.parallel.fast_all_reduce import DEFAULT_MAX_BYTES, create_fast_all_reduce
 
         # None: NCCL only. extra.fused_all_reduce_norm=false keeps the norms out of the all-reduce;
         # extra.all_reduce_split_barrier=false puts the kernels' second barrier back;
-        # extra.fast_all_reduce_max_kb sets the largest sum it takes; extra.all_reduce_norm_chunk
-        # the fused norm's columns per program, 0 for whole rows (parallel/fast_all_reduce.py).
+        # extra.fast_all_reduce_max_kb sets the largest sum it takes (parallel/fast_all_reduce.py).
         fuse_norm = config.extra.get("fused_all_reduce_norm", True)
         split = config.extra.get("all_reduce_split_barrier", True)
         max_kb = int(config.extra.get("fast_all_reduce_max_kb", DEFAULT_MAX_BYTES // 1024))
-        norm_chunk = int(config.extra.get("all_reduce_norm_chunk", DEFAULT_NORM_CHUNK))
-        fast_all_reduce = create_fast_all_reduce(group, device, world_size, fuse_norm, split, max_kb * 1024,
-                                                 norm_chunk)
+        fast_all_reduce = create_fast_all_reduce(group, device, world_size, fuse_norm, split, max_kb * 1024)
     set_parallel_info(ParallelInfo(rank=rank, world_size=world_size, group=group, fast_all_reduce=fast_all_reduce))
     return dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else group
 

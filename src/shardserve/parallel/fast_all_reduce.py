@@ -34,9 +34,6 @@ logger = logging.getLogger(__name__)
 # prefill's larger sums (1.8 MB for OPT-30B's 4 x 32 tokens) are not measured yet:
 # EngineConfig.extra {"fast_all_reduce_max_kb": N} moves the limit to measure them.
 DEFAULT_MAX_BYTES = 512 * 1024
-MIN_NORM_DIM = 64  # add_norm declines more rows than a buffer of 16-bit rows this wide holds
-# The fused norm kernel's columns per program (reduce_norm_kernel.py); 0: one program a row.
-DEFAULT_NORM_CHUNK = 2048
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -44,20 +41,15 @@ class SymmMemAllReduce:
     """Callable: x -> sum of x over the group (new tensor), or None to let NCCL do it.
     fuse_norm=False turns `add_norm` off (EngineConfig.extra {"fused_all_reduce_norm": False}),
     to measure what it buys. split_barrier=False (extra {"all_reduce_split_barrier": False}) runs
-    the kernels with a second barrier in place of the split one (one_shot_kernel.py). norm_chunk
-    (extra {"all_reduce_norm_chunk": N}): the fused norm's columns per program, a power of two,
-    or 0 for one program a row."""
+    the kernels with a second barrier in place of the split one (one_shot_kernel.py)."""
 
     def __init__(self, group: dist.ProcessGroup, device: torch.device, max_bytes: int = DEFAULT_MAX_BYTES,
-                 fuse_norm: bool = True, split_barrier: bool = True, norm_chunk: int = DEFAULT_NORM_CHUNK):
+                 fuse_norm: bool = True, split_barrier: bool = True):
         import torch.distributed._symmetric_memory as symm_mem
 
         world = dist.get_world_size(group)
         if world & (world - 1):
             raise ValueError(f"the one-shot kernel needs a power-of-two world size, got {world}")
-        if norm_chunk < 0 or norm_chunk & (norm_chunk - 1):
-            raise ValueError(f"all_reduce_norm_chunk must be 0 or a power of two, got {norm_chunk}")
-        self.norm_chunk = norm_chunk
         self.max_bytes = max_bytes
         # One byte buffer mapped by every rank; the kernel views it as the input's dtype.
         self.buffer = symm_mem.empty(max_bytes, dtype=torch.uint8, device=device)
@@ -69,9 +61,6 @@ class SymmMemAllReduce:
         from shardserve.parallel.reduce_norm_kernel import reduce_add_norm
 
         self.max_programs = pad_programs(self.handle.signal_pad_size, world)
-        # The fused norm kernel's per-row counts of reduced chunks (reduce_norm_kernel.py): rows of
-        # at least MIN_NORM_DIM 16-bit values fit the buffer.
-        self.row_counts = torch.zeros(max_bytes // (2 * MIN_NORM_DIM), dtype=torch.int32, device=device)
         self.fuse_norm, self.split = fuse_norm, split_barrier
         self._kernel, self._norm_kernel = one_shot_all_reduce, reduce_add_norm
 
@@ -92,10 +81,7 @@ class SymmMemAllReduce:
             return None
         if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype or not residual.is_contiguous()):
             return None
-        if x.shape[0] > self.row_counts.numel():
-            return None
-        return self._norm_kernel(x, residual, norm.weight, bias, norm.eps, self.handle, self.row_counts,
-                                 self.max_programs, self.split, self.norm_chunk)
+        return self._norm_kernel(x, residual, norm.weight, bias, norm.eps, self.handle, self.max_programs, self.split)
 
 
 def ranks_share_one_host(world_size: int) -> bool:
@@ -108,13 +94,13 @@ def ranks_share_one_host(world_size: int) -> bool:
 
 def create_fast_all_reduce(
     group: dist.ProcessGroup, device: torch.device, world_size: int, fuse_norm: bool = True,
-    split_barrier: bool = True, max_bytes: int = DEFAULT_MAX_BYTES, norm_chunk: int = DEFAULT_NORM_CHUNK,
+    split_barrier: bool = True, max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> SymmMemAllReduce | None:
     """Set up and self-check the fast path on every rank; None (NCCL only) unless all succeed."""
     candidate, ok = None, False
     if device.type == "cuda" and world_size > 1 and ranks_share_one_host(world_size):
         try:
-            candidate = SymmMemAllReduce(group, device, max_bytes, fuse_norm, split_barrier, norm_chunk)
+            candidate = SymmMemAllReduce(group, device, max_bytes, fuse_norm, split_barrier)
             ok = _agrees_with_nccl(candidate, group, device)
         except Exception as e:  # no symmetric memory in this build / driver / topology
             logger.warning("fast all-reduce unavailable, using NCCL: %s", e)

@@ -19,7 +19,6 @@ from helpers.tp import run_tp
 from shardserve.layers.norm import LayerNorm, RMSNorm
 from shardserve.parallel import ParallelInfo, get_parallel_info, set_parallel_info
 from shardserve.parallel.comm import all_reduce, all_reduce_add_norm
-from shardserve.parallel.fast_all_reduce import DEFAULT_NORM_CHUNK
 
 try:
     import triton
@@ -122,9 +121,8 @@ def test_fused_kernel_taken_where_the_norm_kernel_runs_else_two_steps(two_fake_r
         assert torch.equal(res, 2 * x + residual) and torch.equal(out, norm(2 * x + residual))
 
 
-def _run_kernel_as_every_rank(partials, residual, norm, max_programs, split, chunk):
-    """Each simulated rank's (out, residual out) from reduce_add_norm, ranks run one by one; the
-    row counts must be left zeroed (the next call, or graph replay, starts from them)."""
+def _run_kernel_as_every_rank(partials, residual, norm, max_programs, split=False):
+    """Each simulated rank's (out, residual out) from reduce_add_norm, ranks run one by one."""
     from shardserve.parallel.reduce_norm_kernel import reduce_add_norm
 
     world, (rows, dim) = len(partials), partials[0].shape
@@ -141,10 +139,8 @@ def _run_kernel_as_every_rank(partials, residual, norm, max_programs, split, chu
             buffer_ptrs_dev, signal_pad_ptrs_dev, world_size = pointers.data_ptr(), 0, world
 
         Handle.rank = rank
-        row_counts = torch.zeros(rows, dtype=torch.int32)
         results.append(reduce_add_norm(partials[rank], residual, norm.weight, getattr(norm, "bias", None),
-                                       norm.eps, Handle, row_counts, max_programs, split, chunk))
-        assert not row_counts.any(), f"rank {rank}: row counts left {row_counts.tolist()}"
+                                       norm.eps, Handle, max_programs, split))
     return results
 
 
@@ -153,14 +149,11 @@ def _run_kernel_as_every_rank(partials, residual, norm, max_programs, split, chu
 @pytest.mark.parametrize("rows,dim", [(1, 1000), (5, 33), (3, 256)])
 @pytest.mark.parametrize("world", [2, 4])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("chunks", [8, None], ids=["8-chunks-a-row", "default-chunks"])
-def test_kernel_in_interpreter_is_sum_then_norm_kernel(monkeypatch, dtype, world, rows, dim, split, chunks):
+def test_kernel_in_interpreter_is_sum_then_norm_kernel(monkeypatch, dtype, world, rows, dim, split):
     """Bit for bit: the float32 sum in rank order rounded to the dtype (the one-shot all-reduce),
     then fused_add_*_norm (or the plain norm kernel without a residual), with either barrier
-    scheme (their cross-GPU waits are tests/gpu's). Rows cut into 8 chunks of the norm's block
-    (the last one partial) and into the default chunks (one a row at
-    these widths). bfloat16 is left to tests/gpu (the interpreter's bfloat16 rounding is not the
-    GPU's)."""
+    scheme (their cross-GPU waits are tests/gpu's). bfloat16 is left to tests/gpu (the
+    interpreter's bfloat16 rounding is not the GPU's)."""
     pytest.importorskip("triton")
     import shardserve.parallel.reduce_norm_kernel as kernel_module
     from shardserve.kernels.layer_norm import fused_add_layer_norm, layer_norm
@@ -177,7 +170,6 @@ def test_kernel_in_interpreter_is_sum_then_norm_kernel(monkeypatch, dtype, world
         total = total + p.float()
     reduced = total.to(dtype)
     rms, ln = _norms(dim, dtype)
-    chunk = DEFAULT_NORM_CHUNK if chunks is None else triton.next_power_of_2(dim) // chunks
     expected = {
         (rms, True): fused_add_rms_norm(reduced, residual, rms.weight, rms.eps),
         (rms, False): (rms_norm(reduced, rms.weight, rms.eps), reduced),
@@ -187,8 +179,7 @@ def test_kernel_in_interpreter_is_sum_then_norm_kernel(monkeypatch, dtype, world
     for (norm, has_residual), (want_out, want_res) in expected.items():
         # max_programs 2: a program loops over several rows when rows > 2.
         for rank, (out, res) in enumerate(
-            _run_kernel_as_every_rank(partials, residual if has_residual else None, norm, max_programs=2,
-                                      split=split, chunk=chunk)
+            _run_kernel_as_every_rank(partials, residual if has_residual else None, norm, max_programs=2, split=split)
         ):
             what = f"{type(norm).__name__} residual={has_residual} rank {rank}"
             assert torch.equal(res, want_res), f"{what}: residual stream"
