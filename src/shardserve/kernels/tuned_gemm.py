@@ -108,9 +108,10 @@ _DOT_TILES = {
 # width / 64): with 64-wide blocks those fastest at some Llama-3-8B or BLOOM-176B TP4 shape, 1 or 4
 # rows, among all 27 on an H200 (benchmarks/gemm_sweep.py --mma-only), and (2, 16, 1), fastest at
 # BLOOM fc1 on an H100; with 128-wide blocks those fastest or within 1.5% at some shape at 4 rows
-# among all 54 on an H100 (3-9% below the 64-wide ones at BLOOM's shapes).
+# among all 54 on an H100 (3-9% below the 64-wide ones at BLOOM's shapes), and (2, 8, 1, 2),
+# fastest at BLOOM TP4's qkv at 4 rows on an H200 (44.6 us against 46.7 for the next).
 _MMA_TILES = [(1, 16, 1, 1), (2, 8, 1, 1), (2, 4, 1, 1), (2, 16, 1, 1), (1, 16, 2, 1),
-              (1, 4, 1, 2), (1, 8, 1, 2), (1, 16, 1, 2)]
+              (1, 4, 1, 2), (1, 8, 1, 2), (1, 16, 1, 2), (2, 8, 1, 2)]
 
 
 def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype = torch.int8,
