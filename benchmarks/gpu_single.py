@@ -1,5 +1,6 @@
 """One-GPU run (issue 6): GPU tests, kernel timings, Llama-3-8B-shaped decode and TTFT vs
-transformers, in one call. Run on the device: PYTHONPATH=src python3 benchmarks/gpu_single.py"""
+transformers, in one call. Run on the device: PYTHONPATH=src python3 benchmarks/gpu_single.py
+[--decode-kernel-only] (the decode attention's split counts alone)"""
 
 from __future__ import annotations
 
@@ -63,24 +64,34 @@ def weight_copies(n: int, k: int, act_dtype: torch.dtype, weight_dtype: torch.dt
     return out
 
 
+# (label, batch, query heads, KV heads, context, ALiBi): Llama-3-8B's, then BLOOM-176B's and
+# OPT-30B's per-rank heads at TP4 (batch 4 x 32-288 tokens: the benchmark's contexts).
+DECODE_SHAPES = [("llama-3-8b", 1, 32, 8, ctx, False) for ctx in (64, 160, 288, 1024, 4096)] + [
+    ("llama-3-8b", 4, 32, 8, 288, False), ("llama-3-8b", 32, 32, 8, 1024, False),
+    *[("bloom-tp4", 4, 28, 28, ctx, True) for ctx in (64, 160, 288)],
+    *[("opt-30b-tp4", 4, 14, 14, ctx, False) for ctx in (64, 160, 288)],
+]
+
+
 def decode_kernel_times():
-    """Decode attention at Llama-3-8B shapes, in graphs: microseconds, KV GB/s, the default split
-    count ("auto") against fixed ones (at batch 1, 1 to 8)."""
+    """Decode attention in graphs: microseconds, KV GB/s, the default split count ("auto")
+    against fixed ones (1 to 8; at Llama-3-8B batch 4 and 32 only auto and 1)."""
     from shardserve.kernels.paged_decode import paged_decode_attention
 
     rows = []
-    for batch, ctx in ((1, 64), (1, 160), (1, 288), (1, 1024), (1, 4096), (4, 288), (32, 1024)):
+    for label, batch, heads, kv_heads, ctx, alibi in DECODE_SHAPES:
         nb = batch * (ctx // 16 + 1) + 4
-        kc = torch.randn(nb, 16, 8, 128, device="cuda", dtype=torch.bfloat16)
+        kc = torch.randn(nb, 16, kv_heads, 128, device="cuda", dtype=torch.bfloat16)
         vc = torch.randn_like(kc)
-        q = torch.randn(batch, 32, 128, device="cuda", dtype=torch.bfloat16)
+        q = torch.randn(batch, heads, 128, device="cuda", dtype=torch.bfloat16)
         tables = torch.randperm(nb, device="cuda", dtype=torch.int32)[: batch * (ctx // 16 + 1)].view(batch, -1)
         lens = torch.full((batch,), ctx, device="cuda", dtype=torch.int32)
-        kv_bytes = 2 * batch * ctx * 8 * 128 * 2
-        for splits in (None, 1, 2, 4, 8) if batch == 1 else (None, 1):
-            args = (q, kc, vc, tables, lens, 128**-0.5)
+        slopes = torch.rand(heads, device="cuda") if alibi else None
+        kv_bytes = 2 * batch * ctx * kv_heads * 128 * 2
+        for splits in (None, 1) if label == "llama-3-8b" and batch > 1 else (None, 1, 2, 4, 8):
+            args = (q, kc, vc, tables, lens, 128**-0.5, slopes)
             us = graph_time_us(lambda a=args, s=splits: paged_decode_attention(*a, num_splits=s))
-            rows.append({"batch": batch, "ctx": ctx, "splits": splits or "auto", "us": round(us, 2),
+            rows.append({"shape": label, "batch": batch, "ctx": ctx, "splits": splits or "auto", "us": round(us, 2),
                          "kv_GBps": round(kv_bytes / us / 1e3, 1)})
     return rows
 
@@ -131,6 +142,10 @@ def profile_decode():
 
 
 if __name__ == "__main__":
+    if "--decode-kernel-only" in sys.argv:
+        stage("decode_kernel", decode_kernel_times, 20, DEADLINE)
+        finish()
+        sys.exit()
     stage("ceilings", ceilings, 20, DEADLINE)
     stage("gpu_tests", tests, 120, DEADLINE)
     stage("llama_decode", llama_decode, 150, DEADLINE)
