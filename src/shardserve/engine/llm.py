@@ -28,6 +28,8 @@ from shardserve.engine.sampling_params import SamplingParams
 from shardserve.engine.scheduler import Scheduler, SchedulerOutput
 from shardserve.engine.tokenizer import eos_token_ids, load_tokenizer
 from shardserve.models.config import ModelConfig
+from shardserve.weights.manifest import is_presharded
+from shardserve.weights.presharded import check_presharded
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +78,8 @@ class LLM:
         self.config = config
         started = time.perf_counter()
         self.model_config = ModelConfig.from_hf(config.model)
+        if config.load_format == "presharded" or (config.load_format == "auto" and is_presharded(config.model)):
+            check_presharded(config.model, config.tensor_parallel_size, config.quantization)
         self.tokenizer = load_tokenizer(config.model)
         self.max_model_len = min(config.max_model_len or self.model_config.max_position_embeddings,
                                  self.model_config.max_position_embeddings)

@@ -28,10 +28,27 @@ from shardserve.weights.fast_read import LoadStats, read_rank_file, read_with_sa
 from shardserve.weights.manifest import MANIFEST, read_manifest, sha256_of
 
 
-def presharded_quantization(model_dir: str | Path, requested: str | None) -> str | None:
+def check_presharded(model_dir: str | Path, tp_size: int, quantization: str | None) -> None:
+    """What the engine checks before it starts its ranks, so that a mismatch fails at once with
+    one clear error: the manifest's format version, its degree, its quantization."""
+    manifest = read_manifest(model_dir)
+    _require_degree(manifest, model_dir, tp_size)
+    presharded_quantization(model_dir, quantization, manifest)
+
+
+def _require_degree(manifest: dict, model_dir: str | Path, tp_size: int) -> None:
+    if manifest["tp_size"] != tp_size:
+        raise ModelLoadError(
+            f"{model_dir} was partitioned for tensor_parallel_degree={manifest['tp_size']}, but the "
+            f"engine runs {tp_size} ranks: use degree {manifest['tp_size']} or re-partition the "
+            f"original checkpoint with `shardserve partition --tp {tp_size}`"
+        )
+
+
+def presharded_quantization(model_dir: str | Path, requested: str | None, manifest: dict | None = None) -> str | None:
     """The quantization a pre-sharded checkpoint was written with; `requested` (None = take
     the checkpoint's) must agree: 8-bit weights are not converted back or re-quantised."""
-    stored = read_manifest(model_dir).get("quantization")
+    stored = (manifest or read_manifest(model_dir)).get("quantization")
     if requested is not None and requested != stored:
         raise ValueError(
             f"quantization={requested!r}, but {model_dir} was partitioned with quantization={stored!r}: "
@@ -66,12 +83,7 @@ def load_presharded(
     model_dir = Path(model_dir)
     stats = stats if stats is not None else LoadStats()
     manifest = read_manifest(model_dir)
-    if manifest["tp_size"] != tp_size:
-        raise ModelLoadError(
-            f"{model_dir} was partitioned for tensor_parallel_degree={manifest['tp_size']}, but the "
-            f"engine runs {tp_size} ranks: use degree {manifest['tp_size']} or re-partition the "
-            f"original checkpoint with `shardserve partition --tp {tp_size}`"
-        )
+    _require_degree(manifest, model_dir, tp_size)
     entry = manifest["files"][rank]
     params = dict(model.named_parameters())
     chunked = next(iter(params.values())).device.type == "cuda"

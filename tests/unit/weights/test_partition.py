@@ -63,12 +63,38 @@ def test_flipped_byte_is_refused_naming_the_file(partitioned, tmp_path):
 
 
 def test_other_degree_is_a_clear_error(partitioned):
+    """Refused by the engine itself before it starts any rank (no rank's traceback)."""
     _, out = partitioned
-    with pytest.raises(ModelLoadError, match="partitioned for tensor_parallel_degree=2.*runs 1"):
-        LLM(str(out), dtype="fp32")
+    for degree in (1, 4):
+        with pytest.raises(ModelLoadError, match=f"partitioned for tensor_parallel_degree=2.*runs {degree}"):
+            LLM(str(out), dtype="fp32", tensor_parallel_size=degree)
 
 
 def test_partition_refuses_non_empty_output(partitioned, capsys):
     src, out = partitioned
     assert cli_main(["partition", "--model", str(src), "--tp", "2", "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_bloom_presharded_load_equals_direct_load(tiny_checkpoint, tmp_path):
+    """BLOOM's ranks keep their query_key_value rows reordered ([3, heads, head_dim]); the rank
+    files hold them so, and are read back without reordering them again."""
+    src, out = tiny_checkpoint("bloom"), tmp_path / "bloom-tp2"
+    assert cli_main(["partition", "--model", str(src), "--tp", "2", "--out", str(out)]) == 0
+    with LLM(str(src), dtype="fp32", tensor_parallel_size=2) as direct:
+        expected = [o.token_ids for o in direct.generate(PROMPTS, GREEDY)]
+    with LLM(str(out), dtype="fp32", tensor_parallel_size=2) as presharded:
+        assert [o.token_ids for o in presharded.generate(PROMPTS, GREEDY)] == expected
+
+
+def test_older_format_version_is_refused_with_the_remedy(partitioned, tmp_path):
+    import shutil
+
+    _, out = partitioned
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    manifest = json.loads((old / MANIFEST).read_text())
+    manifest["format_version"] = 1
+    (old / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match="version 1 is not .*version 2: write it again with `shardserve partition`"):
+        LLM(str(old), dtype="fp32", tensor_parallel_size=2)
