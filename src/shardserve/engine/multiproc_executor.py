@@ -3,7 +3,9 @@
 MultiProcExecutor spawns every rank on this host (rank 0 included) and drives them over pipes,
 so the engine process never blocks inside a collective: it waits on rank 0's reply and on every
 rank's process sentinel at once, and a rank that raises or dies fails the call at once with
-EngineDeadError, after which the remaining ranks are killed.
+EngineDeadError, after which the remaining ranks are killed. A user's error while the ranks
+start (a damaged rank file, heads not divisible by the degree) is raised as itself, with its
+message and no traceback.
 
 LauncherExecutor serves ranks started by an external launcher (torchrun / mpirun env: RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), possibly on several hosts: rank 0 hosts the
@@ -121,6 +123,13 @@ class MultiProcExecutor(Executor):
                     kind, value = ready.recv()
                 except (EOFError, OSError):
                     self._fail(f"rank {rank} closed its connection")
+                if kind == "error" and isinstance(value, tuple):  # a user's error, without traceback
+                    error_type, message = value
+                    if expect == "ready":  # no rank started: the caller gets the error itself
+                        logger.error("tensor-parallel engine failed to start: %s", message)
+                        self.shutdown(graceful=False)
+                        raise error_type(message)
+                    self._fail(message)
                 if kind == "error":
                     self._fail(str(value))
                 assert kind == expect, (kind, expect)

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from shardserve.config import EngineConfig
+from shardserve.errors import ShardserveError
 from shardserve.parallel.state import ParallelInfo, set_parallel_info
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,9 @@ def spawned_worker_main(config: EngineConfig, rank: int, world_size: int, master
     """Entry point of a rank spawned by MultiProcExecutor; talks to the engine over `conn`.
 
     Replies: ("ready", None) once loaded; ("ok", result) for each call (rank 0 only, the others'
-    results are identical or None); ("error", traceback) from any rank that fails.
+    results are identical or None); ("error", traceback) from any rank that fails, or ("error",
+    (exception type, message)) for a user's error (a bad checkpoint or option: ShardserveError,
+    ValueError), which the engine raises as itself.
     """
     try:
         device = rank_device(config, rank, rank)
@@ -101,9 +104,11 @@ def spawned_worker_main(config: EngineConfig, rank: int, world_size: int, master
                 conn.send(("ok", result))
     except (EOFError, KeyboardInterrupt):
         pass  # the engine went away
-    except BaseException:
+    except BaseException as e:
+        user_error = isinstance(e, (ShardserveError, ValueError))
         try:
-            conn.send(("error", f"rank {rank}: {traceback.format_exc()}"))
+            conn.send(("error", (type(e), f"rank {rank}: {e}") if user_error
+                       else f"rank {rank}: {traceback.format_exc()}"))
         except OSError:
             pass
     finally:

@@ -65,6 +65,13 @@ def test_killed_rank_fails_fast_and_leaves_no_process(tiny_checkpoint):
         llm.step()
 
 
+def test_degree_that_does_not_fit_the_heads_is_the_ranks_own_error(tiny_checkpoint):
+    """A rank's ValueError while the ranks start reaches the caller as itself, message only."""
+    with pytest.raises(ValueError, match=r"^rank \d: num_key_value_heads \(2\) and tensor_parallel_size \(3\) must divide") as caught:
+        LLM(str(tiny_checkpoint("llama")), dtype="fp32", tensor_parallel_size=3)
+    assert "Traceback" not in str(caught.value)
+
+
 # A user's script at TP2, the engine at module level (no main guard); rank 0 prints the tokens.
 _TP2_SCRIPT = """
 import json, sys

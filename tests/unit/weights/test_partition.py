@@ -41,6 +41,7 @@ def test_presharded_load_equals_direct_load(partitioned):
 
 
 def test_flipped_byte_is_refused_naming_the_file(partitioned, tmp_path):
+    """By the rank that reads it, and by the engine, which raises the rank's error itself."""
     import shutil
 
     _, out = partitioned
@@ -60,6 +61,9 @@ def test_flipped_byte_is_refused_naming_the_file(partitioned, tmp_path):
             load_model(ModelConfig.from_hf(damaged), damaged, torch.float32, "cpu")
     finally:
         set_parallel_info(ParallelInfo())
+    with pytest.raises(ModelLoadError, match="^rank 1: .*rank-00001-of-00002.safetensors.*sha256") as caught:
+        LLM(str(damaged), dtype="fp32", tensor_parallel_size=2)
+    assert "Traceback" not in str(caught.value)
 
 
 def test_other_degree_is_a_clear_error(partitioned):
