@@ -71,15 +71,16 @@ def drop_page_cache(paths: list[Path]) -> str:
     return "fadvise_dontneed"
 
 
-def disk_ceiling(paths: list[Path], threads: int, direct: bool) -> dict:
+def disk_ceiling(paths: list[Path], threads: int, direct: bool, cold: bool = True) -> dict:
     """What the disk gives with no loader around it: every file read cold, front to back, in
-    16 MiB requests by `threads` threads at once into throwaway page-aligned buffers."""
+    16 MiB requests by `threads` threads at once into throwaway page-aligned buffers (cold
+    False: from the page cache as it is; run twice, the second run reads memory alone)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
 
     piece = 16 << 20
-    cache = drop_page_cache(paths)
+    cache = drop_page_cache(paths) if cold else "as is"
     jobs = [(p, lo) for p in paths for lo in range(0, p.stat().st_size, piece)]
     fds = {p: os.open(p, os.O_RDONLY | (os.O_DIRECT if direct else 0)) for p in paths}
 
@@ -137,7 +138,7 @@ def _rank_load(rank: int, tp: int, model_dir: str, verify: bool, direct: bool, r
     results.put((rank, t0, time.time(), stats.as_dict()))
 
 
-def ours(pre: Path, tp: int, verify: bool, direct: bool = False) -> dict:
+def ours(pre: Path, tp: int, verify: bool, direct: bool = False, cold: bool = True) -> dict:
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
@@ -147,7 +148,7 @@ def ours(pre: Path, tp: int, verify: bool, direct: bool = False) -> dict:
         p.start()
     for _ in procs:
         ready.get(timeout=300)
-    cache = drop_page_cache(sorted(pre.glob("*.safetensors")))
+    cache = drop_page_cache(sorted(pre.glob("*.safetensors"))) if cold else "as is"
     go.set()
     ranks = sorted(results.get(timeout=400) for _ in procs)
     for p in procs:
@@ -158,10 +159,10 @@ def ours(pre: Path, tp: int, verify: bool, direct: bool = False) -> dict:
             "ranks": [r[3] for r in ranks]}
 
 
-def transformers_load(hf: Path) -> dict:
+def transformers_load(hf: Path, cold: bool = True) -> dict:
     from transformers import AutoModelForCausalLM
 
-    cache = drop_page_cache(sorted(hf.glob("*.safetensors")))
+    cache = drop_page_cache(sorted(hf.glob("*.safetensors"))) if cold else "as is"
     t0 = time.time()
     model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float16, device_map="auto", local_files_only=True)
     for d in range(torch.cuda.device_count()):
@@ -173,7 +174,10 @@ def transformers_load(hf: Path) -> dict:
     return {"page_cache": cache, "wall_s": wall, "GB": total / 1e9, "GBps": total / wall / 1e9}
 
 
-def load(workdir: Path, model: str, tp: int, deadline: float) -> None:
+def load(workdir: Path, model: str, tp: int, deadline: float, warm: bool = False) -> None:
+    """Cold: the page cache dropped before every read. warm: then both checkpoints read from the
+    page cache (each read twice first), where the disk is out of the way and the loaders alone
+    set the pace: what faster storage would give."""
     from shardserve.weights.partition import partition
 
     hf, pre = workdir / model / "hf", workdir / model / f"tp{tp}-fp16"
@@ -194,3 +198,15 @@ def load(workdir: Path, model: str, tp: int, deadline: float) -> None:
         mine = stage(name, lambda v=verify, d=direct: ours(pre, tp, v, d), 60, deadline)
         if mine and theirs:
             RESULTS[name]["speedup_vs_transformers"] = theirs["wall_s"] / mine["wall_s"]
+    if warm:
+        hf_files = sorted(hf.glob("*.safetensors"))
+        for label, paths in (("presharded", files), ("hf", hf_files)):
+            for attempt in (1, 2):
+                stage(f"page_cache_{label}_read_{attempt}", lambda p=paths: disk_ceiling(p, 8, False, cold=False),
+                      60, deadline)
+        theirs = stage("warm_transformers_device_map_auto", lambda: transformers_load(hf, cold=False), 120, deadline)
+        for verify in (True, False):
+            name = f"warm_ours_verify={verify}"
+            mine = stage(name, lambda v=verify: ours(pre, tp, v, cold=False), 60, deadline)
+            if mine and theirs:
+                RESULTS[name]["speedup_vs_transformers"] = theirs["wall_s"] / mine["wall_s"]

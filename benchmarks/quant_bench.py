@@ -184,6 +184,8 @@ if __name__ == "__main__":
                         help="--part bloom176b: also int8 with the all-reduce kernels' second barrier")
     parser.add_argument("--no-mma", action="store_true",
                         help="--part bloom176b / llama8b: also int8 without the CUDA int8 kernel (Triton's alone)")
+    parser.add_argument("--warm", action="store_true",
+                        help="--part load: then also both loads from the page cache (the disk out of the way)")
     parser.add_argument("--batch", type=int, default=1, help="--part llama8b: sequences (target: batch 1)")
     args = parser.parse_args()
     if args.part == "kernels":
@@ -197,7 +199,7 @@ if __name__ == "__main__":
     elif args.part == "load":
         from presharded_load import load
 
-        load(args.workdir, args.model, args.tp, DEADLINE)
+        load(args.workdir, args.model, args.tp, DEADLINE, args.warm)
     elif args.part == "bloom176b":
         stage(f"bloom176b_tp{args.tp}", lambda: bloom176b(args.tp, args.two_barriers, args.no_mma, args.profile), 60, DEADLINE)
     else:
