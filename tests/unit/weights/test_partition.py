@@ -32,12 +32,14 @@ def test_manifest_describes_every_rank_file(partitioned):
     assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
 
 
+def _tp2_greedy(model_dir) -> list[list[int]]:
+    with LLM(str(model_dir), dtype="fp32", tensor_parallel_size=2) as llm:
+        return [o.token_ids for o in llm.generate(PROMPTS, GREEDY)]
+
+
 def test_presharded_load_equals_direct_load(partitioned):
     src, out = partitioned
-    with LLM(str(src), dtype="fp32", tensor_parallel_size=2) as direct:
-        expected = [o.token_ids for o in direct.generate(PROMPTS, GREEDY)]
-    with LLM(str(out), dtype="fp32", tensor_parallel_size=2) as presharded:
-        assert [o.token_ids for o in presharded.generate(PROMPTS, GREEDY)] == expected
+    assert _tp2_greedy(out) == _tp2_greedy(src)
 
 
 def test_flipped_byte_is_refused_naming_the_file(partitioned, tmp_path):
@@ -85,10 +87,7 @@ def test_bloom_presharded_load_equals_direct_load(tiny_checkpoint, tmp_path):
     files hold them so, and are read back without reordering them again."""
     src, out = tiny_checkpoint("bloom"), tmp_path / "bloom-tp2"
     assert cli_main(["partition", "--model", str(src), "--tp", "2", "--out", str(out)]) == 0
-    with LLM(str(src), dtype="fp32", tensor_parallel_size=2) as direct:
-        expected = [o.token_ids for o in direct.generate(PROMPTS, GREEDY)]
-    with LLM(str(out), dtype="fp32", tensor_parallel_size=2) as presharded:
-        assert [o.token_ids for o in presharded.generate(PROMPTS, GREEDY)] == expected
+    assert _tp2_greedy(out) == _tp2_greedy(src)
 
 
 def test_older_format_version_is_refused_with_the_remedy(partitioned, tmp_path):
