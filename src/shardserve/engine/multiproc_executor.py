@@ -123,13 +123,11 @@ class MultiProcExecutor(Executor):
                     kind, value = ready.recv()
                 except (EOFError, OSError):
                     self._fail(f"rank {rank} closed its connection")
-                if kind == "error" and isinstance(value, tuple):  # a user's error, without traceback
+                if kind == "error" and isinstance(value, tuple):  # a user's error while loading
                     error_type, message = value
-                    if expect == "ready":  # no rank started: the caller gets the error itself
-                        logger.error("tensor-parallel engine failed to start: %s", message)
-                        self.shutdown(graceful=False)
-                        raise error_type(message)
-                    self._fail(message)
+                    logger.error("tensor-parallel engine failed to start: %s", message)
+                    self.shutdown(graceful=False)
+                    raise error_type(message)
                 if kind == "error":
                     self._fail(str(value))
                 assert kind == expect, (kind, expect)

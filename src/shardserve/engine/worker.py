@@ -85,15 +85,17 @@ def spawned_worker_main(config: EngineConfig, rank: int, world_size: int, master
     """Entry point of a rank spawned by MultiProcExecutor; talks to the engine over `conn`.
 
     Replies: ("ready", None) once loaded; ("ok", result) for each call (rank 0 only, the others'
-    results are identical or None); ("error", traceback) from any rank that fails, or ("error",
-    (exception type, message)) for a user's error (a bad checkpoint or option: ShardserveError,
-    ValueError), which the engine raises as itself.
+    results are identical or None); ("error", traceback) from any rank that fails, or, for a
+    user's error while loading (a bad checkpoint or option: a ShardserveError or ValueError),
+    ("error", (its type, message)), which the engine raises as itself.
     """
+    loaded = False
     try:
         device = rank_device(config, rank, rank)
         control = init_distributed(config, rank, world_size, device, master, store_is_hosted=True)
         worker = Worker(config, rank, device)
         conn.send(("ready", None))
+        loaded = True
         while True:
             method, args = conn.recv()
             if method == "shutdown":
@@ -105,7 +107,7 @@ def spawned_worker_main(config: EngineConfig, rank: int, world_size: int, master
     except (EOFError, KeyboardInterrupt):
         pass  # the engine went away
     except BaseException as e:
-        user_error = isinstance(e, (ShardserveError, ValueError))
+        user_error = not loaded and (type(e) is ValueError or isinstance(e, ShardserveError))
         try:
             conn.send(("error", (type(e), f"rank {rank}: {e}") if user_error
                        else f"rank {rank}: {traceback.format_exc()}"))
