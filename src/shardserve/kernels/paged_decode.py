@@ -120,7 +120,11 @@ def _merge_splits_kernel(
     w = tl.exp2(m - m_max)  # 0 for empty splits
     denom = tl.sum(w * l_sum, 0)
     d = tl.arange(0, BLOCK_D)
-    acc = tl.load(part_acc_ptr + (base + s)[:, None] * BLOCK_D + d[None, :])  # [NUM_SPLITS, BLOCK_D]
+    acc_ptrs = part_acc_ptr + (base + s)[:, None] * BLOCK_D + d[None, :]  # [NUM_SPLITS, BLOCK_D]
+    if HEAD_DIM < BLOCK_D:  # the decode kernel never writes the columns past the head
+        acc = tl.load(acc_ptrs, mask=(d < HEAD_DIM)[None, :], other=0.0)
+    else:
+        acc = tl.load(acc_ptrs)
     out = tl.sum(acc * w[:, None], 0) / tl.where(denom > 0, denom, 1.0)
     tl.store(out_ptr + seq * stride_o_t + head * stride_o_h + d, out.to(out_ptr.dtype.element_ty), mask=d < HEAD_DIM)
 
