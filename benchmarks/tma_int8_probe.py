@@ -100,9 +100,10 @@ KERNEL_NAME(const __grid_constant__ TensorMap wmap, const u16 *__restrict__ x, c
         if (lane == 0)  // weights are no predecessor's output: loading starts before the PDL wait
             for (int i = 0; i < rounds; ++i) {
                 const int s = i % STAGES;
+                const int boxes = min(WARPS, kblocks - i * WARPS);  // none past K
                 mbar_wait(&empty[s], ((i / STAGES) & 1) ^ 1);  // the first round finds it free
-                mbar_expect_bytes(&full[s], STAGE);  // boxes past K arrive zero-filled, bytes counted
-                for (int b = 0; b < WARPS; ++b)
+                mbar_expect_bytes(&full[s], boxes * BOX);
+                for (int b = 0; b < boxes; ++b)
                     tma_box(ring + s * STAGE + b * BOX, &wmap, &full[s], (i * WARPS + b) * 128, n0);
             }
     } else {
