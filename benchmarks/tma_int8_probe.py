@@ -202,9 +202,9 @@ def _kernel(bf16: bool, nt: int, warps: int, stages: int):
     return _compiled[key]
 
 
-def tensor_map(weight: torch.Tensor, nt: int) -> ctypes.Array:
+def tensor_map(weight: torch.Tensor, nt: int) -> int:
     """A 2-D TMA descriptor of the int8 weight [N, K] in [16 nt rows x 128 bytes] boxes with the
-    128-byte swizzle, in a 64-byte aligned host buffer (kept per weight pointer)."""
+    128-byte swizzle, in a 64-byte aligned host buffer kept per weight pointer: its address."""
     key = (weight.data_ptr(), tuple(weight.shape), nt)
     if key not in _maps:
         n, k = weight.shape
