@@ -28,8 +28,7 @@ from shardserve.engine.sampling_params import SamplingParams
 from shardserve.engine.scheduler import Scheduler, SchedulerOutput
 from shardserve.engine.tokenizer import eos_token_ids, load_tokenizer
 from shardserve.models.config import ModelConfig
-from shardserve.weights.manifest import is_presharded
-from shardserve.weights.presharded import check_presharded
+from shardserve.weights.presharded import check_presharded, reads_presharded
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +77,7 @@ class LLM:
         self.config = config
         started = time.perf_counter()
         self.model_config = ModelConfig.from_hf(config.model)
-        if config.load_format == "presharded" or (config.load_format == "auto" and is_presharded(config.model)):
+        if reads_presharded(config.load_format, config.model):
             check_presharded(config.model, config.tensor_parallel_size, config.quantization)
         self.tokenizer = load_tokenizer(config.model)
         self.max_model_len = min(config.max_model_len or self.model_config.max_position_embeddings,

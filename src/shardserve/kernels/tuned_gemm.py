@@ -131,7 +131,7 @@ def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype =
         for them); past 16 rows, which the sweep did not measure, 32x256 and 64x256 as before.
         At most 13 configs; for int8 at 1-8 rows with K a multiple of 64, where this PyTorch
         can compile CUDA C (NVRTC), also the 5 "mma" configs of kernels/int8_mma.py with 64-wide
-        K blocks, and where K is a multiple of 128, 3 with 128-wide ones.
+        K blocks, and where K is a multiple of 128, 4 with 128-wide ones (`_MMA_TILES`).
       16-bit weights: cuBLAS, then below 17 rows the swapped dot (weights on the MMA's tall side,
         `_gemm_kernel`) at 64x256, 32x256 and 64x128, which beat cuBLAS and the unswapped tiles
         by 2-9% at 4 rows; past 16 rows the unswapped 32x256 and 64x128. At most 11 configs.

@@ -76,13 +76,16 @@ def load_model(
     """
     from shardserve.parallel import get_tp_rank, get_tp_size
     from shardserve.weights.loader import load_weights, materialize
-    from shardserve.weights.manifest import is_presharded
-    from shardserve.weights.presharded import load_presharded, presharded_quantization
+    from shardserve.weights.presharded import (
+        load_presharded,
+        presharded_quantization,
+        reads_presharded,
+    )
     from shardserve.weights.random_init import init_random_weights
 
     stats = stats if stats is not None else LoadStats()
     started = time.perf_counter()
-    presharded = load_format == "presharded" or (load_format == "auto" and model_dir and is_presharded(model_dir))
+    presharded = reads_presharded(load_format, model_dir)
     if presharded:
         quantization = presharded_quantization(model_dir, quantization)
     model = create_model(model_config, dtype, quantization)

@@ -7,8 +7,7 @@ batch 4: 56 KB, 96 times a step; on 4 H200s in CUDA graphs NCCL took 19.3 us, to
 stages the input in a buffer that every GPU of the host has mapped, meets the peers at a barrier
 in their signal pads, and each rank then reads all peers' buffers over NVLink and sums them
 itself: one round trip. It measured faster than NCCL at every size up to 512 KB; larger sums
-(prefill's) go to NCCL, whose bandwidth-optimal algorithms should win there, though that is not
-measured yet (`DEFAULT_MAX_BYTES`). Our kernel takes float16 too (torch's one-shot op does
+(prefill's) go to NCCL (`DEFAULT_MAX_BYTES`). Our kernel takes float16 too (torch's one-shot op does
 not; casting float16 to float32 around it cost more than it saved) and sums in float32.
 `add_norm` goes further where a norm follows the all-reduce (a pre-LN decoder's residual add and
 norm): reduce + add + norm in one kernel (reduce_norm_kernel.py), one norm launch fewer per call.
@@ -30,9 +29,10 @@ import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
 
-# Up to this size the one-shot kernel measured faster than NCCL (2x H200, 8-512 KB, decode sizes);
-# prefill's larger sums (1.8 MB for OPT-30B's 4 x 32 tokens) are not measured yet:
-# EngineConfig.extra {"fast_all_reduce_max_kb": N} moves the limit to measure them.
+# Up to this size the one-shot kernel measured faster than NCCL (2x H200, 8-512 KB, decode sizes).
+# Up to 4 MB it was faster in CUDA graphs too, but prefill runs eagerly, where both took 36-53 us,
+# launch-bound (2x H200; TP4 not measured): no gain to take there. EngineConfig.extra
+# {"fast_all_reduce_max_kb": N} moves the limit.
 DEFAULT_MAX_BYTES = 512 * 1024
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 

@@ -25,7 +25,14 @@ from torch import nn
 
 from shardserve.errors import ModelLoadError
 from shardserve.weights.fast_read import LoadStats, read_rank_file, read_with_safetensors
-from shardserve.weights.manifest import MANIFEST, read_manifest, sha256_of
+from shardserve.weights.manifest import MANIFEST, is_presharded, read_manifest, sha256_of
+
+
+def reads_presharded(load_format: str, model_dir: str | Path | None) -> bool:
+    """Whether a load of `model_dir` in `load_format` reads a pre-sharded checkpoint ("auto"
+    recognises one by its manifest)."""
+    return load_format == "presharded" or (load_format == "auto" and model_dir is not None
+                                           and is_presharded(model_dir))
 
 
 def check_presharded(model_dir: str | Path, tp_size: int, quantization: str | None) -> None:
