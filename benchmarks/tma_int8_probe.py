@@ -35,7 +35,7 @@ import torch  # noqa: E402
 from stages import finish, stage  # noqa: E402
 
 from shardserve.kernels import int8_mma  # noqa: E402
-from shardserve.kernels.cuda_launch import _driver, _LaunchConfig  # noqa: E402
+from shardserve.kernels.cuda_launch import _driver, launch  # noqa: E402
 
 SHAPES = {"qkv": (10752, 14336), "dense": (14336, 3584), "fc1": (14336, 14336)}  # BLOOM-176B TP4
 BOX_BYTES = 128  # a box row: one 128-byte swizzle span of K
@@ -202,9 +202,9 @@ def _kernel(bf16: bool, nt: int, warps: int, stages: int):
     return _compiled[key]
 
 
-def tensor_map(weight: torch.Tensor, nt: int) -> int:
+def tensor_map(weight: torch.Tensor, nt: int) -> ctypes.Array:
     """A 2-D TMA descriptor of the int8 weight [N, K] in [16 nt rows x 128 bytes] boxes with the
-    128-byte swizzle, in a 64-byte aligned host buffer kept per weight pointer: its address."""
+    128-byte swizzle: 128 bytes in a 64-byte aligned host buffer kept per weight pointer."""
     key = (weight.data_ptr(), tuple(weight.shape), nt)
     if key not in _maps:
         n, k = weight.shape
@@ -220,7 +220,7 @@ def tensor_map(weight: torch.Tensor, nt: int) -> int:
                                             dims, strides, box, unit, 0, 3, 3, 0)
         if status:
             raise RuntimeError(f"cuTensorMapEncodeTiled failed with CUDA driver error {status}")
-        _maps[key] = (holder, aligned)
+        _maps[key] = (holder, (ctypes.c_uint64 * 16).from_address(aligned))
     return _maps[key][1]
 
 
@@ -232,18 +232,9 @@ def tma_int8(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, nt: in
     assert m <= 8 and k % BOX_BYTES == 0 and weight.is_contiguous() and x2.stride(1) == 1
     out = x2.new_empty((m, n))
     kernel = _kernel(x2.dtype == torch.bfloat16, nt, warps, stages)
-    holders = [ctypes.c_void_p(x2.data_ptr()), ctypes.c_void_p(scale.data_ptr()), ctypes.c_void_p(out.data_ptr())]
-    holders += [ctypes.c_int(v) for v in (m, n, k, x2.stride(0), out.stride(0))]
-    pointers = [tensor_map(weight, nt)] + [ctypes.addressof(h) for h in holders]
-    params = (ctypes.c_void_p * len(pointers))(*pointers)
-    config = _LaunchConfig(grid=(ctypes.c_uint * 3)(-(-n // (16 * nt)), 1, 1),
-                           block=(ctypes.c_uint * 3)(32 * (warps + 1), 1, 1),
-                           shared_mem_bytes=shared_bytes(nt, warps, stages),
-                           stream=torch.cuda.current_stream().cuda_stream,
-                           attrs=None, num_attrs=0)
-    status = _driver().cuLaunchKernelEx(ctypes.byref(config), kernel.func, params, None)
-    if status:
-        raise RuntimeError(f"cuLaunchKernelEx failed with CUDA driver error {status}")
+    launch(kernel, (-(-n // (16 * nt)), 1, 1), (32 * (warps + 1), 1, 1),
+           [tensor_map(weight, nt), x2, scale, out, m, n, k, x2.stride(0), out.stride(0)], pdl=False,
+           shared_mem_bytes=shared_bytes(nt, warps, stages))
     return out
 
 

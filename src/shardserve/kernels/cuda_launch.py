@@ -32,16 +32,27 @@ def _driver() -> ctypes.CDLL:
     return lib
 
 
-def launch(kernel, grid: tuple[int, int, int], block: tuple[int, int, int], args: list, pdl: bool) -> None:
-    """kernel(*args) on the current stream; args are CUDA tensors (passed as pointers) and ints
-    (C int). pdl: launched with programmatic stream serialization (the kernel must wait with
-    griddepcontrol.wait before it reads what its predecessor writes)."""
-    holders = [ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor) else ctypes.c_int(a) for a in args]
+def launch(kernel, grid: tuple[int, int, int], block: tuple[int, int, int], args: list, pdl: bool,
+           shared_mem_bytes: int = 0) -> None:
+    """kernel(*args) on the current stream; args are CUDA tensors (passed as pointers), ints (C
+    int) and ctypes objects (passed by value: a struct such as a TMA descriptor). pdl: launched
+    with programmatic stream serialization (the kernel must wait with griddepcontrol.wait before
+    it reads what its predecessor writes). shared_mem_bytes: dynamic shared memory."""
+    holders = [_holder(a) for a in args]
     params = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
     attr = _LaunchAttribute(id=_PROGRAMMATIC_STREAM_SERIALIZATION, value=1)
-    config = _LaunchConfig(grid=(ctypes.c_uint * 3)(*grid), block=(ctypes.c_uint * 3)(*block), shared_mem_bytes=0,
-                           stream=torch.cuda.current_stream().cuda_stream,
+    config = _LaunchConfig(grid=(ctypes.c_uint * 3)(*grid), block=(ctypes.c_uint * 3)(*block),
+                           shared_mem_bytes=shared_mem_bytes, stream=torch.cuda.current_stream().cuda_stream,
                            attrs=ctypes.pointer(attr) if pdl else None, num_attrs=int(pdl))
     status = _driver().cuLaunchKernelEx(ctypes.byref(config), kernel.func, params, None)
     if status:
         raise RuntimeError(f"cuLaunchKernelEx failed with CUDA driver error {status}")
+
+
+def _holder(arg):
+    """A ctypes object holding one kernel argument's value, whose address the driver reads."""
+    if isinstance(arg, torch.Tensor):
+        return ctypes.c_void_p(arg.data_ptr())
+    if isinstance(arg, ctypes.Array | ctypes.Structure):
+        return arg
+    return ctypes.c_int(arg)
