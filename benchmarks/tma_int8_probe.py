@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import sys
 from functools import partial
 from pathlib import Path
@@ -39,7 +40,10 @@ from shardserve.kernels.cuda_launch import _driver, launch  # noqa: E402
 
 SHAPES = {"qkv": (10752, 14336), "dense": (14336, 3584), "fc1": (14336, 14336)}  # BLOOM-176B TP4
 BOX_BYTES = 128  # a box row: one 128-byte swizzle span of K
-VARIANTS = [(nt, warps, stages) for nt in (1, 2) for warps in (4, 8) for stages in (2, 4, 6)]
+# (tiled, nt, warps, stages): run 1 of the 2026-11-28 session found deeper rings slower
+VARIANTS = [(False, 1, 4, 2), (False, 2, 4, 2)] + [(True, nt, w, st) for nt, w, st in
+                                                 ((1, 4, 2), (1, 4, 4), (2, 4, 2), (1, 8, 2), (2, 8, 2))]
+MMA_VARIANTS = [(nt, warps, pipe) for nt, warps, pipe in ((1, 4, 1), (2, 8, 1), (1, 8, 1), (2, 4, 1), (1, 4, 2))]
 
 KERNEL = r"""
 typedef unsigned long long u64;
@@ -104,7 +108,14 @@ KERNEL_NAME(const __grid_constant__ TensorMap wmap, const u16 *__restrict__ x, c
                 mbar_wait(&empty[s], ((i / STAGES) & 1) ^ 1);  // the first round finds it free
                 mbar_expect_bytes(&full[s], boxes * BOX);
                 for (int b = 0; b < boxes; ++b)
+#if TILED  // NT boxes of one tile's 16 rows: rows of 128 bytes, (tile, K block, row) in order
+#pragma unroll
+                    for (int j = 0; j < NT; ++j)
+                        tma_box(ring + s * STAGE + b * BOX + j * 2048, &wmap, &full[s], 0,
+                                ((n0 / 16 + j) * kblocks + i * WARPS + b) * 16);
+#else
                     tma_box(ring + s * STAGE + b * BOX, &wmap, &full[s], (i * WARPS + b) * 128, n0);
+#endif
             }
     } else {
         const int g = lane >> 2, t = lane & 3;
@@ -169,16 +180,16 @@ KERNEL_NAME(const __grid_constant__ TensorMap wmap, const u16 *__restrict__ x, c
 """
 
 
-def source(bf16: bool, nt: int, warps: int, stages: int, pdl: bool = False) -> str:
+def source(bf16: bool, tiled: bool, nt: int, warps: int, stages: int, pdl: bool = False) -> str:
     """int8_mma.cu's helpers (everything before its Slot struct), then the kernel above."""
     helpers = Path(int8_mma.__file__).with_name("int8_mma.cu").read_text().split("struct Slot")[0]
-    defines = {"BF16": int(bf16), "NT": nt, "WARPS": warps, "STAGES": stages, "PDL": int(pdl),
-               "KERNEL_NAME": kernel_name(bf16, nt, warps, stages)}
+    defines = {"BF16": int(bf16), "TILED": int(tiled), "NT": nt, "WARPS": warps, "STAGES": stages,
+               "PDL": int(pdl), "KERNEL_NAME": kernel_name(bf16, tiled, nt, warps, stages)}
     return "".join(f"#define {k} {v}\n" for k, v in defines.items()) + helpers + KERNEL
 
 
-def kernel_name(bf16: bool, nt: int, warps: int, stages: int) -> str:
-    return f"tma_int8_{'bf16' if bf16 else 'fp16'}_nt{nt}_w{warps}_s{stages}"
+def kernel_name(bf16: bool, tiled: bool, nt: int, warps: int, stages: int) -> str:
+    return f"tma_int8_{'bf16' if bf16 else 'fp16'}{'_tiled' if tiled else ''}_nt{nt}_w{warps}_s{stages}"
 
 
 def shared_bytes(nt: int, warps: int, stages: int) -> int:
@@ -186,13 +197,20 @@ def shared_bytes(nt: int, warps: int, stages: int) -> int:
     return stages * warps * 16 * nt * BOX_BYTES + 16 * stages + 1024
 
 
+def tile_layout(weight: torch.Tensor) -> torch.Tensor:
+    """[N, K] int8 -> the same bytes tile by tile, [N / 16, K / 128, 16, 128], viewed as [N, K]:
+    a 16-row tile's 128-wide K block is 2 KB in one piece, the tile's whole K one stream."""
+    n, k = weight.shape
+    return weight.view(n // 16, 16, k // BOX_BYTES, BOX_BYTES).permute(0, 2, 1, 3).contiguous().view(n, k)
+
+
 _MAX_DYNAMIC_SHARED = 8  # CUfunction_attribute CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
 _compiled: dict = {}
 _maps: dict = {}
 
 
-def _kernel(bf16: bool, nt: int, warps: int, stages: int):
-    key = (bf16, nt, warps, stages)
+def _kernel(bf16: bool, tiled: bool, nt: int, warps: int, stages: int):
+    key = (bf16, tiled, nt, warps, stages)
     if key not in _compiled:
         kernel = torch.cuda._compile_kernel(source(*key), kernel_name(*key))
         status = _driver().cuFuncSetAttribute(kernel.func, _MAX_DYNAMIC_SHARED, shared_bytes(nt, warps, stages))
@@ -202,17 +220,18 @@ def _kernel(bf16: bool, nt: int, warps: int, stages: int):
     return _compiled[key]
 
 
-def tensor_map(weight: torch.Tensor, nt: int) -> ctypes.Array:
-    """A 2-D TMA descriptor of the int8 weight [N, K] in [16 nt rows x 128 bytes] boxes with the
-    128-byte swizzle: 128 bytes in a 64-byte aligned host buffer kept per weight pointer."""
-    key = (weight.data_ptr(), tuple(weight.shape), nt)
+def tensor_map(weight: torch.Tensor, tiled: bool, nt: int) -> ctypes.Array:
+    """A 2-D TMA descriptor of the int8 weight with the 128-byte swizzle, in a 64-byte aligned host
+    buffer kept per weight pointer. Row-major [N, K]: [16 nt rows x 128 bytes] boxes. Tiled: a
+    column of 128-byte rows, 16-row boxes."""
+    key = (weight.data_ptr(), tuple(weight.shape), tiled, nt)
     if key not in _maps:
         n, k = weight.shape
         holder = ctypes.create_string_buffer(128 + 64)
         aligned = (ctypes.addressof(holder) + 63) & ~63
-        dims = (ctypes.c_uint64 * 2)(k, n)
-        strides = (ctypes.c_uint64 * 1)(k)  # bytes between rows
-        box = (ctypes.c_uint32 * 2)(BOX_BYTES, 16 * nt)
+        dims = (ctypes.c_uint64 * 2)(*((BOX_BYTES, n * k // BOX_BYTES) if tiled else (k, n)))
+        strides = (ctypes.c_uint64 * 1)(BOX_BYTES if tiled else k)  # bytes between rows
+        box = (ctypes.c_uint32 * 2)(BOX_BYTES, 16 if tiled else 16 * nt)
         unit = (ctypes.c_uint32 * 2)(1, 1)
         lib = _driver()
         # uint8 data (0), no interleave (0), 128-byte swizzle (3), L2 promotion 256 B (3), no fill (0)
@@ -224,48 +243,73 @@ def tensor_map(weight: torch.Tensor, nt: int) -> ctypes.Array:
     return _maps[key][1]
 
 
-def tma_int8(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, nt: int, warps: int,
+def tma_int8(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, tiled: bool, nt: int, warps: int,
              stages: int) -> torch.Tensor:
-    """x2 [m <= 8, K] bf16 / fp16 @ (weight [N, K] int8 * scale[:, None]).T, K a multiple of 128."""
+    """x2 [m <= 8, K] bf16 / fp16 @ (weight [N, K] int8 * scale[:, None]).T, K a multiple of 128;
+    weight in tile_layout where tiled."""
     m, k = x2.shape
     n = weight.shape[0]
     assert m <= 8 and k % BOX_BYTES == 0 and weight.is_contiguous() and x2.stride(1) == 1
     out = x2.new_empty((m, n))
-    kernel = _kernel(x2.dtype == torch.bfloat16, nt, warps, stages)
+    kernel = _kernel(x2.dtype == torch.bfloat16, tiled, nt, warps, stages)
     launch(kernel, (-(-n // (16 * nt)), 1, 1), (32 * (warps + 1), 1, 1),
-           [tensor_map(weight, nt), x2, scale, out, m, n, k, x2.stride(0), out.stride(0)], pdl=False,
+           [tensor_map(weight, tiled, nt), x2, scale, out, m, n, k, x2.stride(0), out.stride(0)], pdl=False,
            shared_mem_bytes=shared_bytes(nt, warps, stages))
     return out
+
+
+@functools.cache
+def _tiled_mma(bf16: bool, nt: int, warps: int, pipe: int):
+    """int8_mma.cu itself with TILED on (128-wide K blocks)."""
+    src = "#define TILED 1\n" + int8_mma.source(bf16, nt, warps, pipe, kw=2)
+    return torch.cuda._compile_kernel(src, int8_mma.kernel_name(bf16, nt, warps, pipe, kw=2))
+
+
+def mma_tiled(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, nt: int, warps: int,
+              pipe: int) -> torch.Tensor:
+    m, k = x2.shape
+    n = weight.shape[0]
+    out = x2.new_empty((m, n))
+    kernel = _tiled_mma(x2.dtype == torch.bfloat16, nt, warps, pipe)
+    launch(kernel, (-(-n // (16 * nt)), 1, 1), (32 * warps, 1, 1),
+           [x2, weight, scale, out, out, m, n, k, x2.stride(0), out.stride(0), 0], pdl=False)
+    return out
+
+
+def checked_time(row: dict, label: str, fn, weight: torch.Tensor, ref: torch.Tensor) -> None:
+    """row[label]: fn's time under graph replay (us) if its output matches ref, else what went wrong."""
+    from shardserve.kernels.tuned_gemm import _graph_time_us
+
+    try:
+        got = fn(weight)
+        torch.cuda.synchronize()
+        err = float((got.float() - ref).norm() / ref.norm())
+        row[label] = round(_graph_time_us(fn, weight), 2) if err < 1e-2 else f"wrong: relative error {err:.2e}"
+    except Exception as e:  # report, keep going
+        row[label] = f"error: {e!r}"[:200]
 
 
 def check_and_time(rows: int) -> list[dict]:
     from gpu_single import weight_copies
 
-    from shardserve.kernels.tuned_gemm import _graph_time_us
     from shardserve.kernels.weight_formats import dequantize
 
     results = []
     for name, (n, k) in SHAPES.items():
         x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
         weight, scale = weight_copies(n, k, torch.bfloat16, torch.int8, copies=1)[0]
+        tiled = tile_layout(weight)
         ref = x.float() @ dequantize(weight, scale, torch.float32).T
         row = {"shape": name, "n": n, "k": k, "rows": rows}
-        for nt, warps in ((1, 4), (2, 8)):  # the fastest 128-wide variants at these shapes (RESULTS)
-            fn = partial(int8_mma.int8_mma, x, scale=scale, bias=None, nt=nt, warps=warps, pipe=1, kw=2)
-            row[f"mma nt{nt} w{warps}"] = round(_graph_time_us(fn, weight), 2)
-        for nt, warps, stages in VARIANTS:
-            label = f"tma nt{nt} w{warps} s{stages}"
-            try:
-                got = tma_int8(x, weight, scale, nt, warps, stages)
-                torch.cuda.synchronize()
-                err = float((got.float() - ref).norm() / ref.norm())
-                if not err < 1e-2:
-                    row[label] = f"wrong: relative error {err:.2e}"
-                    continue
-                fn = partial(tma_int8, x, scale=scale, nt=nt, warps=warps, stages=stages)
-                row[label] = round(_graph_time_us(fn, weight), 2)
-            except Exception as e:  # report, keep going
-                row[label] = f"error: {e!r}"[:200]
+        for nt, warps, pipe in MMA_VARIANTS:
+            fn = partial(int8_mma.int8_mma, x, scale=scale, bias=None, nt=nt, warps=warps, pipe=pipe, kw=2)
+            checked_time(row, f"mma nt{nt} w{warps} p{pipe}", fn, weight, ref)
+            fn = partial(mma_tiled, x, scale=scale, nt=nt, warps=warps, pipe=pipe)
+            checked_time(row, f"mma tiled nt{nt} w{warps} p{pipe}", fn, tiled, ref)
+        for is_tiled, nt, warps, stages in VARIANTS:
+            fn = partial(tma_int8, x, scale=scale, tiled=is_tiled, nt=nt, warps=warps, stages=stages)
+            checked_time(row, f"tma{' tiled' if is_tiled else ''} nt{nt} w{warps} s{stages}", fn,
+                         tiled if is_tiled else weight, ref)
         row["weight_MB"] = n * k / 1e6
         print(row, flush=True)
         results.append(row)

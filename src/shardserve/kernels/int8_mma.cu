@@ -2,7 +2,13 @@
 // module compiles it at run time (NVRTC) once per variant, after defines for BF16 (bf16 or fp16
 // activations), NT (16-feature tiles a program), WARPS (warps splitting K), PIPE (K blocks in
 // flight a warp), KW and KBLOCK (16-byte loads a thread makes of a row per K block, and the
-// block's width, 64 * KW), PDL (programmatic dependent launch) and KERNEL_NAME.
+// block's width, 64 * KW), PDL (programmatic dependent launch) and KERNEL_NAME. TILED (default 0)
+// reads weights stored tile by tile, [N / 16, K / KBLOCK, 16, KBLOCK], so that a warp's K block
+// is 16 * KBLOCK contiguous bytes and a tile's whole K one contiguous stream (N a multiple of 16).
+
+#ifndef TILED
+#define TILED 0
+#endif
 
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -75,13 +81,15 @@ struct Slot {
     uint4 x[2 * KW];     // 16 * KW activations of row g
 };
 
+constexpr int KSTEP = TILED ? 16 * KBLOCK : KBLOCK;  // bytes from a row's K block to its next
+
 __device__ __forceinline__ void load_weights(Slot &slot, const signed char *const (&wrow)[NT][2], int kb) {
 #pragma unroll
     for (int j = 0; j < NT; ++j)
 #pragma unroll
         for (int u = 0; u < KW; ++u) {
-            slot.w[j][0][u] = load_stream(wrow[j][0] + kb * KBLOCK + 16 * u);
-            slot.w[j][1][u] = load_stream(wrow[j][1] + kb * KBLOCK + 16 * u);
+            slot.w[j][0][u] = load_stream(wrow[j][0] + kb * KSTEP + 16 * u);
+            slot.w[j][1][u] = load_stream(wrow[j][1] + kb * KSTEP + 16 * u);
         }
 }
 
@@ -106,7 +114,11 @@ KERNEL_NAME(const u16 *__restrict__ x, const signed char *__restrict__ w, const 
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             int n = min(n0 + 16 * j + 8 * h + g, N - 1);  // rows past N are read, never stored
+#if TILED
+            wrow[j][h] = w + (long long)(n >> 4) * 16 * K + (n & 15) * KBLOCK + 16 * KW * t;
+#else
             wrow[j][h] = w + (long long)n * K + 16 * KW * t;
+#endif
         }
     const bool has_x = g < M;  // the MMA's columns past M multiply zeros
     const u16 *xrow = x + (long long)(has_x ? g : 0) * stride_xm + 16 * KW * t;
