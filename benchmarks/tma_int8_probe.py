@@ -15,18 +15,24 @@ operand order with 128-wide K blocks) and changes where the weights come from:
   and g + 8 of each tile, at the swizzled 16-byte chunk (2t + u) ^ g (no bank conflicts), then
   converts and multiplies exactly as int8_mma.cu does.
 
-Not wired into the engine: it checks itself against the reference on random inputs, then times
-its variants beside int8_mma's under CUDA-graph replay (the tuner's timer, weights rotating past
-L2). Written and compiled (NVRTC, ptxas sm_90) without a GPU at hand: never run yet. A mistake in
-the mbarrier protocol would hang, so run it under a timeout, on the device:
+It also reads weights stored tile by tile ([N / 16, K / 128, 16, 128]: a tile's whole K one
+contiguous stream) with 16-row boxes. Not wired into the engine: it checks itself against the
+reference on random inputs, then times its variants beside int8_mma's under CUDA-graph replay
+(the tuner's timer, weights rotating past L2). Run it under a timeout (an mbarrier mistake would
+hang), on the device:
     PYTHONPATH=src timeout 300 python3 benchmarks/tma_int8_probe.py [--rows 4]
+
+Answer (4x H200, two runs, benchmarks/RESULTS.md, eleventh session): no. Rings of 2 stages
+matched int8_mma (from 3.5% faster to 8% slower), deeper ones were slower, and the tiled layout
+changed nothing, for TMA or for int8_mma itself (commit ddf4c5d read it through a TILED define).
+Bytes in flight were not the limit; kernels/int8_streamk.py went after the balance of work over
+the SMs instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
-import functools
 import sys
 from functools import partial
 from pathlib import Path
@@ -181,8 +187,8 @@ KERNEL_NAME(const __grid_constant__ TensorMap wmap, const u16 *__restrict__ x, c
 
 
 def source(bf16: bool, tiled: bool, nt: int, warps: int, stages: int, pdl: bool = False) -> str:
-    """int8_mma.cu's helpers (everything before its Slot struct), then the kernel above."""
-    helpers = Path(int8_mma.__file__).with_name("int8_mma.cu").read_text().split("struct Slot")[0]
+    """The int8 kernels' helpers (int8_common.cuh), then the kernel above."""
+    helpers = Path(int8_mma.__file__).with_name("int8_common.cuh").read_text()
     defines = {"BF16": int(bf16), "TILED": int(tiled), "NT": nt, "WARPS": warps, "STAGES": stages,
                "PDL": int(pdl), "KERNEL_NAME": kernel_name(bf16, tiled, nt, warps, stages)}
     return "".join(f"#define {k} {v}\n" for k, v in defines.items()) + helpers + KERNEL
@@ -258,24 +264,6 @@ def tma_int8(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, tiled:
     return out
 
 
-@functools.cache
-def _tiled_mma(bf16: bool, nt: int, warps: int, pipe: int):
-    """int8_mma.cu itself with TILED on (128-wide K blocks)."""
-    src = "#define TILED 1\n" + int8_mma.source(bf16, nt, warps, pipe, kw=2)
-    return torch.cuda._compile_kernel(src, int8_mma.kernel_name(bf16, nt, warps, pipe, kw=2))
-
-
-def mma_tiled(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, nt: int, warps: int,
-              pipe: int) -> torch.Tensor:
-    m, k = x2.shape
-    n = weight.shape[0]
-    out = x2.new_empty((m, n))
-    kernel = _tiled_mma(x2.dtype == torch.bfloat16, nt, warps, pipe)
-    launch(kernel, (-(-n // (16 * nt)), 1, 1), (32 * warps, 1, 1),
-           [x2, weight, scale, out, out, m, n, k, x2.stride(0), out.stride(0), 0], pdl=False)
-    return out
-
-
 def checked_time(row: dict, label: str, fn, weight: torch.Tensor, ref: torch.Tensor) -> None:
     """row[label]: fn's time under graph replay (us) if its output matches ref, else what went wrong."""
     from shardserve.kernels.tuned_gemm import _graph_time_us
@@ -304,8 +292,6 @@ def check_and_time(rows: int) -> list[dict]:
         for nt, warps, pipe in MMA_VARIANTS:
             fn = partial(int8_mma.int8_mma, x, scale=scale, bias=None, nt=nt, warps=warps, pipe=pipe, kw=2)
             checked_time(row, f"mma nt{nt} w{warps} p{pipe}", fn, weight, ref)
-            fn = partial(mma_tiled, x, scale=scale, nt=nt, warps=warps, pipe=pipe)
-            checked_time(row, f"mma tiled nt{nt} w{warps} p{pipe}", fn, tiled, ref)
         for is_tiled, nt, warps, stages in VARIANTS:
             fn = partial(tma_int8, x, scale=scale, tiled=is_tiled, nt=nt, warps=warps, stages=stages)
             checked_time(row, f"tma{' tiled' if is_tiled else ''} nt{nt} w{warps} s{stages}", fn,

@@ -2,94 +2,21 @@
 // module compiles it at run time (NVRTC) once per variant, after defines for BF16 (bf16 or fp16
 // activations), NT (16-feature tiles a program), WARPS (warps splitting K), PIPE (K blocks in
 // flight a warp), KW and KBLOCK (16-byte loads a thread makes of a row per K block, and the
-// block's width, 64 * KW), PDL (programmatic dependent launch) and KERNEL_NAME. TILED (default 0)
-// reads weights stored tile by tile, [N / 16, K / KBLOCK, 16, KBLOCK], so that a warp's K block
-// is 16 * KBLOCK contiguous bytes and a tile's whole K one contiguous stream (N a multiple of 16).
-
-#ifndef TILED
-#define TILED 0
-#endif
-
-typedef unsigned int u32;
-typedef unsigned short u16;
-
-// Four int8 weights (one word) -> two registers of two 16-bit floats: bytes (0, 1) and (2, 3).
-__device__ __forceinline__ void convert4(u32 q, u32 &lo, u32 &hi) {
-    u32 u = q ^ 0x80808080u;  // w + 128, as unsigned bytes
-#if BF16
-    const u32 base = 0x4B000000u;  // 2^23: its mantissa's low byte takes u
-    float f0 = __uint_as_float(__byte_perm(u, base, 0x7440)) - 8388736.0f;
-    float f1 = __uint_as_float(__byte_perm(u, base, 0x7441)) - 8388736.0f;
-    float f2 = __uint_as_float(__byte_perm(u, base, 0x7442)) - 8388736.0f;
-    float f3 = __uint_as_float(__byte_perm(u, base, 0x7443)) - 8388736.0f;
-    lo = __byte_perm(__float_as_uint(f0), __float_as_uint(f1), 0x7632);
-    hi = __byte_perm(__float_as_uint(f2), __float_as_uint(f3), 0x7632);
-#else
-    const u32 magic = 0x64806480u;  // 1152.0 = 1024 + 128, twice
-    u32 a = __byte_perm(u, 0x64646464u, 0x4140);  // 1024 + u0, 1024 + u1
-    u32 b = __byte_perm(u, 0x64646464u, 0x4342);
-    asm("sub.f16x2 %0, %1, %2;" : "=r"(lo) : "r"(a), "r"(magic));
-    asm("sub.f16x2 %0, %1, %2;" : "=r"(hi) : "r"(b), "r"(magic));
-#endif
-}
-
-__device__ __forceinline__ void mma(float *c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-#if BF16
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-#else
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-#endif
-                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// Weights are read once: keep them out of L1.
-__device__ __forceinline__ uint4 load_stream(const void *p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
-}
-
-__device__ __forceinline__ float half_to_float(u16 h) {
-#if BF16
-    return __uint_as_float(((u32)h) << 16);
-#else
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-#endif
-}
-
-__device__ __forceinline__ u16 float_to_half(float f) {
-    u16 h;
-#if BF16
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
-#else
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-#endif
-    return h;
-}
-
-__device__ __forceinline__ u32 word(const uint4 &v, int i) {
-    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-}
+// block's width, 64 * KW), PDL (programmatic dependent launch) and KERNEL_NAME; its helpers,
+// int8_common.cuh, come first.
 
 struct Slot {
     uint4 w[NT][2][KW];  // rows g and g + 8 of each 16-feature tile: 16 * KW bytes of K each
     uint4 x[2 * KW];     // 16 * KW activations of row g
 };
 
-constexpr int KSTEP = TILED ? 16 * KBLOCK : KBLOCK;  // bytes from a row's K block to its next
-
 __device__ __forceinline__ void load_weights(Slot &slot, const signed char *const (&wrow)[NT][2], int kb) {
 #pragma unroll
     for (int j = 0; j < NT; ++j)
 #pragma unroll
         for (int u = 0; u < KW; ++u) {
-            slot.w[j][0][u] = load_stream(wrow[j][0] + kb * KSTEP + 16 * u);
-            slot.w[j][1][u] = load_stream(wrow[j][1] + kb * KSTEP + 16 * u);
+            slot.w[j][0][u] = load_stream(wrow[j][0] + kb * KBLOCK + 16 * u);
+            slot.w[j][1][u] = load_stream(wrow[j][1] + kb * KBLOCK + 16 * u);
         }
 }
 
@@ -114,11 +41,7 @@ KERNEL_NAME(const u16 *__restrict__ x, const signed char *__restrict__ w, const 
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             int n = min(n0 + 16 * j + 8 * h + g, N - 1);  // rows past N are read, never stored
-#if TILED
-            wrow[j][h] = w + (long long)(n >> 4) * 16 * K + (n & 15) * KBLOCK + 16 * KW * t;
-#else
             wrow[j][h] = w + (long long)n * K + 16 * KW * t;
-#endif
         }
     const bool has_x = g < M;  // the MMA's columns past M multiply zeros
     const u16 *xrow = x + (long long)(has_x ? g : 0) * stride_xm + 16 * KW * t;

@@ -1,7 +1,8 @@
 """Decode GEMM for int8 weights below Triton: y = x @ (W * scale).T (+ b) for at most 8 rows of
-fp16/bf16 activations, in CUDA C (int8_mma.cu, beside this file) compiled at run time by NVRTC
-(torch.cuda._compile_kernel: no compiler beyond what PyTorch's CUDA build brings). This module
-holds what the kernel does and how Python builds, offers and launches its variants.
+fp16/bf16 activations, in CUDA C (int8_mma.cu beside this file, on int8_common.cuh's helpers)
+compiled at run time by NVRTC (torch.cuda._compile_kernel: no compiler beyond what PyTorch's
+CUDA build brings). This module holds what the kernel does and how Python builds, offers and
+launches its variants.
 
 Why not Triton: at 1-4 rows Triton's 8-bit kernels stage every weight tile through shared memory,
 load it back, convert it and feed it to mma.sync; Nsight Compute found them bound by those
@@ -76,7 +77,8 @@ def source(bf16: bool, nt: int, warps: int, pipe: int, kw: int = 1, pdl: bool = 
 
 @functools.cache
 def _cuda_source() -> str:
-    return Path(__file__).with_name("int8_mma.cu").read_text()
+    here = Path(__file__).parent
+    return (here / "int8_common.cuh").read_text() + (here / "int8_mma.cu").read_text()
 
 
 _enabled = True
