@@ -6,7 +6,7 @@ tiles the tuner should offer; the figures land in $OUT/results.json.
     PYTHONPATH=src python3 benchmarks/gemm_sweep.py [--rows 1 4] [--models llama-3-8b ...] [--weights int8 ...]
         [--tuner-only]   # the tuner's candidates alone, not the wider grid (minutes less)
         [--gemv-only]    # the tuner's candidates and the GEMV grid, no dot grid
-        [--mma-only]     # the tuner's candidates and every int8 "mma" / "streamk" variant, no dot grid
+        [--mma-only]     # the tuner's candidates and every int8 "mma" variant, no dot grid
 """
 
 from __future__ import annotations
@@ -64,16 +64,12 @@ def grid(m: int, n: int, k: int, sms: int, weight_dtype: torch.dtype, gemv_only:
 
 
 def _mma_grid(m: int, k: int, weight_dtype: torch.dtype) -> list:
-    """Every variant of the int8 "mma" and "streamk" kernels (kernels/int8_mma.py,
-    kernels/int8_streamk.py) where they apply."""
-    from shardserve.kernels import int8_mma, int8_streamk
-    from shardserve.kernels.tuned_gemm import mma_config, streamk_config
+    """Every variant of the int8 "mma" kernel (kernels/int8_mma.py) where it applies."""
+    from shardserve.kernels import int8_mma
+    from shardserve.kernels.tuned_gemm import mma_config
 
-    out = [mma_config(nt, warps, pipe, kw) for nt, warps, pipe, kw in int8_mma.VARIANTS
-           if int8_mma.shape_applies(m, k, weight_dtype, kw)]
-    if int8_streamk.shape_applies(m, k, weight_dtype):
-        out += [streamk_config(*variant) for variant in int8_streamk.VARIANTS]
-    return out
+    return [mma_config(nt, warps, pipe, kw) for nt, warps, pipe, kw in int8_mma.VARIANTS
+            if int8_mma.shape_applies(m, k, weight_dtype, kw)]
 
 
 def _gemv_grid(m: int, n: int, k: int, sms: int) -> list:
@@ -136,7 +132,7 @@ def main() -> None:
     parser.add_argument("--weights", nargs="+", choices=list(DTYPES), help="only these weight formats")
     parser.add_argument("--tuner-only", action="store_true", help="time the tuner's candidates alone")
     parser.add_argument("--gemv-only", action="store_true", help="the tuner's candidates and the GEMV grid")
-    parser.add_argument("--mma-only", action="store_true", help="the tuner's candidates and every int8 mma / streamk variant")
+    parser.add_argument("--mma-only", action="store_true", help="the tuner's candidates and every int8 mma variant")
     args = parser.parse_args()
     for model in args.models:
         stage(f"sweep_{model}", lambda model=model: sweep(model, args.rows, args.weights, args.tuner_only, args.gemv_only, args.mma_only), 30, 3600)

@@ -25,8 +25,8 @@ hang), on the device:
 Answer (4x H200, two runs, benchmarks/RESULTS.md, eleventh session): no. Rings of 2 stages
 matched int8_mma (from 3.5% faster to 8% slower), deeper ones were slower, and the tiled layout
 changed nothing, for TMA or for int8_mma itself (commit ddf4c5d read it through a TILED define).
-Bytes in flight were not the limit; kernels/int8_streamk.py went after the balance of work over
-the SMs instead.
+Bytes in flight were not the limit. Nor was the balance of work over the SMs: a stream-K form
+of int8_mma (commit 3872b95) was slower too.
 """
 
 from __future__ import annotations

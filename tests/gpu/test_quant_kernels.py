@@ -1,8 +1,7 @@
 """The tuned linear path on the GPU with 8-bit weights: every path of tuned_linear against its
 reference on random inputs (int8 and fp8 weights, fp16 and bf16 activations, decode and prefill
 shapes, forced tilings, every config the tuner may pick, the tuned choice itself), every variant
-of the CUDA int8 kernels (kernels/int8_mma.py, int8_streamk.py) element by element, inside a
-CUDA graph and launched early (PDL), the
+of the CUDA int8 kernel (kernels/int8_mma.py) element by element, inside a CUDA graph, the
 quantised layers' (and untied LM heads') choice of path, and FP8 torch._scaled_mm on Hopper.
 16-bit weights: test_dense_kernels.py; input activations fused into the matmul:
 test_act_gemm_kernels.py."""
@@ -36,17 +35,11 @@ from helpers.quant_cases import (
     relative_error,
 )
 from helpers.quant_layers import error_bound
-from shardserve.kernels import int8_mma, int8_streamk, pdl, tuned_gemm
+from shardserve.kernels import int8_mma, pdl, tuned_gemm
 from shardserve.kernels.fp8_gemm import fp8_scaled_mm, fp8_scaled_mm_reference, scaled_mm_applies
 from shardserve.kernels.gemm_kernels import DEQUANT, KernelConfig
 from shardserve.kernels.pdl import pdl_args, pdl_entry
-from shardserve.kernels.tuned_gemm import (
-    candidates,
-    mma_config,
-    pick_config,
-    streamk_config,
-    tuned_linear,
-)
+from shardserve.kernels.tuned_gemm import candidates, mma_config, pick_config, tuned_linear
 from shardserve.kernels.weight_formats import linear_reference
 from shardserve.layers import quant
 from shardserve.layers.embedding import ParallelLMHead
@@ -76,41 +69,37 @@ def test_every_tuning_candidate_matches_reference(shape, dtype, qdtype):
         check_kernel(m, n, k, qdtype, dtype, "cuda", config=config, tol=TOL[dtype], bias=m % 2 == 1)
 
 
-# "mma": one or three K blocks in flight; "streamk": the fewest and the most programs on an SM
-# (runs sharing every tile, runs covering whole tiles)
-CUDA_INT8_CONFIGS = ([mma_config(*v) for v in int8_mma.VARIANTS if v[2] != 2]
-                     + [streamk_config(*v) for v in int8_streamk.VARIANTS if v[2] in (2, 8)])
+MMA_TILES = [v for v in int8_mma.VARIANTS if v[2] != 2]  # one or three K blocks in flight
 
 
 @DTYPES
-@pytest.mark.parametrize("config", CUDA_INT8_CONFIGS, ids=str)
-def test_cuda_int8_kernels_match_reference_elementwise(config, dtype):
-    """Every variant of the CUDA int8 kernels against the reference, element by element (a wrong
+@pytest.mark.parametrize("tiles", MMA_TILES, ids=str)
+def test_int8_mma_matches_reference_elementwise(tiles, dtype):
+    """Every variant of the CUDA int8 kernel against the reference, element by element (a wrong
     operand layout or K order shows in single outputs): 1-8 rows, fewer K blocks than warps,
-    features past the last full tile, bias or none, strided and misaligned activations; each
-    case twice, so a "streamk" call that left its workspace dirty fails the second."""
+    features past the last full tile, bias or none, strided and misaligned activations."""
     assert int8_mma.available()
+    config = mma_config(*tiles)
     kblock = config.block_k  # K: one block, fewer blocks than warps, many blocks
     cases = [(1, 200, 5 * kblock, {}), (3, 72, kblock, {}), (8, 4096, 4096, {"bias": False}), (5, 130, 14336, {}),
              (2, 96, 8 * kblock, {"strided": True})]
     for m, n, k, kw in cases:
         x, qweight, scale, bias = make_case(m, n, k, torch.int8, dtype, "cuda", seed=m, **kw)
         ref = linear_reference(x.float(), qweight, scale, None if bias is None else bias.float())
-        for _ in range(2):
-            out = tuned_linear(x, qweight, scale, bias, config=config)
-            assert out.shape == (m, n) and out.dtype == dtype
-            worst = float((out.float() - ref).abs().max() / ref.abs().max())
-            assert worst < TOL[dtype], f"{(m, n, k, kw, str(config))}: max error {worst:.2e} of the largest output"
+        out = tuned_linear(x, qweight, scale, bias, config=config)
+        assert out.shape == (m, n) and out.dtype == dtype
+        worst = float((out.float() - ref).abs().max() / ref.abs().max())
+        assert worst < TOL[dtype], f"{(m, n, k, kw, tiles)}: max error {worst:.2e} of the largest output"
     misaligned = torch.randn(4 * 1280 + 1, device="cuda", dtype=dtype)[1:].view(4, 1280)  # 2 bytes off
     _, qweight, scale, bias = make_case(4, 64, 1280, torch.int8, dtype, "cuda")
     ref = linear_reference(misaligned.float(), qweight, scale, bias.float())
     assert relative_error(tuned_linear(misaligned, qweight, scale, bias, config=config), ref) < TOL[dtype]
 
 
-@pytest.mark.parametrize("config", [mma_config(2, 8, 1), streamk_config(4, 1, 8)], ids=str)
-def test_cuda_int8_kernels_replay_in_a_cuda_graph(config):
+def test_int8_mma_replays_in_a_cuda_graph():
     x, qweight, scale, bias = make_case(4, 1024, 4096, torch.int8, torch.bfloat16, "cuda")
-    check_graph_replay(x, qweight, scale, bias, config, lambda x32: linear_reference(x32, qweight, scale, bias.float()))
+    check_graph_replay(x, qweight, scale, bias, mma_config(2, 8, 1),
+                       lambda x32: linear_reference(x32, qweight, scale, bias.float()))
 
 
 @triton.jit
@@ -130,17 +119,16 @@ def _late_copy_kernel(src, dst, n, ns, BLOCK: tl.constexpr, PDL: tl.constexpr):
 
 
 @pytest.mark.skipif(capability() < (9, 0), reason="programmatic dependent launch needs sm90+")
-@pytest.mark.parametrize("config", [mma_config(2, 8, 1, 1), mma_config(1, 16, 2, 1), mma_config(4, 4, 3, 1),
-                                    mma_config(2, 8, 1, 2), streamk_config(4, 1, 8), streamk_config(4, 2, 4)],
-                         ids=str)
-def test_cuda_int8_kernels_launched_early_wait_for_their_input(config, monkeypatch):
-    """Launched with PDL, a kernel loads weights while its predecessor runs, but reads the
+@pytest.mark.parametrize("tiles", [(2, 8, 1, 1), (1, 16, 2, 1), (4, 4, 3, 1), (2, 8, 1, 2)], ids=str)
+def test_int8_mma_launched_early_waits_for_its_input(tiles, monkeypatch):
+    """Launched with PDL, the kernel loads weights while its predecessor runs, but reads the
     activations only after it: behind a kernel that writes them 20 us after letting it launch,
     eagerly and replayed from a CUDA graph, the output is that of the new activations, not of the
     old ones."""
     monkeypatch.setattr(pdl, "_enabled", True)
     x, qweight, scale, bias = make_case(4, 6144, 4096, torch.int8, torch.bfloat16, "cuda")
     fresh = torch.randn_like(x)
+    config = mma_config(*tiles)
 
     def chain():
         _late_copy_kernel[(1,)](fresh, x, x.numel(), 20_000, BLOCK=triton.next_power_of_2(x.numel()),

@@ -7,7 +7,7 @@ the time to read the weights. The kernels read each weight once and accumulate i
 per-channel scale applied to the accumulator (half the bytes of a bf16 matmul), a 16-bit weight
 goes to the tensor cores / FMAs as loaded (QUANTIZED=False: no conversion, no scale); the bias
 is added in the same epilogue.
-`run_config` runs one of six paths (`KernelConfig.kernel`):
+`run_config` runs one of five paths (`KernelConfig.kernel`):
   "dot"     `_gemm_kernel`: [BLOCK_M x BLOCK_K] activations times a [BLOCK_N x BLOCK_K] weight tile
             on tensor cores (tl.dot). Any batch; the only 8-bit kernel past GEMV_MAX_TOKENS rows.
             `swap_ab` puts the weight tile on the MMA's tall side (Hopper: wgmma instead of
@@ -19,9 +19,6 @@ is added in the same epilogue.
             straight into the tensor core's operand registers (block_n: a program's features,
             block_k: a K block, 64 or 128, num_warps: its warps splitting K, num_stages: K blocks
             in flight a warp). An input activation runs as its own kernel first.
-  "streamk" int8 weights, at most 8 rows: kernels/int8_streamk.py, the "mma" data path with the
-            work spread evenly over the SMs instead of by whole tiles (num_warps: a program's
-            warps, num_stages: K blocks in flight a warp, programs_per_sm). Activation first.
   "cublas"  16-bit weights only: F.linear, exactly the call an unquantised layer makes; the
             tuner's first candidate and the untuned choice, so a kernel runs only where it
             measured faster (cuBLAS reads small decode weights at ~3.1-3.75 TB/s on an H200,
@@ -62,7 +59,6 @@ import torch.nn.functional as F
 from shardserve.kernels import _has_triton
 from shardserve.kernels.act_and_mul import apply_input_act, split_input_act
 from shardserve.kernels.int8_mma import K_BLOCK, int8_mma
-from shardserve.kernels.int8_streamk import int8_streamk
 
 if _has_triton:
     import triton
@@ -90,21 +86,18 @@ class KernelConfig:
     split_k: int
     num_warps: int = 4
     num_stages: int = 4
-    kernel: str = "dot"  # "dot" | "gemv" | "mma" | "streamk" (int8) | "cublas" | "dequant"
+    kernel: str = "dot"  # "dot" | "gemv" | "mma" (int8) | "cublas" (16-bit) | "dequant" (8-bit prefill)
     # With an input activation, "dot" / "gemv": in the prologue (True) or by act_kernel first
-    # ("mma", "streamk": always first, False).
+    # ("mma": always first, False).
     fuse_act: bool = True
     # "dot" only: the weight tile is the MMA's left operand, W @ x.T (see `_gemm_kernel`).
     swap_ab: bool = False
-    programs_per_sm: int = 0  # "streamk" only: its grid, in programs on every SM
 
     def __str__(self) -> str:  # for logs and benchmark tables
         if self.kernel in ("cublas", "dequant"):
             return self.kernel
         if self.kernel == "mma":
             return f"mma {self.block_n}x{self.block_k} warps {self.num_warps} in flight {self.num_stages}"
-        if self.kernel == "streamk":
-            return f"streamk warps {self.num_warps} in flight {self.num_stages} programs/SM {self.programs_per_sm}"
         return (f"{self.kernel} {self.block_m}x{self.block_n}x{self.block_k} split {self.split_k} "
                 f"warps {self.num_warps} stages {self.num_stages}" + (" swapped" if self.swap_ab else "")
                 + ("" if self.fuse_act else " act apart"))
@@ -203,7 +196,7 @@ def run_config(cfg: KernelConfig, x2: torch.Tensor, weight: torch.Tensor, scale:
     x2's dtype."""
     m = x2.shape[0]
     n, k = weight.shape
-    if input_act is not None and not cfg.fuse_act and cfg.kernel in ("dot", "gemv", "mma", "streamk"):
+    if input_act is not None and not cfg.fuse_act and cfg.kernel in ("dot", "gemv", "mma"):
         x2, input_act = act_kernel(x2, input_act), None  # the prologue's float32 code: the same bits
     act, gated = split_input_act(input_act)
     assert x2.shape[1] == (2 * k if gated else k)
@@ -214,8 +207,6 @@ def run_config(cfg: KernelConfig, x2: torch.Tensor, weight: torch.Tensor, scale:
     if cfg.kernel == "mma":
         return int8_mma(x2, weight, scale, bias, cfg.block_n // 16, cfg.num_warps, cfg.num_stages,
                         cfg.block_k // K_BLOCK)
-    if cfg.kernel == "streamk":
-        return int8_streamk(x2, weight, scale, bias, cfg.num_warps, cfg.num_stages, cfg.programs_per_sm)
     atomic = cfg.split_k > 1
     # Split K: float32 partials are summed in place, then rounded once to the output dtype.
     out = torch.zeros((m, n), dtype=torch.float32, device=x2.device) if atomic else x2.new_empty((m, n))

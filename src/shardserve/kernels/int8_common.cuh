@@ -1,6 +1,6 @@
-// Helpers of the int8 decode GEMMs (int8_mma.cu, int8_streamk.cu): bytes to 16-bit floats, the
-// tensor core's m16n8k16, streaming loads. Python puts this file after the variant's defines
-// (BF16: bf16 activations, else fp16) and before the kernel's own file.
+// Helpers of the int8 decode GEMM (int8_mma.cu; also benchmarks/tma_int8_probe.py's kernel): bytes
+// to 16-bit floats, the tensor core's m16n8k16, streaming loads. Python puts this file after the
+// variant's defines (BF16: bf16 activations, else fp16) and before the kernel's own file.
 
 typedef unsigned int u32;
 typedef unsigned short u16;

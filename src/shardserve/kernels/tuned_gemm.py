@@ -29,7 +29,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from shardserve.kernels import _has_triton, int8_mma, int8_streamk
+from shardserve.kernels import _has_triton, int8_mma
 from shardserve.kernels.act_and_mul import input_act_reference
 from shardserve.kernels.gemm_kernels import (
     CUBLAS,
@@ -112,9 +112,6 @@ _DOT_TILES = {
 # fastest at BLOOM TP4's qkv at 4 rows on an H200 (44.6 us against 46.7 for the next).
 _MMA_TILES = [(1, 16, 1, 1), (2, 8, 1, 1), (2, 4, 1, 1), (2, 16, 1, 1), (1, 16, 2, 1),
               (1, 4, 1, 2), (1, 8, 1, 2), (1, 16, 1, 2), (2, 8, 1, 2)]
-# The int8 "streamk" kernel's (warps a program, K blocks in flight a warp, programs on every SM):
-# grids that fill an SM at its 64 registers a thread (32 warps) and at 104 (2 in flight: 16).
-_STREAMK = [(4, 1, 8), (8, 1, 4), (4, 1, 6), (4, 2, 4)]
 
 
 def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype = torch.int8,
@@ -134,8 +131,7 @@ def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype =
         for them); past 16 rows, which the sweep did not measure, 32x256 and 64x256 as before.
         At most 13 configs; for int8 at 1-8 rows with K a multiple of 64, where this PyTorch
         can compile CUDA C (NVRTC), also the 5 "mma" configs of kernels/int8_mma.py with 64-wide
-        K blocks, and where K is a multiple of 128, 4 with 128-wide ones (`_MMA_TILES`) and the
-        4 "streamk" configs of kernels/int8_streamk.py (`_STREAMK`).
+        K blocks, and where K is a multiple of 128, 4 with 128-wide ones (`_MMA_TILES`).
       16-bit weights: cuBLAS, then below 17 rows the swapped dot (weights on the MMA's tall side,
         `_gemm_kernel`) at 64x256, 32x256 and 64x128, which beat cuBLAS and the unswapped tiles
         by 2-9% at 4 rows; past 16 rows the unswapped 32x256 and 64x128. At most 11 configs.
@@ -162,16 +158,7 @@ def candidates(m: int, n: int, k: int, num_sms: int, weight_dtype: torch.dtype =
         out += [replace(c, fuse_act=False) for c in out if c.kernel in ("dot", "gemv")]
     out += [mma_config(nt, warps, pipe, kw) for nt, warps, pipe, kw in _MMA_TILES
             if int8_mma.shape_applies(m, k, weight_dtype, kw)]
-    if int8_streamk.shape_applies(m, k, weight_dtype):
-        out += [streamk_config(*variant) for variant in _STREAMK]
     return out
-
-
-def streamk_config(warps: int, in_flight: int, programs_per_sm: int) -> KernelConfig:
-    """The int8 "streamk" kernel (kernels/int8_streamk.py): `programs_per_sm` programs of `warps`
-    warps on every SM, `in_flight` K blocks loading ahead a warp; no prologue (activation first)."""
-    return KernelConfig(int8_streamk.MAX_ROWS, 16, int8_streamk.K_BLOCK, 1, warps, in_flight, kernel="streamk",
-                        fuse_act=False, programs_per_sm=programs_per_sm)
 
 
 def mma_config(tiles: int, warps: int, in_flight: int, kw: int = 1) -> KernelConfig:

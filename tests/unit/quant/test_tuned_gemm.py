@@ -75,30 +75,24 @@ def test_candidates_start_with_the_heuristic_and_fit_the_budget():
     assert pick_config(DECODE_MAX_TOKENS + 1, 4096, 4096, 132) == DEQUANT
 
 
-def test_the_cuda_int8_kernels_are_offered_where_they_apply(monkeypatch):
-    """kernels/int8_mma.py and int8_streamk.py run only on a GPU with NVRTC (never on this CPU);
-    where they can, the tuner offers them for int8 weights at <= 8 rows: "mma" with K a multiple
-    of 64 (its 128-wide K blocks where K is a multiple of 128), "streamk" with K a multiple of
-    128; neither when the engine switched them off (extra int8_mma=false)."""
+def test_the_cuda_int8_kernel_is_offered_where_it_applies(monkeypatch):
+    """kernels/int8_mma.py runs only on a GPU with NVRTC (never on this CPU); where it can, the
+    tuner offers it for int8 weights at <= 8 rows with K a multiple of 64 (its 128-wide K blocks
+    where K is a multiple of 128), and not when the engine switched it off (extra int8_mma=false)."""
     assert not int8_mma.available()  # no CUDA here
-    assert not any(c.kernel in ("mma", "streamk") for c in candidates(4, 4096, 4096, 132))
+    assert not any(c.kernel == "mma" for c in candidates(4, 4096, 4096, 132))
     monkeypatch.setattr(int8_mma, "_supported", lambda: True)
     mma = lambda *args: [c for c in candidates(*args) if c.kernel == "mma"]  # noqa: E731
-    streamk = lambda *args: [c for c in candidates(*args) if c.kernel == "streamk"]  # noqa: E731
     for m in (1, 4, 8):
         assert len(mma(m, 4096, 4096, 132)) == len(tuned_gemm._MMA_TILES)
-        assert len(streamk(m, 4096, 4096, 132)) == len(tuned_gemm._STREAMK)
     assert all(str(c).startswith("mma ") and c.block_n % 16 == 0 for c in mma(4, 4096, 4096, 132))
-    assert all(str(c).startswith("streamk ") and c.programs_per_sm > 0 for c in streamk(4, 4096, 4096, 132))
     assert {c.block_k for c in mma(4, 4096, 4096, 132)} == {64, 128}
     assert {c.block_k for c in mma(4, 4096, 4160, 132)} == {64}  # 65 blocks of 64
-    assert not streamk(4, 4096, 4160, 132)
-    for kernel in (mma, streamk):
-        assert not kernel(9, 4096, 4096, 132) and not kernel(4, 4096, 4000, 132)
-        assert not kernel(4, 4096, 4096, 132, torch.float8_e4m3fn) and not kernel(4, 4096, 4096, 132, torch.bfloat16)
-        assert kernel(4, 4096, 4096, 132, torch.int8, "silu_and_mul")  # the activation runs first
+    assert not mma(9, 4096, 4096, 132) and not mma(4, 4096, 4000, 132)
+    assert not mma(4, 4096, 4096, 132, torch.float8_e4m3fn) and not mma(4, 4096, 4096, 132, torch.bfloat16)
+    assert mma(4, 4096, 4096, 132, torch.int8, "silu_and_mul")  # the activation runs first
     monkeypatch.setattr(int8_mma, "_enabled", False)
-    assert not mma(4, 4096, 4096, 132) and not streamk(4, 4096, 4096, 132)
+    assert not mma(4, 4096, 4096, 132)
 
 
 def _fake_timer(times: dict):
