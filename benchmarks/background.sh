@@ -3,6 +3,8 @@
 # batch can outlast one 10-minute device command; later commands poll it.
 #   bash benchmarks/background.sh start "cmd 1" "cmd 2" ...   # returns at once
 #   bash benchmarks/background.sh poll SECONDS                 # wait up to SECONDS, copy logs to $OUT
+# The device machine goes back (and the batch with it) ~30 s after a command ends: poll in the
+# same command that starts the batch, and call the next poll at once.
 set -u
 LOGS=/tmp/shardserve-bg
 case "$1" in
