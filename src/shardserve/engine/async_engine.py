@@ -3,12 +3,16 @@
 The event loop only tokenizes, enqueues and awaits; the step loop (model forward, sampling,
 detokenisation) runs on its own thread, so serving I/O never waits on a forward pass. The two
 sides talk through a thread-safe command queue (add / abort) and, back, `call_soon_threadsafe`
-into each request's asyncio.Queue.
+into each request's asyncio.Queue. Inside the engine each call of `generate` runs under an id of
+its own ("<request_id>#<serial>"), so a caller that reuses a request id at once (after
+cancelling its stream) never receives the old request's late updates or its abort.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import logging
 import queue
 import threading
@@ -36,7 +40,10 @@ class AsyncEngine:
         self.model_config = self.llm.model_config
         self.max_model_len = self.llm.max_model_len
         self._commands: queue.Queue = queue.Queue()
+        # Keyed by engine id; _running maps a caller's request id to its engine id.
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._running: dict[str, str] = {}
+        self._serial = itertools.count()
         self._streams_lock = threading.Lock()
         self._stats: dict = self.llm.stats()
         self._dead: BaseException | None = None
@@ -67,13 +74,17 @@ class AsyncEngine:
         request_id = request_id or uuid.uuid4().hex
         if self._dead is not None:
             raise EngineDeadError(f"the engine stopped: {self._dead}")
+        if self._stopping:
+            raise EngineDeadError("the engine was shut down")
         token_ids = self.encode(prompt, params)
         stream: asyncio.Queue = asyncio.Queue()
         with self._streams_lock:
-            if request_id in self._streams:
+            if request_id in self._running:
                 raise ValueError(f"request_id {request_id!r} is already running")
-            self._streams[request_id] = (asyncio.get_running_loop(), stream)
-        self._commands.put(("add", request_id, prompt if isinstance(prompt, str) else None, params, token_ids))
+            engine_id = f"{request_id}#{next(self._serial)}"
+            self._running[request_id] = engine_id
+            self._streams[engine_id] = (asyncio.get_running_loop(), stream)
+        self._commands.put(("add", engine_id, prompt if isinstance(prompt, str) else None, params, token_ids))
         finished = False
         try:
             while True:
@@ -81,17 +92,21 @@ class AsyncEngine:
                 if isinstance(item, BaseException):
                     raise item
                 finished = item.finished
-                yield item
+                yield dataclasses.replace(item, request_id=request_id)
                 if finished:
                     return
         finally:
             with self._streams_lock:
-                self._streams.pop(request_id, None)
+                self._streams.pop(engine_id, None)
+                del self._running[request_id]
             if not finished:  # consumer went away (disconnect, timeout, cancel)
-                self._commands.put(("abort", request_id))
+                self._commands.put(("abort", engine_id))
 
     async def abort(self, request_id: str) -> None:
-        self._commands.put(("abort", request_id))
+        with self._streams_lock:
+            engine_id = self._running.get(request_id)
+        if engine_id is not None:
+            self._commands.put(("abort", engine_id))
 
     def shutdown(self, timeout: float = 30.0) -> None:
         self._stopping = True
@@ -135,16 +150,16 @@ class AsyncEngine:
             except queue.Empty:
                 self.llm.executor.check_health()
 
-    def _handle(self, command) -> None:
+    def _handle(self, command) -> None:  # request ids here are engine ids
         if command is None:
             return
         kind = command[0]
         if kind == "add":
-            _, request_id, prompt, params, token_ids = command
+            _, engine_id, prompt, params, token_ids = command
             with self._streams_lock:
-                alive = request_id in self._streams
+                alive = engine_id in self._streams
             if alive:  # it may have been cancelled before the loop saw it
-                self.llm.add_request(request_id, prompt, params, prompt_token_ids=token_ids)
+                self.llm.add_request(engine_id, prompt, params, prompt_token_ids=token_ids)
         elif kind == "abort":
             out = self.llm.abort(command[1])
             if out is not None:

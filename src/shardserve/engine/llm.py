@@ -44,7 +44,8 @@ def _runs_on_gpus(config: EngineConfig) -> bool:
 
 
 def encode_prompt(tokenizer, prompt: Prompt, params: SamplingParams, vocab_size: int, max_model_len: int) -> list[int]:
-    """Token ids of a text or token-id prompt, validated for any engine serving this model.
+    """Token ids of a text or token-id prompt, validated (with the request's stop token ids) for
+    any engine serving this model.
 
     Raises ValueError naming the problem; a too-long request names both numbers.
     """
@@ -56,6 +57,8 @@ def encode_prompt(tokenizer, prompt: Prompt, params: SamplingParams, vocab_size:
             raise ValueError(f"prompt token ids must be integers in [0, {vocab_size})")
     if not token_ids:
         raise ValueError("prompt must not be empty")
+    if not all(t < vocab_size for t in params.stop_token_ids):
+        raise ValueError(f"stop_token_ids must be integers in [0, {vocab_size}), got {list(params.stop_token_ids)}")
     if len(token_ids) + params.max_new_tokens > max_model_len:
         raise ValueError(
             f"prompt has {len(token_ids)} tokens + max_new_tokens {params.max_new_tokens} "
@@ -207,9 +210,10 @@ class LLM:
         token_ids = [self.encode(p, sp) for p, sp in zip(prompts, params_list, strict=True)]
         ids = [self.add_request(None, p, sp, t) for p, sp, t in zip(prompts, params_list, token_ids, strict=True)]
         final: dict[str, RequestOutput] = {}
+        mine = set(ids)  # requests added before keep running; their outputs are not ours
         while len(final) < len(ids):
             for out in self.step():
-                if out.finished:
+                if out.finished and out.request_id in mine:
                     final[out.request_id] = out
         return [final[i] for i in ids]
 

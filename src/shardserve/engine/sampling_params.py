@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Temperatures below this decode greedily: sampling at them is greedy in all but float rounding,
+# and logits / 1e-38 overflow to infinities whose softmax is NaN.
+GREEDY_BELOW = 1e-5
+
 
 def _check(ok: bool, name: str, allowed: str, value) -> None:
     if not ok:
@@ -14,7 +18,8 @@ def _check(ok: bool, name: str, allowed: str, value) -> None:
 class SamplingParams:
     """Decoding options of one request.
 
-    temperature == 0 means greedy decoding (top_p/top_k are then irrelevant). `seed` makes a
+    temperature == 0 means greedy decoding (top_p/top_k are then irrelevant); so does any
+    temperature below GREEDY_BELOW, where dividing the logits by it would overflow. `seed` makes a
     request's sampled text reproducible whatever else is in the batch. Stop strings are cut from
     the returned text; `max_new_tokens` counts generated tokens only.
     """
@@ -39,8 +44,10 @@ class SamplingParams:
         # Accept lists / a single string from callers, store tuples (hashable, immutable).
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
-        object.__setattr__(self, "stop", tuple(self.stop or ()))
-        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids or ()))
+        for name, allowed in (("stop", "a list of non-empty strings"), ("stop_token_ids", "a list of integers >= 0")):
+            value = getattr(self, name)
+            _check(value is None or isinstance(value, (list, tuple)), name, allowed, value)
+            object.__setattr__(self, name, tuple(value or ()))
         _check(_is_int(self.max_new_tokens) and self.max_new_tokens >= 1, "max_new_tokens", "an integer >= 1", self.max_new_tokens)
         _check(_is_int(self.min_new_tokens) and 0 <= self.min_new_tokens <= self.max_new_tokens, "min_new_tokens", f"an integer in [0, max_new_tokens={self.max_new_tokens}]", self.min_new_tokens)
         _check(_is_num(self.temperature) and 0.0 <= self.temperature <= 100.0, "temperature", "a number in [0, 100]", self.temperature)
@@ -58,7 +65,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0 or self.top_k == 1
+        return self.temperature < GREEDY_BELOW or self.top_k == 1
 
 
 def _is_int(v) -> bool:

@@ -3,6 +3,7 @@ import asyncio
 import pytest
 
 from shardserve import AsyncEngine, EngineConfig, SamplingParams
+from shardserve.errors import EngineDeadError
 
 
 @pytest.fixture(scope="module")
@@ -64,4 +65,31 @@ def test_invalid_request_raises_before_streaming(engine):
         return await collect(engine, "x " * 400, SamplingParams(max_new_tokens=5))
 
     with pytest.raises(ValueError, match="max_model_len"):
+        asyncio.run(main())
+
+
+def test_a_request_id_reused_after_a_cancel_gets_only_its_own_updates(engine):
+    """The old request's late updates and its abort go to the old request, not the new one."""
+    quick = SamplingParams(max_new_tokens=5, temperature=0.0, ignore_eos=True)
+
+    async def main():
+        expected = await collect(engine, "the cat", quick)
+        gen = engine.generate("a long story", SamplingParams(max_new_tokens=200, ignore_eos=True), "reused")
+        await gen.__anext__()
+        await gen.aclose()  # the consumer goes away; its abort is still on its way
+        return expected, await collect(engine, "the cat", quick, "reused")
+
+    expected, outs = asyncio.run(main())
+    assert [o.request_id for o in outs] == ["reused"] * len(outs)
+    assert outs[-1].finish_reason == "length" and outs[-1].token_ids == expected[-1].token_ids
+
+
+def test_generate_after_shutdown_fails_at_once(tiny_checkpoint):
+    eng = AsyncEngine(EngineConfig(model=str(tiny_checkpoint("llama")), dtype="fp32"))
+    eng.shutdown()
+
+    async def main():
+        return await asyncio.wait_for(collect(eng, "the cat", SamplingParams(max_new_tokens=3)), timeout=10)
+
+    with pytest.raises(EngineDeadError, match="shut down"):
         asyncio.run(main())

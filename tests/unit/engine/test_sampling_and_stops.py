@@ -17,10 +17,12 @@ def test_seed_gives_same_text_whatever_the_batch(llama_llm):
     assert llama_llm.generate(["Once upon a time"], other_seed)[0].token_ids != alone
 
 
-def test_top_k_1_equals_greedy(llama_llm):
+def test_top_k_1_and_a_vanishing_temperature_equal_greedy(llama_llm):
     greedy = llama_llm.generate(["the cat"], SamplingParams(max_new_tokens=16, temperature=0.0))[0]
     top1 = llama_llm.generate(["the cat"], SamplingParams(max_new_tokens=16, temperature=1.5, top_k=1))[0]
     assert top1.token_ids == greedy.token_ids
+    tiny = llama_llm.generate(["the cat"], SamplingParams(max_new_tokens=16, temperature=1e-38, seed=3))[0]
+    assert tiny.token_ids == greedy.token_ids
 
 
 def test_stop_string_is_cut_and_ends_the_request(llama_llm):
@@ -56,6 +58,23 @@ def test_stop_token_ids_finish_with_stop(llama_llm):
     out = llama_llm.generate(["hello"], SamplingParams(max_new_tokens=10, temperature=0.0, stop_token_ids=[target]))[0]
     assert out.finish_reason == "stop"
     assert out.token_ids == greedy.token_ids[: greedy.token_ids.index(target) + 1]
+
+
+def test_stop_token_ids_past_the_vocabulary_are_refused_and_the_engine_serves_on(llama_llm):
+    vocab = llama_llm.model_config.vocab_size
+    with pytest.raises(ValueError, match=rf"stop_token_ids must be integers in \[0, {vocab}\)"):
+        llama_llm.generate(["hello"], SamplingParams(stop_token_ids=[vocab], min_new_tokens=2))
+    assert len(llama_llm.generate(["hello"], SamplingParams(max_new_tokens=3, ignore_eos=True))[0].token_ids) == 3
+
+
+def test_generate_returns_its_own_requests_beside_one_added_before(llama_llm):
+    params = SamplingParams(max_new_tokens=8, temperature=0.0, ignore_eos=True)
+    alone = llama_llm.generate(["the cat"], params)[0].token_ids
+    llama_llm.add_request("earlier", "a dog ran", SamplingParams(max_new_tokens=1))
+    outs = llama_llm.generate(["the cat"], params)
+    assert len(outs) == 1 and outs[0].token_ids == alone and outs[0].request_id != "earlier"
+    while llama_llm.has_unfinished():  # the earlier request still finishes
+        llama_llm.step()
 
 
 def test_prompt_longer_than_the_model_is_refused_with_both_numbers(llama_llm):

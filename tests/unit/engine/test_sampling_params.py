@@ -17,6 +17,8 @@ from shardserve.engine.sampling_params import SamplingParams
         ("seed", -3, "2^63"),
         ("stop", [""], "non-empty strings"),
         ("stop_token_ids", [-1], "integers >= 0"),
+        ("stop", 5, "non-empty strings"),
+        ("stop_token_ids", 5, "integers >= 0"),
         ("logprobs", "yes", "boolean"),
         ("min_new_tokens", 50, "max_new_tokens=16"),
     ],
@@ -32,3 +34,5 @@ def test_defaults_and_normalisation():
     assert p.stop == ("END",) and p.stop_token_ids == (3,)
     assert not p.greedy
     assert SamplingParams(temperature=0).greedy and SamplingParams(top_k=1).greedy
+    # logits / 1e-38 would overflow: temperatures that small decode greedily
+    assert SamplingParams(temperature=1e-38).greedy and not SamplingParams(temperature=1e-3).greedy
