@@ -15,3 +15,13 @@ class StorageError(ShardserveError):
 
 class EngineDeadError(ShardserveError):
     """The engine (or one of its ranks) stopped; every pending request fails with this."""
+
+
+class RequestError(ShardserveError, ValueError):
+    """A request an engine refuses: a ValueError, as bad input always was, that also names the
+    request field at fault as the engine calls it (`field`: "prompt" or a SamplingParams field),
+    for a server to name in its own terms."""
+
+    def __init__(self, message: str, field: str = "prompt"):
+        super().__init__(message)
+        self.field = field

@@ -44,6 +44,8 @@ CHAT_CASES = [
     ({"model": "llama", "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
     ({"model": "llama", "messages": [{"role": "user", "content": 3}]}, "messages.0.content"),
     ({"model": "llama", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}, "max_tokens"),
+    ({"model": "llama", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 0},
+     "max_completion_tokens"),
     ({"model": "llama", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "tools"),
     ({"model": "llama", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}},
      "response_format"),
@@ -76,14 +78,27 @@ def test_chat_invalid_field_is_400_openai_error(client, body, field):
     assert field in error["message"]
 
 
-def test_prompt_beyond_the_model_length_gives_both_numbers(client):
+def test_prompt_beyond_the_model_length_gives_both_numbers_in_the_requests_terms(client):
     error = assert_clean_error(client.post("/invocations", json={"inputs": "Hello world", "parameters": {"max_new_tokens": 300}}), 400)
-    assert "300" in error["error"] and "256" in error["error"]
+    assert "parameters.max_new_tokens 300" in error["error"] and "256" in error["error"]
     long_prompt = "word " * 400
     error = assert_clean_error(client.post("/v1/completions", json={"model": "llama", "prompt": long_prompt}), 400)
-    assert "max_model_len 256" in error["error"]["message"]
+    assert "max_tokens 16" in error["error"]["message"] and "max_model_len 256" in error["error"]["message"]
+    assert error["error"]["param"] == "prompt"
+    chat = {"model": "llama", "messages": [{"role": "user", "content": "Hello"}], "max_completion_tokens": 300}
+    error = assert_clean_error(client.post("/v1/chat/completions", json=chat), 400)["error"]
+    assert "max_completion_tokens 300" in error["message"] and error["param"] == "messages"
     error = assert_clean_error(client.post("/predictions/gpt2", json={"inputs": long_prompt}), 400)
     assert "max_model_len 256" in error["error"]
+
+
+def test_a_batch_larger_than_the_model_ever_takes_is_400_not_503(server, client):
+    capacity = server.store.get("llama").admission.capacity
+    body = {"model": "llama", "prompt": ["Hi"] * (capacity + 1), "max_tokens": 1}
+    error = assert_clean_error(client.post("/v1/completions", json=body), 400)["error"]
+    assert error["param"] == "prompt" and str(capacity + 1) in error["message"]
+    error = assert_clean_error(client.post("/invocations", json={"inputs": ["Hi"] * (capacity + 1)}), 400)
+    assert "inputs" in error["error"]
 
 
 @pytest.mark.parametrize("path", ["/invocations", "/v1/completions", "/v1/chat/completions", "/predictions/llama"])

@@ -159,3 +159,23 @@ def test_register_a_bad_artifact_is_400_and_keeps_the_server_healthy(client, tmp
     assert client.get("/ping").status_code == 200
     assert "bad" not in [m["modelName"] for m in client.get("/models").json()["models"]]
     assert client.post("/models", params={"url": str(bad), "model_name": "llama"}).status_code == 409
+
+
+def test_unregistering_a_model_fails_its_running_requests_at_once(client, long_llama_dir, tmp_path):
+    """Requests still running when their model is deleted get a 503 now, not at their deadline."""
+    artifact = write_artifact(tmp_path / "doomed", {"engine": "Python", "option.model_id": long_llama_dir,
+                                                    "option.predict_timeout": 300})
+    assert client.post("/models", params={"url": str(artifact), "model_name": "doomed"}).status_code == 200
+
+    async def run() -> tuple[httpx.Response, float]:
+        async with httpx.AsyncClient(base_url=str(client.base_url), timeout=120) as c:
+            pending = asyncio.ensure_future(c.post("/predictions/doomed", json={"inputs": "Hello", "parameters": LONG}))
+            await asyncio.sleep(1.0)  # running by now
+            started = time.monotonic()
+            assert (await c.delete("/models/doomed")).status_code == 200
+            response = await pending
+            return response, time.monotonic() - started
+
+    response, waited = asyncio.run(run())
+    assert response.status_code == 503 and "unregistered" in response.json()["error"]
+    assert waited < 30

@@ -109,10 +109,12 @@ class AsyncEngine:
             self._commands.put(("abort", engine_id))
 
     def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the loop and the ranks; requests still running fail with EngineDeadError."""
         self._stopping = True
         self._commands.put(("stop",))
         self._thread.join(timeout)
         self.llm.shutdown()
+        self._fail_streams(EngineDeadError("the engine was shut down"))
 
     # -- the engine side (background thread) ----------------------------------------------------
     def _loop(self) -> None:
@@ -134,11 +136,13 @@ class AsyncEngine:
         except BaseException as e:  # a dead rank, a CUDA error: fail everyone, loudly
             logger.exception("engine loop failed")
             self._dead = e
-            error = EngineDeadError(f"the engine stopped: {e}")
-            with self._streams_lock:
-                streams = list(self._streams)
-            for request_id in streams:
-                self._deliver(request_id, error)
+            self._fail_streams(EngineDeadError(f"the engine stopped: {e}"))
+
+    def _fail_streams(self, error: EngineDeadError) -> None:
+        with self._streams_lock:
+            streams = list(self._streams)
+        for engine_id in streams:
+            self._deliver(engine_id, error)
 
     def _wait_for_work(self) -> None:
         """Block until a command arrives; while idle, check every second that the ranks live,

@@ -27,6 +27,7 @@ from shardserve.engine.request import FinishReason, Request, RequestOutput
 from shardserve.engine.sampling_params import SamplingParams
 from shardserve.engine.scheduler import Scheduler, SchedulerOutput
 from shardserve.engine.tokenizer import eos_token_ids, load_tokenizer
+from shardserve.errors import RequestError
 from shardserve.models.config import ModelConfig
 from shardserve.weights.presharded import check_presharded, reads_presharded
 
@@ -47,20 +48,21 @@ def encode_prompt(tokenizer, prompt: Prompt, params: SamplingParams, vocab_size:
     """Token ids of a text or token-id prompt, validated (with the request's stop token ids) for
     any engine serving this model.
 
-    Raises ValueError naming the problem; a too-long request names both numbers.
+    Raises RequestError (a ValueError) naming the problem; a too-long request names both numbers.
     """
     if isinstance(prompt, str):
         token_ids = tokenizer.encode(prompt)
     else:
         token_ids = list(prompt)
         if not all(isinstance(t, int) and 0 <= t < vocab_size for t in token_ids):
-            raise ValueError(f"prompt token ids must be integers in [0, {vocab_size})")
+            raise RequestError(f"prompt token ids must be integers in [0, {vocab_size})")
     if not token_ids:
-        raise ValueError("prompt must not be empty")
+        raise RequestError("prompt must not be empty")
     if not all(t < vocab_size for t in params.stop_token_ids):
-        raise ValueError(f"stop_token_ids must be integers in [0, {vocab_size}), got {list(params.stop_token_ids)}")
+        raise RequestError(f"stop_token_ids must be integers in [0, {vocab_size}), got {list(params.stop_token_ids)}",
+                           "stop_token_ids")
     if len(token_ids) + params.max_new_tokens > max_model_len:
-        raise ValueError(
+        raise RequestError(
             f"prompt has {len(token_ids)} tokens + max_new_tokens {params.max_new_tokens} "
             f"= {len(token_ids) + params.max_new_tokens} > max_model_len {max_model_len}"
         )

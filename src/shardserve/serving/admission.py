@@ -34,8 +34,17 @@ class Admission:
     def running(self) -> int:
         return min(self.inflight, self.concurrency)
 
-    def acquire(self, model: str, n: int = 1) -> None:
-        """Take n slots (a batch of n prompts) or raise a 503 APIError."""
+    def acquire(self, model: str, n: int = 1, field: str | None = None) -> None:
+        """Take n slots (a batch of n prompts) or raise an APIError: 400 (naming `field`, the
+        request's prompts) for a batch larger than the whole capacity, which no retry can fit;
+        503 while the slots are taken."""
+        if n > self.capacity:
+            raise APIError(
+                400,
+                f"{field or 'the request'}: {n} prompts are more than model {model!r} takes at once "
+                f"({self.capacity}: {self.concurrency} running + {self.queue_size} queued, job_queue_size)",
+                param=field,
+            )
         if self.inflight + n > self.capacity:
             raise APIError(
                 503,

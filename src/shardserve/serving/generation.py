@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -20,9 +20,10 @@ from fastapi.responses import JSONResponse
 from shardserve.engine.request import RequestOutput
 from shardserve.engine.sampling_params import SamplingParams
 from shardserve.errors import EngineDeadError
-from shardserve.serving.http_errors import APIError, bad_request, error_body
+from shardserve.serving.http_errors import APIError, error_body
 from shardserve.serving.metrics import RequestTimer, ServerMetrics
 from shardserve.serving.model_store import ServedModel
+from shardserve.serving.protocol import refused
 from shardserve.serving.streaming import stream_response
 
 logger = logging.getLogger(__name__)
@@ -36,8 +37,11 @@ class Generation:
     """One prompt's stream of outputs, with deadline, error mapping and latency metrics."""
 
     def __init__(self, model: ServedModel, prompt: str | list[int], params: SamplingParams,
-                 metrics: ServerMetrics | None, request_id: str | None = None):
+                 metrics: ServerMetrics | None, request_id: str | None = None,
+                 names: Mapping[str, str] | None = None):
+        """names: the request's field names by the engine's (protocol.refused), for its 400s."""
         self.model = model
+        self.names = names
         self.params = params
         self.request_id = request_id or uuid.uuid4().hex
         self.deadline = asyncio.get_running_loop().time() + model.config.predict_timeout_s
@@ -59,8 +63,10 @@ class Generation:
             raise APIError(504, f"generation did not finish within option.predict_timeout "
                                 f"({self.model.config.predict_timeout_s:g} s); the request was aborted") from None
         except ValueError as e:  # the engine's validation of this prompt and these parameters
-            raise bad_request(str(e)) from None
+            raise refused(e, getattr(e, "field", None), self.names) from None
         except EngineDeadError as e:
+            if self.model.removed:  # unregistered while this request ran: not a failure of the model
+                raise APIError(503, f"model {self.model.name!r} was unregistered while serving the request") from None
             raise APIError(500, f"model {self.model.name!r} failed while serving the request: {e}") from None
         except APIError:
             raise
@@ -87,11 +93,12 @@ class Generation:
         await self._outputs.aclose()
 
 
-def admit(model: ServedModel, n: int = 1) -> Callable[[], None]:
-    """Take n of the model's queue slots (503 when full, or when the model cannot serve) and
-    return the function that gives them back (safe to call twice)."""
+def admit(model: ServedModel, n: int = 1, field: str | None = None) -> Callable[[], None]:
+    """Take n of the model's queue slots (503 when full, or when the model cannot serve; 400
+    naming `field`, the request's prompts, when n is more than it ever takes) and return the
+    function that gives them back (safe to call twice)."""
     model.require_ready()
-    model.admission.acquire(model.name, n)
+    model.admission.acquire(model.name, n, field)
     released = False
 
     def release() -> None:
@@ -103,10 +110,10 @@ def admit(model: ServedModel, n: int = 1) -> Callable[[], None]:
     return release
 
 
-async def start(model: ServedModel, prompts: list, params: SamplingParams,
-                metrics: ServerMetrics | None) -> list[tuple[Generation, RequestOutput]]:
+async def start(model: ServedModel, prompts: list, params: SamplingParams, metrics: ServerMetrics | None,
+                names: Mapping[str, str] | None = None) -> list[tuple[Generation, RequestOutput]]:
     """Open a generation per prompt and wait for each one's first output (raising its error)."""
-    generations = [Generation(model, p, params, metrics) for p in prompts]
+    generations = [Generation(model, p, params, metrics, names=names) for p in prompts]
     try:
         firsts = await asyncio.gather(*(g.next() for g in generations))
     except BaseException:
@@ -150,13 +157,15 @@ async def respond(
     to_body: Callable[[list[RequestOutput]], object],
     closing_events: Callable[[RequestOutput], list[dict]] = lambda out: [],
     done_marker: bool = False,
+    names: Mapping[str, str] | None = None,
 ):
     """Admit, start and answer: a JSON body built by `to_body(final outputs)`, or (one prompt) a
-    stream of `to_events(update, is_first)` then `closing_events(last)`."""
+    stream of `to_events(update, is_first)` then `closing_events(last)`. `names`: the request's
+    field names by the engine's, for the 400s of the engine's own checks."""
     ctx = request.app.state.ctx
-    release = admit(model, len(prompts))
+    release = admit(model, len(prompts), (names or {}).get("prompt"))
     try:
-        pairs = await start(model, prompts, params, ctx.metrics)
+        pairs = await start(model, prompts, params, ctx.metrics, names)
     except BaseException:
         release()
         raise

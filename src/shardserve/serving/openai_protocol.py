@@ -19,7 +19,8 @@ from shardserve.engine.sampling_params import SamplingParams
 from shardserve.serving.http_errors import bad_request
 from shardserve.serving.protocol import Strict, make_sampling_params
 
-_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens"}
+# The request fields by the engine's names ("prompt": the completions API's; chat's is messages).
+FIELD_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens", "prompt": "prompt"}
 
 
 class StreamOptions(Strict):
@@ -56,10 +57,11 @@ class _Sampling(Strict):
         if self.logit_bias:
             raise bad_request("logit_bias: not supported", "logit_bias")
 
-    def sampling_params(self, max_tokens: int, logprobs: bool) -> SamplingParams:
+    def sampling_params(self, max_tokens: int, logprobs: bool, max_tokens_field: str = "max_tokens") -> SamplingParams:
+        """max_tokens_field: the request field max_tokens came from, for errors to name."""
         self.check_supported()
         return make_sampling_params(
-            _NAMES, max_new_tokens=max_tokens, min_new_tokens=self.min_tokens,
+            FIELD_NAMES | {"max_new_tokens": max_tokens_field}, max_new_tokens=max_tokens, min_new_tokens=self.min_tokens,
             temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
             repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, seed=self.seed, stop=self.stop,

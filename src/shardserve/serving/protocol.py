@@ -9,13 +9,14 @@ last one carrying `generated_text` (and `details` when asked).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from shardserve.engine.request import FinishReason, RequestOutput
 from shardserve.engine.sampling_params import SamplingParams
-from shardserve.serving.http_errors import bad_request
+from shardserve.serving.http_errors import APIError, bad_request
 
 DEFAULT_MAX_NEW_TOKENS = 30  # DJLServing LMI's default
 
@@ -48,6 +49,10 @@ class GenerateRequest(Strict):
     stream: bool = False
 
 
+# A DJL / TGI request's fields by the engine's names ("prompt" and SamplingParams fields).
+DJL_NAMES = {k: f"parameters.{k}" for k in SamplingParams.__dataclass_fields__} | {"prompt": "inputs"}
+
+
 def make_sampling_params(names: Mapping[str, str] | None = None, **values) -> SamplingParams:
     """SamplingParams from the values a request gave (None = not given: SamplingParams' default).
     Its ValueError becomes a 400 naming the field as the client spelt it (`names` maps
@@ -55,10 +60,24 @@ def make_sampling_params(names: Mapping[str, str] | None = None, **values) -> Sa
     try:
         return SamplingParams(**{k: v for k, v in values.items() if v is not None})
     except ValueError as e:
-        message = str(e)
-        field = message.split(" ", 1)[0]
-        public = (names or {}).get(field, field)
-        raise bad_request(public + message[len(field):], public) from None
+        raise refused(e, message_field(str(e)), names) from None
+
+
+def message_field(message: str) -> str:
+    """The field a validation message starts with ("max_new_tokens must be ...")."""
+    return message.split(" ", 1)[0]
+
+
+def refused(error: ValueError, field: str | None, names: Mapping[str, str] | None) -> APIError:
+    """A 400 for an engine's refusal of a request, in the client's terms: `names` maps the engine's
+    field names (SamplingParams fields, "prompt") to the request's, in the message and as its
+    param. Only SamplingParams fields are renamed in the message: "prompt" is also plain English."""
+    names = names or {}
+    renames = {k: v for k, v in names.items() if k in SamplingParams.__dataclass_fields__}
+    message = str(error)
+    if renames:
+        message = re.sub(r"\b(" + "|".join(map(re.escape, renames)) + r")\b", lambda m: renames[m.group(1)], message)
+    return bad_request(message, names.get(field, field) if field else None)
 
 
 def to_sampling_params(p: GenerateParameters) -> SamplingParams:
@@ -66,7 +85,7 @@ def to_sampling_params(p: GenerateParameters) -> SamplingParams:
         v is not None for v in (p.temperature, p.top_p, p.top_k)
     )
     return make_sampling_params(
-        {k: f"parameters.{k}" for k in SamplingParams.__dataclass_fields__},
+        DJL_NAMES,
         max_new_tokens=DEFAULT_MAX_NEW_TOKENS if p.max_new_tokens is None else p.max_new_tokens,
         min_new_tokens=p.min_new_tokens,
         temperature=p.temperature if sample else 0.0,

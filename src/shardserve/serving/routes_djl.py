@@ -63,7 +63,7 @@ async def predict(request: Request, model: ServedModel):
 
     return await respond(request, model, prompts, params, stream=req.stream,
                          sse=wants_sse(request, model.config.output_formatter),
-                         to_events=to_events, to_body=to_body)
+                         to_events=to_events, to_body=to_body, names=protocol.DJL_NAMES)
 
 
 async def _invoke_handler(request: Request, model: ServedModel, body: bytes):

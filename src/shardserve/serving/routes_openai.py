@@ -55,7 +55,7 @@ async def completions(body: oa.CompletionRequest, request: Request):
 
     return await respond(request, model, prompts, params, stream=body.stream, sse=True, to_events=to_events,
                          to_body=to_body, closing_events=lambda out: _usage_chunk("text_completion", rid, name, out, body),
-                         done_marker=True)
+                         done_marker=True, names=oa.FIELD_NAMES)
 
 
 @router.post("/chat/completions")
@@ -66,10 +66,11 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request):
     tokenizer = model.engine.tokenizer
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     prompt = chat_prompt_ids(tokenizer, messages)
-    max_tokens = body.max_completion_tokens or body.max_tokens
+    field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    max_tokens = getattr(body, field)
     if max_tokens is None:  # OpenAI's default: as much as the context leaves
         max_tokens = max(model.engine.max_model_len - len(prompt), 1)
-    params = body.sampling_params(max_tokens, body.logprobs)
+    params = body.sampling_params(max_tokens, body.logprobs, field)
     rid, name = oa.new_id("chatcmpl"), model.name
 
     def logprobs(ids, lps):
@@ -96,7 +97,8 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request):
 
     return await respond(request, model, [prompt], params, stream=body.stream, sse=True, to_events=to_events,
                          to_body=to_body, closing_events=lambda out: _usage_chunk("chat.completion.chunk", rid, name, out, body),
-                         done_marker=True)
+                         done_marker=True,
+                         names=oa.FIELD_NAMES | {"max_new_tokens": field, "prompt": "messages"})
 
 
 def _generation_model(request: Request, name: str | None) -> ServedModel:

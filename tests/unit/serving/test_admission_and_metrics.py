@@ -26,6 +26,10 @@ def test_admission_counts_running_and_queued():
     with a.slot("m"):
         assert a.inflight == 3
     assert a.inflight == 2
+    with pytest.raises(APIError) as e:  # more than it ever takes: no retry can fit it
+        a.acquire("m", n=4, field="prompt")
+    assert e.value.status == 400 and e.value.param == "prompt" and "4 prompts" in e.value.message
+    assert a.inflight == 2
 
 
 def test_request_timer_observes_ttft_itl_and_tokens():
