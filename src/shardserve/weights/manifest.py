@@ -32,12 +32,29 @@ def read_manifest(model_dir: str | Path) -> dict:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"{path}: not a readable manifest ({e})") from None
+    if not isinstance(manifest, dict):
+        raise ModelLoadError(f"{path}: not a manifest (a JSON object)")
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise ModelLoadError(
             f"{path}: format {manifest.get('format')!r} version {manifest.get('format_version')!r} "
             f"is not {FORMAT!r} version {FORMAT_VERSION}: write it again with `shardserve partition`"
         )
+    _check_entries(manifest, path)
     return manifest
+
+
+def _check_entries(manifest: dict, path: Path) -> None:
+    """What the loaders read without asking: the degree and a complete entry per rank file."""
+    tp_size, files = manifest.get("tp_size"), manifest.get("files")
+    if not (isinstance(tp_size, int) and tp_size >= 1):
+        raise ModelLoadError(f"{path}: tp_size must be an integer >= 1, got {tp_size!r}")
+    if not (isinstance(files, list) and len(files) == tp_size):
+        count = len(files) if isinstance(files, list) else files
+        raise ModelLoadError(f"{path}: files must list {tp_size} rank files (tp_size), got {count!r}")
+    for rank, entry in enumerate(files):
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("bytes"), int)
+                and isinstance(entry.get("sha256"), str)):
+            raise ModelLoadError(f"{path}: files[{rank}] must have a name, bytes and sha256, got {entry!r}"[:300])
 
 
 def sha256_of(path: Path, chunk: int = 16 << 20) -> str:

@@ -41,9 +41,7 @@ def partition(
 
     The manifest is written last, so a directory without one is never taken as complete.
     """
-    from safetensors.torch import save_file
 
-    from shardserve.models import load_model
     from shardserve.models.config import ModelConfig
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -51,6 +49,8 @@ def partition(
         raise ValueError(f"{model_dir} is already pre-sharded; partition the original HF checkpoint")
     if tp_size < 1:
         raise ValueError(f"--tp must be >= 1, got {tp_size}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output {out_dir} is not a directory")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ValueError(f"output directory {out_dir} is not empty")
     from shardserve.layers.quant import get_linear_method
@@ -58,7 +58,27 @@ def partition(
     get_linear_method(quantization)  # ValueError naming the option, before any work
     config = ModelConfig.from_hf(model_dir)
     weights_dtype = torch_dtype(dtype if canonical_dtype(dtype) != "auto" else (config.torch_dtype or "float32"))
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        _write(config, model_dir, out_dir, tp_size, weights_dtype, quantization)
+    except BaseException:  # the directory was new or empty: leave it so, never half-written
+        for item in out_dir.iterdir():
+            if item.is_dir():
+                shutil.rmtree(item)
+            else:
+                item.unlink()
+        if created:
+            out_dir.rmdir()
+        raise
+    return out_dir
+
+
+def _write(config, model_dir: Path, out_dir: Path, tp_size: int, weights_dtype, quantization: str | None) -> None:
+    """partition's work: the rank files, the other files of the checkpoint, then the manifest."""
+    from safetensors.torch import save_file
+
+    from shardserve.models import load_model
 
     started = time.perf_counter()
     files = []
@@ -102,5 +122,4 @@ def partition(
     tmp.write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, out_dir / MANIFEST)
     logger.info("partitioned %s for tp=%d in %.1f s -> %s", model_dir, tp_size, time.perf_counter() - started, out_dir)
-    return out_dir
 

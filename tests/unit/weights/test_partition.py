@@ -104,3 +104,43 @@ def test_older_format_version_is_refused_with_the_remedy(partitioned, tmp_path):
     with pytest.raises(ModelLoadError, match=f"^{re.escape(str(old / MANIFEST))}: .*version 1 is not "
                                              ".*version 2: write it again with `shardserve partition`"):
         LLM(str(old), dtype="fp32", tensor_parallel_size=2)
+
+
+def test_partition_onto_a_file_is_a_clear_error(partitioned, tmp_path, capsys):
+    src, _ = partitioned
+    target = tmp_path / "a-file"
+    target.write_text("keep me")
+    assert cli_main(["partition", "--model", str(src), "--tp", "2", "--out", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a directory" in err and "Traceback" not in err
+    assert target.read_text() == "keep me"
+
+
+def test_a_failed_partition_leaves_its_output_as_it_found_it(partitioned, tmp_path, capsys):
+    """A degree the model cannot take fails after the output directory was made: none is left
+    behind (a new one is removed, an empty one stays empty)."""
+    src, _ = partitioned
+    new, empty = tmp_path / "new", tmp_path / "empty"
+    empty.mkdir()
+    for out in (new, empty):
+        assert cli_main(["partition", "--model", str(src), "--tp", "3", "--out", str(out)]) == 2
+    assert "must divide one another" in capsys.readouterr().err
+    assert not new.exists() and empty.is_dir() and not any(empty.iterdir())
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda m: m.pop("tp_size"), "tp_size must be an integer >= 1, got None"),
+    (lambda m: m.update(files=m["files"][:1]), r"files must list 2 rank files \(tp_size\), got 1"),
+    (lambda m: m["files"][1].pop("sha256"), r"files\[1\] must have a name, bytes and sha256"),
+], ids=["no tp_size", "a rank file short", "an entry without sha256"])
+def test_a_manifest_missing_entries_is_refused_naming_it(partitioned, tmp_path, damage, message):
+    import shutil
+
+    _, out = partitioned
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    manifest = json.loads((broken / MANIFEST).read_text())
+    damage(manifest)
+    (broken / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match=f"^{re.escape(str(broken / MANIFEST))}: {message}"):
+        LLM(str(broken), dtype="fp32", tensor_parallel_size=2)
