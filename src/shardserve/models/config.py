@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shardserve.config import canonical_dtype
 from shardserve.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -141,9 +142,21 @@ def _common_fields(f: _Fields) -> dict:
         eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
         bos_token_id=f.get("bos_token_id"),
         pad_token_id=f.get("pad_token_id"),
-        # transformers 5 writes "dtype"; older versions "torch_dtype".
-        torch_dtype=f.get("dtype", f.get("torch_dtype")),
+        torch_dtype=_checkpoint_dtype(f),
     )
+
+
+def _checkpoint_dtype(f: _Fields) -> str | None:
+    """transformers 5 writes "dtype"; older versions "torch_dtype". Checked here, naming the file,
+    before anything else (transformers' own readers included) trips over it."""
+    key = "dtype" if f.raw.get("dtype") is not None else "torch_dtype"
+    name = f.get(key)
+    if name is not None:
+        try:
+            canonical_dtype(name)
+        except ValueError as e:
+            raise ModelLoadError(f"{f.where}: field {key!r}: {e}") from None
+    return name
 
 
 def _opt(f: _Fields) -> dict:

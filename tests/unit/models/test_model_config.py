@@ -84,6 +84,16 @@ def test_unknown_architecture_points_to_accelerate(tiny_checkpoint):
     assert "config.json" in str(err.value)
 
 
+@pytest.mark.parametrize("key", ["dtype", "torch_dtype"])
+def test_an_unknown_checkpoint_dtype_names_the_file_and_the_field(tiny_checkpoint, tmp_path, key):
+    raw = read_config(tiny_checkpoint("llama"))
+    raw.pop("dtype", None)
+    raw[key] = "float12"
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ModelLoadError, match=rf"config\.json: field '{key}': dtype must be one of .*'float12'"):
+        ModelConfig.from_hf(tmp_path)
+
+
 @pytest.mark.parametrize("field", ["hidden_size", "architectures", "num_attention_heads"])
 def test_missing_required_field(tiny_checkpoint, tmp_path, field):
     raw = read_config(tiny_checkpoint("llama"))
