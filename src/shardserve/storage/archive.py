@@ -9,16 +9,21 @@ Nothing is ever written outside the target:
     where an earlier one leads;
   - devices, FIFOs and sockets are refused; so are archives holding more than `max_files`
     entries or more than `max_bytes` of data (default: the free disk space).
+A compressed tar is read to the end of its stream, so the decompressor checks its CRC: damage in
+a member's data or in the trailer fails the unpack instead of serving damaged weights.
 On any refusal the target is deleted and StorageError names the member and the reason.
 """
 
 from __future__ import annotations
 
+import gzip
+import lzma
 import os
 import posixpath
 import stat
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +34,9 @@ from shardserve.storage.disk import file_sizes, free_bytes, remove, safe_relativ
 
 DEFAULT_MAX_FILES = 200_000
 _COPY_CHUNK = 1 << 20
+# What a damaged compressed stream raises besides tarfile/zipfile errors and EOFError
+# (BadGzipFile is an OSError, so it must be told apart from a failure to write the target).
+_DECOMPRESS_ERRORS = (gzip.BadGzipFile, zlib.error, lzma.LZMAError)
 
 
 @dataclass
@@ -72,7 +80,14 @@ class _Unpacker:
                 self._symlink(name, link)
             for name, _ in self.links:  # a later link can redirect an earlier one
                 self._inside_check(name, self.target / name)
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as e:
+        except (
+            tarfile.TarError,
+            zipfile.BadZipFile,
+            EOFError,
+            RuntimeError,
+            ValueError,
+            *_DECOMPRESS_ERRORS,
+        ) as e:
             remove(self.target)
             raise StorageError(f"archive {self.archive} is damaged or unsupported: {e}") from None
         except OSError as e:
@@ -188,6 +203,17 @@ def _tar_members(archive: Path) -> Iterator[_Member]:
                     else "special file"
                 )
                 yield _Member(m.name, kind)
+        _read_to_end(tf.fileobj)
+
+
+def _read_to_end(stream: IO[bytes]) -> None:
+    """Read what follows the end-of-archive blocks: tarfile stops there, so a gzip/bz2/xz
+    decompressor would never reach its trailer and check the CRC and length of the data."""
+    try:
+        while stream.read(_COPY_CHUNK):
+            pass
+    except OSError as e:  # bz2 reports a bad CRC as a plain OSError: the archive's fault
+        raise tarfile.ReadError(f"compressed data is corrupt: {e}") from None
 
 
 def _zip_members(archive: Path) -> Iterator[_Member]:

@@ -44,7 +44,8 @@ def fetch_model(
         file, `s3://bucket/prefix` (every object under `prefix/`), `s3://bucket/key.tar.gz`,
         or a Hugging Face model id already in the local HF cache (offline).
     cache_dir: where downloads and unpacked archives live; default `$SERVING_DOWNLOAD_DIR`,
-        else `~/.cache/shardserve`. Each location gets its own entry, reused by later calls.
+        else `~/.cache/shardserve`. Each location gets its own entry, reused by later calls;
+        a local archive's entry only while the file keeps its size and modification time.
     timeout_s: time budget for waiting on another process and downloading; the smaller of it
         and env `ModelDataDownloadTimeoutInSeconds` applies; None with neither = no limit.
     concurrency: parallel range GETs; part_size: bytes per ranged GET.
@@ -78,7 +79,7 @@ def fetch_model(
         build = partial(
             _from_s3, loc, options=options, deadline=deadline, endpoint_url=endpoint_url
         )
-    identity = {"location": str(loc)}
+    identity = {"location": str(loc), **_archive_file_identity(loc)}
     return ensure(target, build, deadline=deadline, what=str(loc), owned=owned, identity=identity)
 
 
@@ -107,6 +108,18 @@ def _entry_name(loc: Location, endpoint: str | None) -> str:
     return f"{tail}-{digest[:12]}"
 
 
+def _archive_file_identity(loc: Location) -> dict:
+    """A local archive rebuilt in place keeps its path: its size and mtime tell the unpacked
+    tree of the old file from the new one (hashing it would cost a full read every call)."""
+    if not isinstance(loc, LocalLocation):
+        return {}
+    try:
+        st = loc.path.stat()
+    except OSError as e:
+        raise StorageError(f"cannot read {loc.path}: {e.strerror or e}") from None
+    return {"archive_file": {"size": st.st_size, "mtime_ns": st.st_mtime_ns}}
+
+
 def _from_archive_file(loc: LocalLocation, work: Path) -> tuple[Path, dict]:
     return _unpacked(loc.path, work / "tree", {})
 
@@ -120,10 +133,7 @@ def _unpacked(archive_path: Path, tree: Path, manifest: dict) -> tuple[Path, dic
 def _from_s3(
     loc: S3Location, work: Path, *, options: TransferOptions, deadline: Deadline, endpoint_url
 ) -> tuple[Path, dict]:
-    read_timeout = max(1.0, min(60.0, deadline.remaining() or 60.0))
-    client = s3.make_client(
-        endpoint_url, concurrency=options.concurrency, read_timeout=read_timeout
-    )
+    client = s3.make_client(endpoint_url, concurrency=options.concurrency, deadline=deadline)
     objects = s3.list_objects(client, loc)
     journal = Journal(work / "journal")
 

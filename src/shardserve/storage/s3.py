@@ -3,6 +3,7 @@
 Credentials come from boto3's standard chain (env, profile, SSO, instance/task role); the
 endpoint from the argument, else `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` (S3-compatible
 stores such as SeaweedFS or MinIO). botocore is imported lazily: the CLI stays fast to start.
+A client made with a Deadline keeps every request, retries included, within it.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ import os
 from dataclasses import dataclass, field
 
 from shardserve.errors import StorageError
+from shardserve.storage.deadline import Deadline
 from shardserve.storage.disk import safe_relative
-from shardserve.storage.exceptions import BadDownload
+from shardserve.storage.exceptions import BadDownload, DownloadTimeout
 from shardserve.storage.uri import S3Location
 
 # botocore "standard" retries: throttling, 5xx and connection errors, exponential backoff with
 # jitter. AWS_MAX_ATTEMPTS overrides (the name botocore itself reads).
 DEFAULT_MAX_ATTEMPTS = 8
+CONNECT_TIMEOUT = 10.0
+_MIN_TIMEOUT = 0.1  # urllib3 refuses a timeout of 0; a request started that late fails anyway
 
 
 @dataclass(frozen=True)
@@ -50,12 +54,18 @@ def endpoint(endpoint_url: str | None = None) -> str | None:
 
 
 def make_client(
-    endpoint_url: str | None = None, *, concurrency: int = 8, read_timeout: float = 60.0
+    endpoint_url: str | None = None,
+    *,
+    concurrency: int = 8,
+    read_timeout: float = 60.0,
+    deadline: Deadline | None = None,
 ):
     """A thread-safe S3 client sized for `concurrency` parallel requests.
 
     A fresh botocore session per client, so credentials and endpoint are read from the
     environment each time; the API model loader is shared (parsing it costs ~0.2 s a session).
+    `deadline`: no attempt of a request waits past it and none starts after it; a request
+    that runs out of time raises DownloadTimeout (storage_error names the object).
     """
     import botocore.session
     from botocore.config import Config
@@ -63,8 +73,8 @@ def make_client(
     settings = dict(
         retries={"mode": "standard", "max_attempts": max_attempts()},
         max_pool_connections=concurrency + 4,
-        connect_timeout=10,
-        read_timeout=read_timeout,
+        connect_timeout=_within(deadline, CONNECT_TIMEOUT),
+        read_timeout=_within(deadline, read_timeout),
         tcp_keepalive=True,
     )
     try:
@@ -75,7 +85,52 @@ def make_client(
         config = Config(**settings)
     session = botocore.session.Session()
     session.register_component("data_loader", _shared_loader())
-    return session.create_client("s3", endpoint_url=endpoint(endpoint_url), config=config)
+    client = session.create_client("s3", endpoint_url=endpoint(endpoint_url), config=config)
+    if deadline is not None and deadline.timeout_s is not None:
+        _bind_deadline(client, deadline, read_timeout)
+    return client
+
+
+class _OutOfTime(DownloadTimeout):
+    """Raised inside botocore when the deadline passes; storage_error adds what was asked."""
+
+    def __init__(self, deadline: Deadline) -> None:
+        super().__init__(str(deadline.error("an S3 request")))
+        self.deadline = deadline
+
+
+def _within(deadline: Deadline | None, seconds: float) -> float:
+    """`seconds`, or less if the deadline leaves less (the client's defaults, for all requests)."""
+    left = None if deadline is None else deadline.remaining()
+    return seconds if left is None else max(_MIN_TIMEOUT, min(seconds, left))
+
+
+def _bind_deadline(client, deadline: Deadline, read_timeout: float) -> None:
+    """Hold every attempt of every request of `client` to `deadline`.
+
+    botocore retries a request up to max_attempts() times, each waiting up to the read timeout,
+    with backoff sleeps between: alone, a silent endpoint takes minutes whatever the deadline.
+    So each attempt waits at most min(read_timeout, time left), no attempt starts after the
+    deadline and no retry is asked for once it has passed. Older botocore ignores the
+    per-request read timeout (1.44 honours it); there the client's, capped when it was made,
+    applies. botocore picks a backoff after our retry hook runs, so one sleep can still end
+    past the deadline; the attempt after it then fails at once.
+    """
+
+    def before_send(request, **_) -> None:
+        left = deadline.remaining()
+        if not left:
+            raise _OutOfTime(deadline)
+        context = getattr(request, "context", None)
+        if context is not None:
+            context["read_timeout"] = max(_MIN_TIMEOUT, min(read_timeout, left))
+
+    def needs_retry(**_) -> None:
+        if deadline.expired():
+            raise _OutOfTime(deadline)
+
+    client.meta.events.register("before-send.s3", before_send)
+    client.meta.events.register_first("needs-retry.s3", needs_retry)
 
 
 @functools.cache
@@ -194,6 +249,8 @@ def storage_error(exc: Exception, what: str, *, bucket: str | None = None) -> Ex
     """
     from botocore import exceptions as bx
 
+    if isinstance(exc, _OutOfTime):
+        return exc.deadline.error(what)
     if isinstance(exc, StorageError):
         return exc
     if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):

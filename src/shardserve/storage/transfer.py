@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import random
 import threading
-import time
 from collections.abc import Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -195,7 +194,7 @@ class _Transfer:
                         raise StorageError(
                             f"reading s3://{self.bucket}/{obj.info.key} failed {failures} times, last: {cut.cause}"
                         ) from None
-                    time.sleep(min(20.0, 0.25 * 2**failures) * random.uniform(0.5, 1.0))
+                    self._pause(min(20.0, 0.25 * 2**failures) * random.uniform(0.5, 1.0))
             start_writeback(fd, start, end - start)
         except OSError as e:
             raise StorageError(f"cannot write {obj.path}: {e.strerror or e}") from None
@@ -249,6 +248,12 @@ class _Transfer:
         if not hasattr(self._local, "buffer"):
             self._local.buffer = memoryview(bytearray(CHUNK))
         return self._local.buffer
+
+    def _pause(self, seconds: float) -> None:
+        """A backoff cut short by the deadline or by another range failing (the pool waits
+        for this thread before it can report either); the next _check_running tells which."""
+        left = self.deadline.remaining()
+        self.cancel.wait(seconds if left is None else min(seconds, left))
 
     def _check_running(self) -> None:
         if self.cancel.is_set():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import stat
 import tarfile
 import zipfile
@@ -168,4 +169,50 @@ def test_not_an_archive(place):
     (src / "fake.tar.gz").write_bytes(b"certainly not gzip data")
     with pytest.raises(StorageError, match="neither a tar nor a zip"):
         unpack(src / "fake.tar.gz", target)
+    assert not target.exists()
+
+
+def _random_model(src: Path) -> tuple[Path, dict[str, bytes]]:
+    """A tar.gz of random files, the last big enough that the middle of the stream is its data."""
+    rng = random.Random(1234)
+    contents = {"config.json": rng.randbytes(300), "tokenizer.json": rng.randbytes(5000)}
+    contents["model.safetensors"] = rng.randbytes(400_000)
+    members = [(name, "file", data) for name, data in contents.items()]
+    return _tar(src / "model.tar.gz", members), contents
+
+
+def _flip_bit(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("where", ["member data", "crc trailer", "length trailer"])
+def test_corrupted_tar_gz_is_refused(place, where):
+    # tarfile stops at the end-of-archive blocks; only reading on to the gzip trailer makes
+    # the CRC check run, and random data is stored by deflate as is, so nothing else notices.
+    src, target, _ = place
+    archive, _ = _random_model(src)
+    size = archive.stat().st_size
+    _flip_bit(archive, {"member data": size // 2, "crc trailer": size - 6}.get(where, size - 2))
+    with pytest.raises(StorageError, match=f"archive {archive} is damaged"):
+        unpack(archive, target)
+    assert not target.exists()
+
+
+def test_good_tar_gz_unpacks_identically(place):
+    src, target, _ = place
+    archive, contents = _random_model(src)
+    files = unpack(archive, target)
+    assert files == {name: {"size": len(data)} for name, data in contents.items()}
+    assert all((target / name).read_bytes() == data for name, data in contents.items())
+
+
+@pytest.mark.parametrize("mode", ["w:bz2", "w:xz"])
+def test_corrupted_bz2_and_xz_tars_are_refused(place, mode):
+    src, target, _ = place
+    archive = _tar(src / "model.tar", [("a.bin", "file", random.Random(5).randbytes(50_000))], mode)
+    _flip_bit(archive, archive.stat().st_size - 6)  # in the stream's trailer / last block
+    with pytest.raises(StorageError, match=f"archive {archive} is damaged"):
+        unpack(archive, target)
     assert not target.exists()
