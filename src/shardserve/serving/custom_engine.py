@@ -2,8 +2,12 @@
 
 As in DJLServing's Python engine, one worker calls the handler one request at a time: here a
 dedicated thread, so a slow handler never blocks the event loop. The first call, with empty
-content and the serving options as properties, initialises the model. A handler that raises is
-answered like DJLServing does: 424 with the error message (the traceback goes to the log).
+content and the serving options as properties, initialises the model. A handler that raises, or
+returns something other than an Output or None, is answered like DJLServing does: 424 with the
+error message (the traceback goes to the log). None is an empty answer.
+
+Handler code is the user's: `sys.exit()` in it (SystemExit, no Exception) fails the load or the
+request like any other error instead of silently ending the thread that ran it.
 
 A request is a `HandlerCall`: the handler thread puts the Output, then any streamed items, into
 an asyncio queue. The thread's work cannot be interrupted, so the request's queue slot is freed
@@ -28,6 +32,9 @@ from shardserve.serving.handler import Input, Output, format_stream_item
 logger = logging.getLogger(__name__)
 
 BUILTIN_PREFIX = "djl_python."  # DJLServing's own handlers: served by our engines instead
+# Handler failures that are caught: everything but the ones that mean "stop this process or
+# this generator" (SystemExit from user code means "this model is broken", not "stop the server").
+_PASS_THROUGH = (KeyboardInterrupt, GeneratorExit)
 
 
 def find_entry_point(artifact_dir: Path, entry_point: str | None) -> Path | str | None:
@@ -64,7 +71,14 @@ class CustomHandler:
         if not callable(handle):
             raise ModelLoadError(f"{self.entry} defines no handle(inputs) function")
         self._handle = handle
-        output = self._pool.submit(handle, Input(properties=self.properties)).result()
+        try:
+            output = self._pool.submit(handle, Input(properties=self.properties)).result()
+        except _PASS_THROUGH:
+            raise
+        except BaseException as e:  # the user's code: say where and what, as import errors do
+            logger.error("%s: the initialisation call to handle() raised", self.name, exc_info=e)
+            raise ModelLoadError(
+                f"{self.entry}: the initialisation call to handle() raised {describe(e)}") from e
         if isinstance(output, Output) and output.code >= 400:
             raise ModelLoadError(f"{self.entry} initialisation failed: {output.body().decode(errors='replace')}")
 
@@ -82,10 +96,18 @@ class CustomHandler:
             return
         try:
             output = self._handle(inputs)
-        except Exception as e:  # the handler's own failure: DJLServing answers 424
+        except _PASS_THROUGH:
+            raise
+        except BaseException as e:  # the handler's own failure: DJLServing answers 424
             logger.exception("%s: handle() raised", self.name)
-            output = Output().error(f"{type(e).__name__}: {e}")
-        output = output if isinstance(output, Output) else Output()
+            output = Output().error(describe(e))
+        if output is None:
+            output = Output()
+        elif not isinstance(output, Output):  # DJLServing refuses it too; dropping it hid the bug
+            logger.error("%s: %s: handle() returned %s, not an Output", self.name, self.entry,
+                         type(output).__name__)
+            output = Output().error(f"{_file_name(self.entry)}: handle() returned "
+                                    f"{type(output).__name__}, expected an Output or None")
         call.put(output)
         if output.stream_content is not None:
             try:
@@ -93,7 +115,9 @@ class CustomHandler:
                     if call.cancelled.is_set():
                         break
                     call.put(format_stream_item(item, output.output_formatter))
-            except Exception as e:
+            except _PASS_THROUGH:
+                raise
+            except BaseException as e:
                 logger.exception("%s: the handler's stream raised", self.name)
                 call.put(e)
         call.put(None)
@@ -121,8 +145,8 @@ class HandlerCall:
         """The streamed items (bytes); stops the handler's stream if the consumer goes away."""
         try:
             while (item := await self._events.get()) is not None:
-                if isinstance(item, Exception):
-                    yield format_stream_item({"error": f"{type(item).__name__}: {item}"})
+                if isinstance(item, BaseException):
+                    yield format_stream_item({"error": describe(item)})
                     return
                 yield item
         finally:
@@ -136,18 +160,35 @@ class HandlerCall:
 
 
 def _import(name: str, entry: Path | str):
-    if isinstance(entry, str):
-        return importlib.import_module(entry)
-    # DJLServing puts the artifact dir on sys.path so handlers import their sibling modules.
-    if str(entry.parent) not in sys.path:
-        sys.path.insert(0, str(entry.parent))
-    module_name = f"shardserve_handler_{''.join(c if c.isalnum() else '_' for c in name)}"
-    spec = importlib.util.spec_from_file_location(module_name, entry)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
+    module_name = entry
     try:
+        if isinstance(entry, str):
+            return importlib.import_module(entry)
+        # DJLServing puts the artifact dir on sys.path so handlers import their sibling modules.
+        if str(entry.parent) not in sys.path:
+            sys.path.insert(0, str(entry.parent))
+        module_name = f"shardserve_handler_{''.join(c if c.isalnum() else '_' for c in name)}"
+        spec = importlib.util.spec_from_file_location(module_name, entry)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
         spec.loader.exec_module(module)
-    except Exception as e:
+        return module
+    except _PASS_THROUGH:
         sys.modules.pop(module_name, None)
-        raise ModelLoadError(f"cannot import {entry}: {type(e).__name__}: {e}") from e
-    return module
+        raise
+    except BaseException as e:  # SystemExit too: a module that exits at import is a failed load
+        sys.modules.pop(module_name, None)
+        raise ModelLoadError(f"cannot import {entry}: {describe(e)}") from e
+
+
+def describe(e: BaseException) -> str:
+    """An exception for users: `ValueError: bad input`; `SystemExit(3)`, whose text alone ("3")
+    would not say what happened."""
+    if isinstance(e, SystemExit):
+        return f"SystemExit({e.code!r})"
+    return f"{type(e).__name__}: {e}"
+
+
+def _file_name(entry: Path | str) -> str:
+    """The handler as a user wrote it: `model.py`, or the module name of an entry point."""
+    return entry.name if isinstance(entry, Path) else entry

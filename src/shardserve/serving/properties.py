@@ -21,6 +21,7 @@ from shardserve.config import parse_tp_degree
 logger = logging.getLogger(__name__)
 
 PROPERTIES_FILE = "serving.properties"
+LOADING_TIMEOUT_S = 1800.0  # option.model_loading_timeout when neither the file nor the env sets it
 
 # The short environment forms of the LMI containers -> the key they set.
 SHORT_ENV = {
@@ -75,7 +76,7 @@ class ServingConfig:
     rolling_batch: str = "auto"
     max_rolling_batch_size: int = 64
     max_model_len: int | None = None
-    model_loading_timeout_s: float = 1800.0
+    model_loading_timeout_s: float = LOADING_TIMEOUT_S
     predict_timeout_s: float = 120.0
     job_queue_size: int = 1000
     batch_size: int = 1
@@ -95,8 +96,18 @@ def read_properties(artifact_dir: str | Path) -> dict[str, str]:
     """The artifact's serving.properties (root, else code/), or {} when it has none."""
     for candidate in (Path(artifact_dir) / PROPERTIES_FILE, Path(artifact_dir) / "code" / PROPERTIES_FILE):
         if candidate.is_file():
-            return parse_properties(candidate.read_text(encoding="utf-8"))
+            return parse_properties(_decode(candidate.read_bytes()))
     return {}
+
+
+def _decode(data: bytes) -> str:
+    """UTF-8 (a BOM dropped), else ISO-8859-1: Java's Properties.load reads that, so DJLServing
+    accepts a latin-1 file; every byte decodes in it, and valid UTF-8 is far likelier to mean UTF-8.
+    """
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("iso-8859-1")
 
 
 def parse_properties(text: str) -> dict[str, str]:
@@ -122,25 +133,39 @@ def parse_properties(text: str) -> dict[str, str]:
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Keys set by the environment, in precedence order (later wins)."""
     environ = os.environ if environ is None else environ
-    out = {key: environ[name] for name, key in SHORT_ENV.items() if environ.get(name)}
+    return {key: environ[name] for key, name in env_variables(environ).items()}
+
+
+def env_variables(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """key -> the environment variable that sets it (the one that wins), for error messages."""
+    environ = os.environ if environ is None else environ
+    out = {key: name for name, key in SHORT_ENV.items() if environ.get(name)}
     option_keys = {_norm(k): k for k in OPTION_KEYS + ENGINE_OPTION_KEYS}
     server_keys = {_norm(k): k for k in SERVER_KEYS}
-    for name, value in environ.items():
+    for name in environ:
         if name.startswith("OPTION_"):
             suffix = name[len("OPTION_"):]
-            out["option." + option_keys.get(_norm(suffix), suffix.lower())] = value
+            out["option." + option_keys.get(_norm(suffix), suffix.lower())] = name
         elif name.startswith("SERVING_") and _norm(name[len("SERVING_"):]) in server_keys:
             # Other SERVING_* variables configure the server or storage, not a model.
-            out[server_keys[_norm(name[len("SERVING_"):])]] = value
+            out[server_keys[_norm(name[len("SERVING_"):])]] = name
     return out
 
 
+def loading_timeout(env: Mapping[str, str], env_names: Mapping[str, str] | None = None) -> float:
+    """option.model_loading_timeout as the environment sets it: the budget for fetching the
+    artifact, whose serving.properties may then set its own. Validated like build_config does."""
+    return _Reader(env, env_names).seconds("option.model_loading_timeout", LOADING_TIMEOUT_S)
+
+
 def build_config(
-    name: str, artifact_dir: str | Path, file_values: Mapping[str, str], env: Mapping[str, str]
+    name: str, artifact_dir: str | Path, file_values: Mapping[str, str], env: Mapping[str, str],
+    env_names: Mapping[str, str] | None = None,
 ) -> ServingConfig:
-    """ServingConfig from the file's keys with the environment's on top; ValueError names the key."""
+    """ServingConfig from the file's keys with the environment's on top; ValueError names the key
+    (and the variable that set it, from `env_names`: env_variables())."""
     values = {**file_values, **env}
-    reader = _Reader(values)
+    reader = _Reader(values, {k: v for k, v in (env_names or {}).items() if k in env})
     options = {k[len("option."):]: v for k, v in values.items() if k.startswith("option.")}
     dtype = reader.choice("option.dtype", DTYPES, "auto")
     quantization = reader.choice("option.quantize", {"int8", "fp8", "bitsandbytes8"}, None)
@@ -173,7 +198,7 @@ def build_config(
         rolling_batch=reader.choice("option.rolling_batch", ROLLING_BATCH, "auto"),
         max_rolling_batch_size=reader.integer("option.max_rolling_batch_size", 64, minimum=1),
         max_model_len=max_model_len,
-        model_loading_timeout_s=reader.seconds("option.model_loading_timeout", 1800.0),
+        model_loading_timeout_s=reader.seconds("option.model_loading_timeout", LOADING_TIMEOUT_S),
         predict_timeout_s=reader.seconds("option.predict_timeout", 120.0),
         job_queue_size=reader.integer("job_queue_size", 1000, minimum=0),
         batch_size=reader.integer("batch_size", 1, minimum=1),
@@ -215,9 +240,16 @@ def _engine_options(reader: _Reader) -> dict:
 class _Reader:
     """Typed access to the raw string values; remembers which keys were read."""
 
-    def __init__(self, values: Mapping[str, str]):
+    def __init__(self, values: Mapping[str, str], env_names: Mapping[str, str] | None = None):
         self.values = dict(values)
+        self._env_names = dict(env_names or {})
         self._seen: set[str] = set(IGNORED_KEYS)
+
+    def invalid(self, key: str, problem: str) -> ValueError:
+        """The error for a bad value: the key, and the variable when the environment set it (the
+        file may not even mention the key)."""
+        where = f" (environment variable {self._env_names[key]})" if key in self._env_names else ""
+        return ValueError(f"{key}{where}: {problem}")
 
     def unknown(self) -> set[str]:
         known = self._seen | set(SERVER_KEYS) | {"option." + k for k in OPTION_KEYS + ENGINE_OPTION_KEYS}
@@ -233,7 +265,7 @@ class _Reader:
         if value is None:
             return default
         if value.lower() not in allowed:
-            raise ValueError(f"{key}: must be one of {sorted(allowed)}, got {value!r}")
+            raise self.invalid(key, f"must be one of {sorted(allowed)}, got {value!r}")
         return value.lower()
 
     def integer(self, key: str, default, minimum: int):
@@ -251,13 +283,13 @@ class _Reader:
         except ValueError:
             result = None
         if result is None or not valid(result):  # NaN fails every comparison, so it lands here too
-            raise ValueError(f"{key}: must be {expected}, got {value!r}")
+            raise self.invalid(key, f"must be {expected}, got {value!r}")
         return result
 
     def seconds(self, key: str, default: float) -> float:
         value = self.number(key, default, minimum=0.0)
         if value <= 0:
-            raise ValueError(f"{key}: must be a number of seconds > 0, got {self.values[key]!r}")
+            raise self.invalid(key, f"must be a number of seconds > 0, got {self.values[key]!r}")
         return value
 
     def boolean(self, key: str, default: bool) -> bool:
@@ -265,7 +297,7 @@ class _Reader:
         if value is None:
             return default
         if value.lower() not in ("true", "false"):
-            raise ValueError(f"{key}: must be true or false, got {value!r}")
+            raise self.invalid(key, f"must be true or false, got {value!r}")
         return value.lower() == "true"
 
     def tp_degree(self, key: str) -> int:
@@ -275,7 +307,7 @@ class _Reader:
         try:
             return parse_tp_degree(value)
         except ValueError as e:
-            raise ValueError(f"{key}: {e}") from None
+            raise self.invalid(key, str(e)) from None
 
 
 def _norm(key: str) -> str:

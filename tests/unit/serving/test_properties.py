@@ -7,6 +7,8 @@ import pytest
 from shardserve.serving.properties import (
     build_config,
     env_overrides,
+    env_variables,
+    loading_timeout,
     parse_properties,
     read_properties,
 )
@@ -104,3 +106,23 @@ def test_engine_options_reach_the_engine_config():
                 "option.async_scheduling": "false"})
     assert c.engine_options == {"enable_prefix_caching": False, "gpu_memory_utilization": 0.8,
                                 "block_size": 32, "max_num_batched_tokens": 1024, "async_scheduling": False}
+
+
+def test_a_value_set_by_the_environment_names_the_variable_in_its_error():
+    env = {"SERVING_BATCH_SIZE": "x"}
+    with pytest.raises(ValueError, match=r"^batch_size \(environment variable SERVING_BATCH_SIZE\): "):
+        config({"option.model_loading_timeout": "5"}, env, env_names=env_variables(env))
+    env = {"OPTION_MODEL_LOADING_TIMEOUT": "abc"}
+    with pytest.raises(ValueError, match=r"^option\.model_loading_timeout \(environment variable "
+                                         r"OPTION_MODEL_LOADING_TIMEOUT\): must be a number"):
+        loading_timeout(env_overrides(env), env_variables(env))
+    assert loading_timeout({}) == 1800.0 and loading_timeout({"option.model_loading_timeout": "9"}) == 9.0
+    with pytest.raises(ValueError, match=r"^batch_size: "):  # from the file: no variable to name
+        config({"batch_size": "x"}, {"SERVING_MAX_BATCH_DELAY": "5"})
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "iso-8859-1"])
+def test_serving_properties_in_utf8_or_latin1(tmp_path, encoding):
+    """Java reads .properties as ISO-8859-1, so DJLServing accepts latin-1 files; most are UTF-8."""
+    (tmp_path / "serving.properties").write_bytes("engine=Python\noption.greeting=café\n".encode(encoding))
+    assert read_properties(tmp_path) == {"engine": "Python", "option.greeting": "café"}
