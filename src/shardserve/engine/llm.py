@@ -27,7 +27,7 @@ from shardserve.engine.request import FinishReason, Request, RequestOutput
 from shardserve.engine.sampling_params import SamplingParams
 from shardserve.engine.scheduler import Scheduler, SchedulerOutput
 from shardserve.engine.tokenizer import eos_token_ids, load_tokenizer
-from shardserve.errors import RequestError
+from shardserve.errors import EngineDeadError, RequestError
 from shardserve.models.config import ModelConfig
 from shardserve.weights.presharded import check_presharded, reads_presharded
 
@@ -110,6 +110,7 @@ class LLM:
         self.outputs = OutputProcessor(self.tokenizer)
         self._ids = itertools.count()
         self._inflight: SchedulerOutput | None = None  # launched, not updated
+        self._failed: BaseException | None = None  # what broke a step (step() says why)
         self._profiling = False
         # Warm-up (CUDA graph capture) is reported apart from loading the weights.
         self.warmup_seconds = self.executor.call("warmup_seconds")
@@ -125,6 +126,7 @@ class LLM:
         self, request_id: str | None, prompt: Prompt, params: SamplingParams | None = None,
         prompt_token_ids: list[int] | None = None,
     ) -> str:
+        self._check_alive()
         params = params or SamplingParams()
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         if request_id in self.scheduler.requests:
@@ -146,12 +148,25 @@ class LLM:
 
     # -- the engine loop ----------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        if self.config.async_scheduling:
-            return self._step_overlapped()
-        sched = self.scheduler.schedule()
-        if not sched.seqs and not sched.finished_ids:
-            return []
-        return self._update(sched, self.executor.call("execute_model", sched))
+        """One scheduling step. A step that raises leaves the requests it had scheduled half
+        done, so the engine refuses to go on (EngineDeadError naming the first failure) rather
+        than produce wrong tokens or a confusing later error."""
+        self._check_alive()
+        try:
+            if self.config.async_scheduling:
+                return self._step_overlapped()
+            sched = self.scheduler.schedule()
+            if not sched.seqs and not sched.finished_ids:
+                return []
+            return self._update(sched, self.executor.call("execute_model", sched))
+        except BaseException as e:
+            self._failed = e
+            raise
+
+    def _check_alive(self) -> None:
+        if self._failed is not None:
+            raise EngineDeadError(f"the engine failed in an earlier step and cannot go on: "
+                                  f"{type(self._failed).__name__}: {self._failed}")
 
     def _step_overlapped(self) -> list[RequestOutput]:
         inflight, self._inflight = self._inflight, None

@@ -82,3 +82,26 @@ def test_prompt_longer_than_the_model_is_refused_with_both_numbers(llama_llm):
         llama_llm.generate(["word " * 300], SamplingParams(max_new_tokens=10))
     with pytest.raises(ValueError, match="empty"):
         llama_llm.generate([[]], SamplingParams())
+
+
+def test_a_step_that_raises_stops_the_engine_with_the_cause(tiny_checkpoint, monkeypatch):
+    """A failed step leaves its requests half done: later calls say so, naming the first error."""
+    from shardserve import LLM
+    from shardserve.errors import EngineDeadError
+
+    with LLM(str(tiny_checkpoint("llama")), dtype="fp32") as llm:
+        real_call = llm.executor.call
+
+        def call(method, *args):
+            if method == "execute_model":
+                raise RuntimeError("boom")
+            return real_call(method, *args)
+
+        monkeypatch.setattr(llm.executor, "call", call)
+        with pytest.raises(RuntimeError, match="boom"):
+            llm.generate(["hello"], SamplingParams(max_new_tokens=3))
+        monkeypatch.setattr(llm.executor, "call", real_call)
+        for later in (lambda: llm.generate(["hello"], SamplingParams(max_new_tokens=3)),
+                      lambda: llm.add_request(None, "hello")):
+            with pytest.raises(EngineDeadError, match="earlier step.*RuntimeError: boom"):
+                later()
