@@ -36,7 +36,7 @@ from shardserve.layers.attention import Attention, set_default_attention_backend
 from shardserve.layers.forward_context import AttentionMetadata, forward_context
 from shardserve.models import load_model
 from shardserve.models.config import ModelConfig
-from shardserve.parallel import get_tp_size
+from shardserve.parallel import get_parallel_info, get_tp_size
 from shardserve.weights.fast_read import LoadStats
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,18 @@ class ModelRunner:
         return per_layer * len(self.attention_layers)
 
     def available_kv_blocks(self, max_model_len: int) -> int:
-        """How many blocks this rank can hold; the executor takes the minimum over ranks."""
+        """How many blocks every rank can hold: the minimum over the ranks (each allocates the
+        same number; a GPU with less free memory must not be asked for more than it has)."""
+        blocks = self._local_kv_blocks(max_model_len)
+        info = get_parallel_info()
+        if info.world_size > 1:
+            count = torch.tensor([blocks], dtype=torch.int64, device=self.device)
+            torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MIN, group=info.group)
+            blocks = int(count.item())
+        return blocks
+
+    def _local_kv_blocks(self, max_model_len: int) -> int:
+        """How many blocks this rank's memory holds."""
         if self.config.num_kv_blocks is not None:
             return self.config.num_kv_blocks
         if self.device.type == "cuda":

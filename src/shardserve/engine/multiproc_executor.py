@@ -22,6 +22,7 @@ import logging
 import multiprocessing as mp
 import os
 import sys
+import time
 from datetime import timedelta
 from multiprocessing.connection import wait
 from typing import Any
@@ -129,10 +130,28 @@ class MultiProcExecutor(Executor):
                     self.shutdown(graceful=False)
                     raise error_type(message)
                 if kind == "error":
-                    self._fail(str(value))
+                    # A rank that died makes its peers' collectives fail too: blame it, not them.
+                    self._fail(self._crashed_peer(rank) or str(value))
                 assert kind == expect, (kind, expect)
                 replies[rank] = value
         return replies
+
+    def _crashed_peer(self, reporter: int, grace_s: float = 0.5) -> str | None:
+        """'rank N exited unexpectedly (...)' for a rank other than `reporter` that was killed or
+        crashed (a non-zero exit code; a rank that reports its own error exits with 0), waiting
+        up to grace_s for one that is dying."""
+        deadline = time.monotonic() + grace_s
+        while True:
+            live = []
+            for rank, proc in enumerate(self.procs):
+                if rank != reporter and proc.exitcode not in (None, 0):
+                    return f"rank {rank} exited unexpectedly (exit code {proc.exitcode})"
+                if rank != reporter and proc.exitcode is None:
+                    live.append(proc.sentinel)
+            left = deadline - time.monotonic()
+            if not live or left <= 0:
+                return None
+            wait(live, timeout=left)
 
     def _fail(self, message: str) -> None:
         logger.error("tensor-parallel engine failed: %s", message)
@@ -157,6 +176,9 @@ class MultiProcExecutor(Executor):
                 proc.join(timeout=5)
         for conn in self.conns:
             conn.close()
+        # The atexit hook would keep this executor alive, and with it each rank's process object
+        # and its pipes (freed with the object), for as long as the process runs.
+        atexit.unregister(self.shutdown)
         self.store = None  # every rank is gone
 
 

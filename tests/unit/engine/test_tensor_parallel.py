@@ -65,6 +65,79 @@ def test_killed_rank_fails_fast_and_leaves_no_process(tiny_checkpoint):
         llm.step()
 
 
+def test_a_killed_rank_is_blamed_not_the_peer_whose_collective_it_broke(tiny_checkpoint, monkeypatch):
+    """On a busy host rank 0's error (its all-reduce lost its peer) and rank 1's death are both
+    waiting when the engine looks: the error names the rank that died."""
+    import signal
+    import threading
+
+    import shardserve.engine.multiproc_executor as executor_module
+
+    llm = LLM(str(tiny_checkpoint("llama")), dtype="fp32", tensor_parallel_size=2)
+    llm.add_request("r", "a long story", SamplingParams(max_new_tokens=200, ignore_eos=True))
+    llm.step()
+    pid = llm.executor.procs[1].pid
+    os.kill(pid, signal.SIGSTOP)  # rank 1 stops; rank 0 will wait for it in the next step
+    threading.Timer(0.3, os.kill, (pid, signal.SIGKILL)).start()
+    real_wait = executor_module.wait
+
+    def slow_wait(objects, timeout=None):  # the engine process, slow to look (a busy host)
+        time.sleep(1.0)
+        return real_wait(objects, timeout)
+
+    monkeypatch.setattr(executor_module, "wait", slow_wait)
+    with pytest.raises(EngineDeadError, match=r"^rank 1 exited unexpectedly \(exit code -9\)"):
+        llm.step()
+
+
+def test_engines_shut_down_hold_no_handles(tiny_checkpoint):
+    """A shut-down engine's executor is freed with its rank pipes: a process that loads models
+    again and again keeps its file descriptor count flat."""
+    import gc
+    import weakref
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    model = str(tiny_checkpoint("llama"))
+    with LLM(model, dtype="fp32", tensor_parallel_size=2) as llm:
+        executor = weakref.ref(llm.executor)
+    del llm
+    gc.collect()
+    assert executor() is None
+    before = open_fds()
+    for _ in range(3):
+        with LLM(model, dtype="fp32", tensor_parallel_size=2):
+            pass
+    gc.collect()
+    assert open_fds() < before + 4  # 4 more a cycle when the pipes leaked
+
+
+def _kv_blocks_worker(rank: int, port: int, results) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from shardserve.engine.model_runner import ModelRunner
+    from shardserve.parallel import ParallelInfo, set_parallel_info
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    set_parallel_info(ParallelInfo(rank=rank, world_size=2, group=dist.group.WORLD))
+    runner = ModelRunner.__new__(ModelRunner)  # just what available_kv_blocks reads
+    runner.device = torch.device("cpu")
+    runner._local_kv_blocks = lambda max_model_len: 4096 if rank == 0 else 1024  # rank 1: less room
+    results[rank] = runner.available_kv_blocks(256)
+    dist.destroy_process_group()
+
+
+def test_every_rank_allocates_what_the_fullest_rank_holds():
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_kv_blocks_worker, args=(free_port(), results), nprocs=2)
+        assert dict(results) == {0: 1024, 1: 1024}
+
+
 def test_degree_that_does_not_fit_the_heads_is_the_ranks_own_error(tiny_checkpoint):
     """A rank's ValueError while the ranks start reaches the caller as itself, message only."""
     with pytest.raises(ValueError, match=r"^rank \d: num_key_value_heads \(2\) and tensor_parallel_size \(3\) must divide") as caught:
