@@ -49,11 +49,23 @@ class _Pending:
         self.loop.call_soon_threadsafe(self.stream.put_nowait, item)
 
 
+# Models load on threads of their own, and two first imports of transformers' lazy modules at
+# once can fail ("cannot import name 'AutoModelForCausalLM'"): one at a time.
+_IMPORT_LOCK = threading.Lock()
+
+
 class AccelerateEngine:
     def __init__(self, config: ServingConfig, model_dir: Path):
-        from transformers import AutoModelForCausalLM
+        if config.quantization is not None:
+            raise ModelLoadError(f"engine=Accelerate loads weights as they are: quantization {config.quantization!r} "
+                                 "(option.dtype / option.quantize) needs our engine (engine=Python or MPI)")
+        with _IMPORT_LOCK:
+            from transformers import AutoModelForCausalLM
+            from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
         from shardserve.config import torch_dtype
+
+        self._repetition = RepetitionPenaltyLogitsProcessor
 
         dtype = "auto" if config.dtype == "auto" else torch_dtype(config.dtype)
         device_map = config.device_map or ("auto" if torch.cuda.is_available() else None)
@@ -77,6 +89,7 @@ class AccelerateEngine:
         self._queue: queue.Queue = queue.Queue()
         self._running = 0
         self._dead: BaseException | None = None
+        self._stopping = False
         self._thread = threading.Thread(target=self._loop, name=f"accelerate-{config.name}", daemon=True)
         self._thread.start()
 
@@ -95,6 +108,8 @@ class AccelerateEngine:
         params = params or SamplingParams()
         if self._dead is not None:
             raise EngineDeadError(f"the engine stopped: {self._dead}")
+        if self._stopping:
+            raise EngineDeadError("the engine was shut down")
         ids = self.encode(prompt, params)
         request = Request(request_id or uuid.uuid4().hex, ids, params, prompt=prompt if isinstance(prompt, str) else None)
         pending = _Pending(request, asyncio.get_running_loop(), asyncio.Queue())
@@ -111,6 +126,7 @@ class AccelerateEngine:
             pending.aborted = not finished  # the batch loop drops it at its next step
 
     def shutdown(self, timeout: float = 30.0) -> None:
+        self._stopping = True
         self._queue.put(None)
         self._thread.join(timeout)
 
@@ -172,10 +188,13 @@ class AccelerateEngine:
                     temperature=params.temperature if not params.greedy else None,
                     top_p=params.top_p if not params.greedy else None,
                     top_k=(params.top_k or None) if not params.greedy else None,
-                    repetition_penalty=params.repetition_penalty,
-                    eos_token_id=None,  # EOS is per row here (ignore_eos, min_new_tokens)
+                    # Applied below, after the log-probabilities are read (our engine reports the
+                    # model's own, before penalties and min_new_tokens suppression).
+                    repetition_penalty=1.0,
+                    eos_token_id=None,  # EOS and stop ids are per row here (min_new_tokens)
                     pad_token_id=self.pad_id,
-                    logits_processor=[rows.eos_mask, OutputPenalties(longest, params.presence_penalty,
+                    logits_processor=[rows.read_logprobs, self._repetition(params.repetition_penalty),
+                                      rows.suppress, OutputPenalties(longest, params.presence_penalty,
                                                                      params.frequency_penalty)],
                     stopping_criteria=[rows.on_step],
                 )
@@ -223,15 +242,21 @@ class _Rows:
         self.logprobs: torch.Tensor | None = None
         self.want_logprobs = any(p.request.params.logprobs for p in group)
 
-    def eos_mask(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if len(self.eos):
-            eos = self.eos.to(scores.device)
-            for i, pending in enumerate(self.group):
-                p, n = pending.request.params, len(pending.request.output_token_ids)
-                if p.ignore_eos or n < p.min_new_tokens:
-                    scores[i, eos] = float("-inf")
+    def read_logprobs(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """The model's own log-probabilities, as our engine reports them."""
         if self.want_logprobs:
             self.logprobs = torch.log_softmax(scores.float(), dim=-1).cpu()
+        return scores
+
+    def suppress(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Below min_new_tokens a row may not end: its stop ids and EOS (unless ignored) are out,
+        as in our engine's sampler."""
+        for i, pending in enumerate(self.group):
+            p, n = pending.request.params, len(pending.request.output_token_ids)
+            if n < p.min_new_tokens:
+                ids = list(p.stop_token_ids) + ([] if p.ignore_eos else self.eos.tolist())
+                if ids:
+                    scores[i, torch.tensor(ids, device=scores.device)] = float("-inf")
         return scores
 
     def on_step(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
@@ -251,7 +276,9 @@ class _Rows:
         request.output_token_ids.append(token)
         if request.params.logprobs and self.logprobs is not None:
             request.logprobs.append(float(self.logprobs[i, token]))
-        if token in self.eos_set and not request.params.ignore_eos:
+        p = request.params
+        if len(request.output_token_ids) >= p.min_new_tokens and (
+                token in p.stop_token_ids or (token in self.eos_set and not p.ignore_eos)):
             self._finish(request, FinishReason.STOP)
         elif len(request.output_token_ids) >= request.params.max_new_tokens:
             self._finish(request, FinishReason.LENGTH)
