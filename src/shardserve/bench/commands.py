@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 from pathlib import Path
 
 
@@ -51,9 +52,19 @@ def run(args: argparse.Namespace) -> int:
     unknown = set(engines) - {"tp", "accelerate"}
     if unknown or not engines:
         raise ValueError(f"--engines must list tp and/or accelerate, got {args.engines!r}")
-    for name in ("tp", "batch", "prompt_len", "new_tokens", "reps", "baseline_reps"):
+    for name in ("tp", "batch", "prompt_len", "reps", "baseline_reps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    # Decode ms/step is (latency - TTFT) / (new_tokens - 1): one new token has no decode step.
+    if args.new_tokens < 2:
+        raise ValueError(f"--new-tokens must be >= 2 (decode is timed per step), "
+                         f"got {args.new_tokens}")
+    if args.check_tokens < 0:
+        raise ValueError(f"--check-tokens must be >= 0 (0: skip), got {args.check_tokens}")
+    # Checked before the benchmark runs, which takes minutes before it writes anything.
+    check_out_dir(Path(args.out), "--out")
+    if args.profile:
+        check_out_dir(Path(args.profile), "--profile")
     cfg = BenchConfig(
         model=args.model, random_weights=args.random_weights, tp=args.tp, batch=args.batch,
         prompt_len=args.prompt_len, new_tokens=args.new_tokens, reps=args.reps,
@@ -67,13 +78,34 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def check_out_dir(path: Path, flag: str) -> None:
+    """ValueError naming `flag` unless `path` is, or can be made, a writable directory.
+    Creates nothing: a refused run leaves no empty directories behind."""
+    for existing in (path, *path.parents):
+        if existing.exists():
+            break
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {path}: {existing} exists and is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: {existing} is not writable")
+
+
 def parse_engine_options(items: list[str]) -> dict:
-    """["enforce_eager=true", "extra.fused_kernels=false"] -> EngineConfig overrides."""
+    """["enforce_eager=true", "extra.fused_kernels=false"] -> EngineConfig overrides.
+    Unknown keys are refused here, not by EngineConfig(...) after the reference run."""
+    from dataclasses import fields
+
+    from shardserve.config import EngineConfig
+
+    known = {f.name for f in fields(EngineConfig)}
     options: dict = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--engine-option must be KEY=VALUE, got {item!r}")
+        if ("extra" if key.startswith("extra.") else key) not in known:
+            raise ValueError(f"--engine-option {item!r}: unknown key {key!r} "
+                             f"(EngineConfig fields: {', '.join(sorted(known))}, or extra.NAME)")
         value = _parse_value(raw)
         if key.startswith("extra."):
             options.setdefault("extra", {})[key[len("extra."):]] = value

@@ -56,6 +56,7 @@ def run_bench(cfg: BenchConfig) -> tuple[list[EngineResult], dict]:
     with tempfile.TemporaryDirectory(prefix="shardserve-bench-") as tmp:
         model_dir = _model_dir(cfg, Path(tmp))
         model_config = ModelConfig.from_hf(model_dir)
+        check_lengths(cfg, model_config)
         dtype_name = canonical_dtype(cfg.dtype or model_config.torch_dtype or "bfloat16")
         dtype = torch_dtype(dtype_name)
         devices = [torch.device("cuda", i) for i in range(cfg.tp)] if torch.cuda.is_available() else [torch.device("cpu")]
@@ -102,6 +103,19 @@ def run_bench(cfg: BenchConfig) -> tuple[list[EngineResult], dict]:
     for path in write_reports(results, context, Path(cfg.out_dir), stem):
         print(f"wrote {path}")
     return results, context
+
+
+def check_lengths(cfg: BenchConfig, model_config: ModelConfig) -> None:
+    """ValueError naming --prompt-len if a sequence would not fit the model's positions (the
+    engine's own limit), before the reference run spends minutes on a prompt it cannot take."""
+    limit = model_config.max_position_embeddings
+    total = cfg.prompt_len + max(cfg.new_tokens, cfg.check_tokens)
+    if total > limit:
+        raise ValueError(
+            f"--prompt-len {cfg.prompt_len} + --new-tokens/--check-tokens "
+            f"{max(cfg.new_tokens, cfg.check_tokens)} = {total} exceeds the model's "
+            f"max_position_embeddings {limit}"
+        )
 
 
 def _bench_ours(cfg, label, overrides, model_dir, dtype_name, prompts, reference):

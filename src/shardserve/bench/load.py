@@ -101,7 +101,7 @@ async def run_load(config: LoadConfig) -> dict:
     limits = httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency)
     async with httpx.AsyncClient(base_url=config.url.rstrip("/"), headers=headers, limits=limits,
                                  timeout=config.timeout_s) as client:
-        model = config.model or (await client.get("/v1/models")).json()["data"][0]["id"]
+        model = config.model or await _first_model(client, config.url)
         queue: asyncio.Queue = asyncio.Queue()
         for i in range(config.requests):
             queue.put_nowait(PROMPTS[i % len(PROMPTS)])
@@ -117,6 +117,23 @@ async def run_load(config: LoadConfig) -> dict:
     return summarize(results, duration, config, model)
 
 
+async def _first_model(client, url: str) -> str:
+    """The server's first model; ShardserveError naming --url if it cannot be reached or answers
+    something other than an OpenAI model list (a wrong URL, not a load-test result)."""
+    import httpx
+
+    from shardserve.errors import ShardserveError
+
+    try:
+        r = await client.get("/v1/models")
+        r.raise_for_status()
+        return r.json()["data"][0]["id"]
+    except httpx.HTTPError as e:
+        raise ShardserveError(f"--url {url}: {type(e).__name__}: {e}") from None
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise ShardserveError(f"--url {url}: /v1/models is not an OpenAI model list") from None
+
+
 def summarize(results: list[RequestResult], duration_s: float, config: LoadConfig, model: str) -> dict:
     ok = [r for r in results if r.ok]
     gaps = [g for r in ok for g in r.gaps_s]
@@ -128,7 +145,7 @@ def summarize(results: list[RequestResult], duration_s: float, config: LoadConfi
         "output_tokens_per_s": sum(r.output_tokens for r in ok) / duration_s,
         "ttft_p50_s": _pct([r.ttft_s for r in ok], 50), "ttft_p99_s": _pct([r.ttft_s for r in ok], 99),
         "itl_p50_s": _pct(gaps, 50), "itl_p99_s": _pct(gaps, 99),
-        "tpot_mean_s": statistics.fmean([r.tpot_s for r in ok]) if ok else float("nan"),
+        "tpot_mean_s": statistics.fmean([r.tpot_s for r in ok]) if ok else None,
         "e2e_p50_s": _pct([r.e2e_s for r in ok], 50), "e2e_p99_s": _pct([r.e2e_s for r in ok], 99),
     }
     if config.ttft_slo_s is not None or config.tpot_slo_s is not None:
@@ -139,16 +156,17 @@ def summarize(results: list[RequestResult], duration_s: float, config: LoadConfi
     return report
 
 
-def _pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (no interpolation: P99 of 64 samples is a real sample)."""
+def _pct(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (no interpolation: P99 of 64 samples is a real sample); None when
+    there are no samples (NaN would make --json print invalid JSON)."""
     if not values:
-        return float("nan")
+        return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(len(ordered) * q / 100) - 1))]
 
 
 def format_report(report: dict) -> str:
-    ms = lambda s: f"{s * 1000:.1f} ms"  # noqa: E731
+    ms = lambda s: "-" if s is None else f"{s * 1000:.1f} ms"  # noqa: E731
     lines = [
         f"model {report['model']}: {report['requests']} requests ({report['failed']} failed), "
         f"concurrency {report['concurrency']}, {report['duration_s']:.1f} s",
@@ -161,6 +179,20 @@ def format_report(report: dict) -> str:
         lines.append(f"  goodput     {report['goodput_requests_per_s']:.2f} req/s within the SLOs")
     lines += [f"  error: {e}" for e in report.get("errors", [])]
     return "\n".join(lines)
+
+
+def check_url(url: str) -> None:
+    """ValueError naming --url unless it is http(s)://HOST[...]: httpx would fail later, with a
+    traceback that does not say which flag was wrong."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (parsing the port raises ValueError when it is out of range)
+    except ValueError as e:
+        raise ValueError(f"--url {url!r}: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"--url must be http://HOST[:PORT] or https://..., got {url!r}")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -181,6 +213,12 @@ def main(args: argparse.Namespace) -> int:
     for name in ("concurrency", "requests", "max_tokens"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    check_url(args.url)
+    for name in ("ttft_slo_ms", "tpot_slo_ms"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} must be a finite number >= 0, got {value}")
     config = LoadConfig(
         url=args.url, concurrency=args.concurrency, requests=args.requests, max_tokens=args.max_tokens,
         model=args.model, ignore_eos=args.ignore_eos, api_key=args.api_key,

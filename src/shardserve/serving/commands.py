@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -17,12 +18,38 @@ def register(subparsers) -> None:
     )
     p.add_argument("locations", nargs="*", metavar="LOCATION")
     p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=int(os.environ.get("SAGEMAKER_BIND_TO_PORT", 8080)))
+    p.add_argument("--port", type=port_number,
+                   default=int(os.environ.get("SAGEMAKER_BIND_TO_PORT", 8080)))
     p.add_argument("--api-key", default=None,
                    help="require this key on inference routes (default: $SHARDSERVE_API_KEY)")
     p.add_argument("--max-body-bytes", type=int, default=None, help="larger request bodies get 413")
-    p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds in-flight requests get after SIGTERM")
+    p.add_argument("--drain-timeout", type=non_negative_seconds, default=30.0,
+                   help="seconds in-flight requests get after SIGTERM")
     p.set_defaults(func=run)
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0..65535 (0: any free port). Out of range, the socket layer
+    fails with an OverflowError traceback only after the models have loaded."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in 0..65535, got {port}")
+    return port
+
+
+def non_negative_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds >= 0 (nan or inf would make the drain wait
+    meaningless or endless)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
 
 
 def parse_locations(locations: list[str]) -> tuple[tuple[str, str], ...]:

@@ -51,6 +51,7 @@ def partition(
         raise ValueError(f"--tp must be >= 1, got {tp_size}")
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"output {out_dir} is not a directory")
+    first_missing = _first_missing_dir(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ValueError(f"output directory {out_dir} is not empty")
     from shardserve.layers.quant import get_linear_method
@@ -58,20 +59,39 @@ def partition(
     get_linear_method(quantization)  # ValueError naming the option, before any work
     config = ModelConfig.from_hf(model_dir)
     weights_dtype = torch_dtype(dtype if canonical_dtype(dtype) != "auto" else (config.torch_dtype or "float32"))
-    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         _write(config, model_dir, out_dir, tp_size, weights_dtype, quantization)
     except BaseException:  # the directory was new or empty: leave it so, never half-written
-        for item in out_dir.iterdir():
-            if item.is_dir():
-                shutil.rmtree(item)
-            else:
-                item.unlink()
-        if created:
-            out_dir.rmdir()
+        _undo_output(out_dir, first_missing)
         raise
     return out_dir
+
+
+def _first_missing_dir(out_dir: Path) -> Path | None:
+    """The topmost ancestor of `out_dir` (or itself) that does not exist yet: what mkdir creates,
+    so a failed run can remove it all. ValueError naming --out if an existing ancestor is a file,
+    where mkdir would fail with NotADirectoryError only after the checkpoint was read."""
+    first_missing = None
+    for path in (out_dir, *out_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise ValueError(f"--out {out_dir}: {path} exists and is not a directory")
+            return first_missing
+        first_missing = path
+    return first_missing
+
+
+def _undo_output(out_dir: Path, first_missing: Path | None) -> None:
+    """Empty `out_dir`, and remove the directories this run created (from `first_missing` down)."""
+    if first_missing is not None:
+        shutil.rmtree(first_missing, ignore_errors=True)
+        return
+    for item in out_dir.iterdir():  # it existed and was empty: keep it, emptied
+        if item.is_dir():
+            shutil.rmtree(item)
+        else:
+            item.unlink()
 
 
 def _write(config, model_dir: Path, out_dir: Path, tp_size: int, weights_dtype, quantization: str | None) -> None:

@@ -1,0 +1,90 @@
+"""`shardserve bench` and `bench serve` refuse bad flags up front: one line naming the flag, exit
+code 2, before any benchmark work (run_bench / the reference run is never reached)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shardserve.assets import default_model_path
+from shardserve.bench import latency
+from shardserve.bench.load import LoadConfig, RequestResult, format_report, summarize
+from shardserve.cli import main
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Any benchmark work fails the test: the flag must be refused before it."""
+    def fail(*args, **kwargs):
+        raise AssertionError("benchmark work started before the flags were checked")
+
+    monkeypatch.setattr(latency, "run_bench", fail)
+    monkeypatch.setattr(latency, "copy_bandwidth", fail)
+
+
+def _bench(capsys, *flags: str) -> str:
+    code = main(["bench", "--model", str(default_model_path()), *flags])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("shardserve bench: error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--check-tokens", "-1"], "--check-tokens"),
+    (["--new-tokens", "1"], "--new-tokens"),
+    (["--engine-option", "foo=1"], "'foo'"),
+    (["--engine-option", "enforce_eager.x=1"], "--engine-option"),
+])
+def test_bad_bench_flag_is_refused_before_work(no_work, capsys, flags, named):
+    assert named in _bench(capsys, *flags)
+
+
+def test_unusable_out_dir_is_refused_before_work(no_work, capsys, tmp_path):
+    (tmp_path / "afile").write_text("")
+    assert "--out" in _bench(capsys, "--out", str(tmp_path / "afile" / "sub"))
+
+
+def test_writable_out_dir_is_not_created_by_the_check(no_work, tmp_path):
+    from shardserve.bench.commands import check_out_dir
+
+    check_out_dir(tmp_path / "new" / "dir", "--out")
+    assert not (tmp_path / "new").exists()
+
+
+def test_prompt_longer_than_the_model_is_refused_before_work(monkeypatch, capsys):
+    def fail(*args, **kwargs):
+        raise AssertionError("benchmark work started before the length check")
+
+    monkeypatch.setattr(latency, "copy_bandwidth", fail)
+    assert "--prompt-len" in _bench(capsys, "--prompt-len", "100000", "--engines", "tp")
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--url", "notaurl"], "--url"),
+    (["--url", "ftp://127.0.0.1:8080"], "--url"),
+    (["--url", "http://127.0.0.1:99999"], "--url"),
+    (["--url", "http://127.0.0.1:1", "--ttft-slo-ms", "-1"], "--ttft-slo-ms"),
+    (["--url", "http://127.0.0.1:1", "--tpot-slo-ms", "nan"], "--tpot-slo-ms"),
+])
+def test_bad_load_flag_is_refused(capsys, flags, named):
+    assert main(["bench", "serve", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("shardserve bench: error: ") and err.count("\n") == 1, err
+    assert named in err
+
+
+def test_unreachable_server_is_one_line_naming_the_url(capsys):
+    assert main(["bench", "serve", "--url", "http://127.0.0.1:1", "--requests", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("shardserve bench: error: --url http://127.0.0.1:1"), err
+    assert err.count("\n") == 1, err
+
+
+def test_all_failed_report_is_valid_json_with_nulls():
+    results = [RequestResult(ok=False, error="HTTP 500: b''")] * 3
+    report = summarize(results, 1.0, LoadConfig(url="http://x", ttft_slo_s=0.1), "m")
+    text = json.dumps(report, allow_nan=False)  # NaN would raise here
+    assert json.loads(text)["ttft_p50_s"] is None and report["tpot_mean_s"] is None
+    assert "P50 -" in format_report(report)
