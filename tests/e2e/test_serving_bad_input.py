@@ -108,6 +108,14 @@ def test_malformed_json_is_400(client, path, payload):
     assert_clean_error(r, 400)
 
 
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain", None])
+def test_a_body_not_sent_as_json_says_so(client, content_type):
+    headers = {"content-type": content_type} if content_type else {}
+    r = client.post("/v1/completions", content=b"prompt=hi", headers=headers)
+    error = assert_clean_error(r, 400)["error"]
+    assert "content-type application/json" in error["message"] and repr(content_type or "none") in error["message"]
+
+
 def test_body_over_the_limit_is_413_with_or_without_content_length(client):
     big = b'{"inputs": "' + b"a" * (MAX_BODY_BYTES + 10) + b'"}'
     assert_clean_error(client.post("/invocations", content=big), 413)

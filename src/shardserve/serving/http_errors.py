@@ -71,6 +71,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         message, field = validation_message(exc)
+        content_type = request.headers.get("content-type", "")
+        if field is None and "json" not in content_type:  # e.g. curl -d's form encoding
+            message = (f"the body must be a JSON object sent as content-type application/json, "
+                       f"got content-type {content_type or 'none'!r} ({message})")
         return error_response(request, 400, message, field)
 
     @app.exception_handler(StarletteHTTPException)
