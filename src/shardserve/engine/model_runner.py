@@ -19,6 +19,7 @@ import time
 import torch
 
 from shardserve.config import EngineConfig, torch_dtype
+from shardserve.engine import kv_budget
 from shardserve.engine.cuda_graphs import DecodeGraphs
 from shardserve.engine.pending_step import (
     HostBufferPair,
@@ -36,7 +37,6 @@ from shardserve.layers.attention import Attention, set_default_attention_backend
 from shardserve.layers.forward_context import AttentionMetadata, forward_context
 from shardserve.models import load_model
 from shardserve.models.config import ModelConfig
-from shardserve.parallel import get_parallel_info, get_tp_size
 from shardserve.weights.fast_read import LoadStats
 
 logger = logging.getLogger(__name__)
@@ -86,42 +86,15 @@ class ModelRunner:
         self._host_buffers = HostBufferPair(config.max_num_seqs, device) if rank == 0 else None
         self.profiler = RankProfiler(rank, device)
 
-    # -- KV cache --------------------------------------------------------------------------
+    # -- KV cache (sizing: engine/kv_budget.py) ---------------------------------------------
     def bytes_per_block(self) -> int:
-        layer = self.attention_layers[0]
-        elem = torch.empty((), dtype=self.dtype).element_size()
-        per_layer = 2 * self.block_size * layer.num_kv_heads * layer.head_dim * elem
-        return per_layer * len(self.attention_layers)
+        return kv_budget.block_bytes(self.attention_layers, self.block_size, self.dtype)
 
     def available_kv_blocks(self, max_model_len: int) -> int:
-        """How many blocks every rank can hold: the minimum over the ranks (each allocates the
-        same number; a GPU with less free memory must not be asked for more than it has)."""
-        blocks = self._local_kv_blocks(max_model_len)
-        info = get_parallel_info()
-        if info.world_size > 1:
-            count = torch.tensor([blocks], dtype=torch.int64, device=self.device)
-            torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MIN, group=info.group)
-            blocks = int(count.item())
-        return blocks
-
-    def _local_kv_blocks(self, max_model_len: int) -> int:
-        """How many blocks this rank's memory holds."""
-        if self.config.num_kv_blocks is not None:
-            return self.config.num_kv_blocks
-        if self.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.device)
-            # Activations of the largest step stay outside the cache (rough upper bound).
-            mc = self.model_config
-            activations = self.config.max_num_batched_tokens * (
-                8 * mc.hidden_size + 3 * mc.intermediate_size // get_tp_size() + mc.vocab_size
-            ) * 4
-            budget = total * self.config.gpu_memory_utilization - (total - free) - activations
-        else:
-            budget = self.config.cpu_kv_cache_gib * 2**30
-            # No point holding more than every sequence at full length, a few times over.
-            per_seq = -(-max_model_len // self.block_size)
-            budget = min(budget, 4 * self.config.max_num_seqs * per_seq * self.bytes_per_block())
-        return max(int(budget // self.bytes_per_block()), 0)
+        """How many blocks every rank can hold (the minimum over the ranks)."""
+        fits = kv_budget.blocks_that_fit(self.config, self.model_config, self.device, self.bytes_per_block(),
+                                         max_model_len)
+        return kv_budget.min_over_ranks(fits, self.device)
 
     def allocate_kv_cache(self, num_blocks: int, max_model_len: int) -> None:
         for layer in self.attention_layers:

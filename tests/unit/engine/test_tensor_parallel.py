@@ -117,15 +117,12 @@ def _kv_blocks_worker(rank: int, port: int, results) -> None:
     import torch
     import torch.distributed as dist
 
-    from shardserve.engine.model_runner import ModelRunner
+    from shardserve.engine.kv_budget import min_over_ranks
     from shardserve.parallel import ParallelInfo, set_parallel_info
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     set_parallel_info(ParallelInfo(rank=rank, world_size=2, group=dist.group.WORLD))
-    runner = ModelRunner.__new__(ModelRunner)  # just what available_kv_blocks reads
-    runner.device = torch.device("cpu")
-    runner._local_kv_blocks = lambda max_model_len: 4096 if rank == 0 else 1024  # rank 1: less room
-    results[rank] = runner.available_kv_blocks(256)
+    results[rank] = min_over_ranks(4096 if rank == 0 else 1024, torch.device("cpu"))  # rank 1: less room
     dist.destroy_process_group()
 
 

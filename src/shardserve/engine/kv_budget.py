@@ -1,0 +1,49 @@
+"""How many KV-cache blocks a rank allocates: what its memory holds, then the minimum over the
+ranks, since every rank allocates the same number (a GPU with less free memory must not be asked
+for more than it has)."""
+
+from __future__ import annotations
+
+import torch
+
+from shardserve.config import EngineConfig
+from shardserve.models.config import ModelConfig
+from shardserve.parallel import get_parallel_info, get_tp_size
+
+
+def block_bytes(attention_layers, block_size: int, dtype: torch.dtype) -> int:
+    """Bytes of one block across every layer: keys and values."""
+    layer = attention_layers[0]
+    elem = torch.empty((), dtype=dtype).element_size()
+    return 2 * block_size * layer.num_kv_heads * layer.head_dim * elem * len(attention_layers)
+
+
+def blocks_that_fit(config: EngineConfig, model_config: ModelConfig, device: torch.device, bytes_per_block: int,
+                    max_model_len: int) -> int:
+    """How many blocks this rank's memory holds (config.num_kv_blocks when set)."""
+    if config.num_kv_blocks is not None:
+        return config.num_kv_blocks
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        # Activations of the largest step stay outside the cache (rough upper bound).
+        mc = model_config
+        activations = config.max_num_batched_tokens * (
+            8 * mc.hidden_size + 3 * mc.intermediate_size // get_tp_size() + mc.vocab_size
+        ) * 4
+        budget = total * config.gpu_memory_utilization - (total - free) - activations
+    else:
+        budget = config.cpu_kv_cache_gib * 2**30
+        # No point holding more than every sequence at full length, a few times over.
+        per_seq = -(-max_model_len // config.block_size)
+        budget = min(budget, 4 * config.max_num_seqs * per_seq * bytes_per_block)
+    return max(int(budget // bytes_per_block), 0)
+
+
+def min_over_ranks(blocks: int, device: torch.device) -> int:
+    """The smallest of every rank's `blocks` (a collective: every rank calls it)."""
+    info = get_parallel_info()
+    if info.world_size == 1:
+        return blocks
+    count = torch.tensor([blocks], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MIN, group=info.group)
+    return int(count.item())
