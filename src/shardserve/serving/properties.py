@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shardserve.config import parse_tp_degree
+from shardserve.serving.property_reader import PropertyReader
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def env_variables(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 def loading_timeout(env: Mapping[str, str], env_names: Mapping[str, str] | None = None) -> float:
     """option.model_loading_timeout as the environment sets it: the budget for fetching the
     artifact, whose serving.properties may then set its own. Validated like build_config does."""
-    return _Reader(env, env_names).seconds("option.model_loading_timeout", LOADING_TIMEOUT_S)
+    return PropertyReader(env, env_names).seconds("option.model_loading_timeout", LOADING_TIMEOUT_S)
 
 
 def build_config(
@@ -165,7 +165,7 @@ def build_config(
     """ServingConfig from the file's keys with the environment's on top; ValueError names the key
     (and the variable that set it, from `env_names`: env_variables())."""
     values = {**file_values, **env}
-    reader = _Reader(values, {k: v for k, v in (env_names or {}).items() if k in env})
+    reader = PropertyReader(values, {k: v for k, v in (env_names or {}).items() if k in env})
     options = {k[len("option."):]: v for k, v in values.items() if k.startswith("option.")}
     dtype = reader.choice("option.dtype", DTYPES, "auto")
     quantization = reader.choice("option.quantize", {"int8", "fp8", "bitsandbytes8"}, None)
@@ -210,14 +210,14 @@ def build_config(
         device_map=reader.text("option.device_map"),
         engine_options=_engine_options(reader),
         options=options,
-        unknown_keys=tuple(sorted(reader.unknown())),
+        unknown_keys=tuple(sorted(_unknown(reader))),
     )
     for key in sorted(set(values) & set(IGNORED_KEYS)):
         logger.info("%s: %s is accepted for DJLServing compatibility and has no effect", name, key)
     return config
 
 
-def _engine_options(reader: _Reader) -> dict:
+def _engine_options(reader: PropertyReader) -> dict:
     """option.<EngineConfig field>, typed like the field; EngineConfig validates the ranges."""
     out: dict = {}
     for key in ENGINE_OPTION_KEYS:
@@ -237,77 +237,10 @@ def _engine_options(reader: _Reader) -> dict:
     return out
 
 
-class _Reader:
-    """Typed access to the raw string values; remembers which keys were read."""
-
-    def __init__(self, values: Mapping[str, str], env_names: Mapping[str, str] | None = None):
-        self.values = dict(values)
-        self._env_names = dict(env_names or {})
-        self._seen: set[str] = set(IGNORED_KEYS)
-
-    def invalid(self, key: str, problem: str) -> ValueError:
-        """The error for a bad value: the key, and the variable when the environment set it (the
-        file may not even mention the key)."""
-        where = f" (environment variable {self._env_names[key]})" if key in self._env_names else ""
-        return ValueError(f"{key}{where}: {problem}")
-
-    def unknown(self) -> set[str]:
-        known = self._seen | set(SERVER_KEYS) | {"option." + k for k in OPTION_KEYS + ENGINE_OPTION_KEYS}
-        return set(self.values) - known
-
-    def text(self, key: str) -> str | None:
-        self._seen.add(key)
-        value = self.values.get(key)
-        return value.strip() if value is not None and value.strip() else None
-
-    def choice(self, key: str, allowed: set[str], default):
-        value = self.text(key)
-        if value is None:
-            return default
-        if value.lower() not in allowed:
-            raise self.invalid(key, f"must be one of {sorted(allowed)}, got {value!r}")
-        return value.lower()
-
-    def integer(self, key: str, default, minimum: int):
-        return self._parsed(key, default, int, lambda n: n >= minimum, f"an integer >= {minimum}")
-
-    def number(self, key: str, default, minimum: float):
-        return self._parsed(key, default, float, lambda x: minimum <= x < float("inf"), f"a number >= {minimum:g}")
-
-    def _parsed(self, key: str, default, convert, valid, expected: str):
-        value = self.text(key)
-        if value is None:
-            return default
-        try:
-            result = convert(value)
-        except ValueError:
-            result = None
-        if result is None or not valid(result):  # NaN fails every comparison, so it lands here too
-            raise self.invalid(key, f"must be {expected}, got {value!r}")
-        return result
-
-    def seconds(self, key: str, default: float) -> float:
-        value = self.number(key, default, minimum=0.0)
-        if value <= 0:
-            raise self.invalid(key, f"must be a number of seconds > 0, got {self.values[key]!r}")
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.text(key)
-        if value is None:
-            return default
-        if value.lower() not in ("true", "false"):
-            raise self.invalid(key, f"must be true or false, got {value!r}")
-        return value.lower() == "true"
-
-    def tp_degree(self, key: str) -> int:
-        value = self.text(key)
-        if value is None:
-            return 1
-        try:
-            return parse_tp_degree(value)
-        except ValueError as e:
-            raise self.invalid(key, str(e)) from None
+def _unknown(reader: PropertyReader) -> set[str]:
+    """The keys given that nothing read and that no list here names."""
+    known = reader.seen | set(IGNORED_KEYS) | set(SERVER_KEYS) | {"option." + k for k in OPTION_KEYS + ENGINE_OPTION_KEYS}
+    return set(reader.values) - known
 
 
 def _norm(key: str) -> str:
