@@ -10,6 +10,8 @@ import importlib.util
 import os
 from pathlib import Path
 
+from shardserve.storage.disk import output_dir_base
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -81,11 +83,7 @@ def run(args: argparse.Namespace) -> int:
 def check_out_dir(path: Path, flag: str) -> None:
     """ValueError naming `flag` unless `path` is, or can be made, a writable directory.
     Creates nothing: a refused run leaves no empty directories behind."""
-    for existing in (path, *path.parents):
-        if existing.exists():
-            break
-    if not existing.is_dir():
-        raise ValueError(f"{flag} {path}: {existing} exists and is not a directory")
+    existing, _ = output_dir_base(path, flag)
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"{flag} {path}: {existing} is not writable")
 

@@ -1,4 +1,5 @@
-"""Local file-system helpers shared by downloads and unpacking: safe names, free space, removal."""
+"""Local file-system helpers shared by downloads, unpacking and the commands that write output:
+safe names, free space, output directories, removal."""
 
 from __future__ import annotations
 
@@ -101,3 +102,18 @@ def remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def output_dir_base(path: Path, what: str) -> tuple[Path, Path | None]:
+    """Where making directory `path` starts: (its nearest existing ancestor, or itself if it
+    exists; the topmost directory mkdir(parents=True) would create, None if none). ValueError
+    naming `what` (a flag) where that existing path is not a directory, before any work that
+    mkdir would fail after."""
+    first_missing = None
+    for existing in (path, *path.parents):
+        if existing.exists():
+            break
+        first_missing = existing
+    if not existing.is_dir():
+        raise ValueError(f"{what} {path}: {existing} exists and is not a directory")
+    return existing, first_missing

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from shardserve.config import canonical_dtype, torch_dtype
 from shardserve.parallel.state import ParallelInfo, get_parallel_info, set_parallel_info
+from shardserve.storage.disk import output_dir_base
 from shardserve.weights.manifest import (
     BLOCK_BYTES,
     FORMAT,
@@ -49,9 +50,7 @@ def partition(
         raise ValueError(f"{model_dir} is already pre-sharded; partition the original HF checkpoint")
     if tp_size < 1:
         raise ValueError(f"--tp must be >= 1, got {tp_size}")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"output {out_dir} is not a directory")
-    first_missing = _first_missing_dir(out_dir)
+    _, first_missing = output_dir_base(out_dir, "--out")  # also: what a failed run removes
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ValueError(f"output directory {out_dir} is not empty")
     from shardserve.layers.quant import get_linear_method
@@ -66,20 +65,6 @@ def partition(
         _undo_output(out_dir, first_missing)
         raise
     return out_dir
-
-
-def _first_missing_dir(out_dir: Path) -> Path | None:
-    """The topmost ancestor of `out_dir` (or itself) that does not exist yet: what mkdir creates,
-    so a failed run can remove it all. ValueError naming --out if an existing ancestor is a file,
-    where mkdir would fail with NotADirectoryError only after the checkpoint was read."""
-    first_missing = None
-    for path in (out_dir, *out_dir.parents):
-        if path.exists():
-            if not path.is_dir():
-                raise ValueError(f"--out {out_dir}: {path} exists and is not a directory")
-            return first_missing
-        first_missing = path
-    return first_missing
 
 
 def _undo_output(out_dir: Path, first_missing: Path | None) -> None:
