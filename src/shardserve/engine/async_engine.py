@@ -11,7 +11,6 @@ cancelling its stream) never receives the old request's late updates or its abor
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import logging
 import queue
@@ -92,7 +91,8 @@ class AsyncEngine:
                 if isinstance(item, BaseException):
                     raise item
                 finished = item.finished
-                yield dataclasses.replace(item, request_id=request_id)
+                item.request_id = request_id  # each output is made for this stream alone: no copy
+                yield item
                 if finished:
                     return
         finally:
