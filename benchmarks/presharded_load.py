@@ -174,8 +174,8 @@ def transformers_load(hf: Path, cold: bool = True) -> dict:
     return {"page_cache": cache, "wall_s": wall, "GB": total / 1e9, "GBps": total / wall / 1e9}
 
 
-def load(workdir: Path, model: str, tp: int, deadline: float, warm: bool = False) -> None:
-    """Cold: the page cache dropped before every read. warm: then both checkpoints read from the
+def load(workdir: Path, model: str, tp: int, deadline: float, warm: bool = False, cold: bool = True) -> None:
+    """cold: the page cache dropped before every read. warm: then both checkpoints read from the
     page cache (each read twice first), where the disk is out of the way and the loaders alone
     set the pace: what faster storage would give."""
     from shardserve.weights.partition import partition
@@ -187,17 +187,18 @@ def load(workdir: Path, model: str, tp: int, deadline: float, warm: bool = False
         shutil.rmtree(pre, ignore_errors=True)  # an earlier command stopped half way
         stage("partition", lambda: str(partition(hf, pre, tp, "fp16")), 200, deadline)
     files = sorted(pre.glob("*.safetensors"))
-    for threads, direct in ((1, False), (8, False), (8, True)):
-        stage(f"disk_ceiling_threads={threads}_direct={direct}", lambda t=threads, d=direct: disk_ceiling(files, t, d),
-              60, deadline)
-    theirs = stage("transformers_device_map_auto", lambda: transformers_load(hf), 120, deadline)
-    # Issue 3's comparison: our own loader on the HF checkpoint (sliced reads) vs pre-sharded.
-    stage("ours_from_hf_checkpoint", lambda: ours(hf, tp, True), 120, deadline)
-    for verify, direct in ((True, False), (True, True), (False, True)):
-        name = f"ours_verify={verify}_direct={direct}"
-        mine = stage(name, lambda v=verify, d=direct: ours(pre, tp, v, d), 60, deadline)
-        if mine and theirs:
-            RESULTS[name]["speedup_vs_transformers"] = theirs["wall_s"] / mine["wall_s"]
+    if cold:
+        for threads, direct in ((1, False), (8, False), (8, True)):
+            stage(f"disk_ceiling_threads={threads}_direct={direct}", lambda t=threads, d=direct: disk_ceiling(files, t, d),
+                  60, deadline)
+        theirs = stage("transformers_device_map_auto", lambda: transformers_load(hf), 120, deadline)
+        # Issue 3's comparison: our own loader on the HF checkpoint (sliced reads) vs pre-sharded.
+        stage("ours_from_hf_checkpoint", lambda: ours(hf, tp, True), 120, deadline)
+        for verify, direct in ((True, False), (True, True), (False, True)):
+            name = f"ours_verify={verify}_direct={direct}"
+            mine = stage(name, lambda v=verify, d=direct: ours(pre, tp, v, d), 60, deadline)
+            if mine and theirs:
+                RESULTS[name]["speedup_vs_transformers"] = theirs["wall_s"] / mine["wall_s"]
     if warm:
         hf_files = sorted(hf.glob("*.safetensors"))
         for label, paths in (("presharded", files), ("hf", hf_files)):

@@ -191,6 +191,8 @@ if __name__ == "__main__":
                         help="--part bloom176b: also int8 with the fused all-reduce + norm pushing its rows")
     parser.add_argument("--warm", action="store_true",
                         help="--part load: then also both loads from the page cache (the disk out of the way)")
+    parser.add_argument("--no-cold", action="store_true",
+                        help="--part load: skip the cold-cache loads (with --warm: the page-cache loads alone)")
     parser.add_argument("--batch", type=int, default=1, help="--part llama8b: sequences (target: batch 1)")
     args = parser.parse_args()
     if args.part == "kernels":
@@ -204,7 +206,7 @@ if __name__ == "__main__":
     elif args.part == "load":
         from presharded_load import load
 
-        load(args.workdir, args.model, args.tp, DEADLINE, args.warm)
+        load(args.workdir, args.model, args.tp, DEADLINE, args.warm, cold=not args.no_cold)
     elif args.part == "bloom176b":
         stage(f"bloom176b_tp{args.tp}", lambda: bloom176b(args.tp, args.two_barriers, args.no_mma, args.profile, args.push), 60, DEADLINE)
     else:
