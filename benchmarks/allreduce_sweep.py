@@ -2,8 +2,7 @@
 (parallel/one_shot_kernel.py; also with its second barrier in place of the split one) vs torch's
 one-shot op (bfloat16 only: it has no float16), replayed from CUDA graphs (as in decode) and
 eager. Then the all-reduce fused with the residual add and LayerNorm (reduce_norm_kernel.py) at
-BLOOM-176B's and OPT-30B's decode rows, its rows loaded from the peers or pushed to them
-(extra {"all_reduce_push": True}), in CUDA graphs. Also run by gpu_tp4.py.
+BLOOM-176B's and OPT-30B's decode rows, in CUDA graphs. Also run by gpu_tp4.py.
 Usage on the device: PYTHONPATH=src python3 benchmarks/allreduce_sweep.py [world]"""
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -106,19 +104,17 @@ def _worker(rank: int, world: int, port: int, out_path: str) -> None:
                 except Exception as e:  # report, keep going
                     row[f"{label}_error"] = repr(e)[:200]
             rows.append(row)
-    rows += _add_norm_rows(group, rank, fast)
+    rows += _add_norm_rows(fast)
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(rows, f, indent=1)
     dist.destroy_process_group()
 
 
-def _add_norm_rows(group, rank: int, pull) -> list[dict]:
-    """us per fused all-reduce + residual add + LayerNorm call, pulled and pushed, in graphs."""
+def _add_norm_rows(fast) -> list[dict]:
+    """us per fused all-reduce + residual add + LayerNorm call at 4 decode rows, in graphs."""
     from shardserve.layers.norm import LayerNorm
-    from shardserve.parallel.fast_all_reduce import SymmMemAllReduce
 
-    push = SymmMemAllReduce(group, torch.device("cuda", rank), push=True)
     rows = []
     for label, dim, dtype in (("bloom-176b", 14336, torch.bfloat16), ("opt-30b", 7168, torch.float16)):
         norm = LayerNorm(dim, 1e-5)
@@ -126,12 +122,8 @@ def _add_norm_rows(group, rank: int, pull) -> list[dict]:
         norm.bias = torch.nn.Parameter(torch.randn(dim, device="cuda").to(dtype), False)
         x = torch.randn(4, dim, device="cuda", dtype=dtype)
         residual = torch.randn(4, dim, device="cuda", dtype=dtype)
-        row = {"add_norm": label, "rows": 4, "dim": dim}
-        for name, fast in (("pull", pull), ("push", push)):
-            call = partial(lambda x, fast, residual, norm: fast.add_norm(x, residual, norm), fast=fast,
-                           residual=residual, norm=norm)
-            row[f"{name}_graph_us"] = round(_time_graph(call, x), 2)
-        rows.append(row)
+        time_us = _time_graph(lambda x, r=residual, n=norm: fast.add_norm(x, r, n), x)
+        rows.append({"add_norm": label, "rows": 4, "dim": dim, "graph_us": round(time_us, 2)})
     return rows
 
 

@@ -81,15 +81,15 @@ def _worker(rank: int, world: int, port: int, results: dict, split: bool) -> Non
     dist.destroy_process_group()
 
 
-def _run_ranks(worker, *options) -> dict:
-    """worker(rank, world, port, results, *options) on one process per GPU (up to 4); results by
-    rank. options: e.g. split, the kernels' split barrier (one_shot_kernel.py)."""
+def _run_ranks(worker, split: bool) -> dict:
+    """worker(rank, world, port, results, split) on one process per GPU (up to 4); results by
+    rank. split: the kernels' split barrier (one_shot_kernel.py)."""
     os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     world = min(torch.cuda.device_count(), 4)
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(worker, args=(world, free_port(), results, *options), nprocs=world)
+        mp.spawn(worker, args=(world, free_port(), results, split), nprocs=world)
         return dict(results)
 
 
@@ -132,7 +132,7 @@ def _random_norm(kind: str, dim: int, dtype: torch.dtype, gen: torch.Generator):
     return norm
 
 
-def _norm_worker(rank: int, world: int, port: int, results: dict, split: bool, push: bool) -> None:
+def _norm_worker(rank: int, world: int, port: int, results: dict, split: bool) -> None:
     from shardserve.parallel import ParallelInfo, set_parallel_info
     from shardserve.parallel.comm import all_reduce_add_norm
     from shardserve.parallel.fast_all_reduce import create_fast_all_reduce
@@ -140,7 +140,7 @@ def _norm_worker(rank: int, world: int, port: int, results: dict, split: bool, p
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     device = torch.device("cuda", rank)
-    fast = create_fast_all_reduce(dist.group.WORLD, device, world, split_barrier=split, push=push)
+    fast = create_fast_all_reduce(dist.group.WORLD, device, world, split_barrier=split)
     assert fast is not None, "fast all-reduce not available"
     set_parallel_info(ParallelInfo(rank=rank, world_size=world, group=dist.group.WORLD, fast_all_reduce=fast))
     mine = torch.Generator(device=device).manual_seed(100 + rank)  # partial sums: every rank its own
@@ -170,8 +170,7 @@ def _norm_worker(rank: int, world: int, port: int, results: dict, split: bool, p
         return x, residual
 
     # The split barrier: one case of each kernel pairing (its one-shot and norm kernels alternate
-    # on one buffer below, mapping positions to programs differently; with push, the norm kernel
-    # writes the peers' buffers that the one-shot kernel reads), not every compile again.
+    # on one buffer below, mapping positions to programs differently), not every compile again.
     for kind in ("layer",) if split else ("layer", "rms"):
         for dtype in (torch.float16,) if split else (torch.float16, torch.bfloat16):
             for dim in [7168] if split else NORM_DIMS:
@@ -214,10 +213,9 @@ def _norm_worker(rank: int, world: int, port: int, results: dict, split: bool, p
 
 
 @pytest.mark.timeout(900)  # each rank compiles ~60 kernel variants
-@pytest.mark.parametrize("split, push", [(False, False), (True, False), (True, True)],
-                         ids=["two-barriers", "split-barrier", "split-barrier-push"])
-def test_fused_all_reduce_add_norm_matches_two_kernels(split, push):
-    results = _run_ranks(_norm_worker, split, push)
+@pytest.mark.parametrize("split", [False, True], ids=["two-barriers", "split-barrier"])
+def test_fused_all_reduce_add_norm_matches_two_kernels(split):
+    results = _run_ranks(_norm_worker, split)
     for rank, (failures, _, taken) in sorted(results.items()):
         assert not failures, f"rank {rank}: fused != all-reduce then norm:\n" + "\n".join(failures[:20])
         assert not taken, f"rank {rank}: the fused kernel took inputs it must decline: {taken}"

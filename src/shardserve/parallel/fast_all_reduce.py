@@ -41,12 +41,10 @@ class SymmMemAllReduce:
     """Callable: x -> sum of x over the group (new tensor), or None to let NCCL do it.
     fuse_norm=False turns `add_norm` off (EngineConfig.extra {"fused_all_reduce_norm": False}),
     to measure what it buys. split_barrier=False (extra {"all_reduce_split_barrier": False}) runs
-    the kernels with a second barrier in place of the split one (one_shot_kernel.py). push=True
-    (extra {"all_reduce_push": True}) has `add_norm` store its rows into every rank's buffer
-    rather than load them from every rank's (reduce_norm_kernel.py): world_size times the buffer."""
+    the kernels with a second barrier in place of the split one (one_shot_kernel.py)."""
 
     def __init__(self, group: dist.ProcessGroup, device: torch.device, max_bytes: int = DEFAULT_MAX_BYTES,
-                 fuse_norm: bool = True, split_barrier: bool = True, push: bool = False):
+                 fuse_norm: bool = True, split_barrier: bool = True):
         import torch.distributed._symmetric_memory as symm_mem
 
         world = dist.get_world_size(group)
@@ -54,7 +52,7 @@ class SymmMemAllReduce:
             raise ValueError(f"the one-shot kernel needs a power-of-two world size, got {world}")
         self.max_bytes = max_bytes
         # One byte buffer mapped by every rank; the kernel views it as the input's dtype.
-        self.buffer = symm_mem.empty(max_bytes * (world if push else 1), dtype=torch.uint8, device=device)
+        self.buffer = symm_mem.empty(max_bytes, dtype=torch.uint8, device=device)
         self.handle = symm_mem.rendezvous(self.buffer, group)
         from shardserve.parallel.one_shot_kernel import (  # needs Triton
             one_shot_all_reduce,
@@ -63,7 +61,7 @@ class SymmMemAllReduce:
         from shardserve.parallel.reduce_norm_kernel import reduce_add_norm
 
         self.max_programs = pad_programs(self.handle.signal_pad_size, world)
-        self.fuse_norm, self.split, self.push = fuse_norm, split_barrier, push
+        self.fuse_norm, self.split = fuse_norm, split_barrier
         self._kernel, self._norm_kernel = one_shot_all_reduce, reduce_add_norm
 
     def _takes(self, x: torch.Tensor) -> bool:
@@ -83,8 +81,7 @@ class SymmMemAllReduce:
             return None
         if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype or not residual.is_contiguous()):
             return None
-        return self._norm_kernel(x, residual, norm.weight, bias, norm.eps, self.handle, self.max_programs, self.split,
-                                 self.push)
+        return self._norm_kernel(x, residual, norm.weight, bias, norm.eps, self.handle, self.max_programs, self.split)
 
 
 def ranks_share_one_host(world_size: int) -> bool:
@@ -97,13 +94,13 @@ def ranks_share_one_host(world_size: int) -> bool:
 
 def create_fast_all_reduce(
     group: dist.ProcessGroup, device: torch.device, world_size: int, fuse_norm: bool = True,
-    split_barrier: bool = True, max_bytes: int = DEFAULT_MAX_BYTES, push: bool = False,
+    split_barrier: bool = True, max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> SymmMemAllReduce | None:
     """Set up and self-check the fast path on every rank; None (NCCL only) unless all succeed."""
     candidate, ok = None, False
     if device.type == "cuda" and world_size > 1 and ranks_share_one_host(world_size):
         try:
-            candidate = SymmMemAllReduce(group, device, max_bytes, fuse_norm, split_barrier, push)
+            candidate = SymmMemAllReduce(group, device, max_bytes, fuse_norm, split_barrier)
             ok = _agrees_with_nccl(candidate, group, device)
         except Exception as e:  # no symmetric memory in this build / driver / topology
             logger.warning("fast all-reduce unavailable, using NCCL: %s", e)

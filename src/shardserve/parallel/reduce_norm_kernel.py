@@ -15,11 +15,6 @@ fixed-size chunks). It
      norm kernels' own row functions, launched with their block size and warps so that the row
      sums reduce in the same order; stores the new residual stream and the normalised row;
   4. meets them again, so no rank overwrites its buffer before every peer has read it.
-PUSH (EngineConfig.extra {"all_reduce_push": True}; off until measured on GPUs) moves the NVLink
-traffic before the barrier: step 1 stores the rows into slot RANK of every rank's buffer (each
-buffer then holds WORLD slots), and step 3 reads all WORLD slots from this rank's own memory.
-Stores to a peer do not wait for a reply as loads from it do, so the 4 programs of a decode
-step need not keep many remote loads in flight; the sums are the same bits (same order).
 Every rank computes the same rows from the same bits in the same order: every rank gets the same
 output, as every rank must (each rank samples from its own copy of the logits).
 """
@@ -46,7 +41,7 @@ from shardserve.parallel.one_shot_kernel import (
 def _reduce_norm_kernel(x_ptr, res_ptr, w_ptr, b_ptr, out_ptr, res_out_ptr, buffer_ptrs, signal_pads,
                         n_rows, n_cols, eps, done_slot, RANK: tl.constexpr, WORLD: tl.constexpr,
                         RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
-                        SPLIT: tl.constexpr, PUSH: tl.constexpr, PDL: tl.constexpr):
+                        SPLIT: tl.constexpr, PDL: tl.constexpr):
     pdl_entry(PDL)
     if SPLIT:  # one_shot_kernel.py: the split barrier
         _wait_peers_done(signal_pads, done_slot, RANK, WORLD)
@@ -57,26 +52,16 @@ def _reduce_norm_kernel(x_ptr, res_ptr, w_ptr, b_ptr, out_ptr, res_out_ptr, buff
     mine = tl.multiple_of(tl.load(buffers + RANK).to(tl.pointer_type(dtype)), 16)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
-    slot = n_rows * n_cols  # PUSH: rank r's rows sit at slot r of every buffer
     for row in range(pid, n_rows, programs):
-        offs = row * n_cols + cols  # every tensor and buffer slot: [n_rows, n_cols] contiguous
-        x = tl.load(x_ptr + offs, mask=mask)
-        if PUSH:
-            for peer in tl.static_range(WORLD):
-                theirs = tl.multiple_of(tl.load(buffers + peer).to(tl.pointer_type(dtype)), 16)
-                tl.store(theirs + RANK * slot + offs, x, mask=mask)
-        else:
-            tl.store(mine + offs, x, mask=mask)
+        offs = row * n_cols + cols  # every tensor and buffer here is [n_rows, n_cols] contiguous
+        tl.store(mine + offs, tl.load(x_ptr + offs, mask=mask), mask=mask)
     _meet_peers(signal_pads, pid, RANK, WORLD, "acquire")
     for row in range(pid, n_rows, programs):
         offs = row * n_cols + cols
         acc = tl.zeros((BLOCK,), dtype=tl.float32)
         for peer in tl.static_range(WORLD):
-            if PUSH:
-                src = mine + peer * slot
-            else:
-                src = tl.multiple_of(tl.load(buffers + peer).to(tl.pointer_type(dtype)), 16)
-            acc += tl.load(src + offs, mask=mask, other=0.0).to(tl.float32)
+            theirs = tl.multiple_of(tl.load(buffers + peer).to(tl.pointer_type(dtype)), 16)
+            acc += tl.load(theirs + offs, mask=mask, other=0.0).to(tl.float32)
         # The all-reduced row as the one-shot kernel stores it, read back as the norm kernels
         # read their input (zero past n_cols, where the statistics must not see anything).
         x = acc.to(dtype).to(tl.float32)
@@ -102,11 +87,9 @@ def _reduce_norm_kernel(x_ptr, res_ptr, w_ptr, b_ptr, out_ptr, res_out_ptr, buff
 
 
 def reduce_add_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
-                    bias: torch.Tensor | None, eps: float, handle, max_programs: int, split: bool,
-                    push: bool = False):
+                    bias: torch.Tensor | None, eps: float, handle, max_programs: int, split: bool):
     """x [T, dim] contiguous, this rank's partial sum; s = the sum of x over the ranks of `handle`
-    (a symmetric-memory rendezvous of a buffer of at least x.nbytes, world_size times that with
-    `push`; power-of-two world size)
+    (a symmetric-memory rendezvous of a buffer of at least x.nbytes; power-of-two world size)
     plus residual [T, dim] (contiguous) when given. -> (norm(s), s), new contiguous
     tensors: LayerNorm with `bias`, RMSNorm without; weight (and bias) in x's dtype. At most
     `max_programs` programs: each uses world_size slots of the signal pads (`split`: as in
@@ -121,6 +104,6 @@ def reduce_add_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torc
         x, res, weight, weight if bias is None else bias, out, res_out, handle.buffer_ptrs_dev,
         handle.signal_pad_ptrs_dev, rows, dim, eps, done_offset(handle, max_programs), RANK=handle.rank,
         WORLD=handle.world_size, RMS=bias is None, HAS_RESIDUAL=residual is not None, BLOCK=block, SPLIT=split,
-        PUSH=push, num_warps=num_warps, **pdl_args(x),
+        num_warps=num_warps, **pdl_args(x),
     )
     return out, res_out
