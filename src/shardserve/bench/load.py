@@ -101,6 +101,8 @@ async def run_load(config: LoadConfig) -> dict:
     limits = httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency)
     async with httpx.AsyncClient(base_url=config.url.rstrip("/"), headers=headers, limits=limits,
                                  timeout=config.timeout_s) as client:
+        if config.model:
+            await _check_reachable(client, config.url)
         model = config.model or await _first_model(client, config.url)
         queue: asyncio.Queue = asyncio.Queue()
         for i in range(config.requests):
@@ -115,6 +117,21 @@ async def run_load(config: LoadConfig) -> dict:
         await asyncio.gather(*(worker() for _ in range(config.concurrency)))
         duration = time.perf_counter() - started
     return summarize(results, duration, config, model)
+
+
+async def _check_reachable(client, url: str) -> None:
+    """ShardserveError naming --url if no HTTP answer comes back (connection refused, unknown
+    host): else every request of the load would fail the same way. Any status code counts as
+    reachable (a 401 or 404 is the server answering; the load's own requests report what it
+    answers them). The probe is the model list that a run without --model asks for."""
+    import httpx
+
+    from shardserve.errors import ShardserveError
+
+    try:
+        await client.get("/v1/models")
+    except httpx.RequestError as e:  # no response at all; HTTPStatusError is never raised here
+        raise ShardserveError(f"--url {url}: {type(e).__name__}: {e}") from None
 
 
 async def _first_model(client, url: str) -> str:

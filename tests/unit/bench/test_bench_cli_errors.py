@@ -4,11 +4,14 @@ code 2, before any benchmark work (run_bench / the reference run is never reache
 from __future__ import annotations
 
 import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from shardserve.assets import default_model_path
-from shardserve.bench import latency
+from shardserve.bench import latency, load
 from shardserve.bench.load import LoadConfig, RequestResult, format_report, summarize
 from shardserve.cli import main
 
@@ -80,6 +83,78 @@ def test_unreachable_server_is_one_line_naming_the_url(capsys):
     err = capsys.readouterr().err
     assert err.startswith("shardserve bench: error: --url http://127.0.0.1:1"), err
     assert err.count("\n") == 1, err
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A local port nothing listens on (the OS picks a free one; closing frees it): connection refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("model_flags", [[], ["--model", "m"]])
+def test_unreachable_server_is_refused_before_the_load(monkeypatch, capsys, closed_port, model_flags):
+    """--model skips the model list, which used to be what found the server unreachable: the run
+    then sent every request, each failed, and it ended with exit 1 instead of this one line."""
+    sent = []
+    one = load._one
+
+    async def counted(*args, **kwargs):
+        sent.append(1)
+        return await one(*args, **kwargs)
+
+    monkeypatch.setattr(load, "_one", counted)
+    url = f"http://127.0.0.1:{closed_port}"
+    code = main(["bench", "serve", "--url", url, *model_flags, "--requests", "2", "--concurrency", "1"])
+    out, err = capsys.readouterr()
+    assert code == 2, out + err
+    assert err.startswith(f"shardserve bench: error: --url {url}: ConnectError"), err
+    assert err.count("\n") == 1 and not sent, err
+
+
+@pytest.fixture
+def openai_server_without_models():
+    """A local server that streams completions but answers GET (the model list) with a status set by
+    the test: yield (url, set_status)."""
+    status = [404]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(status[0])
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = (b'data: {"choices": [{"text": "hi"}], "usage": {"completion_tokens": 1}}\n\n'
+                    b"data: [DONE]\n\n")
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):  # keep pytest's output clean
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", lambda code: status.__setitem__(0, code)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize("probe_status", [401, 404, 500, 503])
+def test_server_answering_the_probe_with_an_error_is_reachable(openai_server_without_models, capsys, probe_status):
+    """Any HTTP answer means the server is there: the load runs (and here succeeds)."""
+    url, set_status = openai_server_without_models
+    set_status(probe_status)
+    code = main(["bench", "serve", "--url", url, "--model", "m", "--requests", "2", "--concurrency", "1"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "2 requests (0 failed)" in out, out + err
 
 
 def test_all_failed_report_is_valid_json_with_nulls():
