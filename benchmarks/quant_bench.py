@@ -158,8 +158,11 @@ def llama8b(ablations: bool, profile: bool = False, batch: int = 1, no_mma: bool
     return out
 
 
-def bloom176b(tp: int, two_barriers: bool = False, no_mma: bool = False, profile: bool = False) -> dict:
+def bloom176b(tp: int, two_barriers: bool = False, no_mma: bool = False, profile: bool = False,
+              eager_prefill: bool = False) -> dict:
     variants = {"int8": {"quantization": "int8"}}
+    if eager_prefill:  # every prefill step eager, not replayed from CUDA graphs (engine/prefill_graphs.py)
+        variants["int8-eager-prefill"] = {"quantization": "int8", "extra": {"prefill_graphs": False}}
     if two_barriers:  # the all-reduce kernels' second barrier in place of the split one
         variants["int8-two-barriers"] = {"quantization": "int8", "extra": {"all_reduce_split_barrier": False}}
     if no_mma:  # the tuner without the CUDA int8 kernel (kernels/int8_mma.py): Triton's alone
@@ -184,6 +187,8 @@ if __name__ == "__main__":
                         help="--part bloom176b: also int8 with the all-reduce kernels' second barrier")
     parser.add_argument("--no-mma", action="store_true",
                         help="--part bloom176b / llama8b: also int8 without the CUDA int8 kernel (Triton's alone)")
+    parser.add_argument("--eager-prefill", action="store_true",
+                        help="--part bloom176b: also int8 with every prefill step run eagerly (no prefill graphs)")
     parser.add_argument("--warm", action="store_true",
                         help="--part load: then also both loads from the page cache (the disk out of the way)")
     parser.add_argument("--no-cold", action="store_true",
@@ -203,7 +208,8 @@ if __name__ == "__main__":
 
         load(args.workdir, args.model, args.tp, DEADLINE, args.warm, cold=not args.no_cold)
     elif args.part == "bloom176b":
-        stage(f"bloom176b_tp{args.tp}", lambda: bloom176b(args.tp, args.two_barriers, args.no_mma, args.profile), 60, DEADLINE)
+        stage(f"bloom176b_tp{args.tp}", lambda: bloom176b(args.tp, args.two_barriers, args.no_mma, args.profile,
+                                                                args.eager_prefill), 60, DEADLINE)
     else:
         stage("llama8b", lambda: llama8b(args.ablations, args.profile, args.batch, args.no_mma), 60, DEADLINE)
     finish()

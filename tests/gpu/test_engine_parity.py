@@ -42,6 +42,35 @@ def test_cuda_graph_decode_equals_eager(tiny_checkpoint, arch):
     torch.cuda.synchronize()
 
 
+@pytest.mark.parametrize("arch", ["llama", "bloom"])
+def test_prefill_graphs_replay_the_eager_step(tiny_checkpoint, arch):
+    """Prefill graphs (engine/prefill_graphs.py; extra.prefill_graphs=false runs eagerly): a
+    replayed mixed step (a chunk after a cached prefix, a whole prompt, a decode token) gives the
+    eager step's logits; generation with chunked prompts beside decodes, steps overlapped
+    (placeholders filled on the device) or not, gives the eager engine's tokens."""
+    from helpers.prefill_cases import BLOCK, ENGINE_OPTIONS, eager_logits, mixed_step
+
+    path = str(tiny_checkpoint(arch))
+    with LLM(path, dtype="bf16", **ENGINE_OPTIONS) as llm:
+        runner = llm.executor.runner
+        step = mixed_step(runner)
+        eager = eager_logits(runner, step)
+        assert runner.prefill_graphs.can_run(step)
+        replayed = runner.prefill_graphs.run(step, BLOCK).clone()
+        torch.testing.assert_close(replayed, eager, rtol=2e-2, atol=2e-2)
+        assert torch.equal(replayed.argmax(-1), eager.argmax(-1))
+    prompts = [[5, 6, 7, 8, 9], [10, 11], list(range(20, 53))]  # 33 tokens: chunked at 32
+    params = [SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True) for n in (24, 9, 17)]
+    outs = {}
+    for graphs in (False, True):
+        for overlap in (False, True):
+            with LLM(path, dtype="bf16", async_scheduling=overlap, max_num_seqs=8, num_kv_blocks=64,
+                     max_model_len=256, max_num_batched_tokens=32, extra={"prefill_graphs": graphs}) as llm:
+                assert (llm.executor.runner.prefill_graphs is not None) == graphs
+                outs[graphs, overlap] = [o.token_ids for o in llm.generate(prompts, params)]
+    assert outs[False, False] == outs[True, False] == outs[False, True] == outs[True, True]
+
+
 def test_warm_up_tunes_every_decode_gemm_row_class(tiny_checkpoint):
     """Eager, with few sequence slots: no batch size seen later may start a tuning on a request's
     path, so the warm-up has tuned every row class of every layer shape, LM head included."""

@@ -77,9 +77,9 @@ class DecodeGraphs:
             return self.model.compute_logits(hidden)  # [bs, vocab] float32; all_gather under TP
 
     @torch.inference_mode()
-    def capture(self) -> None:
+    def capture(self, pool) -> None:
+        """Every bucket into `pool` (torch.cuda.graph_pool_handle())."""
         started = time.perf_counter()
-        pool = torch.cuda.graph_pool_handle()
         for bs in reversed(self.buckets):  # largest first: the smaller ones reuse its pool memory
             self._forward(bs)  # eager warm-up: Triton compilation, cuBLAS workspaces
             torch.cuda.synchronize(self.device)

@@ -27,6 +27,7 @@ from shardserve.engine.pending_step import (
     SampledTokens,
     placeholder_sources,
 )
+from shardserve.engine.prefill_graphs import PrefillGraphs
 from shardserve.engine.profiler import RankProfiler
 from shardserve.engine.sampler import Sampler, on_device
 from shardserve.engine.scheduler import ScheduledSeq, SchedulerOutput
@@ -70,6 +71,9 @@ class ModelRunner:
         # Decode CUDA graphs need kernels that read no per-step host values (triton backend).
         self.use_cuda_graphs = device.type == "cuda" and backend == "triton" and not config.enforce_eager
         self.cuda_graphs: DecodeGraphs | None = None
+        # Short prefill and mixed steps too (engine/prefill_graphs.py); extra.prefill_graphs=false
+        # runs them eagerly.
+        self.prefill_graphs: PrefillGraphs | None = None
         self.tuning_seconds = 0.0
         torch.manual_seed(config.seed)
         self.load_stats = LoadStats()
@@ -111,8 +115,13 @@ class ModelRunner:
             self.tuning_seconds = self._tune_decode_gemms()
         if self.use_cuda_graphs:  # warm-up: capture once the cache the graphs read exists
             max_blocks = -(-max_model_len // self.block_size)  # block-table width
+            pool = torch.cuda.graph_pool_handle()  # one pool: graphs replay one at a time
             self.cuda_graphs = DecodeGraphs(self.model, self.device, self.config.max_num_seqs, max_blocks)
-            self.cuda_graphs.capture()
+            self.cuda_graphs.capture(pool)
+            if self.config.extra.get("prefill_graphs", True):
+                self.prefill_graphs = PrefillGraphs(self.model, self.device, self.config.max_num_seqs,
+                                                    self.config.max_num_batched_tokens, max_blocks)
+                self.prefill_graphs.capture(pool)
 
     @torch.inference_mode()
     def _tune_decode_gemms(self) -> float:
@@ -148,7 +157,8 @@ class ModelRunner:
 
     def warmup_seconds(self) -> float:
         """Time spent tuning decode GEMMs and capturing CUDA graphs (reported apart from loading)."""
-        return self.tuning_seconds + (self.cuda_graphs.capture_seconds if self.cuda_graphs is not None else 0.0)
+        graphs = (g.capture_seconds for g in (self.cuda_graphs, self.prefill_graphs) if g is not None)
+        return self.tuning_seconds + sum(graphs)
 
     # -- one step ----------------------------------------------------------------------------
     def execute_model(self, sched: SchedulerOutput) -> SampledTokens | None:
@@ -184,9 +194,11 @@ class ModelRunner:
             return None
         fill = placeholder_sources(sched.seqs, previous)
         sampling_rows = [i for i, s in enumerate(sched.seqs) if s.sampling]
-        if self.cuda_graphs is not None and self.cuda_graphs.can_run(sched.seqs):
-            logits = self.cuda_graphs.run(sched.seqs, self.block_size, fill)  # [num_seqs, vocab]
-            if len(sampling_rows) < len(sched.seqs):  # a 1-token prefill chunk that samples nothing
+        graphs = next((g for g in (self.cuda_graphs, self.prefill_graphs) if g is not None and g.can_run(sched.seqs)),
+                      None)
+        if graphs is not None:
+            logits = graphs.run(sched.seqs, self.block_size, fill)  # [num_seqs, vocab]
+            if len(sampling_rows) < len(sched.seqs):  # a prefill chunk that samples nothing
                 logits = logits[on_device(sampling_rows, torch.int64, self.device)]
         else:
             input_ids, positions, meta = self._prepare(sched)

@@ -41,6 +41,15 @@ class AttentionMetadata:
         return cls(slot_mapping, query_start_loc, seq_lens, block_tables, max_query_len=1, max_seq_len=1,
                    query_start_loc_host=list(range(bs + 1)), seq_lens_host=[0] * bs)
 
+    @classmethod
+    def for_graph_prefill(cls, slot_mapping: torch.Tensor, query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
+                          block_tables: torch.Tensor, max_query_len: int) -> AttentionMetadata:
+        """Any step, with device values only and `max_query_len` an upper bound: what a captured
+        prefill graph runs on (engine/prefill_graphs.py). Host copies are never read on that path."""
+        seqs = seq_lens.shape[0]
+        return cls(slot_mapping, query_start_loc, seq_lens, block_tables, max_query_len=max_query_len,
+                   max_seq_len=0, query_start_loc_host=[0] * (seqs + 1), seq_lens_host=[0] * seqs)
+
     @property
     def num_seqs(self) -> int:
         return len(self.seq_lens_host)

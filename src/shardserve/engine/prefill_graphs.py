@@ -1,0 +1,145 @@
+"""Short prefill (and mixed) steps replayed from CUDA graphs, one graph per token-count bucket.
+
+Why: an eager forward launches each of its kernels from Python, a few hundred microseconds of
+host time a layer, which for a short prompt is more than the GPU needs. Under tensor
+parallelism each all-reduce then also waits for the slowest rank's host: the first token of
+OPT-30B at TP4 took 46-62 ms where the GPU work is about 10 (benchmarks/RESULTS.md).
+Replayed, the whole step is one launch.
+
+A bucket holds `tokens` tokens of at most `max_seqs` sequences. A step is padded to its bucket:
+tokens past its own have cache slot -1 (no cache write) and belong to no sequence, so no query
+reads them and their rows never meet another row (every op between attentions is row-wise);
+sequences past its own have an empty query range and no context, so the attention programs
+for them return at once. The prefill attention kernel takes its grid from the bucket's token
+count (an upper bound of the longest query) and `max_seqs`, and reads every length from the
+device: nothing captured depends on a host value of the step. The LM head runs on each
+sequence's last token, gathered on the device. Steps with more tokens or sequences run eagerly;
+for them the host's share of the step is small anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from shardserve.engine.sampler import on_device
+from shardserve.engine.scheduler import ScheduledSeq
+from shardserve.layers.forward_context import AttentionMetadata, forward_context
+
+logger = logging.getLogger(__name__)
+
+TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512)
+MAX_SEQS = 8  # sequences a bucket takes: each one adds attention programs to every layer
+
+
+class PrefillGraphs:
+    def __init__(self, model: nn.Module, device: torch.device, max_num_seqs: int, max_num_batched_tokens: int,
+                 max_blocks_per_seq: int):
+        self.model = model
+        self.device = device
+        self.buckets = [t for t in TOKEN_BUCKETS if t <= max_num_batched_tokens] or [max_num_batched_tokens]
+        self.max_seqs = min(MAX_SEQS, max_num_seqs)
+        self.max_blocks = max_blocks_per_seq
+        t, s, mb = self.buckets[-1], self.max_seqs, max_blocks_per_seq
+        pin = device.type == "cuda"
+        # Staging (pinned host) and static (device) inputs, one buffer per dtype:
+        # int64 [3, t] = input ids, positions, cache slots;
+        # int32 [2s + 1 + s * mb] = query start offsets, seq_lens, block tables [s, mb].
+        self.host64 = torch.zeros(3, t, dtype=torch.int64, pin_memory=pin)
+        self.host32 = torch.zeros(2 * s + 1 + s * mb, dtype=torch.int32, pin_memory=pin)
+        self.dev64 = torch.zeros(3, t, dtype=torch.int64, device=device)
+        self.dev32 = torch.zeros_like(self.host32, device=device)
+        self.dev64[2].fill_(-1)
+        self._np64, self._np32 = self.host64.numpy(), self.host32.numpy()
+        self._copied = torch.cuda.Event() if pin else None  # the staging buffers may be rewritten
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.logits: dict[int, torch.Tensor] = {}  # bucket -> static [max_seqs, vocab] float32
+        self.capture_seconds = 0.0
+
+    def _meta(self, tokens: int) -> AttentionMetadata:
+        s = self.max_seqs
+        return AttentionMetadata.for_graph_prefill(
+            self.dev64[2, :tokens], self.dev32[: s + 1], self.dev32[s + 1 : 2 * s + 1],
+            self.dev32[2 * s + 1 :].view(s, self.max_blocks), max_query_len=tokens,
+        )
+
+    def forward(self, tokens: int) -> torch.Tensor:
+        """Logits [max_seqs, vocab] float32 of each sequence's last token, from the static inputs
+        (what a graph captures; eager on the CPU, where the tests run it)."""
+        meta = self._meta(tokens)
+        with forward_context(meta):
+            hidden = self.model(self.dev64[0, :tokens], self.dev64[1, :tokens])
+            last = (meta.query_start_loc[1:] - 1).clamp(min=0).long()  # a padding sequence: any row
+            return self.model.compute_logits(hidden.index_select(0, last))  # all_gather under TP
+
+    @torch.inference_mode()
+    def capture(self, pool) -> None:
+        """Every bucket, largest first, into `pool` (shared with the decode graphs: graphs replay one
+        at a time, so their working memory may overlap). Inputs are padding only, here."""
+        started = time.perf_counter()
+        for tokens in reversed(self.buckets):
+            self.forward(tokens)  # eager warm-up: Triton compilation, cuBLAS workspaces
+            torch.cuda.synchronize(self.device)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self.logits[tokens] = self.forward(tokens)
+            self.graphs[tokens] = graph
+        torch.cuda.synchronize(self.device)
+        self.capture_seconds = time.perf_counter() - started
+        logger.info("captured %d prefill CUDA graphs (tokens %s, up to %d sequences) in %.1f s",
+                    len(self.graphs), self.buckets, self.max_seqs, self.capture_seconds)
+
+    def can_run(self, seqs: Sequence[ScheduledSeq]) -> bool:
+        return (
+            0 < len(seqs) <= self.max_seqs
+            and sum(len(s.token_ids) for s in seqs) <= self.buckets[-1]
+            and all(len(s.block_ids) <= self.max_blocks for s in seqs)
+        )
+
+    def stage(self, seqs: Sequence[ScheduledSeq], block_size: int) -> tuple[int, list[int]]:
+        """Copy the step's inputs into the static buffers, padded; -> (its bucket, each sequence's
+        first token row)."""
+        if self._copied is not None:
+            self._copied.synchronize()  # the last step's copy has long finished: no real wait
+        s = self.max_seqs
+        ids, pos, slots = self._np64
+        starts, seq_lens = self._np32[: s + 1], self._np32[s + 1 : 2 * s + 1]
+        tables = self._np32[2 * s + 1 :].reshape(s, self.max_blocks)
+        at = 0
+        for i, seq in enumerate(seqs):
+            n, p = len(seq.token_ids), seq.start_pos
+            positions = np.arange(p, p + n)
+            blocks = np.asarray(seq.block_ids, dtype=np.int64)
+            starts[i] = at
+            ids[at : at + n] = seq.token_ids
+            pos[at : at + n] = positions
+            slots[at : at + n] = blocks[positions // block_size] * block_size + positions % block_size
+            seq_lens[i] = p + n
+            tables[i, : len(blocks)] = blocks
+            at += n
+        tokens = next(t for t in self.buckets if t >= at)
+        ids[at:tokens], pos[at:tokens], slots[at:tokens] = 0, 0, -1
+        starts[len(seqs) :], seq_lens[len(seqs) :] = at, 0
+        self.dev64[:, :tokens].copy_(self.host64[:, :tokens], non_blocking=True)
+        self.dev32.copy_(self.host32, non_blocking=True)
+        if self._copied is not None:
+            self._copied.record()
+        return tokens, starts[: len(seqs)].tolist()
+
+    @torch.inference_mode()
+    def run(self, seqs: Sequence[ScheduledSeq], block_size: int,
+            fill: tuple[list[int], torch.Tensor, list[int]] | None = None) -> torch.Tensor:
+        """Logits [len(seqs), vocab] float32 (a view of the graph's static output). fill: (indices
+        of the sequences whose only token is a placeholder, the previous step's device tokens,
+        their rows there)."""
+        tokens, first = self.stage(seqs, block_size)
+        if fill is not None:
+            at = on_device([first[i] for i in fill[0]], torch.int64, self.device)
+            self.dev64[0].index_copy_(0, at, fill[1].index_select(0, on_device(fill[2], torch.int64, self.device)))
+        self.graphs[tokens].replay()
+        return self.logits[tokens][: len(seqs)]

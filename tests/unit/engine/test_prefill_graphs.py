@@ -1,0 +1,50 @@
+"""Prefill CUDA graphs (engine/prefill_graphs.py): a step padded to its bucket gives the eager
+step's logits and writes the same KV cache. The padded forward runs eagerly here, with the
+Triton attention kernels in Triton's interpreter; tests/gpu captures and replays it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers.markers import needs_interpreter
+from helpers.prefill_cases import BLOCK, ENGINE_OPTIONS, eager_logits, kv_caches, mixed_step
+from shardserve import LLM
+from shardserve.engine.prefill_graphs import PrefillGraphs
+from shardserve.engine.scheduler import ScheduledSeq
+
+pytest.importorskip("triton")
+
+
+@needs_interpreter
+@pytest.mark.parametrize("arch", ["llama", "bloom"])
+def test_padded_step_matches_eager_step(tiny_checkpoint, arch):
+    with LLM(str(tiny_checkpoint(arch)), dtype="fp32", attention_backend="triton", **ENGINE_OPTIONS) as llm:
+        runner = llm.executor.runner
+        step = mixed_step(runner)
+        eager = eager_logits(runner, step)
+        cache = kv_caches(runner)
+        graphs = PrefillGraphs(runner.model, torch.device("cpu"), 8, 2048, max_blocks_per_seq=16)
+        assert graphs.can_run(step)
+        tokens, first = graphs.stage(step, BLOCK)
+        assert (tokens, first) == (16, [0, 5, 12])
+        with torch.inference_mode():
+            padded = graphs.forward(tokens)
+        torch.testing.assert_close(padded[:3], eager, rtol=1e-4, atol=1e-4)
+        # The padding tokens wrote nothing; the step's own tokens wrote what the eager step did.
+        for before, after in zip(cache, kv_caches(runner), strict=True):
+            torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4, equal_nan=True)  # unused blocks: as allocated
+
+
+def test_steps_past_the_buckets_run_eagerly():
+    graphs = PrefillGraphs(torch.nn.Identity(), torch.device("cpu"), 64, 256, max_blocks_per_seq=4)
+    assert graphs.buckets == [16, 32, 64, 128, 256] and graphs.max_seqs == 8
+
+    def seq(n: int, blocks: int = 1) -> ScheduledSeq:
+        return ScheduledSeq("r", list(range(n)), 0, list(range(blocks)), None)
+
+    assert graphs.can_run([seq(100), seq(156)])
+    assert not graphs.can_run([seq(100), seq(157)])  # 257 tokens
+    assert not graphs.can_run([seq(1)] * 9)  # 9 sequences
+    assert not graphs.can_run([seq(1, blocks=5)])  # a block table past the graphs' width
+    assert not graphs.can_run([])
