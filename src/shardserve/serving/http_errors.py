@@ -8,6 +8,7 @@ become a 500 whose body never holds a traceback (it goes to the log).
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -39,17 +40,51 @@ def bad_request(message: str, param: str | None = None) -> APIError:
     return APIError(400, message, param=param)
 
 
-def validation_message(error: ValidationError | RequestValidationError) -> tuple[str, str | None]:
-    """'parameters.temperature: Input should be ...' for the first problem, and its field path."""
+# The `param` of an error about the request body as a whole (not JSON, not UTF-8, not an object).
+BODY = "body"
+
+
+def validation_message(error: ValidationError | RequestValidationError, body=None) -> tuple[str, str]:
+    """'parameters.temperature: Input should be ...' for the first problem, and its field path.
+    body: the request's JSON (parsed, or its bytes), to tell its fields from Pydantic's labels."""
     first = error.errors()[0]
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
     if first.get("type") == "json_invalid":
-        return f"the request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}", None
-    field = ".".join(loc) or None
+        return f"the request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}", BODY
+    loc = list(first.get("loc", ()))
+    if isinstance(error, RequestValidationError) and loc[:1] == ["body"]:
+        loc = loc[1:]  # FastAPI's root of body errors, not a field
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            body = _UNKNOWN
+    field = ".".join(_field_path(loc, body, first.get("type") == "missing")) or None
     msg = first.get("msg", "invalid value")
     if first.get("type") == "extra_forbidden":
         msg = "unknown field"
-    return (f"{field}: {msg}" if field else msg), field
+    return (f"{field}: {msg}" if field else f"the request body: {msg}"), field or BODY
+
+
+_UNKNOWN = object()
+
+
+def _field_path(loc: list, body, missing: bool) -> list[str]:
+    """The steps of `loc` that are steps into the request's JSON. The others are the labels Pydantic
+    gives the branches of a union (`stop.str`, `prompt.list[int]`, `function-after[...]`): no
+    pattern tells them from field names or dict keys, but they are the steps the body lacks. A
+    missing field, the last step of its error, is kept too."""
+    if body is _UNKNOWN:
+        return [str(part) for part in loc]
+    path, value = [], body
+    for i, part in enumerate(loc):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and isinstance(part, int) and -len(value) <= part < len(value):
+            value = value[part]
+        elif not (missing and i == len(loc) - 1):
+            continue
+        path.append(str(part))
+    return path
 
 
 def error_body(path: str, status: int, message: str, param: str | None = None) -> dict:
@@ -70,15 +105,21 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        message, field = validation_message(exc)
+        message, field = validation_message(exc, exc.body)
         content_type = request.headers.get("content-type", "")
-        if field is None and "json" not in content_type:  # e.g. curl -d's form encoding
+        if field == BODY and "json" not in content_type:  # e.g. curl -d's form encoding
             message = (f"the body must be a JSON object sent as content-type application/json, "
                        f"got content-type {content_type or 'none'!r} ({message})")
         return error_response(request, 400, message, field)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI's JSON parsing of the body failed before any JSON (it answers "There was an
+            # error parsing the body"): say what is wrong.
+            cause = exc.__cause__
+            message = f"the request body is not valid JSON: it is not UTF-8 ({cause.reason} at byte {cause.start})"
+            return error_response(request, 400, message, BODY)
         return error_response(request, exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

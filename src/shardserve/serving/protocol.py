@@ -2,7 +2,7 @@
 
 `{"inputs": str | [str], "parameters": {...}, "stream": bool}` ->
 `{"generated_text": ..., "details": {"finish_reason", "generated_tokens", "tokens"}}` (a list for a
-list of inputs). Streams are TGI-style events, one per engine update:
+list of inputs). Streams are TGI-style events, one per generated token (TokenEvents):
 `{"token": {"id", "text", "log_prob", "special"}, "generated_text": null, "details": null}`, the
 last one carrying `generated_text` (and `details` when asked).
 """
@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shardserve.engine.request import FinishReason, RequestOutput
 from shardserve.engine.sampling_params import SamplingParams
+from shardserve.engine.tokenizer import IncrementalDetokenizer
 from shardserve.serving.http_errors import APIError, bad_request
 
 DEFAULT_MAX_NEW_TOKENS = 30  # DJLServing LMI's default
@@ -71,13 +72,18 @@ def message_field(message: str) -> str:
 def refused(error: ValueError, field: str | None, names: Mapping[str, str] | None) -> APIError:
     """A 400 for an engine's refusal of a request, in the client's terms: `names` maps the engine's
     field names (SamplingParams fields, "prompt") to the request's, in the message and as its
-    param. Only SamplingParams fields are renamed in the message: "prompt" is also plain English."""
+    param. Only SamplingParams fields are renamed in the message: "prompt" is also plain English,
+    so a message that does not name the request's field gets it in front ("inputs: prompt must
+    not be empty"), as DJL's error body has no param to name it."""
     names = names or {}
     renames = {k: v for k, v in names.items() if k in SamplingParams.__dataclass_fields__}
     message = str(error)
     if renames:
         message = re.sub(r"\b(" + "|".join(map(re.escape, renames)) + r")\b", lambda m: renames[m.group(1)], message)
-    return bad_request(message, names.get(field, field) if field else None)
+    param = names.get(field, field) if field else None
+    if param and not re.search(rf"(?<![\w.]){re.escape(param)}\b", message):
+        message = f"{param}: {message}"
+    return bad_request(message, param)
 
 
 def to_sampling_params(p: GenerateParameters) -> SamplingParams:
@@ -107,11 +113,49 @@ def finish_reason(out: RequestOutput, params: SamplingParams, eos_ids: frozenset
     return str(out.finish_reason)
 
 
-def token_event(out: RequestOutput, tokenizer) -> dict:
-    token_id = out.delta_token_ids[-1] if out.delta_token_ids else None
-    log_prob = out.logprobs[-1] if out.logprobs and out.delta_token_ids else None
-    special = token_id is not None and token_id in tokenizer.all_special_ids
-    return {"id": token_id, "text": out.delta_text, "log_prob": log_prob, "special": special}
+class TokenEvents:
+    """One stream's token events: one per generated token, pairing its id with its own text.
+
+    The engine holds back text that may begin a stop string (RequestOutput.text grows only by text
+    that is safe to show), so its delta_text lags the token ids. Each token's event waits here
+    until its text is safe, so that an id is never sent with another token's text. When the
+    generation ends, the tokens still waiting go out with their text cut where the final text
+    ends: a token inside the stop string that ended it gets text "". The events' texts thus add up
+    to generated_text, which excludes the stop string (as DJL LMI's vLLM does; TGI itself would
+    keep the stop sequence in generated_text).
+    """
+
+    def __init__(self, tokenizer, params: SamplingParams):
+        self.tokenizer = tokenizer
+        self.params = params
+        self.detokenizer: IncrementalDetokenizer | None = None
+        self.ends: list[int] = []  # where each token's text ends in the generated text
+        self.sent = 0  # tokens whose event went out
+        self.sent_chars = 0
+
+    def take(self, out: RequestOutput) -> list[dict]:
+        """The `token` objects of the events that `out` makes safe to send."""
+        if self.detokenizer is None:  # the engine's own detokenisation, to find each token's text
+            self.detokenizer = IncrementalDetokenizer(self.tokenizer, out.prompt_token_ids,
+                                                      self.params.skip_special_tokens)
+        for token_id in out.token_ids[len(self.ends):]:
+            self.ends.append((self.ends[-1] if self.ends else 0) + len(self.detokenizer.add(token_id)))
+        safe = len(out.text)
+        tokens = []
+        while self.sent < len(out.token_ids) and (out.finished or self.ends[self.sent] <= safe):
+            i = self.sent
+            last = out.finished and i == len(out.token_ids) - 1
+            end = safe if last else min(self.ends[i], safe)  # the last one takes what the end flushed
+            tokens.append(self._token(out, i, out.text[self.sent_chars:end]))
+            self.sent, self.sent_chars = i + 1, max(end, self.sent_chars)
+        if out.finished and not tokens:  # nothing left to carry the final event (e.g. an abort)
+            tokens.append({"id": None, "text": out.text[self.sent_chars:], "log_prob": None, "special": False})
+        return tokens
+
+    def _token(self, out: RequestOutput, i: int, text: str) -> dict:
+        token_id = out.token_ids[i]
+        log_prob = out.logprobs[i] if out.logprobs and i < len(out.logprobs) else None
+        return {"id": token_id, "text": text, "log_prob": log_prob, "special": token_id in self.tokenizer.all_special_ids}
 
 
 def details(out: RequestOutput, params: SamplingParams, tokenizer, eos_ids: frozenset[int]) -> dict:
@@ -136,10 +180,11 @@ def generated(out: RequestOutput, prompt: str, p: GenerateParameters, params: Sa
     return body
 
 
-def stream_event(out: RequestOutput, prompt: str, p: GenerateParameters, params: SamplingParams,
-                 tokenizer, eos_ids: frozenset[int]) -> dict:
-    event = {"token": token_event(out, tokenizer), "generated_text": None, "details": None}
+def stream_events(tokens: TokenEvents, out: RequestOutput, prompt: str, p: GenerateParameters,
+                  params: SamplingParams, eos_ids: frozenset[int]) -> list[dict]:
+    """The events of an engine update (none while its text is held back); the last one of the
+    generation carries generated_text (and details when asked)."""
+    events = [{"token": token, "generated_text": None, "details": None} for token in tokens.take(out)]
     if out.finished:
-        event.update(generated(out, prompt, p, params, tokenizer, eos_ids))
-        event.setdefault("details", None)
-    return event
+        events[-1].update(generated(out, prompt, p, params, tokens.tokenizer, eos_ids))
+    return events

@@ -44,7 +44,7 @@ async def predict(request: Request, model: ServedModel):
     try:
         req = protocol.GenerateRequest.model_validate_json(body)
     except ValidationError as e:
-        raise bad_request(*validation_message(e)) from None
+        raise bad_request(*validation_message(e, body)) from None
     prompts = [req.inputs] if isinstance(req.inputs, str) else req.inputs
     if not prompts:
         raise bad_request("inputs: must be a prompt or a non-empty list of prompts", "inputs")
@@ -52,9 +52,10 @@ async def predict(request: Request, model: ServedModel):
         raise bad_request("stream: streaming takes a single prompt in inputs", "stream")
     params = protocol.to_sampling_params(req.parameters)
     tokenizer = model.engine.tokenizer
+    tokens = protocol.TokenEvents(tokenizer, params)  # the stream's (one prompt)
 
     def to_events(out, first):
-        return [protocol.stream_event(out, prompts[0], req.parameters, params, tokenizer, model.eos_ids)]
+        return protocol.stream_events(tokens, out, prompts[0], req.parameters, params, model.eos_ids)
 
     def to_body(finals):
         bodies = [protocol.generated(out, prompt, req.parameters, params, tokenizer, model.eos_ids)

@@ -89,3 +89,47 @@ def test_openai_usage_and_finish_reason():
     assert oa.openai_finish_reason(FinishReason.LENGTH) == "length"
     assert oa.openai_finish_reason(FinishReason.STOP) == "stop"
     assert oa.openai_finish_reason(None) is None
+
+
+class _CharTokenizer:
+    """Token i decodes to VOCAB[i]; 0 is a special token."""
+
+    VOCAB = ["</s>", "a", "b", "#"]
+    all_special_ids = [0]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join("" if i == 0 and skip_special_tokens else self.VOCAB[i] for i in ids)
+
+
+def test_token_events_wait_for_their_text_and_a_stop_strings_tokens_have_none():
+    """The engine's own output processor holds back '#' (it may begin '##'); each id's event waits
+    with its text, and the tokens of the stop string that ends the request have text ''."""
+    from shardserve.engine.output_processor import OutputProcessor
+    from shardserve.engine.request import Request, RequestStatus
+    from shardserve.serving.protocol import TokenEvents
+
+    tokenizer = _CharTokenizer()
+    params = SamplingParams(stop=("##",), max_new_tokens=10, logprobs=True)
+    request = Request("r", [1], params)
+    outputs = OutputProcessor(tokenizer)
+    outputs.add(request)
+    events = TokenEvents(tokenizer, params)
+    got = []
+    for token in (1, 3, 2, 3, 3):  # a # b # #
+        request.output_token_ids.append(token)
+        request.logprobs.append(-float(len(request.output_token_ids)))
+        if outputs.new_text(request, [token]):
+            request.status, request.finish_reason = RequestStatus.FINISHED, FinishReason.STOP
+        out = outputs.output(request)
+        got.append([(t["id"], t["text"], t["log_prob"]) for t in events.take(out)])
+    assert got == [[], [(1, "a", -1.0)], [(3, "#", -2.0)], [(2, "b", -3.0)], [(3, "", -4.0), (3, "", -5.0)]]
+    assert out.text == "a#b"
+
+
+def test_a_final_update_without_a_token_still_makes_the_last_event():
+    from shardserve.serving.protocol import TokenEvents
+
+    events = TokenEvents(_CharTokenizer(), SamplingParams())
+    assert [t["text"] for t in events.take(RequestOutput("r", "p", [1], "a", [1], "a", [1], False))] == ["a"]
+    last = events.take(RequestOutput("r", "p", [1], "a", [1], "", [], True, FinishReason.ABORT))
+    assert last == [{"id": None, "text": "", "log_prob": None, "special": False}]
