@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from shardserve.errors import ModelLoadError
+from shardserve.hf_imports import TRANSFORMERS_IMPORT
 
 
 def load_tokenizer(model_dir: str):
     """A transformers tokenizer from `model_dir` only: never a hub download."""
-    from transformers import AutoTokenizer
+    with TRANSFORMERS_IMPORT:
+        from transformers import AutoTokenizer
 
     path = Path(model_dir)
     if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):

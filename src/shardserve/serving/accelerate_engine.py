@@ -33,6 +33,7 @@ from shardserve.engine.request import FinishReason, Request, RequestStatus
 from shardserve.engine.sampling_params import SamplingParams
 from shardserve.engine.tokenizer import eos_token_ids, load_tokenizer
 from shardserve.errors import EngineDeadError, ModelLoadError
+from shardserve.hf_imports import TRANSFORMERS_IMPORT
 from shardserve.serving.properties import ServingConfig
 
 logger = logging.getLogger(__name__)
@@ -49,17 +50,12 @@ class _Pending:
         self.loop.call_soon_threadsafe(self.stream.put_nowait, item)
 
 
-# Models load on threads of their own, and two first imports of transformers' lazy modules at
-# once can fail ("cannot import name 'AutoModelForCausalLM'"): one at a time.
-_IMPORT_LOCK = threading.Lock()
-
-
 class AccelerateEngine:
     def __init__(self, config: ServingConfig, model_dir: Path):
         if config.quantization is not None:
             raise ModelLoadError(f"engine=Accelerate loads weights as they are: quantization {config.quantization!r} "
                                  "(option.dtype / option.quantize) needs our engine (engine=Python or MPI)")
-        with _IMPORT_LOCK:
+        with TRANSFORMERS_IMPORT:
             from transformers import AutoModelForCausalLM
             from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 

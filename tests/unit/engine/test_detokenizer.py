@@ -15,3 +15,23 @@ def test_incremental_text_equals_full_decode_and_never_splits_utf8(tiny_checkpoi
     assert all("\ufffd" not in d for d in deltas)
     # A byte-level BPE with a 512 vocab splits these characters over several tokens.
     assert sum(1 for d in deltas if d == "") > 0
+
+
+def test_tokenizer_import_waits_for_other_transformers_imports():
+    """Two models loading on two threads: their first imports of a transformers name, taken at
+    once, can fail ("cannot import name 'AutoTokenizer'"), so load_tokenizer imports under the
+    lock that the Accelerate engine's import takes too."""
+    import threading
+
+    from shardserve.assets import default_model_path
+    from shardserve.engine.tokenizer import load_tokenizer
+    from shardserve.hf_imports import TRANSFORMERS_IMPORT
+
+    loaded = []
+    loader = threading.Thread(target=lambda: loaded.append(load_tokenizer(str(default_model_path()))))
+    with TRANSFORMERS_IMPORT:
+        loader.start()
+        loader.join(timeout=2.0)
+        assert loader.is_alive() and not loaded  # waiting for the lock
+    loader.join(timeout=60)
+    assert len(loaded) == 1
