@@ -37,6 +37,22 @@ def batch_buckets(max_num_seqs: int) -> list[int]:
     return sorted(set(sizes + [max_num_seqs]))
 
 
+def capture_buckets(buckets: Sequence[int], forward, device: torch.device, pool) -> tuple[dict, dict]:
+    """forward(bucket) captured once per bucket into `pool`, largest first (the smaller ones reuse
+    its pool memory), each after an eager run (Triton compilation, cuBLAS workspaces) ->
+    ({bucket: CUDAGraph}, {bucket: its static output})."""
+    graphs, outputs = {}, {}
+    for bucket in sorted(buckets, reverse=True):
+        forward(bucket)
+        torch.cuda.synchronize(device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            outputs[bucket] = forward(bucket)
+        graphs[bucket] = graph
+    torch.cuda.synchronize(device)
+    return graphs, outputs
+
+
 class DecodeGraphs:
     def __init__(self, model: nn.Module, device: torch.device, max_num_seqs: int, max_blocks_per_seq: int):
         self.model = model
@@ -80,14 +96,7 @@ class DecodeGraphs:
     def capture(self, pool) -> None:
         """Every bucket into `pool` (torch.cuda.graph_pool_handle())."""
         started = time.perf_counter()
-        for bs in reversed(self.buckets):  # largest first: the smaller ones reuse its pool memory
-            self._forward(bs)  # eager warm-up: Triton compilation, cuBLAS workspaces
-            torch.cuda.synchronize(self.device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.logits[bs] = self._forward(bs)
-            self.graphs[bs] = graph
-        torch.cuda.synchronize(self.device)
+        self.graphs, self.logits = capture_buckets(self.buckets, self._forward, self.device, pool)
         self.capture_seconds = time.perf_counter() - started
         logger.info("captured %d decode CUDA graphs (batch %s) in %.1f s",
                     len(self.graphs), self.buckets, self.capture_seconds)

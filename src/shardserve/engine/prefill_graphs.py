@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shardserve.engine.cuda_graphs import capture_buckets
 from shardserve.engine.sampler import on_device
 from shardserve.engine.scheduler import ScheduledSeq
 from shardserve.layers.forward_context import AttentionMetadata, forward_context
@@ -79,17 +80,10 @@ class PrefillGraphs:
 
     @torch.inference_mode()
     def capture(self, pool) -> None:
-        """Every bucket, largest first, into `pool` (shared with the decode graphs: graphs replay one
-        at a time, so their working memory may overlap). Inputs are padding only, here."""
+        """Every bucket into `pool` (shared with the decode graphs: graphs replay one at a time, so
+        their working memory may overlap). Inputs are padding only, here."""
         started = time.perf_counter()
-        for tokens in reversed(self.buckets):
-            self.forward(tokens)  # eager warm-up: Triton compilation, cuBLAS workspaces
-            torch.cuda.synchronize(self.device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.logits[tokens] = self.forward(tokens)
-            self.graphs[tokens] = graph
-        torch.cuda.synchronize(self.device)
+        self.graphs, self.logits = capture_buckets(self.buckets, self.forward, self.device, pool)
         self.capture_seconds = time.perf_counter() - started
         logger.info("captured %d prefill CUDA graphs (tokens %s, up to %d sequences) in %.1f s",
                     len(self.graphs), self.buckets, self.max_seqs, self.capture_seconds)

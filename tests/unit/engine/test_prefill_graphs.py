@@ -48,3 +48,36 @@ def test_steps_past_the_buckets_run_eagerly():
     assert not graphs.can_run([seq(1)] * 9)  # 9 sequences
     assert not graphs.can_run([seq(1, blocks=5)])  # a block table past the graphs' width
     assert not graphs.can_run([])
+
+
+def test_capture_buckets_runs_each_bucket_eagerly_then_captures_it_largest_first(monkeypatch):
+    """engine/cuda_graphs.capture_buckets, which both graph kinds use, with torch.cuda's graph
+    calls recorded instead of made (no GPU here)."""
+    from contextlib import contextmanager
+
+    from shardserve.engine import cuda_graphs
+
+    calls = []
+
+    class FakeGraph:
+        pass
+
+    @contextmanager
+    def capturing(graph, pool):
+        calls.append(("capture", pool))
+        yield
+        calls.append(("end",))
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", capturing)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device: calls.append(("sync",)))
+
+    def forward(bucket):
+        calls.append(("forward", bucket))
+        return torch.full((1,), bucket)
+
+    graphs, outputs = cuda_graphs.capture_buckets([16, 64, 32], forward, torch.device("cpu"), "pool")
+    assert list(graphs) == [64, 32, 16] and all(isinstance(g, FakeGraph) for g in graphs.values())
+    assert {b: int(out) for b, out in outputs.items()} == {64: 64, 32: 32, 16: 16}
+    per_bucket = [("forward", 64), ("sync",), ("capture", "pool"), ("forward", 64), ("end",)]
+    assert calls[:5] == per_bucket and calls[-1] == ("sync",) and len(calls) == 16
