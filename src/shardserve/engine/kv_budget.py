@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from shardserve.config import EngineConfig
+from shardserve.kernels.tuned_gemm import DECODE_MAX_TOKENS
 from shardserve.models.config import ModelConfig
 from shardserve.parallel import get_parallel_info, get_tp_size
 
@@ -19,24 +20,36 @@ def block_bytes(attention_layers, block_size: int, dtype: torch.dtype) -> int:
 
 
 def blocks_that_fit(config: EngineConfig, model_config: ModelConfig, device: torch.device, bytes_per_block: int,
-                    max_model_len: int) -> int:
-    """How many blocks this rank's memory holds (config.num_kv_blocks when set)."""
+                    max_model_len: int, graph_tokens: int = 0) -> int:
+    """How many blocks this rank's memory holds (config.num_kv_blocks when set). graph_tokens:
+    the largest prefill graph's tokens (engine/prefill_graphs.py), whose memory the graphs' pool
+    keeps beside what eager steps use."""
     if config.num_kv_blocks is not None:
         return config.num_kv_blocks
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
-        # Activations of the largest step stay outside the cache (rough upper bound).
-        mc = model_config
-        activations = config.max_num_batched_tokens * (
-            8 * mc.hidden_size + 3 * mc.intermediate_size // get_tp_size() + mc.vocab_size
-        ) * 4
-        budget = total * config.gpu_memory_utilization - (total - free) - activations
+        budget = total * config.gpu_memory_utilization - (total - free) - _working_memory(config, model_config,
+                                                                                           graph_tokens)
     else:
         budget = config.cpu_kv_cache_gib * 2**30
         # No point holding more than every sequence at full length, a few times over.
         per_seq = -(-max_model_len // config.block_size)
         budget = min(budget, 4 * config.max_num_seqs * per_seq * bytes_per_block)
     return max(int(budget // bytes_per_block), 0)
+
+
+def _working_memory(config: EngineConfig, model_config: ModelConfig, graph_tokens: int) -> int:
+    """Bytes that stay outside the cache (a rough upper bound): the activations of the largest
+    eager step and of the largest prefill graph; with int8 weights, the 16-bit copy of one weight
+    that a step of more than DECODE_MAX_TOKENS rows dequantises (kernels/weight_convert.py), once
+    for eager steps and once kept by the graphs' pool: at most gate and up projections together."""
+    mc, tp = model_config, get_tp_size()
+    per_token = (8 * mc.hidden_size + 3 * mc.intermediate_size // tp + mc.vocab_size) * 4
+    working = (config.max_num_batched_tokens + graph_tokens) * per_token
+    if config.quantization == "int8":
+        dequantised = 2 * mc.intermediate_size // tp * mc.hidden_size * 2
+        working += dequantised * (2 if graph_tokens > DECODE_MAX_TOKENS else 1)
+    return working
 
 
 def min_over_ranks(blocks: int, device: torch.device) -> int:

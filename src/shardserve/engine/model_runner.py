@@ -27,7 +27,7 @@ from shardserve.engine.pending_step import (
     SampledTokens,
     placeholder_sources,
 )
-from shardserve.engine.prefill_graphs import PrefillGraphs
+from shardserve.engine.prefill_graphs import PrefillGraphs, prefill_graph_buckets
 from shardserve.engine.profiler import RankProfiler
 from shardserve.engine.sampler import Sampler, on_device
 from shardserve.engine.scheduler import ScheduledSeq, SchedulerOutput
@@ -97,8 +97,14 @@ class ModelRunner:
     def available_kv_blocks(self, max_model_len: int) -> int:
         """How many blocks every rank can hold (the minimum over the ranks)."""
         fits = kv_budget.blocks_that_fit(self.config, self.model_config, self.device, self.bytes_per_block(),
-                                         max_model_len)
+                                         max_model_len, self._prefill_graph_tokens())
         return kv_budget.min_over_ranks(fits, self.device)
+
+    def _use_prefill_graphs(self) -> bool:
+        return self.use_cuda_graphs and self.config.extra.get("prefill_graphs", True)
+
+    def _prefill_graph_tokens(self) -> int:
+        return prefill_graph_buckets(self.config.max_num_batched_tokens)[-1] if self._use_prefill_graphs() else 0
 
     def allocate_kv_cache(self, num_blocks: int, max_model_len: int) -> None:
         for layer in self.attention_layers:
@@ -118,7 +124,7 @@ class ModelRunner:
             pool = torch.cuda.graph_pool_handle()  # one pool: graphs replay one at a time
             self.cuda_graphs = DecodeGraphs(self.model, self.device, self.config.max_num_seqs, max_blocks)
             self.cuda_graphs.capture(pool)
-            if self.config.extra.get("prefill_graphs", True):
+            if self._use_prefill_graphs():
                 self.prefill_graphs = PrefillGraphs(self.model, self.device, self.config.max_num_seqs,
                                                     self.config.max_num_batched_tokens, max_blocks)
                 self.prefill_graphs.capture(pool)

@@ -38,12 +38,17 @@ TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512)
 MAX_SEQS = 8  # sequences a bucket takes: each one adds attention programs to every layer
 
 
+def prefill_graph_buckets(max_num_batched_tokens: int) -> list[int]:
+    """The token counts of the graphs: no step holds more than max_num_batched_tokens."""
+    return [t for t in TOKEN_BUCKETS if t <= max_num_batched_tokens] or [max_num_batched_tokens]
+
+
 class PrefillGraphs:
     def __init__(self, model: nn.Module, device: torch.device, max_num_seqs: int, max_num_batched_tokens: int,
                  max_blocks_per_seq: int):
         self.model = model
         self.device = device
-        self.buckets = [t for t in TOKEN_BUCKETS if t <= max_num_batched_tokens] or [max_num_batched_tokens]
+        self.buckets = prefill_graph_buckets(max_num_batched_tokens)
         self.max_seqs = min(MAX_SEQS, max_num_seqs)
         self.max_blocks = max_blocks_per_seq
         t, s, mb = self.buckets[-1], self.max_seqs, max_blocks_per_seq
@@ -119,8 +124,12 @@ class PrefillGraphs:
         tokens = next(t for t in self.buckets if t >= at)
         ids[at:tokens], pos[at:tokens], slots[at:tokens] = 0, 0, -1
         starts[len(seqs) :], seq_lens[len(seqs) :] = at, 0
-        self.dev64[:, :tokens].copy_(self.host64[:, :tokens], non_blocking=True)
-        self.dev32.copy_(self.host32, non_blocking=True)
+        # Contiguous copies from pinned memory only: a strided source would be gathered into
+        # pageable memory, whose copy waits for the GPU. All of int64 (3 x 512), and the int32
+        # prefix holding every start and seq_len and the step's block-table rows.
+        self.dev64.copy_(self.host64, non_blocking=True)
+        rows32 = 2 * s + 1 + len(seqs) * self.max_blocks
+        self.dev32[:rows32].copy_(self.host32[:rows32], non_blocking=True)
         if self._copied is not None:
             self._copied.record()
         return tokens, starts[: len(seqs)].tolist()

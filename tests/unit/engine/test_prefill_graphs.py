@@ -22,8 +22,11 @@ def test_padded_step_matches_eager_step(tiny_checkpoint, arch):
     with LLM(str(tiny_checkpoint(arch)), dtype="fp32", attention_backend="triton", **ENGINE_OPTIONS) as llm:
         runner = llm.executor.runner
         step = mixed_step(runner)
+        prefixes_only = kv_caches(runner)
         eager = eager_logits(runner, step)
-        cache = kv_caches(runner)
+        eager_cache = kv_caches(runner)
+        for layer_cache, saved in zip((c for layer in runner.attention_layers for c in layer.kv_cache), prefixes_only):
+            layer_cache.copy_(saved)  # the padded step must write its own tokens' K/V, and read them
         graphs = PrefillGraphs(runner.model, torch.device("cpu"), 8, 2048, max_blocks_per_seq=16)
         assert graphs.can_run(step)
         tokens, first = graphs.stage(step, BLOCK)
@@ -31,8 +34,8 @@ def test_padded_step_matches_eager_step(tiny_checkpoint, arch):
         with torch.inference_mode():
             padded = graphs.forward(tokens)
         torch.testing.assert_close(padded[:3], eager, rtol=1e-4, atol=1e-4)
-        # The padding tokens wrote nothing; the step's own tokens wrote what the eager step did.
-        for before, after in zip(cache, kv_caches(runner), strict=True):
+        # The step's tokens wrote what the eager step did; the padding tokens wrote nothing.
+        for before, after in zip(eager_cache, kv_caches(runner), strict=True):
             torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4, equal_nan=True)  # unused blocks: as allocated
 
 

@@ -1,0 +1,27 @@
+"""engine/kv_budget.py: what a GPU rank keeps outside its KV cache (mem_get_info faked: no GPU)."""
+
+import torch
+
+from shardserve.config import EngineConfig
+from shardserve.engine import kv_budget
+from shardserve.models.config import ModelConfig
+
+
+def test_room_is_kept_for_the_prefill_graphs_and_dequantised_weights(monkeypatch, tiny_checkpoint):
+    path = str(tiny_checkpoint("llama"))
+    mc = ModelConfig.from_hf(path)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (60 * 2**30, 80 * 2**30))
+
+    def kept(graph_tokens: int, quantization: str | None = None) -> int:
+        """Bytes kept outside the cache, with 1-byte blocks."""
+        config = EngineConfig(model=path, quantization=quantization, max_num_batched_tokens=1024)
+        free = 80 * 2**30 * config.gpu_memory_utilization - 20 * 2**30
+        return int(free) - kv_budget.blocks_that_fit(config, mc, torch.device("cuda"), 1, 2048, graph_tokens)
+
+    per_token = (8 * mc.hidden_size + 3 * mc.intermediate_size + mc.vocab_size) * 4
+    assert abs(kept(0) - 1024 * per_token) <= 1
+    assert abs(kept(512) - (1024 + 512) * per_token) <= 1  # a 512-token graph's activations besides
+    dequantised = 2 * mc.intermediate_size * mc.hidden_size * 2  # gate and up, 16-bit
+    assert abs(kept(0, "int8") - kept(0) - dequantised) <= 1  # eager steps' dequantised weight
+    assert abs(kept(512, "int8") - kept(512) - 2 * dequantised) <= 1  # and the one the graphs' pool keeps
+    assert abs(kept(64, "int8") - kept(64) - dequantised) <= 1  # up to 64 rows the graphs read int8
