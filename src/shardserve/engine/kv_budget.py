@@ -29,7 +29,7 @@ def blocks_that_fit(config: EngineConfig, model_config: ModelConfig, device: tor
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         budget = total * config.gpu_memory_utilization - (total - free) - _working_memory(config, model_config,
-                                                                                           graph_tokens)
+                                                                                           max_model_len, graph_tokens)
     else:
         budget = config.cpu_kv_cache_gib * 2**30
         # No point holding more than every sequence at full length, a few times over.
@@ -38,14 +38,22 @@ def blocks_that_fit(config: EngineConfig, model_config: ModelConfig, device: tor
     return max(int(budget // bytes_per_block), 0)
 
 
-def _working_memory(config: EngineConfig, model_config: ModelConfig, graph_tokens: int) -> int:
+def step_tokens(config: EngineConfig, max_model_len: int) -> int:
+    """The most tokens a step computes: max_num_batched_tokens; without chunked prefill, a whole
+    prompt past it, with the other sequences' decode tokens (engine/scheduler.py)."""
+    if config.enable_chunked_prefill:
+        return config.max_num_batched_tokens
+    return max(config.max_num_batched_tokens, max_model_len + config.max_num_seqs - 1)
+
+
+def _working_memory(config: EngineConfig, model_config: ModelConfig, max_model_len: int, graph_tokens: int) -> int:
     """Bytes that stay outside the cache (a rough upper bound): the activations of the largest
     eager step and of the largest prefill graph; with int8 weights, the 16-bit copy of one weight
     that a step of more than DECODE_MAX_TOKENS rows dequantises (kernels/weight_convert.py), once
     for eager steps and once kept by the graphs' pool: at most gate and up projections together."""
     mc, tp = model_config, get_tp_size()
     per_token = (8 * mc.hidden_size + 3 * mc.intermediate_size // tp + mc.vocab_size) * 4
-    working = (config.max_num_batched_tokens + graph_tokens) * per_token
+    working = (step_tokens(config, max_model_len) + graph_tokens) * per_token
     if config.quantization == "int8":
         dequantised = 2 * mc.intermediate_size // tp * mc.hidden_size * 2
         working += dequantised * (2 if graph_tokens > DECODE_MAX_TOKENS else 1)

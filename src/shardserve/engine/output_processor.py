@@ -36,14 +36,18 @@ class OutputProcessor:
         )
 
     def new_text(self, request: Request, new_token_ids: list[int]) -> bool:
-        """Detokenize new tokens; True when a stop string ended the request's text."""
+        """Detokenize new tokens; True when a stop string ended the request's text. As in vLLM, the
+        text of a stop id or EOS that ended the request is left out (its id stays in token_ids),
+        and stop strings count only from min_new_tokens on, as stop ids do."""
         state = self._states[request.request_id]
+        if request.is_finished and request.stop_token_id is not None:
+            new_token_ids = new_token_ids[:-1]  # the callers pass the newest tokens: it is the last
         for token_id in new_token_ids:
             state.text += state.detokenizer.add(token_id)
         if request.is_finished:
             state.text += state.detokenizer.flush()
         stops = request.params.stop
-        if stops and not state.stopped:
+        if stops and not state.stopped and len(request.output_token_ids) >= request.params.min_new_tokens:
             # Only the part that may contain a new match: the tail that the last call held back.
             window_start = max(state.emitted_chars - state.holdback, 0)
             hits = [i for s in stops if (i := state.text.find(s, window_start)) >= 0]

@@ -42,6 +42,7 @@ class Request:
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at admission
     block_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
+    stop_token_id: int | None = None  # the stop id or EOS that ended it: its text is not output
     num_preemptions: int = 0
     # Tokens sampled by steps still in flight: counted in num_tokens, not yet known. 0 or 1, but 2
     # from scheduling a step until the step before it is updated (asynchronous scheduling).

@@ -93,8 +93,7 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.max_model_len = max_model_len
         self.chunked = enable_chunked_prefill
-        # Without chunking a whole prompt must fit one step.
-        self.token_budget = max_num_batched_tokens if self.chunked else max(max_num_batched_tokens, max_model_len)
+        self.token_budget = max_num_batched_tokens
         self.eos_token_ids = eos_token_ids
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
@@ -152,7 +151,10 @@ class Scheduler:
                 continue
             break
 
-        # Admit waiting requests; not in a step that had to preempt (memory is tight).
+        # Admit waiting requests; not in a step that had to preempt (memory is tight). Without
+        # chunking a prompt is never split: one longer than what is left of the budget waits,
+        # unless it is the step's first, which then runs whole (kv_budget.step_tokens counts it).
+        first_prompt = True
         while self.waiting and budget > 0 and not preempted and len(self.running) < self.max_num_seqs:
             request = self.waiting[0]
             if request.num_inflight:  # preempted with a token in flight: recompute once it is known
@@ -161,9 +163,10 @@ class Scheduler:
             num_cached = len(cached) * self.block_manager.block_size
             num_new = request.num_tokens - num_cached
             if num_new > budget:
-                if not self.chunked:
+                if self.chunked:
+                    num_new = budget
+                elif not first_prompt:
                     break
-                num_new = budget
             if not self.block_manager.allocate(request, num_new, cached):
                 break
             self.waiting.popleft()
@@ -174,6 +177,7 @@ class Scheduler:
             self.running.append(request)
             self._schedule(out, request, num_new)
             budget -= num_new
+            first_prompt = False
         return out
 
     def _schedule(self, out: SchedulerOutput, request: Request, num_new: int) -> None:
@@ -253,9 +257,8 @@ class Scheduler:
         p = request.params
         num_out = len(request.output_token_ids)
         if num_out >= p.min_new_tokens:
-            if token_id in p.stop_token_ids:
-                return FinishReason.STOP
-            if not p.ignore_eos and token_id in self.eos_token_ids:
+            if token_id in p.stop_token_ids or (not p.ignore_eos and token_id in self.eos_token_ids):
+                request.stop_token_id = token_id
                 return FinishReason.STOP
         if num_out >= p.max_new_tokens or request.num_known_tokens >= self.max_model_len:
             return FinishReason.LENGTH

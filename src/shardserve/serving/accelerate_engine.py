@@ -275,6 +275,7 @@ class _Rows:
         p = request.params
         if len(request.output_token_ids) >= p.min_new_tokens and (
                 token in p.stop_token_ids or (token in self.eos_set and not p.ignore_eos)):
+            request.stop_token_id = token
             self._finish(request, FinishReason.STOP)
         elif len(request.output_token_ids) >= request.params.max_new_tokens:
             self._finish(request, FinishReason.LENGTH)

@@ -12,9 +12,10 @@ def test_room_is_kept_for_the_prefill_graphs_and_dequantised_weights(monkeypatch
     mc = ModelConfig.from_hf(path)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (60 * 2**30, 80 * 2**30))
 
-    def kept(graph_tokens: int, quantization: str | None = None) -> int:
+    def kept(graph_tokens: int, quantization: str | None = None, chunked: bool = True) -> int:
         """Bytes kept outside the cache, with 1-byte blocks."""
-        config = EngineConfig(model=path, quantization=quantization, max_num_batched_tokens=1024)
+        config = EngineConfig(model=path, quantization=quantization, max_num_batched_tokens=1024,
+                              enable_chunked_prefill=chunked, max_num_seqs=8)
         free = 80 * 2**30 * config.gpu_memory_utilization - 20 * 2**30
         return int(free) - kv_budget.blocks_that_fit(config, mc, torch.device("cuda"), 1, 2048, graph_tokens)
 
@@ -25,3 +26,5 @@ def test_room_is_kept_for_the_prefill_graphs_and_dequantised_weights(monkeypatch
     assert abs(kept(0, "int8") - kept(0) - dequantised) <= 1  # eager steps' dequantised weight
     assert abs(kept(512, "int8") - kept(512) - 2 * dequantised) <= 1  # and the one the graphs' pool keeps
     assert abs(kept(64, "int8") - kept(64) - dequantised) <= 1  # up to 64 rows the graphs read int8
+    # Without chunking a step may hold a whole prompt of max_model_len tokens and 7 decodes.
+    assert abs(kept(0, chunked=False) - (2048 + 7) * per_token) <= 1

@@ -105,3 +105,25 @@ def test_a_step_that_raises_stops_the_engine_with_the_cause(tiny_checkpoint, mon
                       lambda: llm.add_request(None, "hello")):
             with pytest.raises(EngineDeadError, match="earlier step.*RuntimeError: boom"):
                 later()
+
+
+def test_the_text_of_the_stop_token_is_left_out_as_in_vllm(llama_llm):
+    greedy = llama_llm.generate(["hello"], SamplingParams(max_new_tokens=10, min_new_tokens=10, temperature=0.0))[0]
+    k = 3
+    target = greedy.token_ids[k]
+    k = greedy.token_ids.index(target)  # its first occurrence ends the request
+    out = llama_llm.generate(["hello"], SamplingParams(max_new_tokens=10, temperature=0.0, stop_token_ids=[target]))[0]
+    assert out.token_ids == greedy.token_ids[: k + 1]  # the id stays
+    assert llama_llm.tokenizer.decode([target]) != ""  # else the check below could not fail
+    assert out.text == llama_llm.tokenizer.decode(greedy.token_ids[:k], skip_special_tokens=True)
+
+
+def test_stop_strings_count_only_from_min_new_tokens_on(llama_llm):
+    full = llama_llm.generate(["the cat"], SamplingParams(max_new_tokens=40, min_new_tokens=40, temperature=0.0))[0]
+    stop = full.text[2:5]
+    early = llama_llm.generate(["the cat"], SamplingParams(max_new_tokens=40, temperature=0.0, stop=[stop]))[0]
+    assert len(early.token_ids) < 20  # the stop string ends it early without min_new_tokens
+    out = llama_llm.generate(["the cat"], SamplingParams(max_new_tokens=40, min_new_tokens=20, temperature=0.0,
+                                                         stop=[stop]))[0]
+    assert len(out.token_ids) >= 20
+    assert out.text.startswith(full.text[:5]) and full.text.startswith(out.text)

@@ -16,3 +16,19 @@ def test_a_scheduled_step_carries_its_requests_but_sends_the_ranks_plain_values(
     sent = pickle.loads(pickle.dumps(out))  # what an executor sends to the ranks
     assert sent.seqs == out.seqs and sent.requests == []
     assert [r.output_token_ids for r in scheduler.update(out, {"r": (9, None)})] == [[9]]
+
+
+def test_without_chunking_a_step_takes_whole_prompts_up_to_the_budget_but_a_longer_one_alone():
+    scheduler = Scheduler(BlockManager(64, 4), max_num_seqs=8, max_num_batched_tokens=16, max_model_len=128,
+                          enable_chunked_prefill=False, eos_token_ids=(2,))
+    for i, n in enumerate((40, 40, 6, 6)):
+        start = 100 * (i + 1)  # no shared prefix: the prefix cache stays out of the counts
+        scheduler.add(Request(f"r{i}", list(range(start, start + n)), SamplingParams(max_new_tokens=4)))
+    first = scheduler.schedule()
+    assert [len(s.token_ids) for s in first.seqs] == [40]  # past the budget, alone: never split
+    scheduler.update(first, {"r0": (9, None)})
+    second = scheduler.schedule()
+    assert [len(s.token_ids) for s in second.seqs] == [1, 40]  # r0's decode, then r1 as the step's first prompt
+    scheduler.update(second, {"r0": (9, None), "r1": (9, None)})
+    third = scheduler.schedule()
+    assert [len(s.token_ids) for s in third.seqs] == [1, 1, 6, 6]  # within the budget: both prompts
