@@ -18,7 +18,7 @@ INVOCATION_CASES = [
     ({"inputs": "x", "parameters": {"max_new_tokens": "5"}}, "parameters.max_new_tokens"),
     ({"inputs": "x", "parameters": {"repetition_penalty": 0}}, "parameters.repetition_penalty"),
     ({"inputs": "x", "parameters": {"frequency_penalty": 3.0}}, "parameters.frequency_penalty"),
-    ({"inputs": "x", "parameters": {"seed": -1}}, "parameters.seed"),
+    ({"inputs": "x", "parameters": {"seed": 2**64}}, "parameters.seed"),
     ({"inputs": "x", "parameters": {"stop": [""]}}, "parameters.stop"),
     ({"inputs": "x", "parameters": {"max_new_token": 5}}, "parameters.max_new_token"),
     ({"inputs": "x", "parameters": {"details": "yes"}}, "parameters.details"),

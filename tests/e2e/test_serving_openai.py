@@ -98,3 +98,41 @@ def test_openai_errors_are_typed(oai):
     with pytest.raises(openai.BadRequestError) as e:
         oai.chat.completions.create(model="handler", messages=[{"role": "user", "content": "x"}])
     assert "custom handler" in e.value.message
+
+
+def test_chat_streamed_logprobs_add_up_to_the_plain_ones_under_a_stop_string(oai):
+    """A stop string holds text back, so some updates have tokens but no text to send: their
+    logprobs come with the next chunk, never dropped."""
+    messages = [{"role": "user", "content": "Say hello"}]
+    full = oai.chat.completions.create(model="llama", messages=messages, max_tokens=32, **GREEDY)
+    text = full.choices[0].message.content
+    stop = text[len(text) // 3: len(text) // 3 + 8]  # 7 characters held back at every step
+    options = {"model": "llama", "messages": messages, "max_tokens": 32, "stop": [stop], "logprobs": True, **GREEDY}
+    plain = oai.chat.completions.create(**options)
+    chunks = list(oai.chat.completions.create(**options, stream=True))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert plain.choices[0].finish_reason == "stop"
+    assert len(streamed) == plain.usage.completion_tokens
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in plain.choices[0].logprobs.content]
+
+
+def test_completion_max_tokens_null_fills_the_context(oai):
+    out = oai.completions.create(model="llama", prompt="Hello", max_tokens=None, **GREEDY)
+    assert out.usage.total_tokens == 256  # the tiny model's max_model_len
+    assert oai.completions.create(model="llama", prompt="Hello", **GREEDY).usage.completion_tokens == 16
+
+
+@pytest.mark.parametrize("model", ["llama", "gpt2"])  # our engine and the Accelerate one
+def test_vllm_clients_disabled_top_k_and_negative_seed_are_accepted(oai, model):
+    body = {"model": model, "prompt": "Hello", "max_tokens": 4, "temperature": 1.0, "seed": -1}
+    first = oai.completions.create(**body, extra_body={"top_k": -1, "ignore_eos": True})
+    again = oai.completions.create(**body, extra_body={"top_k": 0, "ignore_eos": True})
+    assert first.choices[0].text == again.choices[0].text
+
+
+def test_stream_options_without_stream_is_refused(oai):
+    for create, extra in ((oai.completions.create, {"prompt": "x"}),
+                          (oai.chat.completions.create, {"messages": [{"role": "user", "content": "x"}]})):
+        with pytest.raises(openai.BadRequestError) as e:
+            create(model="llama", max_tokens=1, stream_options={"include_usage": True}, **extra)
+        assert e.value.body["param"] == "stream_options"

@@ -28,7 +28,7 @@ class SamplingParams:
     min_new_tokens: int = 0
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = 0  # 0 disables
+    top_k: int = 0  # 0 disables (so does -1, stored as 0)
     repetition_penalty: float = 1.0  # HF / CTRL: divides (multiplies) the logits of prompt and output tokens
     # OpenAI: logit -= presence_penalty * [token in the output] + frequency_penalty * its count there
     presence_penalty: float = 0.0
@@ -52,12 +52,18 @@ class SamplingParams:
         _check(_is_int(self.min_new_tokens) and 0 <= self.min_new_tokens <= self.max_new_tokens, "min_new_tokens", f"an integer in [0, max_new_tokens={self.max_new_tokens}]", self.min_new_tokens)
         _check(_is_num(self.temperature) and 0.0 <= self.temperature <= 100.0, "temperature", "a number in [0, 100]", self.temperature)
         _check(_is_num(self.top_p) and 0.0 < self.top_p <= 1.0, "top_p", "a number in (0, 1]", self.top_p)
-        _check(_is_int(self.top_k) and self.top_k >= 0, "top_k", "an integer >= 0 (0 disables)", self.top_k)
+        _check(_is_int(self.top_k) and self.top_k >= -1, "top_k", "an integer >= 0, or -1 (0 and -1 disable)",
+               self.top_k)
+        if self.top_k == -1:  # vLLM's (and its clients') "disabled": stored as 0 so no engine sees -1
+            object.__setattr__(self, "top_k", 0)
         _check(_is_num(self.repetition_penalty) and 0.0 < self.repetition_penalty <= 10.0, "repetition_penalty", "a number in (0, 10]", self.repetition_penalty)
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             _check(_is_num(value) and -2.0 <= value <= 2.0, name, "a number in [-2, 2]", value)
-        _check(self.seed is None or (_is_int(self.seed) and 0 <= self.seed < 2**63), "seed", "null or an integer in [0, 2^63)", self.seed)
+        # Any 64-bit integer, signed or not, as vLLM and torch.Generator.manual_seed take (a negative
+        # one means seed + 2^64 there).
+        _check(self.seed is None or (_is_int(self.seed) and -2**63 <= self.seed < 2**64), "seed",
+               "null or a 64-bit integer, in [-2^63, 2^64)", self.seed)
         _check(all(isinstance(s, str) and s for s in self.stop), "stop", "a list of non-empty strings", self.stop)
         _check(all(_is_int(t) and t >= 0 for t in self.stop_token_ids), "stop_token_ids", "a list of integers >= 0", self.stop_token_ids)
         for name in ("ignore_eos", "logprobs", "skip_special_tokens"):

@@ -56,6 +56,8 @@ class _Sampling(Strict):
             raise bad_request("n: only 1 choice per request is supported", "n")
         if self.logit_bias:
             raise bad_request("logit_bias: not supported", "logit_bias")
+        if self.stream_options is not None and not self.stream:  # as vLLM: not silently ignored
+            raise bad_request("stream_options: only allowed when stream is true", "stream_options")
 
     def sampling_params(self, max_tokens: int, logprobs: bool, max_tokens_field: str = "max_tokens") -> SamplingParams:
         """max_tokens_field: the request field max_tokens came from, for errors to name."""
@@ -157,6 +159,28 @@ def chat_logprobs(tokenizer, token_ids: list[int], logprobs: list[float]) -> dic
 def delta_logprobs(out: RequestOutput) -> list[float]:
     """The log-probabilities of this update's new tokens (out.logprobs is cumulative)."""
     return (out.logprobs or [])[len(out.token_ids) - len(out.delta_token_ids):]
+
+
+class PendingTokens:
+    """The tokens (ids, log-probabilities) of a stream's updates that sent no chunk yet.
+
+    An update whose text the engine holds back (a possible stop string's start, half a UTF-8
+    character) has tokens but no text; a route that sends no chunk for it adds them here, and the
+    next chunk it sends takes them all, so the chunks' logprobs add up to the whole answer's.
+    """
+
+    def __init__(self) -> None:
+        self.token_ids: list[int] = []
+        self.logprobs: list[float] = []
+
+    def add(self, out: RequestOutput) -> None:
+        self.token_ids += out.delta_token_ids
+        self.logprobs += delta_logprobs(out)
+
+    def take(self) -> tuple[list[int], list[float]]:
+        taken = self.token_ids, self.logprobs
+        self.token_ids, self.logprobs = [], []
+        return taken
 
 
 def envelope(kind: str, request_id: str, model: str, choices: list[dict], extra: dict | None = None) -> dict:

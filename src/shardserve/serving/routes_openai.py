@@ -35,8 +35,12 @@ async def completions(body: oa.CompletionRequest, request: Request):
     prompts = _prompts(body.prompt)
     if body.stream and len(prompts) != 1:
         raise bad_request("prompt: streaming takes a single prompt", "prompt")
-    params = body.sampling_params(16 if body.max_tokens is None else body.max_tokens, body.logprobs is not None)
-    rid, name, tokenizer = oa.new_id("cmpl"), model.name, model.engine.tokenizer
+    tokenizer = model.engine.tokenizer
+    max_tokens = body.max_tokens  # omitted: the schema's default, OpenAI's 16
+    if max_tokens is None:  # an explicit null (vLLM): as much as the context leaves, as on chat
+        max_tokens = _context_left(model, prompts, tokenizer)
+    params = body.sampling_params(max_tokens, body.logprobs is not None)
+    rid, name = oa.new_id("cmpl"), model.name
 
     def choice(i: int, text: str, out, ids: list[int], logprobs: list[float] | None) -> dict:
         lp = oa.completion_logprobs(tokenizer, ids, logprobs or []) if body.logprobs is not None else None
@@ -69,22 +73,25 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request):
     field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     max_tokens = getattr(body, field)
     if max_tokens is None:  # OpenAI's default: as much as the context leaves
-        max_tokens = max(model.engine.max_model_len - len(prompt), 1)
+        max_tokens = _context_left(model, [prompt], tokenizer)
     params = body.sampling_params(max_tokens, body.logprobs, field)
     rid, name = oa.new_id("chatcmpl"), model.name
 
     def logprobs(ids, lps):
         return oa.chat_logprobs(tokenizer, ids, lps or []) if body.logprobs else None
 
+    pending = oa.PendingTokens()
+
     def to_events(out, first):
         events = []
         if first:
             events.append(oa.envelope("chat.completion.chunk", rid, name, [
                 {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None}]))
-        choice = {"index": 0, "delta": {"content": out.delta_text} if out.delta_text else {},
-                  "finish_reason": oa.openai_finish_reason(out.finish_reason),
-                  "logprobs": logprobs(out.delta_token_ids, oa.delta_logprobs(out))}
-        if out.delta_text or out.finished:
+        pending.add(out)
+        if out.delta_text or out.finished:  # else its text is held back: its tokens go with the next chunk
+            choice = {"index": 0, "delta": {"content": out.delta_text} if out.delta_text else {},
+                      "finish_reason": oa.openai_finish_reason(out.finish_reason),
+                      "logprobs": logprobs(*pending.take())}
             events.append(oa.envelope("chat.completion.chunk", rid, name, [choice]))
         return [_with_usage(e, out, body) for e in events]
 
@@ -124,6 +131,13 @@ def _prompts(prompt) -> list:
     if isinstance(prompt[0], int):
         return [prompt]
     return list(prompt)
+
+
+def _context_left(model: ServedModel, prompts: list, tokenizer) -> int:
+    """max_tokens that fills the context after the longest prompt (the prompts share one
+    SamplingParams); at least 1, so a prompt too long gets the engine's own error."""
+    longest = max(len(tokenizer.encode(p)) if isinstance(p, str) else len(p) for p in prompts)
+    return max(model.engine.max_model_len - longest, 1)
 
 
 def _echo(prompt, tokenizer) -> str:

@@ -1,5 +1,7 @@
 import pytest
 
+from shardserve import LLM
+from shardserve.assets import default_model_path
 from shardserve.engine.sampling_params import SamplingParams
 
 
@@ -12,9 +14,11 @@ from shardserve.engine.sampling_params import SamplingParams
         ("temperature", float("nan"), "[0, 100]"),
         ("top_p", 0.0, "(0, 1]"),
         ("top_p", 1.5, "(0, 1]"),
-        ("top_k", -1, ">= 0"),
+        ("top_k", -2, ">= 0, or -1"),
         ("repetition_penalty", 0.0, "(0, 10]"),
-        ("seed", -3, "2^63"),
+        ("seed", -2**63 - 1, "[-2^63, 2^64)"),
+        ("seed", 2**64, "[-2^63, 2^64)"),
+        ("seed", 1.5, "[-2^63, 2^64)"),
         ("stop", [""], "non-empty strings"),
         ("stop_token_ids", [-1], "integers >= 0"),
         ("stop", 5, "non-empty strings"),
@@ -36,3 +40,35 @@ def test_defaults_and_normalisation():
     assert SamplingParams(temperature=0).greedy and SamplingParams(top_k=1).greedy
     # logits / 1e-38 would overflow: temperatures that small decode greedily
     assert SamplingParams(temperature=1e-38).greedy and not SamplingParams(temperature=1e-3).greedy
+
+
+def test_top_k_minus_one_disables_it_as_zero_does():
+    """vLLM and its clients send -1 for "no top-k": stored as 0, so no engine sees -1."""
+    assert SamplingParams(top_k=-1).top_k == 0 == SamplingParams(top_k=0).top_k
+    assert SamplingParams(top_k=-1) == SamplingParams()
+
+
+@pytest.mark.parametrize("seed", [-1, -2**63, 2**64 - 1])
+def test_any_64_bit_seed_is_accepted(seed):
+    assert SamplingParams(seed=seed).seed == seed
+
+
+@pytest.fixture(scope="module")
+def default_llm():
+    with LLM(str(default_model_path()), dtype="fp32") as llm:
+        yield llm
+
+
+def test_a_negative_seed_samples_reproducibly_in_the_engine(default_llm):
+    """vLLM takes any 64-bit seed; the sampler's torch.Generator reads a negative one as
+    seed + 2^64."""
+    def tokens(seed: int) -> list[int]:
+        params = SamplingParams(max_new_tokens=16, min_new_tokens=16, temperature=1.0, top_k=-1, seed=seed)
+        return default_llm.generate(["It was a fine morning, and"], params)[0].token_ids
+
+    first = tokens(-1)
+    assert len(first) == 16
+    assert tokens(-1) == first
+    assert tokens(2**64 - 1) == first  # torch.Generator.manual_seed's reading of -1
+    assert tokens(7) != first
+    assert tokens(-2**63) != first
