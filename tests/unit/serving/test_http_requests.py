@@ -9,39 +9,21 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import pytest
-from fastapi.testclient import TestClient
 
-from shardserve.serving.app import create_app
-from shardserve.serving.settings import ServerSettings
-
-
-def _artifact(path, model_dir):
-    path.mkdir()
-    (path / "serving.properties").write_text(f"engine=Python\noption.model_id={model_dir}\n")
-    return str(path)
+from helpers.served_app import artifact, served
 
 
 @pytest.fixture(scope="module")
 def client(tiny_checkpoint, tmp_path_factory):
-    # Both models load on threads of their own: import transformers' tokenizer classes first, so
-    # the two lazy imports do not race.
-    from transformers import AutoTokenizer  # noqa: F401
-
     root = tmp_path_factory.mktemp("http")
     nobos = shutil.copytree(tiny_checkpoint("llama"), root / "nobos-weights")
     tokenizer = json.loads((nobos / "tokenizer.json").read_text())
     tokenizer["post_processor"] = None  # the template that prepends <s>
     (nobos / "tokenizer.json").write_text(json.dumps(tokenizer))
-    models = (("nobos", _artifact(root / "nobos", nobos)), ("llama", _artifact(root / "llama", tiny_checkpoint("llama"))))
-    app = create_app(ServerSettings(models=models), environ={})
-    with TestClient(app) as c:
-        deadline = time.monotonic() + 120
-        while c.get("/ping").status_code == 503 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert c.get("/ping").status_code == 200, c.get("/ping").text
+    models = (("nobos", artifact(root / "nobos", nobos)), ("llama", artifact(root / "llama", tiny_checkpoint("llama"))))
+    with served(models) as c:
         yield c
 
 

@@ -4,13 +4,10 @@ held-back text, max_tokens null, and the sampling fields as vLLM's clients send 
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
-from fastapi.testclient import TestClient
 
-from shardserve.serving.app import create_app
-from shardserve.serving.settings import ServerSettings
+from helpers.served_app import artifact, served
 
 MAX_MODEL_LEN = 256  # the tiny Llama's positions
 CHAT = {"model": "llama", "messages": [{"role": "user", "content": "Tell me a story"}]}
@@ -19,15 +16,7 @@ COMPLETION = {"model": "llama", "prompt": "Once upon a time"}
 
 @pytest.fixture(scope="module")
 def client(tiny_checkpoint, tmp_path_factory):
-    artifact = tmp_path_factory.mktemp("openai") / "llama"
-    artifact.mkdir()
-    (artifact / "serving.properties").write_text(f"engine=Python\noption.model_id={tiny_checkpoint('llama')}\n")
-    app = create_app(ServerSettings(models=(("llama", str(artifact)),)), environ={})
-    with TestClient(app) as c:
-        deadline = time.monotonic() + 120
-        while c.get("/ping").status_code == 503 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert c.get("/ping").status_code == 200, c.get("/ping").text
+    with served((("llama", artifact(tmp_path_factory.mktemp("openai") / "llama", tiny_checkpoint("llama"))),)) as c:
         yield c
 
 
