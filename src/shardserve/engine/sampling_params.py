@@ -60,8 +60,8 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             _check(_is_num(value) and -2.0 <= value <= 2.0, name, "a number in [-2, 2]", value)
-        # Any 64-bit integer, signed or not, as vLLM and torch.Generator.manual_seed take (a negative
-        # one means seed + 2^64 there).
+        # Any 64-bit integer, signed or not, as vLLM and torch.Generator.manual_seed take (there a
+        # negative seed means seed + 2^64).
         _check(self.seed is None or (_is_int(self.seed) and -2**63 <= self.seed < 2**64), "seed",
                "null or a 64-bit integer, in [-2^63, 2^64)", self.seed)
         _check(all(isinstance(s, str) and s for s in self.stop), "stop", "a list of non-empty strings", self.stop)

@@ -87,7 +87,8 @@ def test_unreachable_server_is_one_line_naming_the_url(capsys):
 
 @pytest.fixture
 def closed_port() -> int:
-    """A local port nothing listens on (the OS picks a free one; closing frees it): connection refused."""
+    """A local port nothing listens on (the OS picks a free one; closing frees it): connection
+    refused."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
