@@ -1,11 +1,13 @@
 """`shardserve bench`: our tensor-parallel engine and the Accelerate baseline, same GPUs, same
-weights, same prompts, one invocation, so the ratios are fair.
+weights, prompts of the same length (fresh random token ids each run), one invocation, so the
+ratios are fair.
 
 Order of a run: measure the GPU's copy bandwidth; load the baseline and take its reference
 (greedy tokens and per-position logits for one prompt); load our engine (load and warm-up timed
 apart) and print its correctness against that reference (bench/correctness.py); then time our
 engine variants and the baseline (latency of the whole batch, and time to first token from
-max_new_tokens=1 runs).
+max_new_tokens=1 runs). From a real checkpoint every load is cold: its files are evicted from
+the page cache before each engine loads them (page_cache.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from shardserve.bench import page_cache
 from shardserve.bench.correctness import check_engine, format_check, take_reference
 from shardserve.bench.hardware import copy_bandwidth, describe
 from shardserve.bench.report import EngineResult, table, write_reports
@@ -78,6 +81,7 @@ def run_bench(cfg: BenchConfig) -> tuple[list[EngineResult], dict]:
         if "accelerate" in cfg.engines or cfg.check_tokens:
             from shardserve.bench.accelerate_baseline import AccelerateBaseline
 
+            _cold(cfg, model_dir)
             baseline = AccelerateBaseline(model_dir, dtype, devices, cfg.random_weights, cfg.seed)
             reference = take_reference(baseline, prompts(1)[0], cfg.check_tokens) if cfg.check_tokens else None
             if "accelerate" not in cfg.engines:
@@ -85,6 +89,7 @@ def run_bench(cfg: BenchConfig) -> tuple[list[EngineResult], dict]:
                 baseline = None
         if "tp" in cfg.engines:
             for label, overrides in cfg.variants.items():
+                _cold(cfg, model_dir)
                 result, check = _bench_ours(cfg, label, overrides, model_dir, dtype_name, prompts, reference)
                 quantization = overrides.get("quantization")
                 variant_bytes = step_bytes if quantization is None else decode_bytes(
@@ -103,6 +108,12 @@ def run_bench(cfg: BenchConfig) -> tuple[list[EngineResult], dict]:
     for path in write_reports(results, context, Path(cfg.out_dir), stem):
         print(f"wrote {path}")
     return results, context
+
+
+def _cold(cfg: BenchConfig, model_dir: Path) -> None:
+    """Before an engine loads a real checkpoint: its files out of the page cache (page_cache.py)."""
+    if not cfg.random_weights:
+        page_cache.evict(model_dir)
 
 
 def check_lengths(cfg: BenchConfig, model_config: ModelConfig) -> None:
@@ -129,6 +140,7 @@ def _bench_ours(cfg, label, overrides, model_dir, dtype_name, prompts, reference
         enable_prefix_caching=False,  # repeated prompts must not hit a cache the baseline lacks
         num_kv_blocks=(cfg.batch + 1) * blocks_per_seq + 8,
         max_num_batched_tokens=max(2048, cfg.batch * cfg.prompt_len),
+        max_num_seqs=max(64, cfg.batch),  # the whole batch in one wave, as the baseline runs it
     ) | overrides
     llm = LLM(config=EngineConfig(**options))
     try:

@@ -50,3 +50,49 @@ def test_bench_profiles_our_engine_when_asked(tiny_checkpoint, tmp_path, capsys)
     assert code == 0, capsys.readouterr().out
     assert "aten::" in (tmp_path / "prof" / "tp" / "rank0.txt").read_text()
     assert (tmp_path / "prof" / "tp" / "rank0.trace.json").stat().st_size > 0
+
+
+def test_a_batch_past_64_sequences_runs_in_one_wave(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    """The baseline generates the whole batch at once: our engine must take it whole too."""
+    import shardserve
+
+    seen = []
+    real_llm = shardserve.LLM
+
+    def recording_llm(*args, config, **kwargs):
+        seen.append(config.max_num_seqs)
+        return real_llm(*args, config=config, **kwargs)
+
+    monkeypatch.setattr(shardserve, "LLM", recording_llm)
+    code = main(["bench", "--model", str(tiny_checkpoint("llama")), "--random-weights", "--batch", "70",
+                 "--prompt-len", "4", "--new-tokens", "2", "--reps", "1", "--engines", "tp", "--check-tokens", "0",
+                 "--dtype", "fp32", "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr().out
+    assert seen == [70]
+
+
+@pytest.mark.parametrize("random_weights", [False, True])
+def test_each_engine_loads_a_real_checkpoint_cold(tiny_checkpoint, tmp_path, capsys, monkeypatch, random_weights):
+    """The baseline reads the files first; our engine must not load them from its page cache."""
+    from shardserve.bench import accelerate_baseline, latency, page_cache
+
+    path = tiny_checkpoint("llama")
+    events = []
+    monkeypatch.setattr(page_cache, "evict", lambda model_dir: events.append(("evict", str(model_dir))))
+    real_bench_ours = latency._bench_ours
+    monkeypatch.setattr(latency, "_bench_ours", lambda *a: events.append(("ours",)) or real_bench_ours(*a))
+    real_init = accelerate_baseline.AccelerateBaseline.__init__
+
+    def init(self, *a, **kw):  # latency.py imports the class where it uses it: patched on the class
+        events.append(("baseline",))
+        real_init(self, *a, **kw)
+
+    monkeypatch.setattr(accelerate_baseline.AccelerateBaseline, "__init__", init)
+    code = main(["bench", "--model", str(path), *(["--random-weights"] if random_weights else []), "--batch", "2",
+                 "--prompt-len", "4", "--new-tokens", "2", "--reps", "1", "--baseline-reps", "1",
+                 "--check-tokens", "2", "--dtype", "fp32", "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr().out
+    if random_weights:  # nothing read from disk: nothing to evict
+        assert events == [("baseline",), ("ours",)]
+    else:
+        assert events == [("evict", str(path)), ("baseline",), ("evict", str(path)), ("ours",)]

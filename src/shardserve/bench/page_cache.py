@@ -1,0 +1,25 @@
+"""Cold loads in the benchmark: a real checkpoint's files are evicted from the page cache before
+each engine loads them, so that no engine's load time profits from another's reads of the same
+files (the baseline reads them first). Only this checkpoint's clean pages go, with
+posix_fadvise(DONTNEED): no privileges needed, nothing else on the machine is touched."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def evict(model_dir: str | Path) -> int:
+    """Every file under model_dir out of the page cache (after a sync: dirty pages stay);
+    -> how many files. Where the call is not available (not Linux), nothing is evicted."""
+    if not hasattr(os, "posix_fadvise"):
+        return 0
+    os.sync()
+    files = [p for p in Path(model_dir).rglob("*") if p.is_file()]
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return len(files)
