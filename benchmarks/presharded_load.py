@@ -58,16 +58,15 @@ def write_hf_checkpoint(model: str, path: Path, shard_bytes: int = 5 << 30) -> P
 def drop_page_cache(paths: list[Path]) -> str:
     """Cold reads: after a sync, drop the whole page cache where we may (root), else drop these
     files' clean cached pages with posix_fadvise(DONTNEED) (no privileges needed)."""
+    from shardserve.bench.page_cache import evict_files
+
     os.sync()
     try:
         Path("/proc/sys/vm/drop_caches").write_text("3")
         return "drop_caches"
     except OSError:
         pass
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
+    evict_files(paths)
     return "fadvise_dontneed"
 
 

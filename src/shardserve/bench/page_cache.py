@@ -10,16 +10,20 @@ from pathlib import Path
 
 
 def evict(model_dir: str | Path) -> int:
-    """Every file under model_dir out of the page cache (after a sync: dirty pages stay);
-    -> how many files. Where the call is not available (not Linux), nothing is evicted."""
+    """Every file under model_dir out of the page cache; -> how many files."""
+    return evict_files([p for p in Path(model_dir).rglob("*") if p.is_file()])
+
+
+def evict_files(paths: list[Path]) -> int:
+    """These files out of the page cache (after a sync: dirty pages stay); -> how many. Where
+    the call is not available (not Linux), nothing is evicted."""
     if not hasattr(os, "posix_fadvise"):
         return 0
     os.sync()
-    files = [p for p in Path(model_dir).rglob("*") if p.is_file()]
-    for path in files:
+    for path in paths:
         fd = os.open(path, os.O_RDONLY)
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
-    return len(files)
+    return len(paths)
