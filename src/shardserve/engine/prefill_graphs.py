@@ -2,9 +2,9 @@
 
 Why: an eager forward launches each of its kernels from Python, a few hundred microseconds of
 host time a layer, which for a short prompt is more than the GPU needs. Under tensor
-parallelism each all-reduce then also waits for the slowest rank's host: the first token of
-OPT-30B at TP4 took 46-62 ms where the GPU work is about 10 (benchmarks/RESULTS.md).
-Replayed, the whole step is one launch.
+parallelism each all-reduce then also waits for the slowest rank's host. Replayed, the whole
+step is one launch: the first token of OPT-30B at TP4 (4 x 32 prompt tokens, 4x H200) took
+9.6 ms against 65.3 eagerly (benchmarks/RESULTS.md).
 
 A bucket holds `tokens` tokens of at most `max_seqs` sequences. A step is padded to its bucket:
 tokens past its own have cache slot -1 (no cache write) and belong to no sequence, so no query
@@ -13,8 +13,8 @@ sequences past its own have an empty query range and no context, so the attentio
 for them return at once. The prefill attention kernel takes its grid from the bucket's token
 count (an upper bound of the longest query) and `max_seqs`, and reads every length from the
 device: nothing captured depends on a host value of the step. The LM head runs on each
-sequence's last token, gathered on the device. Steps with more tokens or sequences run eagerly;
-for them the host's share of the step is small anyway.
+sequence's last token, gathered on the device. Steps of more tokens run eagerly (the host's
+share of them is small); so do, for now, steps of more sequences (not yet measured with more).
 """
 
 from __future__ import annotations
