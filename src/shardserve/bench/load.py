@@ -68,6 +68,7 @@ async def _one(client, config: LoadConfig, model: str, prompt: str) -> RequestRe
     start = time.perf_counter()
     result = RequestResult(ok=False)
     last = None
+    usage_tokens, text_chunks = None, 0
     try:
         async with client.stream("POST", "/v1/completions", json=body) as r:
             if r.status_code != 200:
@@ -77,10 +78,13 @@ async def _one(client, config: LoadConfig, model: str, prompt: str) -> RequestRe
                     continue
                 chunk = json.loads(line[len("data: "):])
                 now = time.perf_counter()
+                if chunk.get("error"):  # the server failed mid-stream (its status line was sent)
+                    return RequestResult(ok=False, error=f"error event: {json.dumps(chunk['error'])[:200]}")
                 if chunk.get("usage"):
-                    result.output_tokens = chunk["usage"]["completion_tokens"]
+                    usage_tokens = chunk["usage"]["completion_tokens"]
                 if not chunk.get("choices") or not chunk["choices"][0].get("text"):
                     continue
+                text_chunks += 1
                 if last is None:
                     result.ttft_s = now - start
                 else:
@@ -89,6 +93,9 @@ async def _one(client, config: LoadConfig, model: str, prompt: str) -> RequestRe
     except Exception as e:  # a load test reports failures, it does not stop on them
         return RequestResult(ok=False, error=f"{type(e).__name__}: {e}")
     result.e2e_s = time.perf_counter() - start
+    # Without usage (a server that ignores stream_options), the chunks with text: at least one
+    # token each, so TPOT comes out at most too high and an SLO is never met by mistake.
+    result.output_tokens = usage_tokens if usage_tokens is not None else text_chunks
     result.ok = last is not None
     return result
 
@@ -154,6 +161,7 @@ async def _first_model(client, url: str) -> str:
 def summarize(results: list[RequestResult], duration_s: float, config: LoadConfig, model: str) -> dict:
     ok = [r for r in results if r.ok]
     gaps = [g for r in ok for g in r.gaps_s]
+    tpots = [r.tpot_s for r in ok if r.output_tokens > 1]  # one token has no time per token (vLLM's)
     good = [r for r in ok if (config.ttft_slo_s is None or r.ttft_s <= config.ttft_slo_s)
             and (config.tpot_slo_s is None or r.tpot_s <= config.tpot_slo_s)]
     report = {
@@ -162,7 +170,7 @@ def summarize(results: list[RequestResult], duration_s: float, config: LoadConfi
         "output_tokens_per_s": sum(r.output_tokens for r in ok) / duration_s,
         "ttft_p50_s": _pct([r.ttft_s for r in ok], 50), "ttft_p99_s": _pct([r.ttft_s for r in ok], 99),
         "itl_p50_s": _pct(gaps, 50), "itl_p99_s": _pct(gaps, 99),
-        "tpot_mean_s": statistics.fmean([r.tpot_s for r in ok]) if ok else None,
+        "tpot_mean_s": statistics.fmean(tpots) if tpots else None,
         "e2e_p50_s": _pct([r.e2e_s for r in ok], 50), "e2e_p99_s": _pct([r.e2e_s for r in ok], 99),
     }
     if config.ttft_slo_s is not None or config.tpot_slo_s is not None:

@@ -114,25 +114,32 @@ def test_unreachable_server_is_refused_before_the_load(monkeypatch, capsys, clos
     assert err.count("\n") == 1 and not sent, err
 
 
+class FakeServer:
+    """What the fake OpenAI server answers: GET (the model list) with `get_status`, POST (a
+    completion) with the SSE `stream` body."""
+
+    def __init__(self):
+        self.url = ""
+        self.get_status = 404
+        self.stream = (b'data: {"choices": [{"text": "hi"}], "usage": {"completion_tokens": 1}}\n\n'
+                       b"data: [DONE]\n\n")
+
+
 @pytest.fixture
-def openai_server_without_models():
-    """A local server that streams completions but answers GET (the model list) with a status set by
-    the test: yield (url, set_status)."""
-    status = [404]
+def fake_server():
+    answers = FakeServer()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
-            self.send_error(status[0])
+            self.send_error(answers.get_status)
 
         def do_POST(self):
             self.rfile.read(int(self.headers["Content-Length"]))
-            body = (b'data: {"choices": [{"text": "hi"}], "usage": {"completion_tokens": 1}}\n\n'
-                    b"data: [DONE]\n\n")
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(answers.stream)))
             self.end_headers()
-            self.wfile.write(body)
+            self.wfile.write(answers.stream)
 
         def log_message(self, *args):  # keep pytest's output clean
             pass
@@ -140,8 +147,9 @@ def openai_server_without_models():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    answers.url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", lambda code: status.__setitem__(0, code)
+        yield answers
     finally:
         server.shutdown()
         server.server_close()
@@ -149,13 +157,39 @@ def openai_server_without_models():
 
 
 @pytest.mark.parametrize("probe_status", [401, 404, 500, 503])
-def test_server_answering_the_probe_with_an_error_is_reachable(openai_server_without_models, capsys, probe_status):
+def test_server_answering_the_probe_with_an_error_is_reachable(fake_server, capsys, probe_status):
     """Any HTTP answer means the server is there: the load runs (and here succeeds)."""
-    url, set_status = openai_server_without_models
-    set_status(probe_status)
-    code = main(["bench", "serve", "--url", url, "--model", "m", "--requests", "2", "--concurrency", "1"])
+    fake_server.get_status = probe_status
+    code = main(["bench", "serve", "--url", fake_server.url, "--model", "m", "--requests", "2", "--concurrency", "1"])
     out, err = capsys.readouterr()
     assert code == 0 and "2 requests (0 failed)" in out, out + err
+
+
+def test_an_error_event_mid_stream_fails_the_request(fake_server, capsys):
+    """The status line (200) went out before the server failed: its error event is the failure."""
+    fake_server.stream = (b'data: {"choices": [{"text": "hi"}]}\n\n'
+                          b'data: {"error": {"message": "engine died", "code": 500}}\n\n')
+    code = main(["bench", "serve", "--url", fake_server.url, "--model", "m", "--requests", "2", "--concurrency", "1"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "2 requests (2 failed)" in out and "engine died" in out, out + err
+
+
+def test_without_usage_the_chunks_with_text_count_as_tokens(fake_server, capsys):
+    """A server that ignores stream_options sends no usage: output tokens are not 0 (which made
+    TPOT 0 and every request meet any TPOT limit)."""
+    fake_server.stream = b"".join(b'data: {"choices": [{"text": "t"}]}\n\n' for _ in range(5)) + b"data: [DONE]\n\n"
+    code = main(["bench", "serve", "--url", fake_server.url, "--model", "m", "--requests", "2", "--concurrency", "1",
+                 "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    report = json.loads(out)
+    assert report["output_tokens_per_s"] == pytest.approx(10 / report["duration_s"])
+
+
+def test_tpot_mean_leaves_out_one_token_requests():
+    results = [RequestResult(ok=True, ttft_s=0.1, e2e_s=0.5, output_tokens=5),
+               RequestResult(ok=True, ttft_s=0.1, e2e_s=0.1, output_tokens=1)]
+    assert summarize(results, 1.0, LoadConfig(url="http://x"), "m")["tpot_mean_s"] == pytest.approx(0.1)
 
 
 def test_all_failed_report_is_valid_json_with_nulls():
