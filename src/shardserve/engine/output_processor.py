@@ -79,6 +79,7 @@ class OutputProcessor:
             finished=finished,
             finish_reason=request.finish_reason,
             logprobs=list(request.logprobs) if request.params.logprobs else None,
+            top_logprobs=list(request.top_logprobs) if request.params.top_logprobs else None,
             num_cached_tokens=request.num_cached_tokens,
         )
 

@@ -9,19 +9,22 @@ import torch
 
 from shardserve.engine.request import PLACEHOLDER
 from shardserve.engine.sampler import read_samples
+from shardserve.engine.sampling_params import MAX_TOP_LOGPROBS
 from shardserve.engine.scheduler import ScheduledSeq
 
-SampledTokens = dict[str, tuple[int, float | None]]  # request id -> (token id, logprob or None)
+# request id -> (token id, its logprob or None, the top logprobs' (token id, logprob) or None)
+SampledTokens = dict[str, tuple[int, float | None, list[tuple[int, float]] | None]]
 
 
 class HostBuffers:
     """Host memory, pinned on GPUs, that one step's sampled tokens and logprobs are copied into
-    (up to max_num_seqs rows), and the event that fires once the copy is done."""
+    (up to max_num_seqs rows; logprobs as Sampler.sample lays them out, top ones included), and
+    the event that fires once the copy is done."""
 
     def __init__(self, max_num_seqs: int, device: torch.device):
         pinned = device.type == "cuda"
         self.tokens = torch.empty(max_num_seqs, dtype=torch.int64, pin_memory=pinned)
-        self.logprobs = torch.empty(max_num_seqs, dtype=torch.float32, pin_memory=pinned)
+        self.logprobs = torch.empty(max_num_seqs * (1 + 2 * MAX_TOP_LOGPROBS), dtype=torch.float32, pin_memory=pinned)
         self.event = torch.cuda.Event() if pinned else None
 
 
@@ -57,7 +60,9 @@ class PendingStep:
             return
         n = len(request_ids)
         self._tokens = host.tokens[:n].copy_(tokens, non_blocking=True)
-        self._logprobs = host.logprobs[:n].copy_(logprobs, non_blocking=True) if logprobs is not None else None
+        self._logprobs = None
+        if logprobs is not None:  # a contiguous [n, columns] view: one copy straight from the device
+            self._logprobs = host.logprobs[: logprobs.numel()].view_as(logprobs).copy_(logprobs, non_blocking=True)
         if host.event is not None:
             host.event.record()
 

@@ -36,6 +36,7 @@ class Request:
     prompt: str | None = None
     output_token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)  # per output token
     status: RequestStatus = RequestStatus.WAITING
     # Tokens whose K/V are in the cache (prefix-cache hits included).
     num_computed_tokens: int = 0
@@ -94,4 +95,6 @@ class RequestOutput:
     finished: bool
     finish_reason: FinishReason | None = None
     logprobs: list[float] | None = None  # log-probability of each generated token
+    # For each generated token, the top_logprobs most likely (token id, logprob), most likely first.
+    top_logprobs: list[list[tuple[int, float]]] | None = None
     num_cached_tokens: int = 0

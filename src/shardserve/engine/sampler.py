@@ -37,16 +37,19 @@ class Sampler:
     def __call__(
         self, logits: torch.Tensor, request_ids: list[str], infos: list[SamplingInfo],
         last_token_ids: torch.Tensor | None = None,
-    ) -> list[tuple[int, float | None]]:
-        """logits: [num_seqs, vocab] float32 -> (token id, logprob of it or None) per row."""
+    ) -> list[tuple[int, float | None, list[tuple[int, float]] | None]]:
+        """logits: [num_seqs, vocab] float32 -> (token id, its logprob, the top ones) per row
+        (read_samples)."""
         return read_samples(*self.sample(logits, request_ids, infos, last_token_ids), infos)
 
     def sample(
         self, logits: torch.Tensor, request_ids: list[str], infos: list[SamplingInfo],
         last_token_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Tokens [num_seqs] int64 and, if any row asks for them, their logprobs [num_seqs]
-        float32, both on the device.
+        """Tokens [num_seqs] int64 and, if any row asks for them, their logprobs, both on the
+        device: float32 [num_seqs, 1 + 2k], k the most top logprobs a row asks for. Column 0 is the
+        chosen token's; then the k largest, most likely first; then their token ids (exact in
+        float32 below 2^24: one tensor, so one copy to the host).
 
         last_token_ids: [num_seqs] int64 on the device, each row's newest input token (the one
         these logits follow; it may still be in flight: asynchronous scheduling). A row with a
@@ -82,8 +85,14 @@ class Sampler:
                 idx = on_device(unseeded, torch.int64, logits.device)
                 noise[idx] = torch.empty_like(noise[idx]).exponential_(generator=self._generator)
             tokens[rows] = argmax_rows(probs / noise)
-        chosen_lp = raw_logprobs.gather(1, tokens[:, None]).squeeze(1) if raw_logprobs is not None else None
-        return tokens, chosen_lp
+        if raw_logprobs is None:
+            return tokens, None
+        logprobs = raw_logprobs.gather(1, tokens[:, None])
+        k = max(i.top_logprobs for i in infos)
+        if k:
+            top = raw_logprobs.topk(k, dim=-1)
+            logprobs = torch.cat([logprobs, top.values, top.indices.float()], dim=1)
+        return tokens, logprobs
 
     def _penalties_of(self, request_id: str, prompt_ids: list[int], newest: torch.Tensor | None,
                       vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,13 +121,19 @@ class Sampler:
 
 def read_samples(
     tokens: torch.Tensor, logprobs: torch.Tensor | None, infos: list[SamplingInfo]
-) -> list[tuple[int, float | None]]:
-    """(token id, logprob or None) per row, read to the host (waits for the GPU)."""
+) -> list[tuple[int, float | None, list[tuple[int, float]] | None]]:
+    """(token id, its logprob or None, its row's top_logprobs (token id, logprob) pairs or None)
+    per row, read to the host (waits for the GPU). logprobs: as Sampler.sample returns them."""
     chosen = tokens.tolist()
     if logprobs is None:
-        return [(t, None) for t in chosen]
-    lp = logprobs.tolist()
-    return [(t, lp[r] if infos[r].logprobs else None) for r, t in enumerate(chosen)]
+        return [(t, None, None) for t in chosen]
+    rows, k = logprobs.tolist(), (logprobs.shape[1] - 1) // 2
+    samples = []
+    for r, t in enumerate(chosen):
+        row, info = rows[r], infos[r]
+        top = [(int(row[1 + k + j]), row[1 + j]) for j in range(info.top_logprobs)] if info.top_logprobs else None
+        samples.append((t, row[0] if info.logprobs else None, top))
+    return samples
 
 
 def on_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

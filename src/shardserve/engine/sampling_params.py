@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 # Temperatures below this decode greedily: sampling at them is greedy in all but float rounding,
 # and logits / 1e-38 overflow to infinities whose softmax is NaN.
 GREEDY_BELOW = 1e-5
+MAX_TOP_LOGPROBS = 20  # as vLLM's OpenAI server
 
 
 def _check(ok: bool, name: str, allowed: str, value) -> None:
@@ -38,6 +39,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
     ignore_eos: bool = False
     logprobs: bool = False
+    top_logprobs: int = 0  # with logprobs: also the N most likely tokens at each position
     skip_special_tokens: bool = True
 
     def __post_init__(self) -> None:
@@ -68,6 +70,9 @@ class SamplingParams:
         _check(all(_is_int(t) and t >= 0 for t in self.stop_token_ids), "stop_token_ids", "a list of integers >= 0", self.stop_token_ids)
         for name in ("ignore_eos", "logprobs", "skip_special_tokens"):
             _check(isinstance(getattr(self, name), bool), name, "a boolean", getattr(self, name))
+        _check(_is_int(self.top_logprobs) and 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS and (
+            self.logprobs or not self.top_logprobs), "top_logprobs",
+            f"an integer in [0, {MAX_TOP_LOGPROBS}], with logprobs on", self.top_logprobs)
 
     @property
     def greedy(self) -> bool:

@@ -40,6 +40,7 @@ class SamplingInfo:
     frequency_penalty: float
     seed: int | None
     logprobs: bool
+    top_logprobs: int  # the N most likely tokens' logprobs too (logprobs on)
     # With a repetition penalty, the prompt, sent at the request's first sampled token only: the
     # sampler keeps the tokens a penalty counts per request on the device and adds each later
     # step's newest input token itself (Sampler.sample's last_token_ids, which may still be in
@@ -219,6 +220,7 @@ class Scheduler:
             frequency_penalty=p.frequency_penalty,
             seed=p.seed,
             logprobs=p.logprobs,
+            top_logprobs=p.top_logprobs,
             penalty_token_ids=request.all_token_ids if p.repetition_penalty != 1.0 and first else [],
             suppress_token_ids=suppress,
         )
@@ -244,6 +246,8 @@ class Scheduler:
                 request.output_token_ids.append(result[0])
                 if request.params.logprobs:
                     request.logprobs.append(result[1])
+                if request.params.top_logprobs:
+                    request.top_logprobs.append(result[2])
             self.block_manager.cache_full_blocks(request)  # before a finish frees the blocks
             if result is None:
                 continue

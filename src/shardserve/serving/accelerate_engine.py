@@ -272,6 +272,9 @@ class _Rows:
         request.output_token_ids.append(token)
         if request.params.logprobs and self.logprobs is not None:
             request.logprobs.append(float(self.logprobs[i, token]))
+            if request.params.top_logprobs:
+                top = self.logprobs[i].topk(request.params.top_logprobs)
+                request.top_logprobs.append(list(zip(top.indices.tolist(), top.values.tolist(), strict=True)))
         p = request.params
         if len(request.output_token_ids) >= p.min_new_tokens and (
                 token in p.stop_token_ids or (token in self.eos_set and not p.ignore_eos)):

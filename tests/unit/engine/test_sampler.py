@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from shardserve.engine.sampler import Sampler, _processed_probs
@@ -8,7 +9,7 @@ from shardserve.engine.scheduler import SamplingInfo
 def info(**kw) -> SamplingInfo:
     base = dict(temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0, presence_penalty=0.0,
                 frequency_penalty=0.0, seed=None,
-                logprobs=False, penalty_token_ids=[], suppress_token_ids=[])
+                logprobs=False, top_logprobs=0, penalty_token_ids=[], suppress_token_ids=[])
     base.update(kw)
     greedy = SamplingParams(temperature=base["temperature"], top_k=base["top_k"]).greedy
     return SamplingInfo(greedy=greedy, **base)
@@ -21,7 +22,7 @@ def random_logits(rows: int, vocab: int = 50, seed: int = 0) -> torch.Tensor:
 def test_greedy_and_top_k_1_take_the_argmax():
     logits = random_logits(3)
     out = Sampler(torch.device("cpu"))(logits, ["a", "b", "c"], [info(temperature=0.0), info(top_k=1), info(top_k=1, temperature=2.0)])
-    assert [t for t, _ in out] == logits.argmax(-1).tolist()
+    assert [t for t, _, _ in out] == logits.argmax(-1).tolist()
 
 
 def test_seeded_draws_do_not_depend_on_the_batch():
@@ -58,10 +59,10 @@ def test_sampling_follows_the_distribution():
 def test_repetition_penalty_suppression_and_logprobs():
     logits = torch.tensor([[2.0, 1.9, -1.0, 0.5]])
     sampler = Sampler(torch.device("cpu"))
-    (tok, lp), = sampler(logits, ["a"], [info(temperature=0.0, penalty_token_ids=[0], repetition_penalty=2.0, logprobs=True)])
+    (tok, lp, _), = sampler(logits, ["a"], [info(temperature=0.0, penalty_token_ids=[0], repetition_penalty=2.0, logprobs=True)])
     assert tok == 1  # 2.0 / 2 = 1.0 < 1.9
     assert abs(lp - torch.log_softmax(logits, -1)[0, 1].item()) < 1e-6
-    (tok, _), = sampler(logits, ["b"], [info(temperature=0.0, suppress_token_ids=[0, 1])])
+    (tok, _, _), = sampler(logits, ["b"], [info(temperature=0.0, suppress_token_ids=[0, 1])])
     assert tok == 3
 
 
@@ -98,7 +99,7 @@ def test_presence_and_frequency_penalties_count_output_tokens_only():
     pen = info(temperature=0.0, presence_penalty=0.3, frequency_penalty=0.5)
     newest = [5, 1, 1, 2]  # prompt's last, then the outputs as they become inputs
     for token in newest:
-        (tok, _), = sampler(logits, ["a"], [pen], torch.tensor([token]))
+        (tok, _, _), = sampler(logits, ["a"], [pen], torch.tensor([token]))
     counts = torch.zeros(8)
     for token in newest[1:]:
         counts[token] += 1
@@ -106,3 +107,22 @@ def test_presence_and_frequency_penalties_count_output_tokens_only():
     assert tok == int(expected.argmax())
     prompt, got_counts = sampler._penalty_state["a"]
     assert got_counts.tolist() == counts.int().tolist() and not prompt.any()
+
+
+def test_top_logprobs_are_the_raw_distributions_largest_per_row():
+    """Rows asking for different counts in one batch (and one asking for none): each gets its own
+    count of the model's largest log-probabilities, most likely first, beside its token's."""
+    logits = random_logits(3, vocab=50, seed=4)
+    rows = [info(temperature=0.0, logprobs=True, top_logprobs=3), info(temperature=0.0),
+            info(temperature=0.0, logprobs=True, top_logprobs=5, suppress_token_ids=[int(logits[2].argmax())])]
+    samples = Sampler(torch.device("cpu"))(logits, ["a", "b", "c"], rows)
+    raw = torch.log_softmax(logits, dim=-1)
+    for (token, lp, top), row, want in zip(samples, raw, (3, 0, 5), strict=True):
+        if not want:
+            assert lp is None and top is None
+            continue
+        assert lp == pytest.approx(float(row[token]))
+        values, ids = row.topk(want)
+        assert [t for t, _ in top] == ids.tolist()
+        assert [v for _, v in top] == pytest.approx(values.tolist())
+    assert samples[2][2][0][0] != samples[2][0]  # the suppressed argmax is still the most likely

@@ -127,3 +127,16 @@ def test_stop_strings_count_only_from_min_new_tokens_on(llama_llm):
                                                          stop=[stop]))[0]
     assert len(out.token_ids) >= 20
     assert out.text.startswith(full.text[:5]) and full.text.startswith(out.text)
+
+
+def test_top_logprobs_come_with_every_token(llama_llm):
+    params = SamplingParams(max_new_tokens=6, temperature=0.0, ignore_eos=True, logprobs=True, top_logprobs=3)
+    out = llama_llm.generate(["hello"], params)[0]
+    assert len(out.top_logprobs) == len(out.token_ids) == len(out.logprobs) == 6
+    for token, lp, top in zip(out.token_ids, out.logprobs, out.top_logprobs, strict=True):
+        assert len(top) == 3 and top[0][0] == token and top[0][1] == pytest.approx(lp)  # greedy: the first
+        assert [v for _, v in top] == sorted((v for _, v in top), reverse=True)
+    plain = llama_llm.generate(["hello"], SamplingParams(max_new_tokens=6, temperature=0.0, logprobs=True))[0]
+    assert plain.top_logprobs is None
+    with pytest.raises(ValueError, match="top_logprobs"):
+        SamplingParams(top_logprobs=3)  # without logprobs

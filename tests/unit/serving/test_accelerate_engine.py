@@ -34,8 +34,9 @@ def run(engine, prompt: str, params: SamplingParams):
     return asyncio.run(collect())[-1]
 
 
-@pytest.mark.parametrize("extra", [{}, {"min_new_tokens": 5}, {"repetition_penalty": 1.5, "logprobs": True}],
-                         ids=["stop id", "stop id after min_new_tokens", "logprobs under a penalty"])
+@pytest.mark.parametrize("extra", [{}, {"min_new_tokens": 5}, {"repetition_penalty": 1.5, "logprobs": True},
+                                   {"logprobs": True, "top_logprobs": 4}],
+                         ids=["stop id", "stop id after min_new_tokens", "logprobs under a penalty", "top logprobs"])
 def test_stop_ids_and_logprobs_as_our_engine(engines, extra):
     accelerate, ours = engines
     greedy = SamplingParams(max_new_tokens=8, temperature=0.0, ignore_eos=True, **extra)
@@ -46,6 +47,10 @@ def test_stop_ids_and_logprobs_as_our_engine(engines, extra):
     assert (got.token_ids, got.finish_reason) == (want.token_ids, want.finish_reason)
     if params.logprobs:
         assert got.logprobs == pytest.approx(want.logprobs, abs=1e-4)
+    if params.top_logprobs:
+        assert [[t for t, _ in top] for top in got.top_logprobs] == [[t for t, _ in top] for top in want.top_logprobs]
+        for mine, theirs in zip(got.top_logprobs, want.top_logprobs, strict=True):
+            assert [v for _, v in mine] == pytest.approx([v for _, v in theirs], abs=1e-4)
 
 
 def test_quantization_is_refused_by_name(llama):
