@@ -33,7 +33,7 @@ COMPLETION_CASES = [
     ({"model": "llama", "prompt": "x", "top_p": 2}, "top_p"),
     ({"model": "llama", "prompt": "x", "n": 2}, "n"),
     ({"model": "llama", "prompt": "x", "presence_penalty": -2.5}, "presence_penalty"),
-    ({"model": "llama", "prompt": "x", "logprobs": 5}, "logprobs"),
+    ({"model": "llama", "prompt": "x", "logprobs": 21}, "logprobs"),
     ({"model": "llama", "prompt": "x", "bogus": True}, "bogus"),
     ({"model": "llama", "prompt": []}, "prompt"),
     ({"model": "llama", "prompt": [10**9]}, "prompt"),

@@ -136,3 +136,28 @@ def test_stream_options_without_stream_is_refused(oai):
         with pytest.raises(openai.BadRequestError) as e:
             create(model="llama", max_tokens=1, stream_options={"include_usage": True}, **extra)
         assert e.value.body["param"] == "stream_options"
+
+
+@pytest.mark.parametrize("model", ["llama", "gpt2"])  # our engine and the Accelerate one
+def test_top_logprobs_through_the_openai_client(oai, model):
+    messages = [{"role": "user", "content": "Say hello"}]
+    chat = oai.chat.completions.create(model=model, messages=messages, max_tokens=4, logprobs=True, top_logprobs=3,
+                                       **GREEDY)
+    content = chat.choices[0].logprobs.content
+    assert len(content) == 4
+    for entry in content:
+        assert len(entry.top_logprobs) == 3
+        assert [t.logprob for t in entry.top_logprobs] == sorted((t.logprob for t in entry.top_logprobs), reverse=True)
+        assert (entry.token, entry.logprob) == (entry.top_logprobs[0].token, entry.top_logprobs[0].logprob)  # greedy
+    out = oai.completions.create(model=model, prompt="Hello", max_tokens=4, logprobs=3, echo=True, **GREEDY)
+    lp = out.choices[0].logprobs
+    assert len(lp.top_logprobs) == len(lp.tokens) == len(lp.text_offset) == 4
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert 1 <= len(top) <= 4 and next(iter(top)) == token and top[token] == logprob == max(top.values())
+    assert lp.text_offset[0] == len("Hello") and lp.text_offset == sorted(lp.text_offset)
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.chat.completions.create(model=model, messages=messages, max_tokens=1, top_logprobs=3)
+    assert e.value.body["param"] == "top_logprobs"
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.completions.create(model=model, prompt="Hello", max_tokens=1, logprobs=21)
+    assert e.value.body["param"] == "logprobs"

@@ -1,9 +1,11 @@
-"""OpenAI completions / chat schemas, their SamplingParams, and the response objects.
+"""OpenAI completions / chat schemas, their SamplingParams, and the response envelopes.
 
-Fields the engine cannot honour (logit_bias, tools, several logprob alternatives, n > 1) are
-rejected with a 400 naming them rather than silently ignored, as OpenAI's own
-API rejects what it does not know. Extensions, as in vLLM: top_k, repetition_penalty, min_tokens,
-ignore_eos, skip_special_tokens.
+Fields the engine cannot honour (logit_bias, tools, n > 1) are rejected with a 400 naming them
+rather than silently ignored, as OpenAI's own API rejects what it does not know. Extensions, as in
+vLLM: top_k, repetition_penalty, min_tokens, ignore_eos, skip_special_tokens. Log-probabilities
+(completions' `logprobs: N`, chat's `logprobs: true` with `top_logprobs: N`; N in [0, 20] as in
+vLLM, where OpenAI's completions take up to 5): the chosen tokens' and the N most likely tokens' at
+each position, from the model's raw distribution (openai_logprobs.py builds them).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Literal
 from pydantic import Field
 
 from shardserve.engine.request import FinishReason, RequestOutput
-from shardserve.engine.sampling_params import SamplingParams
+from shardserve.engine.sampling_params import MAX_TOP_LOGPROBS, SamplingParams
 from shardserve.serving.http_errors import bad_request
 from shardserve.serving.protocol import Strict, make_sampling_params
 
@@ -59,15 +61,19 @@ class _Sampling(Strict):
         if self.stream_options is not None and not self.stream:  # as vLLM: not silently ignored
             raise bad_request("stream_options: only allowed when stream is true", "stream_options")
 
-    def sampling_params(self, max_tokens: int, logprobs: bool, max_tokens_field: str = "max_tokens") -> SamplingParams:
-        """max_tokens_field: the request field max_tokens came from, for errors to name."""
+    def sampling_params(self, max_tokens: int, logprobs: bool, max_tokens_field: str = "max_tokens",
+                        top_logprobs: int = 0, top_logprobs_field: str = "top_logprobs") -> SamplingParams:
+        """max_tokens_field / top_logprobs_field: the request fields max_tokens and top_logprobs
+        came from, for errors to name."""
         self.check_supported()
+        names = FIELD_NAMES | {"max_new_tokens": max_tokens_field, "top_logprobs": top_logprobs_field}
         return make_sampling_params(
-            FIELD_NAMES | {"max_new_tokens": max_tokens_field}, max_new_tokens=max_tokens, min_new_tokens=self.min_tokens,
+            names, max_new_tokens=max_tokens, min_new_tokens=self.min_tokens,
             temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
             repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, seed=self.seed, stop=self.stop,
             ignore_eos=self.ignore_eos, logprobs=logprobs, skip_special_tokens=self.skip_special_tokens,
+            top_logprobs=top_logprobs,
         )
 
 
@@ -75,7 +81,8 @@ class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = 16
     echo: bool = False
-    logprobs: int | None = Field(None, description="only 0 or 1: the chosen token's log-probability")
+    logprobs: int | None = Field(None, description="the chosen token's log-probability and those of the "
+                                                   f"N most likely tokens, N in [0, {MAX_TOP_LOGPROBS}]")
     best_of: int | None = None
     suffix: str | None = None
 
@@ -85,8 +92,7 @@ class CompletionRequest(_Sampling):
             raise bad_request("best_of: only 1 is supported", "best_of")
         if self.suffix:
             raise bad_request("suffix: not supported", "suffix")
-        if self.logprobs is not None and self.logprobs not in (0, 1):
-            raise bad_request("logprobs: only 0 or 1 (the chosen token) is supported", "logprobs")
+        check_top_logprobs("logprobs", self.logprobs)
 
 
 class TextPart(Strict):
@@ -124,8 +130,15 @@ class ChatCompletionRequest(_Sampling):
         super().check_supported()
         if self.tools:
             raise bad_request("tools: tool calling is not supported", "tools")
-        if self.top_logprobs:
-            raise bad_request("top_logprobs: alternatives are not computed (only logprobs=true)", "top_logprobs")
+        check_top_logprobs("top_logprobs", self.top_logprobs)
+        if self.top_logprobs and not self.logprobs:  # 0 asks for nothing: accepted, as vLLM does
+            raise bad_request("top_logprobs: needs logprobs: true", "top_logprobs")
+
+
+def check_top_logprobs(field: str, value: int | None) -> None:
+    """400 naming `field` unless it is null or a number of alternatives the engine computes."""
+    if value is not None and not 0 <= value <= MAX_TOP_LOGPROBS:
+        raise bad_request(f"{field}: must be an integer in [0, {MAX_TOP_LOGPROBS}], got {value}", field)
 
 
 def new_id(prefix: str) -> str:
@@ -141,46 +154,6 @@ def openai_finish_reason(reason: FinishReason | None) -> str | None:
 def usage(out: RequestOutput) -> dict:
     prompt, completion = len(out.prompt_token_ids), len(out.token_ids)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def completion_logprobs(tokenizer, token_ids: list[int], logprobs: list[float]) -> dict:
-    tokens = [tokenizer.decode([t]) for t in token_ids]
-    return {"tokens": tokens, "token_logprobs": list(logprobs), "top_logprobs": None, "text_offset": None}
-
-
-def chat_logprobs(tokenizer, token_ids: list[int], logprobs: list[float]) -> dict:
-    tokens = [tokenizer.decode([t]) for t in token_ids]
-    return {"content": [
-        {"token": token, "logprob": lp, "bytes": list(token.encode()), "top_logprobs": []}
-        for token, lp in zip(tokens, logprobs, strict=False)
-    ]}
-
-
-def delta_logprobs(out: RequestOutput) -> list[float]:
-    """The log-probabilities of this update's new tokens (out.logprobs is cumulative)."""
-    return (out.logprobs or [])[len(out.token_ids) - len(out.delta_token_ids):]
-
-
-class PendingTokens:
-    """The tokens (ids, log-probabilities) of a stream's updates that sent no chunk yet.
-
-    An update whose text the engine holds back (a possible stop string's start, half a UTF-8
-    character) has tokens but no text; a route that sends no chunk for it adds them here, and the
-    next chunk it sends takes them all, so the chunks' logprobs add up to the whole answer's.
-    """
-
-    def __init__(self) -> None:
-        self.token_ids: list[int] = []
-        self.logprobs: list[float] = []
-
-    def add(self, out: RequestOutput) -> None:
-        self.token_ids += out.delta_token_ids
-        self.logprobs += delta_logprobs(out)
-
-    def take(self) -> tuple[list[int], list[float]]:
-        taken = self.token_ids, self.logprobs
-        self.token_ids, self.logprobs = [], []
-        return taken
 
 
 def envelope(kind: str, request_id: str, model: str, choices: list[dict], extra: dict | None = None) -> dict:

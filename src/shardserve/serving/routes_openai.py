@@ -8,6 +8,7 @@ import time
 
 from fastapi import APIRouter, Depends, Request
 
+from shardserve.serving import openai_logprobs as olp
 from shardserve.serving import openai_protocol as oa
 from shardserve.serving.auth import require_api_key
 from shardserve.serving.chat import chat_prompt_ids
@@ -39,22 +40,35 @@ async def completions(body: oa.CompletionRequest, request: Request):
     max_tokens = body.max_tokens  # omitted: the schema's default, OpenAI's 16
     if max_tokens is None:  # an explicit null (vLLM): as much as the context leaves, as on chat
         max_tokens = _context_left(model, prompts, tokenizer)
-    params = body.sampling_params(max_tokens, body.logprobs is not None)
+    want_logprobs = body.logprobs is not None
+    params = body.sampling_params(max_tokens, want_logprobs, top_logprobs=body.logprobs or 0,
+                                  top_logprobs_field="logprobs")
     rid, name = oa.new_id("cmpl"), model.name
 
-    def choice(i: int, text: str, out, ids: list[int], logprobs: list[float] | None) -> dict:
-        lp = oa.completion_logprobs(tokenizer, ids, logprobs or []) if body.logprobs is not None else None
-        return {"index": i, "text": text, "finish_reason": oa.openai_finish_reason(out.finish_reason), "logprobs": lp}
+    def choice(i: int, text: str, out, logprobs: dict | None) -> dict:
+        return {"index": i, "text": text, "finish_reason": oa.openai_finish_reason(out.finish_reason),
+                "logprobs": logprobs}
+
+    def offsets(prefix: str) -> olp.TextOffsets:
+        return olp.TextOffsets(tokenizer, body.skip_special_tokens, start=len(prefix))
+
+    stream_echo = _echo(prompts[0], tokenizer) if body.stream and body.echo else ""  # the first chunk's
+    stream_offsets = offsets(stream_echo)
 
     def to_events(out, first):
-        prefix = _echo(prompts[0], tokenizer) if body.echo and first else ""
-        event = oa.envelope("text_completion", rid, name,
-                            [choice(0, prefix + out.delta_text, out, out.delta_token_ids, oa.delta_logprobs(out))])
+        prefix = stream_echo if first else ""
+        lp = olp.completion_logprobs(tokenizer, out.delta_token_ids, olp.delta_logprobs(out), olp.delta_top_logprobs(out),
+                                    stream_offsets.delta(out)) if want_logprobs else None
+        event = oa.envelope("text_completion", rid, name, [choice(0, prefix + out.delta_text, out, lp)])
         return [_with_usage(event, out, body)]
 
     def to_body(finals):
-        choices = [choice(i, (_echo(p, tokenizer) if body.echo else "") + out.text, out, out.token_ids, out.logprobs)
-                   for i, (p, out) in enumerate(zip(prompts, finals, strict=True))]
+        choices = []
+        for i, (p, out) in enumerate(zip(prompts, finals, strict=True)):
+            prefix = _echo(p, tokenizer) if body.echo else ""
+            lp = olp.completion_logprobs(tokenizer, out.token_ids, out.logprobs or [], out.top_logprobs,
+                                        offsets(prefix).of(out)) if want_logprobs else None
+            choices.append(choice(i, prefix + out.text, out, lp))
         return oa.envelope("text_completion", rid, name, choices, {"usage": _sum_usage(finals)})
 
     return await respond(request, model, prompts, params, stream=body.stream, sse=True, to_events=to_events,
@@ -74,13 +88,13 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request):
     max_tokens = getattr(body, field)
     if max_tokens is None:  # OpenAI's default: as much as the context leaves
         max_tokens = _context_left(model, [prompt], tokenizer)
-    params = body.sampling_params(max_tokens, body.logprobs, field)
+    params = body.sampling_params(max_tokens, body.logprobs, field, top_logprobs=body.top_logprobs or 0)
     rid, name = oa.new_id("chatcmpl"), model.name
 
-    def logprobs(ids, lps):
-        return oa.chat_logprobs(tokenizer, ids, lps or []) if body.logprobs else None
+    def logprobs(ids, lps, tops):
+        return olp.chat_logprobs(tokenizer, ids, lps or [], tops) if body.logprobs else None
 
-    pending = oa.PendingTokens()
+    pending = olp.PendingTokens()
 
     def to_events(out, first):
         events = []
@@ -99,7 +113,7 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request):
         out = finals[0]
         choice = {"index": 0, "message": {"role": "assistant", "content": out.text},
                   "finish_reason": oa.openai_finish_reason(out.finish_reason),
-                  "logprobs": logprobs(out.token_ids, out.logprobs)}
+                  "logprobs": logprobs(out.token_ids, out.logprobs, out.top_logprobs)}
         return oa.envelope("chat.completion", rid, name, [choice], {"usage": oa.usage(out)})
 
     return await respond(request, model, [prompt], params, stream=body.stream, sse=True, to_events=to_events,
