@@ -118,7 +118,8 @@ class TextOffsets:
 
 
 class PendingTokens:
-    """The tokens (ids, log-probabilities, alternatives) of a stream's updates that sent no chunk yet.
+    """The tokens (ids, log-probabilities, alternatives) of a stream's updates that sent no chunk
+    yet.
 
     An update whose text the engine holds back (a possible stop string's start, half a UTF-8
     character) has tokens but no text; a route that sends no chunk for it adds them here, and the
