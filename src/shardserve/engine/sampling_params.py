@@ -74,6 +74,11 @@ class SamplingParams:
             self.logprobs or not self.top_logprobs), "top_logprobs",
             f"an integer in [0, {MAX_TOP_LOGPROBS}], with logprobs on", self.top_logprobs)
 
+    def ending_token_ids(self, eos_token_ids) -> tuple[int, ...]:
+        """The ids that end the request once min_new_tokens are out (below it they are never
+        sampled): its stop ids and, unless ignore_eos, the model's EOS ids. Both engines' rule."""
+        return self.stop_token_ids + (() if self.ignore_eos else tuple(eos_token_ids))
+
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW or self.top_k == 1

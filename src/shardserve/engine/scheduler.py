@@ -209,7 +209,7 @@ class Scheduler:
         first = num_out == 0  # this step samples the request's first token
         suppress: list[int] = []
         if num_out < p.min_new_tokens:
-            suppress = list(p.stop_token_ids) + ([] if p.ignore_eos else list(self.eos_token_ids))
+            suppress = list(p.ending_token_ids(self.eos_token_ids))
         return SamplingInfo(
             greedy=p.greedy,
             temperature=p.temperature,
@@ -260,10 +260,9 @@ class Scheduler:
     def _check_stop(self, request: Request, token_id: int) -> FinishReason | None:
         p = request.params
         num_out = len(request.output_token_ids)
-        if num_out >= p.min_new_tokens:
-            if token_id in p.stop_token_ids or (not p.ignore_eos and token_id in self.eos_token_ids):
-                request.stop_token_id = token_id
-                return FinishReason.STOP
+        if num_out >= p.min_new_tokens and token_id in p.ending_token_ids(self.eos_token_ids):
+            request.stop_token_id = token_id
+            return FinishReason.STOP
         if num_out >= p.max_new_tokens or request.num_known_tokens >= self.max_model_len:
             return FinishReason.LENGTH
         return None

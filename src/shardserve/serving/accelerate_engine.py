@@ -229,8 +229,7 @@ class _Rows:
 
     def __init__(self, group: list[_Pending], tokenizer, eos_ids: tuple[int, ...]):
         self.group = group
-        self.eos = torch.tensor(list(eos_ids), dtype=torch.long)
-        self.eos_set = set(eos_ids)
+        self.eos_ids = eos_ids
         self.outputs = OutputProcessor(tokenizer)
         for pending in group:
             self.outputs.add(pending.request)
@@ -250,7 +249,7 @@ class _Rows:
         for i, pending in enumerate(self.group):
             p, n = pending.request.params, len(pending.request.output_token_ids)
             if n < p.min_new_tokens:
-                ids = list(p.stop_token_ids) + ([] if p.ignore_eos else self.eos.tolist())
+                ids = list(p.ending_token_ids(self.eos_ids))
                 if ids:
                     scores[i, torch.tensor(ids, device=scores.device)] = float("-inf")
         return scores
@@ -276,8 +275,7 @@ class _Rows:
                 top = self.logprobs[i].topk(request.params.top_logprobs)
                 request.top_logprobs.append(list(zip(top.indices.tolist(), top.values.tolist(), strict=True)))
         p = request.params
-        if len(request.output_token_ids) >= p.min_new_tokens and (
-                token in p.stop_token_ids or (token in self.eos_set and not p.ignore_eos)):
+        if len(request.output_token_ids) >= p.min_new_tokens and token in p.ending_token_ids(self.eos_ids):
             request.stop_token_id = token
             self._finish(request, FinishReason.STOP)
         elif len(request.output_token_ids) >= request.params.max_new_tokens:
