@@ -21,6 +21,7 @@ class _TextState:
     emitted_tokens: int = 0
     holdback: int = 0
     stopped: bool = field(default=False)
+    ends: list[int] = field(default_factory=list)  # RequestOutput.token_text_ends
 
 
 class OutputProcessor:
@@ -40,12 +41,16 @@ class OutputProcessor:
         text of a stop id or EOS that ended the request is left out (its id stays in token_ids),
         and stop strings count only from min_new_tokens on, as stop ids do."""
         state = self._states[request.request_id]
-        if request.is_finished and request.stop_token_id is not None:
-            new_token_ids = new_token_ids[:-1]  # the callers pass the newest tokens: it is the last
-        for token_id in new_token_ids:
+        dropped = request.is_finished and request.stop_token_id is not None and bool(new_token_ids)
+        for token_id in new_token_ids[:-1] if dropped else new_token_ids:  # the callers pass the newest
             state.text += state.detokenizer.add(token_id)
+            state.ends.append(len(state.text))
         if request.is_finished:
             state.text += state.detokenizer.flush()
+            if state.ends:  # what the flush lets out (half a character held back) is the last token's
+                state.ends[-1] = len(state.text)
+        if dropped:  # the stop token's text is left out: it ends where the text does
+            state.ends.append(len(state.text))
         stops = request.params.stop
         if stops and not state.stopped and len(request.output_token_ids) >= request.params.min_new_tokens:
             # Only the part that may contain a new match: the tail that the last call held back.
@@ -78,6 +83,7 @@ class OutputProcessor:
             delta_token_ids=list(delta_tokens),
             finished=finished,
             finish_reason=request.finish_reason,
+            token_text_ends=list(state.ends),
             logprobs=list(request.logprobs) if request.params.logprobs else None,
             top_logprobs=list(request.top_logprobs) if request.params.top_logprobs else None,
             num_cached_tokens=request.num_cached_tokens,

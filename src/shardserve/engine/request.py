@@ -94,6 +94,10 @@ class RequestOutput:
     delta_token_ids: list[int]
     finished: bool
     finish_reason: FinishReason | None = None
+    # Where each generated token's text ends in the detokenised text: the servers' per-token text
+    # (stream events, text offsets) without detokenising again. Past len(text) while text is held
+    # back for a stop string, or after one cut it.
+    token_text_ends: list[int] = field(default_factory=list)
     logprobs: list[float] | None = None  # log-probability of each generated token
     # For each generated token, the top_logprobs most likely (token id, logprob), most likely first.
     top_logprobs: list[list[tuple[int, float]]] | None = None

@@ -5,7 +5,6 @@ engine's RequestOutput (logprobs and top_logprobs)."""
 from __future__ import annotations
 
 from shardserve.engine.request import RequestOutput
-from shardserve.engine.tokenizer import IncrementalDetokenizer
 
 # What a log-probability of -inf is sent as (JSON has no infinities), as OpenAI and vLLM do.
 MIN_LOGPROB = -9999.0
@@ -81,40 +80,16 @@ def delta_top_logprobs(out: RequestOutput) -> list[TopLogprobs] | None:
     return out.top_logprobs[len(out.token_ids) - len(out.delta_token_ids):]
 
 
-class TextOffsets:
-    """OpenAI's `text_offset`: where each generated token's text starts in the returned text.
-
-    The tokens are detokenised again as the engine does (incrementally, after the prompt), so a
-    token's offset is `start` (the echoed prompt's length) plus the length of the text of the
-    tokens before it; a token that only completes a character begun by the one before it starts
-    where that character does. The tokens of a stop string that cut the text start at or past its
-    end (they stay in `tokens`, as in vLLM). One object per choice; cumulative, as the engine's
-    outputs are.
-    """
-
-    def __init__(self, tokenizer, skip_special_tokens: bool, start: int = 0):
-        self.tokenizer = tokenizer
-        self.skip_special_tokens = skip_special_tokens
-        self.detokenizer: IncrementalDetokenizer | None = None
-        self.offsets: list[int] = []
-        self.end = start
-
-    def of(self, out: RequestOutput) -> list[int]:
-        """The offsets of all of out's tokens (out.token_ids)."""
-        self._add(out)
-        return self.offsets[:len(out.token_ids)]
-
-    def delta(self, out: RequestOutput) -> list[int]:
-        """The offsets of this update's new tokens (out.delta_token_ids)."""
-        self._add(out)
-        return self.offsets[len(out.token_ids) - len(out.delta_token_ids):len(out.token_ids)]
-
-    def _add(self, out: RequestOutput) -> None:
-        if self.detokenizer is None:
-            self.detokenizer = IncrementalDetokenizer(self.tokenizer, out.prompt_token_ids, self.skip_special_tokens)
-        for token_id in out.token_ids[len(self.offsets):]:
-            self.offsets.append(self.end)
-            self.end += len(self.detokenizer.add(token_id))
+def text_offsets(out: RequestOutput, start: int = 0, new_only: bool = False) -> list[int]:
+    """OpenAI's `text_offset`: where each generated token's text starts in the returned text,
+    `start` being the echoed prompt's length; that is where the token before it ends
+    (RequestOutput.token_text_ends). A token that only completes a character begun by the one
+    before it starts where that character does; the tokens of a stop string that cut the text start
+    at or past its end (they stay in `tokens`, as in vLLM). new_only: the offsets of the update's
+    new tokens alone (a streamed chunk's)."""
+    ends = out.token_text_ends
+    first = len(out.token_ids) - len(out.delta_token_ids) if new_only else 0
+    return [start + (ends[i - 1] if i else 0) for i in range(first, len(out.token_ids))]
 
 
 class PendingTokens:

@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shardserve.engine.request import FinishReason, RequestOutput
 from shardserve.engine.sampling_params import SamplingParams
-from shardserve.engine.tokenizer import IncrementalDetokenizer
 from shardserve.serving.http_errors import APIError, bad_request
 
 DEFAULT_MAX_NEW_TOKENS = 30  # DJLServing LMI's default
@@ -118,34 +117,27 @@ class TokenEvents:
 
     The engine holds back text that may begin a stop string (RequestOutput.text grows only by text
     that is safe to show), so its delta_text lags the token ids. Each token's event waits here
-    until its text is safe, so that an id is never sent with another token's text. When the
+    until its text (up to RequestOutput.token_text_ends) is safe, so that an id is never sent with
+    another token's text. When the
     generation ends, the tokens still waiting go out with their text cut where the final text
     ends: a token inside the stop string that ended it gets text "". The events' texts thus add up
     to generated_text, which excludes the stop string (as DJL LMI's vLLM does; TGI itself would
     keep the stop sequence in generated_text).
     """
 
-    def __init__(self, tokenizer, params: SamplingParams):
+    def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self.params = params
-        self.detokenizer: IncrementalDetokenizer | None = None
-        self.ends: list[int] = []  # where each token's text ends in the generated text
         self.sent = 0  # tokens whose event went out
         self.sent_chars = 0
 
     def take(self, out: RequestOutput) -> list[dict]:
         """The `token` objects of the events that `out` makes safe to send."""
-        if self.detokenizer is None:  # the engine's own detokenisation, to find each token's text
-            self.detokenizer = IncrementalDetokenizer(self.tokenizer, out.prompt_token_ids,
-                                                      self.params.skip_special_tokens)
-        for token_id in out.token_ids[len(self.ends):]:
-            self.ends.append((self.ends[-1] if self.ends else 0) + len(self.detokenizer.add(token_id)))
-        safe = len(out.text)
+        ends, safe = out.token_text_ends, len(out.text)
         tokens = []
-        while self.sent < len(out.token_ids) and (out.finished or self.ends[self.sent] <= safe):
+        while self.sent < len(out.token_ids) and (out.finished or ends[self.sent] <= safe):
             i = self.sent
             last = out.finished and i == len(out.token_ids) - 1
-            end = safe if last else min(self.ends[i], safe)  # the last one takes what the end flushed
+            end = safe if last else min(ends[i], safe)  # the last one takes what the end flushed
             tokens.append(self._token(out, i, out.text[self.sent_chars:end]))
             self.sent, self.sent_chars = i + 1, max(end, self.sent_chars)
         if out.finished and not tokens:  # nothing left to carry the final event (e.g. an abort)

@@ -49,16 +49,12 @@ async def completions(body: oa.CompletionRequest, request: Request):
         return {"index": i, "text": text, "finish_reason": oa.openai_finish_reason(out.finish_reason),
                 "logprobs": logprobs}
 
-    def offsets(prefix: str) -> olp.TextOffsets:
-        return olp.TextOffsets(tokenizer, body.skip_special_tokens, start=len(prefix))
-
     stream_echo = _echo(prompts[0], tokenizer) if body.stream and body.echo else ""  # the first chunk's
-    stream_offsets = offsets(stream_echo)
 
     def to_events(out, first):
         prefix = stream_echo if first else ""
         lp = olp.completion_logprobs(tokenizer, out.delta_token_ids, olp.delta_logprobs(out), olp.delta_top_logprobs(out),
-                                    stream_offsets.delta(out)) if want_logprobs else None
+                                    olp.text_offsets(out, len(stream_echo), new_only=True)) if want_logprobs else None
         event = oa.envelope("text_completion", rid, name, [choice(0, prefix + out.delta_text, out, lp)])
         return [_with_usage(event, out, body)]
 
@@ -67,7 +63,7 @@ async def completions(body: oa.CompletionRequest, request: Request):
         for i, (p, out) in enumerate(zip(prompts, finals, strict=True)):
             prefix = _echo(p, tokenizer) if body.echo else ""
             lp = olp.completion_logprobs(tokenizer, out.token_ids, out.logprobs or [], out.top_logprobs,
-                                        offsets(prefix).of(out)) if want_logprobs else None
+                                        olp.text_offsets(out, len(prefix))) if want_logprobs else None
             choices.append(choice(i, prefix + out.text, out, lp))
         return oa.envelope("text_completion", rid, name, choices, {"usage": _sum_usage(finals)})
 

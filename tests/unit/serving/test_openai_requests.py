@@ -9,7 +9,9 @@ import json
 import pytest
 
 from helpers.served_app import artifact, served
-from shardserve.engine.request import RequestOutput
+from shardserve.engine.output_processor import OutputProcessor
+from shardserve.engine.request import FinishReason, Request, RequestOutput, RequestStatus
+from shardserve.engine.sampling_params import SamplingParams
 from shardserve.serving import openai_logprobs as olp
 from shardserve.serving import openai_protocol as oa
 from shardserve.serving.chat import chat_prompt_ids
@@ -208,15 +210,33 @@ def test_delta_top_logprobs_and_pending_tokens_add_up_to_the_whole_answers():
     assert pending.take() == (ids, lps, None)
 
 
+def _detokenised(tokenizer, token_ids: list[int], steps: list[int]) -> list[RequestOutput]:
+    """The engine's own updates (its output processor) of a generation whose i-th update adds
+    steps[i] tokens, ending by length."""
+    request = Request("r", [0], SamplingParams(max_new_tokens=len(token_ids)))
+    outputs = OutputProcessor(tokenizer)
+    outputs.add(request)
+    outs, n = [], 0
+    for k in steps:
+        for token in token_ids[n:n + k]:
+            request.output_token_ids.append(token)
+            if len(request.output_token_ids) == len(token_ids):
+                request.status, request.finish_reason = RequestStatus.FINISHED, FinishReason.LENGTH
+            outputs.new_text(request, [token])
+        outs.append(outputs.output(request))
+        n += k
+    return outs
+
+
 def test_text_offsets_are_where_each_tokens_text_starts_streamed_or_not():
     tok = _ByteTokenizer()
     # "Hi" "é" (two tokens: the first alone is half a character) " th" "ere" "!"
     ids = [0, 2, 3, 6, 7, 4]
-    whole = olp.TextOffsets(tok, True, start=3).of(_outputs(ids, [0.0] * 6, None, [6])[0])
+    whole = olp.text_offsets(_detokenised(tok, ids, [6])[0], start=3)
     assert whole == [3, 5, 5, 6, 9, 12]  # "Hi" is 2 characters, "é" 1, " th" 3, "ere" 3
     assert "Hié there!"[5 - 3] == "é" and "Hié there!"[9 - 3:12 - 3] == "ere"
-    offsets = olp.TextOffsets(tok, True, start=3)
-    streamed = [x for out in _outputs(ids, [0.0] * 6, None, [1, 1, 0, 3, 1]) for x in offsets.delta(out)]
+    outs = _detokenised(tok, ids, [1, 1, 0, 3, 1])
+    streamed = [x for out in outs for x in olp.text_offsets(out, start=3, new_only=True)]
     assert streamed == whole
 
 

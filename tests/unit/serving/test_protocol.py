@@ -113,7 +113,7 @@ def test_token_events_wait_for_their_text_and_a_stop_strings_tokens_have_none():
     request = Request("r", [1], params)
     outputs = OutputProcessor(tokenizer)
     outputs.add(request)
-    events = TokenEvents(tokenizer, params)
+    events = TokenEvents(tokenizer)
     got = []
     for token in (1, 3, 2, 3, 3):  # a # b # #
         request.output_token_ids.append(token)
@@ -129,7 +129,8 @@ def test_token_events_wait_for_their_text_and_a_stop_strings_tokens_have_none():
 def test_a_final_update_without_a_token_still_makes_the_last_event():
     from shardserve.serving.protocol import TokenEvents
 
-    events = TokenEvents(_CharTokenizer(), SamplingParams())
-    assert [t["text"] for t in events.take(RequestOutput("r", "p", [1], "a", [1], "a", [1], False))] == ["a"]
+    events = TokenEvents(_CharTokenizer())
+    first = RequestOutput("r", "p", [1], "a", [1], "a", [1], False, token_text_ends=[1])
+    assert [t["text"] for t in events.take(first)] == ["a"]
     last = events.take(RequestOutput("r", "p", [1], "a", [1], "", [], True, FinishReason.ABORT))
     assert last == [{"id": None, "text": "", "log_prob": None, "special": False}]
