@@ -71,6 +71,25 @@ def test_prefill_graphs_replay_the_eager_step(tiny_checkpoint, arch):
     assert outs[False, False] == outs[True, False] == outs[False, True] == outs[True, True]
 
 
+def test_prefill_graphs_take_as_many_sequences_as_their_cap(tiny_checkpoint):
+    """extra.prefill_graph_max_seqs above the default: mixed steps of a full batch of decodes and
+    new prompts' chunks are replayed, and give the eager engine's tokens."""
+    path = str(tiny_checkpoint("llama"))
+    prompts = [list(range(5 + i, 12 + 3 * i)) for i in range(24)]
+    params = [SamplingParams(max_new_tokens=6 + 5 * i % 19, temperature=0.0, ignore_eos=True) for i in range(24)]
+    outs, replayed = {}, []
+    for extra in ({"prefill_graphs": False}, {"prefill_graph_max_seqs": 16}):
+        with LLM(path, dtype="bf16", max_num_seqs=16, num_kv_blocks=256, max_model_len=256,
+                 max_num_batched_tokens=64, extra=extra) as llm:
+            graphs = llm.executor.runner.prefill_graphs
+            if graphs is not None:
+                assert graphs.max_seqs == 16
+                graphs.run = lambda seqs, *a, run=graphs.run: (replayed.append(len(seqs)), run(seqs, *a))[1]
+            outs[graphs is None] = [o.token_ids for o in llm.generate(prompts, params)]
+    assert max(replayed) > 8, replayed  # past the default cap
+    assert outs[False] == outs[True]
+
+
 def test_warm_up_tunes_every_decode_gemm_row_class(tiny_checkpoint):
     """Eager, with few sequence slots: no batch size seen later may start a tuning on a request's
     path, so the warm-up has tuned every row class of every layer shape, LM head included."""

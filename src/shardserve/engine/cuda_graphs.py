@@ -7,10 +7,10 @@ replaying it leaves the CPU one replay call per step.
 
 What makes replay valid: every input lives in a static device buffer that the graph reads
 (ids, positions, cache slots, context lengths, block tables); a step copies its values in with
-one host-to-device copy per dtype from pinned staging buffers, and pads the bucket with
-harmless rows (slot -1: no cache write; seq_len 0: no cache read, output 0). The attention
-kernels read lengths from the device only (kernels/paged_decode.py), so nothing in the graph
-depends on a host value that changes between steps. All ranks capture the same buckets in the
+one host-to-device copy per dtype from pinned staging buffers (engine/graph_inputs.py), and pads
+the bucket with harmless rows (slot -1: no cache write; seq_len 0: no cache read, output 0).
+The attention kernels read lengths from the device only (kernels/paged_decode.py), so nothing in
+the graph depends on a host value that changes between steps. All ranks capture the same buckets in the
 same order, so their collectives line up. Input tokens still in flight (asynchronous scheduling)
 are copied into the static ids from the previous step's sampled tokens on the device, before the
 replay.
@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from shardserve.engine.graph_inputs import GraphInputs
 from shardserve.engine.scheduler import ScheduledSeq
 from shardserve.layers.forward_context import AttentionMetadata, forward_context
 
@@ -61,35 +62,26 @@ class DecodeGraphs:
         self.max_bs = self.buckets[-1]
         self.max_blocks = max_blocks_per_seq
         n, mb = self.max_bs, max_blocks_per_seq
-        # Staging (pinned host) and static (device) inputs, one buffer per dtype:
-        # int64 [5, n] = input ids, positions, cache slots, then (placeholders) the rows to fill
-        # and their rows in the previous step's tokens;
-        # int32 [n + n * mb] = seq_lens, then block tables [n, mb].
-        self.host64 = torch.zeros(5, n, dtype=torch.int64, pin_memory=True)
-        self.host32 = torch.zeros(n + n * mb, dtype=torch.int32, pin_memory=True)
-        self.dev64 = torch.zeros(5, n, dtype=torch.int64, device=device)
-        self.dev32 = torch.zeros(n + n * mb, dtype=torch.int32, device=device)
-        self.dev64[2].fill_(-1)
+        # int64 [5, n]: input ids, positions, cache slots, then (placeholders) the rows to fill
+        # and their rows in the previous step's tokens; int32 [n + n * mb]: seq_lens, then block
+        # tables [n, mb].
+        self.inputs = GraphInputs(5, n, n + n * mb, device)
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)  # token i = seq i
-        self._np64, self._np32 = self.host64.numpy(), self.host32.numpy()
-        self._tables = self._np32[n:].reshape(n, mb)
-        self._copied = torch.cuda.Event()  # the staging buffers may be rewritten once it fires
-        self._copied.record()
+        self._tables = self.inputs.np32[n:].reshape(n, mb)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}  # bucket -> static [bucket, vocab] float32
         self.capture_seconds = 0.0
 
     # -- capture (once, after the KV cache exists) ------------------------------------------
     def _meta(self, bs: int) -> AttentionMetadata:
-        n = self.max_bs
+        n, dev64, dev32 = self.max_bs, self.inputs.dev64, self.inputs.dev32
         return AttentionMetadata.for_graph_decode(
-            self.dev64[2, :bs], self.query_start_loc[: bs + 1], self.dev32[:bs],
-            self.dev32[n:].view(n, self.max_blocks)[:bs],
+            dev64[2, :bs], self.query_start_loc[: bs + 1], dev32[:bs], dev32[n:].view(n, self.max_blocks)[:bs],
         )
 
     def _forward(self, bs: int) -> torch.Tensor:
         with forward_context(self._meta(bs)):
-            hidden = self.model(self.dev64[0, :bs], self.dev64[1, :bs])
+            hidden = self.model(self.inputs.dev64[0, :bs], self.inputs.dev64[1, :bs])
             return self.model.compute_logits(hidden)  # [bs, vocab] float32; all_gather under TP
 
     @torch.inference_mode()
@@ -117,9 +109,10 @@ class DecodeGraphs:
         indices whose token is a placeholder, previous step's device tokens, their rows there)."""
         n = len(seqs)
         bs = next(b for b in self.buckets if b >= n)
-        self._copied.synchronize()  # the last step's copy has long finished: no real wait
-        ids, pos, slots = self._np64[0], self._np64[1], self._np64[2]
-        seq_lens = self._np32[: self.max_bs]
+        self.inputs.writable()
+        np64 = self.inputs.np64
+        ids, pos, slots = np64[0], np64[1], np64[2]
+        seq_lens = self.inputs.np32[: self.max_bs]
         for i, s in enumerate(seqs):
             p = s.start_pos
             ids[i] = s.token_ids[0]
@@ -130,14 +123,10 @@ class DecodeGraphs:
         ids[n:bs], pos[n:bs], slots[n:bs], seq_lens[n:bs] = 0, 0, -1, 0
         if fill is not None:
             k = len(fill[0])
-            self._np64[3, :k], self._np64[4, :k] = fill[0], fill[2]
-        # Two contiguous copies: all of int64 (5 x max_bs), and the int32 prefix holding every
-        # seq_len and the bucket's block-table rows.
-        self.dev64.copy_(self.host64, non_blocking=True)
-        rows32 = self.max_bs + bs * self.max_blocks
-        self.dev32[:rows32].copy_(self.host32[:rows32], non_blocking=True)
-        self._copied.record()
+            np64[3, :k], np64[4, :k] = fill[0], fill[2]
+        self.inputs.upload(self.max_bs + bs * self.max_blocks)  # every seq_len, the bucket's tables
         if fill is not None:
-            self.dev64[0].index_copy_(0, self.dev64[3, :k], fill[1].index_select(0, self.dev64[4, :k]))
+            dev64 = self.inputs.dev64
+            dev64[0].index_copy_(0, dev64[3, :k], fill[1].index_select(0, dev64[4, :k]))
         self.graphs[bs].replay()
         return self.logits[bs][:n]

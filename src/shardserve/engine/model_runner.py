@@ -19,7 +19,7 @@ import time
 import torch
 
 from shardserve.config import EngineConfig, torch_dtype
-from shardserve.engine import kv_budget
+from shardserve.engine import kv_budget, prefill_graphs
 from shardserve.engine.cuda_graphs import DecodeGraphs
 from shardserve.engine.pending_step import (
     HostBufferPair,
@@ -103,8 +103,15 @@ class ModelRunner:
     def _use_prefill_graphs(self) -> bool:
         return self.use_cuda_graphs and self.config.extra.get("prefill_graphs", True)
 
+    def _prefill_graph_options(self) -> dict:
+        extra = self.config.extra
+        return {"seq_cap": extra.get("prefill_graph_max_seqs", prefill_graphs.MAX_SEQS),
+                "token_sizes": extra.get("prefill_graph_tokens", prefill_graphs.TOKEN_BUCKETS)}
+
     def _prefill_graph_tokens(self) -> int:
-        return prefill_graph_buckets(self.config.max_num_batched_tokens)[-1] if self._use_prefill_graphs() else 0
+        if not self._use_prefill_graphs():
+            return 0
+        return prefill_graph_buckets(self.config.max_num_batched_tokens, self._prefill_graph_options()["token_sizes"])[-1]
 
     def allocate_kv_cache(self, num_blocks: int, max_model_len: int) -> None:
         for layer in self.attention_layers:
@@ -126,7 +133,8 @@ class ModelRunner:
             self.cuda_graphs.capture(pool)
             if self._use_prefill_graphs():
                 self.prefill_graphs = PrefillGraphs(self.model, self.device, self.config.max_num_seqs,
-                                                    self.config.max_num_batched_tokens, max_blocks)
+                                                    self.config.max_num_batched_tokens, max_blocks,
+                                                    **self._prefill_graph_options())
                 self.prefill_graphs.capture(pool)
 
     @torch.inference_mode()

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from shardserve.engine.cuda_graphs import capture_buckets
+from shardserve.engine.graph_inputs import GraphInputs
 from shardserve.engine.sampler import on_device
 from shardserve.engine.scheduler import ScheduledSeq
 from shardserve.layers.forward_context import AttentionMetadata, forward_context
@@ -38,40 +39,32 @@ TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512)
 MAX_SEQS = 8  # sequences a bucket takes: each one adds attention programs to every layer
 
 
-def prefill_graph_buckets(max_num_batched_tokens: int) -> list[int]:
+def prefill_graph_buckets(max_num_batched_tokens: int, sizes: Sequence[int] = TOKEN_BUCKETS) -> list[int]:
     """The token counts of the graphs: no step holds more than max_num_batched_tokens."""
-    return [t for t in TOKEN_BUCKETS if t <= max_num_batched_tokens] or [max_num_batched_tokens]
+    return sorted(t for t in set(sizes) if t <= max_num_batched_tokens) or [max_num_batched_tokens]
 
 
 class PrefillGraphs:
     def __init__(self, model: nn.Module, device: torch.device, max_num_seqs: int, max_num_batched_tokens: int,
-                 max_blocks_per_seq: int):
+                 max_blocks_per_seq: int, seq_cap: int = MAX_SEQS, token_sizes: Sequence[int] = TOKEN_BUCKETS):
         self.model = model
         self.device = device
-        self.buckets = prefill_graph_buckets(max_num_batched_tokens)
-        self.max_seqs = min(MAX_SEQS, max_num_seqs)
+        self.buckets = prefill_graph_buckets(max_num_batched_tokens, token_sizes)
+        self.max_seqs = min(seq_cap, max_num_seqs)
         self.max_blocks = max_blocks_per_seq
         t, s, mb = self.buckets[-1], self.max_seqs, max_blocks_per_seq
-        pin = device.type == "cuda"
-        # Staging (pinned host) and static (device) inputs, one buffer per dtype:
-        # int64 [3, t] = input ids, positions, cache slots;
-        # int32 [2s + 1 + s * mb] = query start offsets, seq_lens, block tables [s, mb].
-        self.host64 = torch.zeros(3, t, dtype=torch.int64, pin_memory=pin)
-        self.host32 = torch.zeros(2 * s + 1 + s * mb, dtype=torch.int32, pin_memory=pin)
-        self.dev64 = torch.zeros(3, t, dtype=torch.int64, device=device)
-        self.dev32 = torch.zeros_like(self.host32, device=device)
-        self.dev64[2].fill_(-1)
-        self._np64, self._np32 = self.host64.numpy(), self.host32.numpy()
-        self._copied = torch.cuda.Event() if pin else None  # the staging buffers may be rewritten
+        # int64 [3, t]: input ids, positions, cache slots; int32 [2s + 1 + s * mb]: query start
+        # offsets, seq_lens, block tables [s, mb].
+        self.inputs = GraphInputs(3, t, 2 * s + 1 + s * mb, device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}  # bucket -> static [max_seqs, vocab] float32
         self.capture_seconds = 0.0
 
     def _meta(self, tokens: int) -> AttentionMetadata:
-        s = self.max_seqs
+        s, dev32 = self.max_seqs, self.inputs.dev32
         return AttentionMetadata.for_graph_prefill(
-            self.dev64[2, :tokens], self.dev32[: s + 1], self.dev32[s + 1 : 2 * s + 1],
-            self.dev32[2 * s + 1 :].view(s, self.max_blocks), max_query_len=tokens,
+            self.inputs.dev64[2, :tokens], dev32[: s + 1], dev32[s + 1 : 2 * s + 1],
+            dev32[2 * s + 1 :].view(s, self.max_blocks), max_query_len=tokens,
         )
 
     def forward(self, tokens: int) -> torch.Tensor:
@@ -79,7 +72,7 @@ class PrefillGraphs:
         (what a graph captures; eager on the CPU, where the tests run it)."""
         meta = self._meta(tokens)
         with forward_context(meta):
-            hidden = self.model(self.dev64[0, :tokens], self.dev64[1, :tokens])
+            hidden = self.model(self.inputs.dev64[0, :tokens], self.inputs.dev64[1, :tokens])
             last = (meta.query_start_loc[1:] - 1).clamp(min=0).long()  # a padding sequence: any row
             return self.model.compute_logits(hidden.index_select(0, last))  # all_gather under TP
 
@@ -103,12 +96,11 @@ class PrefillGraphs:
     def stage(self, seqs: Sequence[ScheduledSeq], block_size: int) -> tuple[int, list[int]]:
         """Copy the step's inputs into the static buffers, padded; -> (its bucket, each sequence's
         first token row)."""
-        if self._copied is not None:
-            self._copied.synchronize()  # the last step's copy has long finished: no real wait
-        s = self.max_seqs
-        ids, pos, slots = self._np64
-        starts, seq_lens = self._np32[: s + 1], self._np32[s + 1 : 2 * s + 1]
-        tables = self._np32[2 * s + 1 :].reshape(s, self.max_blocks)
+        self.inputs.writable()
+        s, np32 = self.max_seqs, self.inputs.np32
+        ids, pos, slots = self.inputs.np64
+        starts, seq_lens = np32[: s + 1], np32[s + 1 : 2 * s + 1]
+        tables = np32[2 * s + 1 :].reshape(s, self.max_blocks)
         at = 0
         for i, seq in enumerate(seqs):
             n, p = len(seq.token_ids), seq.start_pos
@@ -124,14 +116,7 @@ class PrefillGraphs:
         tokens = next(t for t in self.buckets if t >= at)
         ids[at:tokens], pos[at:tokens], slots[at:tokens] = 0, 0, -1
         starts[len(seqs) :], seq_lens[len(seqs) :] = at, 0
-        # Contiguous copies from pinned memory only: a strided source would be gathered into
-        # pageable memory, whose copy waits for the GPU. All of int64 (3 x 512), and the int32
-        # prefix holding every start and seq_len and the step's block-table rows.
-        self.dev64.copy_(self.host64, non_blocking=True)
-        rows32 = 2 * s + 1 + len(seqs) * self.max_blocks
-        self.dev32[:rows32].copy_(self.host32[:rows32], non_blocking=True)
-        if self._copied is not None:
-            self._copied.record()
+        self.inputs.upload(2 * s + 1 + len(seqs) * self.max_blocks)  # every start and seq_len, the step's tables
         return tokens, starts[: len(seqs)].tolist()
 
     @torch.inference_mode()
@@ -143,6 +128,6 @@ class PrefillGraphs:
         tokens, first = self.stage(seqs, block_size)
         if fill is not None:
             at = on_device([first[i] for i in fill[0]], torch.int64, self.device)
-            self.dev64[0].index_copy_(0, at, fill[1].index_select(0, on_device(fill[2], torch.int64, self.device)))
+            self.inputs.dev64[0].index_copy_(0, at, fill[1].index_select(0, on_device(fill[2], torch.int64, self.device)))
         self.graphs[tokens].replay()
         return self.logits[tokens][: len(seqs)]

@@ -1,0 +1,37 @@
+"""The static inputs a CUDA graph reads, and the pinned host buffers a step stages them in.
+
+One buffer of each per dtype: int64 [rows, width] (rows 0-2: input ids, positions, cache slots;
+the graph kind may add rows) and a flat int32 one (lengths and block tables, laid out by the
+graph kind). A step writes its values into the host buffers through numpy views and uploads
+them with one contiguous copy per dtype: from a strided pinned source torch would gather into
+pageable memory first, and that copy waits for the GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class GraphInputs:
+    def __init__(self, rows64: int, width: int, len32: int, device: torch.device):
+        pin = device.type == "cuda"  # the CPU tests run the padded forward eagerly
+        self.host64 = torch.zeros(rows64, width, dtype=torch.int64, pin_memory=pin)
+        self.host32 = torch.zeros(len32, dtype=torch.int32, pin_memory=pin)
+        self.dev64 = torch.zeros_like(self.host64, device=device)
+        self.dev32 = torch.zeros_like(self.host32, device=device)
+        self.dev64[2].fill_(-1)  # cache slot -1: padding writes no K/V
+        self.np64, self.np32 = self.host64.numpy(), self.host32.numpy()
+        # The host buffers may be rewritten once the last upload has been read.
+        self._uploaded = torch.cuda.Event() if pin else None
+
+    def writable(self) -> None:
+        """Wait for the last upload (it finished long ago: the step after it has been launched)."""
+        if self._uploaded is not None:
+            self._uploaded.synchronize()
+
+    def upload(self, len32: int) -> None:
+        """All of int64 and the first len32 entries of int32 to the device, without waiting."""
+        self.dev64.copy_(self.host64, non_blocking=True)
+        self.dev32[:len32].copy_(self.host32[:len32], non_blocking=True)
+        if self._uploaded is not None:
+            self._uploaded.record()
