@@ -71,22 +71,22 @@ def test_prefill_graphs_replay_the_eager_step(tiny_checkpoint, arch):
     assert outs[False, False] == outs[True, False] == outs[False, True] == outs[True, True]
 
 
-def test_prefill_graphs_take_as_many_sequences_as_their_cap(tiny_checkpoint):
-    """extra.prefill_graph_max_seqs above the default: mixed steps of a full batch of decodes and
-    new prompts' chunks are replayed, and give the eager engine's tokens."""
+def test_prefill_graphs_replay_mixed_steps_of_a_full_batch(tiny_checkpoint):
+    """Mixed steps of up to max_num_seqs sequences (a full batch of decodes beside new prompts'
+    chunks) are replayed, and give the eager engine's tokens."""
     path = str(tiny_checkpoint("llama"))
     prompts = [list(range(5 + i, 12 + 3 * i)) for i in range(24)]
     params = [SamplingParams(max_new_tokens=6 + 5 * i % 19, temperature=0.0, ignore_eos=True) for i in range(24)]
     outs, replayed = {}, []
-    for extra in ({"prefill_graphs": False}, {"prefill_graph_max_seqs": 16}):
+    for extra in ({"prefill_graphs": False}, {}):
         with LLM(path, dtype="bf16", max_num_seqs=16, num_kv_blocks=256, max_model_len=256,
                  max_num_batched_tokens=64, extra=extra) as llm:
             graphs = llm.executor.runner.prefill_graphs
             if graphs is not None:
-                assert graphs.max_seqs == 16
+                assert graphs.max_seqs == 16 and graphs.logits_out is llm.executor.runner.cuda_graphs.logits_out
                 graphs.run = lambda seqs, *a, run=graphs.run: (replayed.append(len(seqs)), run(seqs, *a))[1]
             outs[graphs is None] = [o.token_ids for o in llm.generate(prompts, params)]
-    assert max(replayed) > 8, replayed  # past the default cap
+    assert max(replayed) > 8, replayed  # decodes of a full batch beside a new prompt
     assert outs[False] == outs[True]
 
 

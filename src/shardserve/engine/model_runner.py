@@ -19,8 +19,8 @@ import time
 import torch
 
 from shardserve.config import EngineConfig, torch_dtype
-from shardserve.engine import kv_budget, prefill_graphs
-from shardserve.engine.cuda_graphs import DecodeGraphs
+from shardserve.engine import kv_budget
+from shardserve.engine.cuda_graphs import DecodeGraphs, logits_buffer
 from shardserve.engine.pending_step import (
     HostBufferPair,
     PendingStep,
@@ -103,15 +103,8 @@ class ModelRunner:
     def _use_prefill_graphs(self) -> bool:
         return self.use_cuda_graphs and self.config.extra.get("prefill_graphs", True)
 
-    def _prefill_graph_options(self) -> dict:
-        extra = self.config.extra
-        return {"seq_cap": extra.get("prefill_graph_max_seqs", prefill_graphs.MAX_SEQS),
-                "token_sizes": extra.get("prefill_graph_tokens", prefill_graphs.TOKEN_BUCKETS)}
-
     def _prefill_graph_tokens(self) -> int:
-        if not self._use_prefill_graphs():
-            return 0
-        return prefill_graph_buckets(self.config.max_num_batched_tokens, self._prefill_graph_options()["token_sizes"])[-1]
+        return prefill_graph_buckets(self.config.max_num_batched_tokens)[-1] if self._use_prefill_graphs() else 0
 
     def allocate_kv_cache(self, num_blocks: int, max_model_len: int) -> None:
         for layer in self.attention_layers:
@@ -128,13 +121,14 @@ class ModelRunner:
             self.tuning_seconds = self._tune_decode_gemms()
         if self.use_cuda_graphs:  # warm-up: capture once the cache the graphs read exists
             max_blocks = -(-max_model_len // self.block_size)  # block-table width
-            pool = torch.cuda.graph_pool_handle()  # one pool: graphs replay one at a time
-            self.cuda_graphs = DecodeGraphs(self.model, self.device, self.config.max_num_seqs, max_blocks)
+            # One pool and one logits buffer: graphs replay one at a time (engine/cuda_graphs.py).
+            pool = torch.cuda.graph_pool_handle()
+            logits = logits_buffer(self.model, self.config.max_num_seqs, self.device)
+            self.cuda_graphs = DecodeGraphs(self.model, self.device, self.config.max_num_seqs, max_blocks, logits)
             self.cuda_graphs.capture(pool)
             if self._use_prefill_graphs():
                 self.prefill_graphs = PrefillGraphs(self.model, self.device, self.config.max_num_seqs,
-                                                    self.config.max_num_batched_tokens, max_blocks,
-                                                    **self._prefill_graph_options())
+                                                    self.config.max_num_batched_tokens, max_blocks, logits)
                 self.prefill_graphs.capture(pool)
 
     @torch.inference_mode()

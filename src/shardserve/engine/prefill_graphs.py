@@ -14,7 +14,13 @@ for them return at once. The prefill attention kernel takes its grid from the bu
 count (an upper bound of the longest query) and `max_seqs`, and reads every length from the
 device: nothing captured depends on a host value of the step. The LM head runs on each
 sequence's last token, gathered on the device. Steps of more tokens run eagerly (the host's
-share of them is small); so do, for now, steps of more sequences (not yet measured with more).
+share of them is small).
+
+Buckets take every sequence a step may hold (max_num_seqs): under continuous batching a new
+prompt joins a full batch of decodes, and such a mixed step ran 4x longer eagerly at TP4. Token
+buckets go by 32 up to 256, then by 64, so a mixed step pads its GEMM rows by at most a quarter
+past 128 tokens. Measured with benchmarks/mixed_steps.py (OPT-30B TP4, 256 requests, 64 at a
+time): 2.3x the output tokens/s of eager mixed steps (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -35,29 +41,29 @@ from shardserve.layers.forward_context import AttentionMetadata, forward_context
 
 logger = logging.getLogger(__name__)
 
-TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512)
-MAX_SEQS = 8  # sequences a bucket takes: each one adds attention programs to every layer
+TOKEN_BUCKETS = (16, 32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
 
 
-def prefill_graph_buckets(max_num_batched_tokens: int, sizes: Sequence[int] = TOKEN_BUCKETS) -> list[int]:
+def prefill_graph_buckets(max_num_batched_tokens: int) -> list[int]:
     """The token counts of the graphs: no step holds more than max_num_batched_tokens."""
-    return sorted(t for t in set(sizes) if t <= max_num_batched_tokens) or [max_num_batched_tokens]
+    return [t for t in TOKEN_BUCKETS if t <= max_num_batched_tokens] or [max_num_batched_tokens]
 
 
 class PrefillGraphs:
     def __init__(self, model: nn.Module, device: torch.device, max_num_seqs: int, max_num_batched_tokens: int,
-                 max_blocks_per_seq: int, seq_cap: int = MAX_SEQS, token_sizes: Sequence[int] = TOKEN_BUCKETS):
+                 max_blocks_per_seq: int, logits: torch.Tensor):
         self.model = model
         self.device = device
-        self.buckets = prefill_graph_buckets(max_num_batched_tokens, token_sizes)
-        self.max_seqs = min(seq_cap, max_num_seqs)
+        self.logits_out = logits  # cuda_graphs.logits_buffer(): rows >= max_num_seqs
+        self.buckets = prefill_graph_buckets(max_num_batched_tokens)
+        self.max_seqs = max_num_seqs
         self.max_blocks = max_blocks_per_seq
         t, s, mb = self.buckets[-1], self.max_seqs, max_blocks_per_seq
         # int64 [3, t]: input ids, positions, cache slots; int32 [2s + 1 + s * mb]: query start
         # offsets, seq_lens, block tables [s, mb].
         self.inputs = GraphInputs(3, t, 2 * s + 1 + s * mb, device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.logits: dict[int, torch.Tensor] = {}  # bucket -> static [max_seqs, vocab] float32
+        self.logits: dict[int, torch.Tensor] = {}  # bucket -> its rows of logits_out [max_seqs, vocab]
         self.capture_seconds = 0.0
 
     def _meta(self, tokens: int) -> AttentionMetadata:
@@ -74,7 +80,7 @@ class PrefillGraphs:
         with forward_context(meta):
             hidden = self.model(self.inputs.dev64[0, :tokens], self.inputs.dev64[1, :tokens])
             last = (meta.query_start_loc[1:] - 1).clamp(min=0).long()  # a padding sequence: any row
-            return self.model.compute_logits(hidden.index_select(0, last))  # all_gather under TP
+            return self.model.compute_logits(hidden.index_select(0, last), self.logits_out)  # all_gather under TP
 
     @torch.inference_mode()
     def capture(self, pool) -> None:

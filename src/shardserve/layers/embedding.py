@@ -65,14 +65,15 @@ class VocabParallelEmbedding(nn.Module):
         out.masked_fill_(outside.unsqueeze(-1), 0)
         return all_reduce(out)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [N, embedding_dim] -> float32 logits [N, num_embeddings] on every rank."""
+    def compute_logits(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden [N, embedding_dim] -> float32 logits [N, num_embeddings] on every rank; into
+        out[:N] when given (the CUDA graphs' shared output, engine/cuda_graphs.py)."""
         # [N, rows_per_rank]; decode-sized N on a GPU: the tuned path (16-bit: cuBLAS or a faster
         # kernel; 8-bit: the 8-bit kernels)
         logits = self.quant_method.apply(self, hidden, None)
         if self.tp_size > 1:
             logits = all_gather(logits, dim=-1)[:, : self.num_embeddings]  # drop padding
-        return logits.float()
+        return logits.float() if out is None else out[: logits.shape[0]].copy_(logits)
 
 
 class ParallelLMHead(VocabParallelEmbedding):
@@ -108,6 +109,7 @@ class CausalLM(nn.Module):
         """input_ids, positions [T] (a flat batch of many sequences) -> hidden [T, dim]."""
         return getattr(self, self.base_model_prefix)(input_ids, positions)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [N, dim] -> float32 logits [N, vocab_size], full vocab on every rank."""
-        return self.lm_head.compute_logits(hidden)
+    def compute_logits(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden [N, dim] -> float32 logits [N, vocab_size], full vocab on every rank (into
+        out[:N] when given)."""
+        return self.lm_head.compute_logits(hidden, out)

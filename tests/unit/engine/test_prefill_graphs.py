@@ -10,6 +10,7 @@ import torch
 from helpers.markers import needs_interpreter
 from helpers.prefill_cases import BLOCK, ENGINE_OPTIONS, eager_logits, kv_caches, mixed_step
 from shardserve import LLM
+from shardserve.engine.cuda_graphs import logits_buffer
 from shardserve.engine.prefill_graphs import PrefillGraphs
 from shardserve.engine.scheduler import ScheduledSeq
 
@@ -27,12 +28,15 @@ def test_padded_step_matches_eager_step(tiny_checkpoint, arch):
         eager_cache = kv_caches(runner)
         for layer_cache, saved in zip((c for layer in runner.attention_layers for c in layer.kv_cache), prefixes_only):
             layer_cache.copy_(saved)  # the padded step must write its own tokens' K/V, and read them
-        graphs = PrefillGraphs(runner.model, torch.device("cpu"), 8, 2048, max_blocks_per_seq=16)
+        logits = logits_buffer(runner.model, 8, torch.device("cpu"))
+        graphs = PrefillGraphs(runner.model, torch.device("cpu"), 8, 2048, 16, logits)
         assert graphs.can_run(step)
         tokens, first = graphs.stage(step, BLOCK)
         assert (tokens, first) == (16, [0, 5, 12])
+        logits.fill_(float("nan"))
         with torch.inference_mode():
             padded = graphs.forward(tokens)
+        assert padded.data_ptr() == logits.data_ptr()  # written into the graphs' shared buffer
         torch.testing.assert_close(padded[:3], eager, rtol=1e-4, atol=1e-4)
         # The step's tokens wrote what the eager step did; the padding tokens wrote nothing.
         for before, after in zip(eager_cache, kv_caches(runner), strict=True):
@@ -40,8 +44,8 @@ def test_padded_step_matches_eager_step(tiny_checkpoint, arch):
 
 
 def test_steps_past_the_buckets_run_eagerly():
-    graphs = PrefillGraphs(torch.nn.Identity(), torch.device("cpu"), 64, 256, max_blocks_per_seq=4)
-    assert graphs.buckets == [16, 32, 64, 128, 256] and graphs.max_seqs == 8
+    graphs = PrefillGraphs(torch.nn.Identity(), torch.device("cpu"), 8, 256, 4, torch.empty(8, 10))
+    assert graphs.buckets == [16, 32, 64, 96, 128, 160, 192, 224, 256] and graphs.max_seqs == 8
 
     def seq(n: int, blocks: int = 1) -> ScheduledSeq:
         return ScheduledSeq("r", list(range(n)), 0, list(range(blocks)), None)
