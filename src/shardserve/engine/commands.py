@@ -12,10 +12,12 @@ def register(subparsers) -> None:
     p.add_argument("--prompt", action="append", required=True, help="prompt text; repeat for a batch")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--min-new-tokens", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    # Sampling options left out take the model's generation_config.json values, as on the server.
+    p.add_argument("--temperature", type=float, default=None, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--min-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=None)
     p.add_argument("--presence-penalty", type=float, default=0.0)
     p.add_argument("--frequency-penalty", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=None)
@@ -32,23 +34,23 @@ def run(args: argparse.Namespace) -> int:
     from shardserve import LLM, SamplingParams
     from shardserve.assets import default_model_path
     from shardserve.config import EngineConfig, parse_tp_degree
+    from shardserve.engine.generation_config import sampling_defaults
 
+    model = args.model or str(default_model_path())
+    given = {name: getattr(args, name) for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")}
     params = SamplingParams(
         max_new_tokens=args.max_new_tokens,
         min_new_tokens=args.min_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        repetition_penalty=args.repetition_penalty,
         presence_penalty=args.presence_penalty,
         frequency_penalty=args.frequency_penalty,
         seed=args.seed,
         stop=args.stop,
+        **sampling_defaults(model) | {k: v for k, v in given.items() if v is not None},
     )
     options = dict(dtype=args.dtype, quantization=args.quantize)
     if args.tp is not None:
         options["tensor_parallel_size"] = parse_tp_degree(args.tp)
-    config = EngineConfig.from_env(args.model or str(default_model_path()), **options)
+    config = EngineConfig.from_env(model, **options)
     with LLM(config=config) as llm:
         if len(args.prompt) == 1 and not args.no_stream:
             sys.stdout.write(args.prompt[0])

@@ -157,7 +157,8 @@ def _apply_penalties(row: torch.Tensor, prompt: torch.Tensor, counts: torch.Tens
 
 
 def _processed_probs(logits: torch.Tensor, infos: list[SamplingInfo]) -> torch.Tensor:
-    """Temperature, then top-k, then top-p; returns probabilities [rows, vocab]."""
+    """Temperature, then top-k, top-p and min-p, as transformers orders them; returns
+    probabilities [rows, vocab]."""
     device = logits.device
     temps = on_device([i.temperature for i in infos], logits.dtype, device)
     logits = logits / temps[:, None]
@@ -170,6 +171,12 @@ def _processed_probs(logits: torch.Tensor, infos: list[SamplingInfo]) -> torch.T
     # Keep the smallest prefix whose mass reaches top_p (the top token always survives).
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
     drop |= mass_before >= top_p[:, None]
+    min_ps = [i.min_p for i in infos]
+    if any(min_ps):  # host values: a batch without min_p skips the work, and nothing waits
+        min_p = on_device(min_ps, logits.dtype, device)
+        # Against the top token's probability, which every filter keeps: renormalising after
+        # top-k / top-p leaves the ratios alone, so this equals transformers' min-p after them.
+        drop |= sorted_probs < min_p[:, None] * sorted_probs[:, :1]
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
     filtered = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
     return torch.softmax(filtered, dim=-1)

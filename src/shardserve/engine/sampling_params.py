@@ -19,7 +19,7 @@ def _check(ok: bool, name: str, allowed: str, value) -> None:
 class SamplingParams:
     """Decoding options of one request.
 
-    temperature == 0 means greedy decoding (top_p/top_k are then irrelevant); so does any
+    temperature == 0 means greedy decoding (top_p/top_k/min_p are then irrelevant); so does any
     temperature below GREEDY_BELOW, where dividing the logits by it would overflow. `seed` makes a
     request's sampled text reproducible whatever else is in the batch. Stop strings are cut from
     the returned text; `max_new_tokens` counts generated tokens only.
@@ -30,6 +30,9 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0 disables (so does -1, stored as 0)
+    # Keeps the tokens at least min_p times as likely as the most likely one (after temperature,
+    # as vLLM and transformers); 0 disables.
+    min_p: float = 0.0
     repetition_penalty: float = 1.0  # HF / CTRL: divides (multiplies) the logits of prompt and output tokens
     # OpenAI: logit -= presence_penalty * [token in the output] + frequency_penalty * its count there
     presence_penalty: float = 0.0
@@ -58,6 +61,7 @@ class SamplingParams:
                self.top_k)
         if self.top_k == -1:  # vLLM's (and its clients') "disabled": stored as 0 so no engine sees -1
             object.__setattr__(self, "top_k", 0)
+        _check(_is_num(self.min_p) and 0.0 <= self.min_p <= 1.0, "min_p", "a number in [0, 1]", self.min_p)
         _check(_is_num(self.repetition_penalty) and 0.0 < self.repetition_penalty <= 10.0, "repetition_penalty", "a number in (0, 10]", self.repetition_penalty)
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)

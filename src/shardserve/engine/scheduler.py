@@ -35,6 +35,7 @@ class SamplingInfo:
     temperature: float
     top_p: float
     top_k: int
+    min_p: float
     repetition_penalty: float
     presence_penalty: float
     frequency_penalty: float
@@ -215,6 +216,7 @@ class Scheduler:
             temperature=p.temperature,
             top_p=p.top_p,
             top_k=p.top_k,
+            min_p=p.min_p,
             repetition_penalty=p.repetition_penalty,
             presence_penalty=p.presence_penalty,
             frequency_penalty=p.frequency_penalty,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shardserve.engine.generation_config import read_generation_config
 from shardserve.errors import ModelLoadError
 from shardserve.hf_imports import TRANSFORMERS_IMPORT
 
@@ -62,16 +63,8 @@ def eos_token_ids(model_dir: str, model_config, tokenizer) -> tuple[int, ...]:
 
     Llama-3-style checkpoints list several (end of text, end of turn) in generation_config.json.
     """
-    import json
-
     ids: list = []
-    for value in (getattr(model_config, "eos_token_id", None), tokenizer.eos_token_id):
+    from_file = read_generation_config(model_dir).get("eos_token_id")
+    for value in (getattr(model_config, "eos_token_id", None), tokenizer.eos_token_id, from_file):
         ids.extend(value if isinstance(value, (list, tuple)) else [value])
-    gen_config = Path(model_dir) / "generation_config.json"
-    if gen_config.exists():
-        try:
-            value = json.loads(gen_config.read_text()).get("eos_token_id")
-        except (OSError, ValueError) as e:
-            raise ModelLoadError(f"{gen_config} is not valid JSON: {e}") from e
-        ids.extend(value if isinstance(value, list) else [value])
     return tuple(sorted({int(i) for i in ids if i is not None}))

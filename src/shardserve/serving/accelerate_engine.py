@@ -184,6 +184,7 @@ class AccelerateEngine:
                     temperature=params.temperature if not params.greedy else None,
                     top_p=params.top_p if not params.greedy else None,
                     top_k=(params.top_k or None) if not params.greedy else None,
+                    min_p=(params.min_p or None) if not params.greedy else None,
                     # Applied below, after the log-probabilities are read (our engine reports the
                     # model's own, before penalties and min_new_tokens suppression).
                     repetition_penalty=1.0,
@@ -201,11 +202,11 @@ class AccelerateEngine:
 
 
 def _sampling_key(request: Request):
-    """Requests that may share one generate call: same sampling, and seeded ones alone."""
+    """Requests that may share one generate call: same sampling (greedy: no knobs), seeded alone."""
     p = request.params
     alone = request.request_id if p.seed is not None else None
-    return (p.greedy, p.temperature if not p.greedy else 0, p.top_p, p.top_k, p.repetition_penalty,
-            p.presence_penalty, p.frequency_penalty, alone)
+    knobs = () if p.greedy else (p.temperature, p.top_p, p.top_k, p.min_p)
+    return (p.greedy, knobs, p.repetition_penalty, p.presence_penalty, p.frequency_penalty, alone)
 
 
 class OutputPenalties:

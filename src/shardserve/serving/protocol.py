@@ -29,10 +29,11 @@ class Strict(BaseModel):
 class GenerateParameters(Strict):
     max_new_tokens: int | None = None
     min_new_tokens: int | None = None
-    do_sample: bool | None = Field(None, description="absent: sample when temperature/top_p/top_k is given")
+    do_sample: bool | None = Field(None, description="absent: sample when temperature/top_p/top_k/min_p is given")
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
+    min_p: float | None = None
     repetition_penalty: float | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
@@ -87,14 +88,14 @@ def refused(error: ValueError, field: str | None, names: Mapping[str, str] | Non
 
 def to_sampling_params(p: GenerateParameters) -> SamplingParams:
     sample = p.do_sample if p.do_sample is not None else any(
-        v is not None for v in (p.temperature, p.top_p, p.top_k)
+        v is not None for v in (p.temperature, p.top_p, p.top_k, p.min_p)
     )
     return make_sampling_params(
         DJL_NAMES,
         max_new_tokens=DEFAULT_MAX_NEW_TOKENS if p.max_new_tokens is None else p.max_new_tokens,
         min_new_tokens=p.min_new_tokens,
         temperature=p.temperature if sample else 0.0,
-        top_p=p.top_p, top_k=p.top_k, repetition_penalty=p.repetition_penalty,
+        top_p=p.top_p, top_k=p.top_k, min_p=p.min_p, repetition_penalty=p.repetition_penalty,
         presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty, seed=p.seed,
         stop=p.stop, ignore_eos=p.ignore_eos, logprobs=p.details,
     )

@@ -7,8 +7,8 @@ from shardserve.engine.scheduler import SamplingInfo
 
 
 def info(**kw) -> SamplingInfo:
-    base = dict(temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0, presence_penalty=0.0,
-                frequency_penalty=0.0, seed=None,
+    base = dict(temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0,
+                presence_penalty=0.0, frequency_penalty=0.0, seed=None,
                 logprobs=False, top_logprobs=0, penalty_token_ids=[], suppress_token_ids=[])
     base.update(kw)
     greedy = SamplingParams(temperature=base["temperature"], top_k=base["top_k"]).greedy
@@ -45,6 +45,53 @@ def test_top_k_and_top_p_restrict_the_support():
     sorted_p = torch.softmax(logits[0], -1).sort(descending=True).values
     k = int((sorted_p.cumsum(0) < 0.6).sum()) + 1  # smallest prefix reaching 0.6
     assert (_processed_probs(logits, [info(top_p=0.6)]) > 0).sum() == k
+
+
+MIXED_MIN_P = (0.0, 0.05, 0.3, 1.0)
+
+
+def min_p_reference(logits: torch.Tensor, temps, min_ps, top_ks=None) -> torch.Tensor:
+    """transformers' order: temperature, top-k, then min-p against the top token's probability."""
+    probs = torch.softmax(logits / torch.tensor(temps)[:, None], dim=-1)
+    keep = probs >= torch.tensor(min_ps)[:, None] * probs.amax(dim=-1, keepdim=True)
+    for r, k in enumerate(top_ks or []):
+        if k:
+            keep[r] &= probs[r] >= probs[r].topk(k).values[-1]
+    kept = torch.where(keep, probs, torch.zeros_like(probs))
+    return kept / kept.sum(dim=-1, keepdim=True)
+
+
+def test_min_p_filters_each_row_by_its_own_threshold():
+    logits = random_logits(4, vocab=64, seed=5)
+    temps, top_ks = (1.0, 0.7, 3.0, 1.2), (0, 0, 6, 0)
+    rows = [info(temperature=t, top_k=k, min_p=m) for t, k, m in zip(temps, top_ks, MIXED_MIN_P, strict=True)]
+    probs = _processed_probs(logits, rows)
+    want = min_p_reference(logits, temps, MIXED_MIN_P, top_ks)
+    assert torch.equal(probs > 0, want > 0)
+    assert torch.allclose(probs, want, atol=1e-6)
+    kept = (want > 0).sum(dim=-1).tolist()  # each filter bites: min_p even under top_k=6
+    assert kept[0] == 64 and 6 < kept[1] < 64 and 1 < kept[2] < 6 and kept[3] == 1
+
+
+def test_min_p_draws_stay_above_the_threshold_and_min_p_1_is_greedy():
+    """Mixed min_p in one batch, seeded and not: a token under its row's threshold is never drawn,
+    the draws follow the filtered distribution, and the logprobs stay the raw model's."""
+    logits = random_logits(4, vocab=40, seed=6)
+    temps = (1.5, 1.5, 1.5, 1.5)
+    rows = [info(temperature=1.5, min_p=m, seed=s, logprobs=True)
+            for m, s in zip(MIXED_MIN_P, (None, 11, None, 12), strict=True)]
+    want = min_p_reference(logits, temps, MIXED_MIN_P)
+    raw = torch.log_softmax(logits, dim=-1)
+    sampler = Sampler(torch.device("cpu"), seed=0)
+    counts = torch.zeros_like(logits)
+    for _ in range(1500):
+        for r, (token, lp, _) in enumerate(sampler(logits, ["a", "b", "c", "d"], rows)):
+            counts[r, token] += 1
+            assert lp == pytest.approx(float(raw[r, token]), abs=1e-6)
+    assert not (counts * (want == 0)).any()  # nothing under a row's threshold, ever
+    assert counts[3].nonzero().flatten().tolist() == [int(logits[3].argmax())]
+    assert (counts[0] > 0).sum() > (counts[2] > 0).sum() > 1  # the filters did bite
+    assert torch.allclose(counts / 1500, want, atol=0.05)
 
 
 def test_sampling_follows_the_distribution():

@@ -1,4 +1,6 @@
-"""Sampling through the whole engine: seeds, top_k=1, stop strings, bad input."""
+"""Sampling through the whole engine: seeds, top_k=1, min_p, stop strings, bad input."""
+
+import math
 
 import pytest
 
@@ -140,3 +142,18 @@ def test_top_logprobs_come_with_every_token(llama_llm):
     assert plain.top_logprobs is None
     with pytest.raises(ValueError, match="top_logprobs"):
         SamplingParams(top_logprobs=3)  # without logprobs
+
+
+def test_min_p_per_request_in_one_batch(llama_llm):
+    """Requests with min_p 0, 0.05, 0.5 and 1 decode together: each token is at least min_p times
+    as likely as the top one at temperature T (raw log-probability gap >= T * log(min_p)), and
+    min_p = 1 decodes as greedy does."""
+    temperature, min_ps = 3.0, (0.0, 0.05, 0.5, 1.0)
+    greedy = llama_llm.generate(["the cat"], SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True))[0]
+    params = [SamplingParams(max_new_tokens=12, temperature=temperature, min_p=m, seed=5 + i, ignore_eos=True,
+                             logprobs=True, top_logprobs=1) for i, m in enumerate(min_ps)]
+    outs = llama_llm.generate(["the cat"] * 4, params)
+    assert outs[3].token_ids == greedy.token_ids
+    gaps = [min(lp - top[0][1] for lp, top in zip(o.logprobs, o.top_logprobs, strict=True)) for o in outs]
+    assert gaps[1] >= temperature * math.log(0.05) - 1e-4 and gaps[2] >= temperature * math.log(0.5) - 1e-4
+    assert gaps[0] < temperature * math.log(0.5)  # the bound bites: without min_p draws pass it

@@ -15,6 +15,11 @@ from shardserve.engine.sampling_params import SamplingParams
         ("top_p", 0.0, "(0, 1]"),
         ("top_p", 1.5, "(0, 1]"),
         ("top_k", -2, ">= 0, or -1"),
+        ("min_p", -0.01, "[0, 1]"),
+        ("min_p", 1.5, "[0, 1]"),
+        ("min_p", float("nan"), "[0, 1]"),
+        ("min_p", "0.1", "[0, 1]"),
+        ("min_p", True, "[0, 1]"),
         ("repetition_penalty", 0.0, "(0, 10]"),
         ("seed", -2**63 - 1, "[-2^63, 2^64)"),
         ("seed", 2**64, "[-2^63, 2^64)"),
@@ -46,6 +51,11 @@ def test_top_k_minus_one_disables_it_as_zero_does():
     """vLLM and its clients send -1 for "no top-k": stored as 0, so no engine sees -1."""
     assert SamplingParams(top_k=-1).top_k == 0 == SamplingParams(top_k=0).top_k
     assert SamplingParams(top_k=-1) == SamplingParams()
+
+
+def test_min_p_takes_its_whole_range_and_is_off_by_default():
+    assert SamplingParams().min_p == 0.0
+    assert [SamplingParams(min_p=v).min_p for v in (0, 0.05, 1, 1.0)] == [0, 0.05, 1, 1.0]
 
 
 @pytest.mark.parametrize("seed", [-1, -2**63, 2**64 - 1])

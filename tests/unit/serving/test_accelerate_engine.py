@@ -1,15 +1,17 @@
 """The Accelerate engine against our engine on the same tiny Llama: stop ids, log-probabilities
-under penalties, and its life cycle (quantization refused, generate after shutdown)."""
+under penalties, min_p, and its life cycle (quantization refused, generate after shutdown)."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
 from shardserve import LLM, SamplingParams
+from shardserve.engine.request import Request
 from shardserve.errors import EngineDeadError, ModelLoadError
-from shardserve.serving.accelerate_engine import AccelerateEngine
+from shardserve.serving.accelerate_engine import AccelerateEngine, _sampling_key
 from shardserve.serving.properties import ServingConfig
 
 
@@ -51,6 +53,39 @@ def test_stop_ids_and_logprobs_as_our_engine(engines, extra):
         assert [[t for t, _ in top] for top in got.top_logprobs] == [[t for t, _ in top] for top in want.top_logprobs]
         for mine, theirs in zip(got.top_logprobs, want.top_logprobs, strict=True):
             assert [v for _, v in mine] == pytest.approx([v for _, v in theirs], abs=1e-4)
+
+
+def top_gaps(out) -> list[float]:
+    """Each chosen token's raw log-probability less the most likely token's, per position."""
+    return [lp - top[0][1] for lp, top in zip(out.logprobs, out.top_logprobs, strict=True)]
+
+
+@pytest.mark.parametrize("engine", ["accelerate", "ours"])
+def test_min_p_keeps_draws_near_the_top_and_min_p_1_is_greedy(engines, engine):
+    """At temperature T a token is kept when p_T >= min_p * max p_T, i.e. when its raw
+    log-probability is within T * log(1 / min_p) of the top one's."""
+    accelerate, ours = engines
+    generate = (lambda p: run(accelerate, "a long story", p)) if engine == "accelerate" else (
+        lambda p: ours.generate(["a long story"], p)[0])
+    temperature = 3.0
+    greedy = generate(SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True))
+
+    def sampled(min_p: float, seed: int):
+        return generate(SamplingParams(max_new_tokens=12, temperature=temperature, min_p=min_p, seed=seed,
+                                       ignore_eos=True, logprobs=True, top_logprobs=1))
+
+    assert [sampled(1.0, seed).token_ids for seed in (1, 2)] == [greedy.token_ids] * 2
+    bound = temperature * math.log(0.5)
+    assert min(min(top_gaps(sampled(0.5, seed))) for seed in (1, 2, 3)) >= bound - 1e-4
+    assert min(top_gaps(sampled(0.0, 1))) < bound  # the bound bites: without min_p draws pass it
+
+
+def test_requests_that_differ_in_min_p_run_in_separate_generate_calls():
+    def key(**kw):
+        return _sampling_key(Request("r", [1, 2], SamplingParams(**kw)))
+
+    assert key(min_p=0.1) != key(min_p=0.2) != key()
+    assert key(temperature=0.0, min_p=0.1) == key(temperature=0.0)  # greedy: min_p is not used
 
 
 def test_quantization_is_refused_by_name(llama):

@@ -1,0 +1,45 @@
+"""A model's generation_config.json: the ids that end generation and its sampling defaults.
+
+Model authors put the sampling settings their model is meant to run with there (Llama-3-Instruct:
+temperature 0.6, top_p 0.9). As vLLM's server does, a request that leaves a sampling field out
+gets the model's value instead of the API's neutral default. `do_sample` is not read: a request
+asks for greedy decoding with temperature 0, whatever the file says.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from shardserve.errors import ModelLoadError
+
+# generation_config.json key -> SamplingParams field (the same names here).
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def read_generation_config(model_dir: str | Path) -> dict:
+    """The file's contents ({} without one); ModelLoadError naming it if it is not a JSON object."""
+    path = Path(model_dir) / "generation_config.json"
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def sampling_defaults(model_dir: str | Path) -> dict:
+    """The SamplingParams fields the model's file sets, checked (ModelLoadError naming the file
+    and the field): a bad value fails the load, not every request that omits the field."""
+    from shardserve.engine.sampling_params import SamplingParams
+
+    data = read_generation_config(model_dir)
+    defaults = {name: data[name] for name in SAMPLING_FIELDS if data.get(name) is not None}
+    try:
+        SamplingParams(**defaults)
+    except ValueError as e:
+        raise ModelLoadError(f"{Path(model_dir) / 'generation_config.json'}: {e}") from e
+    return defaults
