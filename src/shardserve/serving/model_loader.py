@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shardserve.engine.generation_config import sampling_defaults
 from shardserve.engine.sampling_params import SamplingParams
 from shardserve.engine.tokenizer import eos_token_ids
 from shardserve.errors import ModelLoadError, ShardserveError
@@ -99,6 +100,7 @@ class ModelLoader:
                 # finish_reason tells an EOS stop from a stop string as the engine decided it.
                 model.eos_ids = frozenset(eos_token_ids(str(weights), model.engine.engines[0].model_config,
                                                         model.engine.tokenizer))
+                model.sampling_defaults = sampling_defaults(weights)
         if model.engine is not None:
             with self._phase(model, "warm-up", started, timeout):
                 asyncio.run(_warm_up(model.engine))

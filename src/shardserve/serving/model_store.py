@@ -31,6 +31,8 @@ class ServedModel:
         self.handler: CustomHandler | None = None
         self.admission: Admission | None = None
         self.eos_ids: frozenset[int] = frozenset()
+        # Sampling fields a request leaves out take these (engine/generation_config.py).
+        self.sampling_defaults: dict = {}
         self.removed = False
 
     @property

@@ -54,12 +54,14 @@ class GenerateRequest(Strict):
 DJL_NAMES = {k: f"parameters.{k}" for k in SamplingParams.__dataclass_fields__} | {"prompt": "inputs"}
 
 
-def make_sampling_params(names: Mapping[str, str] | None = None, **values) -> SamplingParams:
-    """SamplingParams from the values a request gave (None = not given: SamplingParams' default).
-    Its ValueError becomes a 400 naming the field as the client spelt it (`names` maps
-    SamplingParams field -> request field, e.g. max_new_tokens -> max_tokens)."""
+def make_sampling_params(names: Mapping[str, str] | None = None, defaults: Mapping | None = None,
+                         **values) -> SamplingParams:
+    """SamplingParams from the values a request gave (None = not given: the model's `defaults`
+    from its generation_config.json, else SamplingParams' own). Its ValueError becomes a 400
+    naming the field as the client spelt it (`names` maps SamplingParams field -> request field,
+    e.g. max_new_tokens -> max_tokens)."""
     try:
-        return SamplingParams(**{k: v for k, v in values.items() if v is not None})
+        return SamplingParams(**dict(defaults or {}) | {k: v for k, v in values.items() if v is not None})
     except ValueError as e:
         raise refused(e, message_field(str(e)), names) from None
 
@@ -86,12 +88,14 @@ def refused(error: ValueError, field: str | None, names: Mapping[str, str] | Non
     return bad_request(message, param)
 
 
-def to_sampling_params(p: GenerateParameters) -> SamplingParams:
+def to_sampling_params(p: GenerateParameters, defaults: Mapping | None = None) -> SamplingParams:
+    """As DJL and TGI: greedy unless do_sample, or a sampling field without it. Fields left out
+    take the model's `defaults` (engine/generation_config.py)."""
     sample = p.do_sample if p.do_sample is not None else any(
         v is not None for v in (p.temperature, p.top_p, p.top_k, p.min_p)
     )
     return make_sampling_params(
-        DJL_NAMES,
+        DJL_NAMES, defaults,
         max_new_tokens=DEFAULT_MAX_NEW_TOKENS if p.max_new_tokens is None else p.max_new_tokens,
         min_new_tokens=p.min_new_tokens,
         temperature=p.temperature if sample else 0.0,

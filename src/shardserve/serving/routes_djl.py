@@ -50,7 +50,7 @@ async def predict(request: Request, model: ServedModel):
         raise bad_request("inputs: must be a prompt or a non-empty list of prompts", "inputs")
     if req.stream and len(prompts) != 1:
         raise bad_request("stream: streaming takes a single prompt in inputs", "stream")
-    params = protocol.to_sampling_params(req.parameters)
+    params = protocol.to_sampling_params(req.parameters, model.sampling_defaults)
     tokenizer = model.engine.tokenizer
     tokens = protocol.TokenEvents(tokenizer)  # the stream's (one prompt)
 

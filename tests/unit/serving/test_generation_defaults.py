@@ -1,0 +1,51 @@
+"""Sampling fields a request leaves out take the model's generation_config.json values
+(engine/generation_config.py), on every route; a bad file fails the model's load, naming it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from helpers.served_app import served
+from shardserve.serving.model_store import ModelStore
+
+
+def _artifact(tmp_path, checkpoint, generation_config: dict):
+    model = tmp_path / "model"
+    shutil.copytree(checkpoint, model)
+    (model / "generation_config.json").write_text(json.dumps(generation_config))
+    artifact = tmp_path / "artifact"
+    artifact.mkdir()
+    (artifact / "serving.properties").write_text(f"option.model_id={model}\noption.dtype=fp32\n")
+    return artifact
+
+
+@pytest.fixture(scope="module")
+def client(tiny_checkpoint, tmp_path_factory):
+    """The model's own setting is greedy (temperature 0), where the APIs' default samples."""
+    artifact = _artifact(tmp_path_factory.mktemp("gen-defaults"), tiny_checkpoint("llama"), {"temperature": 0.0})
+    with served((("m", str(artifact)),)) as c:
+        yield c
+
+
+def _djl_tokens(client, parameters: dict) -> list[int]:
+    body = {"inputs": "a long story", "parameters": {"max_new_tokens": 12, "ignore_eos": True, "details": True,
+                                                     **parameters}}
+    r = client.post("/predictions/m", json=body)
+    assert r.status_code == 200, r.text
+    return [t["id"] for t in r.json()["details"]["tokens"]]
+
+
+def test_djl_sampling_without_a_temperature_takes_the_model_one(client):
+    greedy = _djl_tokens(client, {"do_sample": False})
+    assert _djl_tokens(client, {"do_sample": True, "seed": 4}) == greedy
+    assert _djl_tokens(client, {"do_sample": True, "seed": 4, "temperature": 3.0}) != greedy  # given: it wins
+
+
+def test_a_bad_generation_config_fails_the_load_naming_the_file(tiny_checkpoint, tmp_path):
+    artifact = _artifact(tmp_path, tiny_checkpoint("llama"), {"top_k": "many"})
+    model = ModelStore(environ={}).add("m", str(artifact), wait=True)
+    assert not model.ready
+    assert "generation_config.json: top_k must be" in model.error
