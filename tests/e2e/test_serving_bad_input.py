@@ -31,7 +31,7 @@ COMPLETION_CASES = [
     ({"model": "llama", "prompt": "x", "max_tokens": 0}, "max_tokens"),
     ({"model": "llama", "prompt": "x", "temperature": -0.5}, "temperature"),
     ({"model": "llama", "prompt": "x", "top_p": 2}, "top_p"),
-    ({"model": "llama", "prompt": "x", "n": 2}, "n"),
+    ({"model": "llama", "prompt": "x", "n": 129}, "n"),
     ({"model": "llama", "prompt": "x", "presence_penalty": -2.5}, "presence_penalty"),
     ({"model": "llama", "prompt": "x", "logprobs": 21}, "logprobs"),
     ({"model": "llama", "prompt": "x", "bogus": True}, "bogus"),

@@ -1,10 +1,11 @@
 """The request path of a generation model, shared by the DJL/TGI and OpenAI routes.
 
-A route admits its prompts (bounded queue), opens one `Generation` per prompt, and awaits the
-first output before it answers, so that every error the engine raises up front (a bad prompt,
-a prompt too long for the model) becomes the response's status code rather than a broken
-stream. Each generation runs under the model's predict timeout (504, request aborted); a client
-that disconnects cancels it, which aborts it in the engine at its next step.
+A route admits its prompts (bounded queue; the n choices of an OpenAI prompt are n prompts here),
+opens one `Generation` per prompt, and awaits the first output before it answers, so that every
+error the engine raises up front (a bad prompt, a prompt too long for the model) becomes the
+response's status code rather than a broken stream. Each generation runs under the model's
+predict timeout (504, request aborted); a client that disconnects cancels it, which aborts it in
+the engine at its next step; so does an error of any other prompt of the request.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import aclosing
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -27,6 +29,9 @@ from shardserve.serving.protocol import refused
 from shardserve.serving.streaming import stream_response
 
 logger = logging.getLogger(__name__)
+
+# A stream's events of one engine update: (update, is the first) -> events.
+EventsOf = Callable[[RequestOutput, bool], list[dict]]
 
 
 class ClientDisconnected(Exception):
@@ -110,16 +115,58 @@ def admit(model: ServedModel, n: int = 1, field: str | None = None) -> Callable[
     return release
 
 
-async def start(model: ServedModel, prompts: list, params: SamplingParams, metrics: ServerMetrics | None,
-                names: Mapping[str, str] | None = None) -> list[tuple[Generation, RequestOutput]]:
-    """Open a generation per prompt and wait for each one's first output (raising its error)."""
-    generations = [Generation(model, p, params, metrics, names=names) for p in prompts]
+async def start(model: ServedModel, prompts: list, params: SamplingParams | Sequence[SamplingParams],
+                metrics: ServerMetrics | None, names: Mapping[str, str] | None = None,
+                ) -> list[tuple[Generation, RequestOutput]]:
+    """Open a generation per prompt (`params`: for all, or one per prompt) and wait for each one's
+    first output (raising its error, every generation closed)."""
+    each = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+    generations = [Generation(model, p, q, metrics, names=names) for p, q in zip(prompts, each, strict=True)]
     try:
-        firsts = await asyncio.gather(*(g.next() for g in generations))
+        firsts = await gather_all(g.next() for g in generations)
     except BaseException:
         await asyncio.gather(*(g.close() for g in generations), return_exceptions=True)
         raise
     return list(zip(generations, firsts, strict=True))
+
+
+async def gather_all(aws: Iterable[Awaitable]) -> list:
+    """asyncio.gather that, when one fails, cancels the others and waits for them before it raises:
+    a generation that a task still reads cannot be closed (its aclose fails as already running),
+    and a cancelled read aborts it in the engine."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def merged_updates(generations: list[Generation]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """(index, update) of the generations' next updates, in the order they come. Close it (aclose)
+    before closing the generations: that cancels its reads still in flight."""
+    if len(generations) == 1:  # one stream needs no tasks
+        async for out in generations[0].updates():
+            yield 0, out
+        return
+    reads = {asyncio.ensure_future(g.next()): i for i, g in enumerate(generations)}
+    try:
+        while reads:
+            done, _ = await asyncio.wait(reads, return_when=asyncio.FIRST_COMPLETED)
+            for read in sorted(done, key=reads.__getitem__):
+                i = reads.pop(read)
+                out = read.result()  # an APIError ends the whole stream
+                if out is None:
+                    continue
+                if not out.finished:
+                    reads[asyncio.ensure_future(generations[i].next())] = i
+                yield i, out
+    finally:
+        for read in reads:
+            read.cancel()
+        await asyncio.gather(*reads, return_exceptions=True)
 
 
 async def until_disconnect(request: Request, work: Awaitable):
@@ -149,19 +196,22 @@ async def respond(
     request: Request,
     model: ServedModel,
     prompts: list,
-    params: SamplingParams,
+    params: SamplingParams | Sequence[SamplingParams],
     *,
     stream: bool,
     sse: bool,
-    to_events: Callable[[RequestOutput, bool], list[dict]],
+    to_events: EventsOf | Sequence[EventsOf],
     to_body: Callable[[list[RequestOutput]], object],
-    closing_events: Callable[[RequestOutput], list[dict]] = lambda out: [],
+    closing_events: Callable[[list[RequestOutput]], list[dict]] = lambda lasts: [],
     done_marker: bool = False,
     names: Mapping[str, str] | None = None,
 ):
-    """Admit, start and answer: a JSON body built by `to_body(final outputs)`, or (one prompt) a
-    stream of `to_events(update, is_first)` then `closing_events(last)`. `names`: the request's
-    field names by the engine's, for the 400s of the engine's own checks."""
+    """Admit (a queue slot per prompt), start and answer: a JSON body built by `to_body(final
+    outputs)`, or a stream of each prompt's `to_events(update, is_first)` (one for all, or one per
+    prompt: the streams' updates merged as they come) then `closing_events(last outputs)`.
+    `params`: for all prompts, or one per prompt. `names`: the request's field names by the
+    engine's, for the 400s of the engine's own checks. However the answer ends (done, failed, the
+    client gone), every prompt's generation is closed, which aborts it in the engine."""
     ctx = request.app.state.ctx
     release = admit(model, len(prompts), (names or {}).get("prompt"))
     try:
@@ -176,23 +226,32 @@ async def respond(
         release()
 
     if stream:
-        generation, first = pairs[0]
+        each = list(to_events) if isinstance(to_events, Sequence) else [to_events] * len(pairs)
 
         async def events():
-            for event in to_events(first, True):
-                yield event
-            async for out in generation.updates():
-                for event in to_events(out, False):
+            for (_, first), events_of in zip(pairs, each, strict=True):
+                for event in events_of(first, True):
                     yield event
-            for event in closing_events(generation.last):
+            async with aclosing(merged_updates(generations)) as updates:
+                async for i, out in updates:
+                    for event in each[i](out, False):
+                        yield event
+            for event in closing_events([g.last for g in generations]):
                 yield event
+
+        body = events()
+
+        async def close_stream() -> None:
+            # First: that cancels its reads in flight, without which a generation cannot close.
+            await body.aclose()
+            await cleanup()
 
         def on_error(e: APIError) -> dict:
             return error_body(request.url.path, e.status, e.message)
 
-        return stream_response(events(), sse, on_error, cleanup, done_marker)
+        return stream_response(body, sse, on_error, close_stream, done_marker)
     try:
-        finals = await until_disconnect(request, asyncio.gather(*(g.final() for g in generations)))
+        finals = await until_disconnect(request, gather_all(g.final() for g in generations))
     finally:
         await cleanup()
     return JSONResponse(to_body(finals))

@@ -1,17 +1,23 @@
 """OpenAI completions / chat schemas, their SamplingParams, and the response envelopes.
 
-Fields the engine cannot honour (logit_bias, tools, n > 1) are rejected with a 400 naming them
-rather than silently ignored, as OpenAI's own API rejects what it does not know. Extensions, as in
-vLLM: top_k, repetition_penalty, min_tokens, ignore_eos, skip_special_tokens. Log-probabilities
-(completions' `logprobs: N`, chat's `logprobs: true` with `top_logprobs: N`; N in [0, 20] as in
-vLLM, where OpenAI's completions take up to 5): the chosen tokens' and the N most likely tokens' at
-each position, from the model's raw distribution (openai_logprobs.py builds them).
+Fields the engine cannot honour (logit_bias, tools, best_of > 1, suffix, a response_format other
+than text, n outside [1, MAX_CHOICES]) are rejected with a 400 naming them rather than silently
+ignored, as OpenAI's own API rejects what it does not know. The `n` choices of a prompt are n
+engine requests (choice_params): with a seed, choice j samples with seed + j, as in vLLM, so that
+each choice is reproducible and they differ. Extensions, as in vLLM: top_k, min_p,
+repetition_penalty, min_tokens, ignore_eos, skip_special_tokens. Sampling fields a request leaves
+out take the model's generation_config.json values (engine/generation_config.py), as in vLLM. Log-probabilities (completions' `logprobs: N`, chat's
+`logprobs: true` with `top_logprobs: N`; N in [0, 20] as in vLLM, where OpenAI's completions take
+up to 5): the chosen tokens' and the N most likely tokens' at each position, from the model's raw
+distribution (openai_logprobs.py builds them).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Literal
 
 from pydantic import Field
@@ -20,6 +26,9 @@ from shardserve.engine.request import FinishReason, RequestOutput
 from shardserve.engine.sampling_params import MAX_TOP_LOGPROBS, SamplingParams
 from shardserve.serving.http_errors import bad_request
 from shardserve.serving.protocol import Strict, make_sampling_params
+
+MAX_CHOICES = 128  # n: each choice is an engine request, and all of them hold queue slots at once
+SEEDS = 2**64  # a seed and seed - 2^64 draw alike (a negative seed is seed + 2^64 to torch)
 
 # The request fields by the engine's names ("prompt": the completions API's; chat's is messages).
 FIELD_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens", "prompt": "prompt"}
@@ -34,7 +43,7 @@ class _Sampling(Strict):
     model: str | None = None
     temperature: float | None = None
     top_p: float | None = None
-    n: int = 1
+    n: int | None = 1  # null: 1, as OpenAI's
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
@@ -48,33 +57,51 @@ class _Sampling(Strict):
     service_tier: str | None = None
     # extensions
     top_k: int | None = None
+    min_p: float | None = None
     repetition_penalty: float | None = None
     min_tokens: int = 0
     ignore_eos: bool = False
     skip_special_tokens: bool = True
 
     def check_supported(self) -> None:
-        if self.n != 1:
-            raise bad_request("n: only 1 choice per request is supported", "n")
+        if self.n is not None and not 1 <= self.n <= MAX_CHOICES:
+            raise bad_request(f"n: must be an integer in [1, {MAX_CHOICES}], got {self.n}", "n")
         if self.logit_bias:
             raise bad_request("logit_bias: not supported", "logit_bias")
         if self.stream_options is not None and not self.stream:  # as vLLM: not silently ignored
             raise bad_request("stream_options: only allowed when stream is true", "stream_options")
 
     def sampling_params(self, max_tokens: int, logprobs: bool, max_tokens_field: str = "max_tokens",
-                        top_logprobs: int = 0, top_logprobs_field: str = "top_logprobs") -> SamplingParams:
+                        top_logprobs: int = 0, top_logprobs_field: str = "top_logprobs",
+                        defaults: Mapping | None = None) -> SamplingParams:
         """max_tokens_field / top_logprobs_field: the request fields max_tokens and top_logprobs
-        came from, for errors to name."""
+        came from, for errors to name. defaults: the model's generation_config.json sampling
+        values, for the fields the request leaves out (as vLLM)."""
         self.check_supported()
         names = FIELD_NAMES | {"max_new_tokens": max_tokens_field, "top_logprobs": top_logprobs_field}
         return make_sampling_params(
-            names, max_new_tokens=max_tokens, min_new_tokens=self.min_tokens,
-            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+            names, defaults, max_new_tokens=max_tokens, min_new_tokens=self.min_tokens,
+            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
             repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, seed=self.seed, stop=self.stop,
             ignore_eos=self.ignore_eos, logprobs=logprobs, skip_special_tokens=self.skip_special_tokens,
             top_logprobs=top_logprobs,
         )
+
+    @property
+    def choices(self) -> int:
+        return 1 if self.n is None else self.n
+
+    def choice_params(self, params: SamplingParams) -> list[SamplingParams]:
+        """The params of each of the n choices: choice j's seed is seed + j (wrapped into the
+        seeds SamplingParams takes), so choice 0 samples as the request would with n = 1."""
+        if self.seed is None:
+            return [params] * self.choices
+        return [replace(params, seed=_wrap_seed(self.seed + j)) for j in range(self.choices)]
+
+
+def _wrap_seed(seed: int) -> int:
+    return seed - SEEDS if seed >= SEEDS else seed
 
 
 class CompletionRequest(_Sampling):
@@ -151,8 +178,11 @@ def openai_finish_reason(reason: FinishReason | None) -> str | None:
     return "length" if reason == FinishReason.LENGTH else "stop"
 
 
-def usage(out: RequestOutput) -> dict:
-    prompt, completion = len(out.prompt_token_ids), len(out.token_ids)
+def usage(outs: list[RequestOutput], n: int = 1) -> dict:
+    """A request's usage: `outs` are n choices per prompt, prompt by prompt; each prompt counts
+    once (as vLLM), every choice's completion tokens count."""
+    prompt = sum(len(out.prompt_token_ids) for out in outs[::n])
+    completion = sum(len(out.token_ids) for out in outs)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 

@@ -1,6 +1,10 @@
 """OpenAI-compatible API: /v1/models, /v1/completions, /v1/chat/completions (SSE streams that
 end with `data: [DONE]`, `usage` on every answer and, with stream_options.include_usage, as a
-last chunk)."""
+last chunk).
+
+`n` choices per prompt are as many engine requests, each holding a queue slot: a completion of
+P prompts has P * n choices, choice prompt_index * n + j; streamed, each chunk names its choice
+(`index`), each choice ends with its own finish_reason, and usage counts each prompt once."""
 
 from __future__ import annotations
 
@@ -37,38 +41,52 @@ async def completions(body: oa.CompletionRequest, request: Request):
     if body.stream and len(prompts) != 1:
         raise bad_request("prompt: streaming takes a single prompt", "prompt")
     tokenizer = model.engine.tokenizer
-    max_tokens = body.max_tokens  # omitted: the schema's default, OpenAI's 16
-    if max_tokens is None:  # an explicit null (vLLM): as much as the context leaves, as on chat
-        max_tokens = _context_left(model, prompts, tokenizer)
     want_logprobs = body.logprobs is not None
-    params = body.sampling_params(max_tokens, want_logprobs, top_logprobs=body.logprobs or 0,
-                                  top_logprobs_field="logprobs")
+
+    def prompt_params(prompt):
+        max_tokens = body.max_tokens  # omitted: the schema's default, OpenAI's 16
+        if max_tokens is None:  # an explicit null (vLLM): as much as the context leaves, as on chat
+            max_tokens = _context_left(model, prompt, tokenizer)
+        return body.sampling_params(max_tokens, want_logprobs, top_logprobs=body.logprobs or 0,
+                                    top_logprobs_field="logprobs", defaults=model.sampling_defaults)
+
+    body.check_supported()  # n among the rest, before the queue is asked for n slots a prompt
+    _check_capacity(model, len(prompts), body.choices)
+    # n choices per prompt, prompt by prompt: choice k answers prompt k // n
+    n = body.choices
+    params = [q for p in prompts for q in body.choice_params(prompt_params(p))]
+    echoes = [_echo(p, tokenizer) if body.echo else "" for p in prompts]  # each choice's own prompt
     rid, name = oa.new_id("cmpl"), model.name
 
-    def choice(i: int, text: str, out, logprobs: dict | None) -> dict:
-        return {"index": i, "text": text, "finish_reason": oa.openai_finish_reason(out.finish_reason),
+    def choice(k: int, text: str, out, logprobs: dict | None) -> dict:
+        return {"index": k, "text": text, "finish_reason": oa.openai_finish_reason(out.finish_reason),
                 "logprobs": logprobs}
 
-    stream_echo = _echo(prompts[0], tokenizer) if body.stream and body.echo else ""  # the first chunk's
+    def events_of(k: int):
+        echo = echoes[k // n]
 
-    def to_events(out, first):
-        prefix = stream_echo if first else ""
-        lp = olp.completion_logprobs(tokenizer, out.delta_token_ids, olp.delta_logprobs(out), olp.delta_top_logprobs(out),
-                                    olp.text_offsets(out, len(stream_echo), new_only=True)) if want_logprobs else None
-        event = oa.envelope("text_completion", rid, name, [choice(0, prefix + out.delta_text, out, lp)])
-        return [_with_usage(event, out, body)]
+        def to_events(out, first):
+            prefix = echo if first else ""  # the choice's first chunk
+            lp = olp.completion_logprobs(tokenizer, out.delta_token_ids, olp.delta_logprobs(out),
+                                         olp.delta_top_logprobs(out),
+                                         olp.text_offsets(out, len(echo), new_only=True)) if want_logprobs else None
+            event = oa.envelope("text_completion", rid, name, [choice(k, prefix + out.delta_text, out, lp)])
+            return [_with_usage(event, out, body)]
+
+        return to_events
 
     def to_body(finals):
         choices = []
-        for i, (p, out) in enumerate(zip(prompts, finals, strict=True)):
-            prefix = _echo(p, tokenizer) if body.echo else ""
+        for k, out in enumerate(finals):
+            prefix = echoes[k // n]
             lp = olp.completion_logprobs(tokenizer, out.token_ids, out.logprobs or [], out.top_logprobs,
-                                        olp.text_offsets(out, len(prefix))) if want_logprobs else None
-            choices.append(choice(i, prefix + out.text, out, lp))
-        return oa.envelope("text_completion", rid, name, choices, {"usage": _sum_usage(finals)})
+                                         olp.text_offsets(out, len(prefix))) if want_logprobs else None
+            choices.append(choice(k, prefix + out.text, out, lp))
+        return oa.envelope("text_completion", rid, name, choices, {"usage": oa.usage(finals, n)})
 
-    return await respond(request, model, prompts, params, stream=body.stream, sse=True, to_events=to_events,
-                         to_body=to_body, closing_events=lambda out: _usage_chunk("text_completion", rid, name, out, body),
+    return await respond(request, model, [p for p in prompts for _ in range(n)], params, stream=body.stream,
+                         sse=True, to_events=[events_of(k) for k in range(len(params))], to_body=to_body,
+                         closing_events=lambda lasts: _usage_chunk("text_completion", rid, name, lasts, body, n),
                          done_marker=True, names=oa.FIELD_NAMES)
 
 
@@ -83,37 +101,46 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request):
     field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     max_tokens = getattr(body, field)
     if max_tokens is None:  # OpenAI's default: as much as the context leaves
-        max_tokens = _context_left(model, [prompt], tokenizer)
-    params = body.sampling_params(max_tokens, body.logprobs, field, top_logprobs=body.top_logprobs or 0)
+        max_tokens = _context_left(model, prompt, tokenizer)
+    body.check_supported()
+    _check_capacity(model, 1, body.choices)
+    params = body.choice_params(body.sampling_params(max_tokens, body.logprobs, field,
+                                                     top_logprobs=body.top_logprobs or 0,
+                                                     defaults=model.sampling_defaults))
     rid, name = oa.new_id("chatcmpl"), model.name
 
     def logprobs(ids, lps, tops):
         return olp.chat_logprobs(tokenizer, ids, lps or [], tops) if body.logprobs else None
 
-    pending = olp.PendingTokens()
+    def chunk(j: int, delta: dict, finish_reason: str | None = None, lp: dict | None = None) -> dict:
+        return oa.envelope("chat.completion.chunk", rid, name, [
+            {"index": j, "delta": delta, "finish_reason": finish_reason, "logprobs": lp}])
 
-    def to_events(out, first):
-        events = []
-        if first:
-            events.append(oa.envelope("chat.completion.chunk", rid, name, [
-                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None}]))
-        pending.add(out)
-        if out.delta_text or out.finished:  # else its text is held back: its tokens go with the next chunk
-            choice = {"index": 0, "delta": {"content": out.delta_text} if out.delta_text else {},
-                      "finish_reason": oa.openai_finish_reason(out.finish_reason),
-                      "logprobs": logprobs(*pending.take())}
-            events.append(oa.envelope("chat.completion.chunk", rid, name, [choice]))
-        return [_with_usage(e, out, body) for e in events]
+    def events_of(j: int):
+        pending = olp.PendingTokens()  # this choice's tokens that sent no chunk yet
+
+        def to_events(out, first):
+            events = [chunk(j, {"role": "assistant", "content": ""})] if first else []
+            pending.add(out)
+            # Without text (held back) the update sends no chunk: its tokens go with the next one.
+            if out.delta_text or out.finished:
+                events.append(chunk(j, {"content": out.delta_text} if out.delta_text else {},
+                                    oa.openai_finish_reason(out.finish_reason), logprobs(*pending.take())))
+            return [_with_usage(e, out, body) for e in events]
+
+        return to_events
 
     def to_body(finals):
-        out = finals[0]
-        choice = {"index": 0, "message": {"role": "assistant", "content": out.text},
-                  "finish_reason": oa.openai_finish_reason(out.finish_reason),
-                  "logprobs": logprobs(out.token_ids, out.logprobs, out.top_logprobs)}
-        return oa.envelope("chat.completion", rid, name, [choice], {"usage": oa.usage(out)})
+        choices = [{"index": j, "message": {"role": "assistant", "content": out.text},
+                    "finish_reason": oa.openai_finish_reason(out.finish_reason),
+                    "logprobs": logprobs(out.token_ids, out.logprobs, out.top_logprobs)}
+                   for j, out in enumerate(finals)]
+        return oa.envelope("chat.completion", rid, name, choices, {"usage": oa.usage(finals, len(finals))})
 
-    return await respond(request, model, [prompt], params, stream=body.stream, sse=True, to_events=to_events,
-                         to_body=to_body, closing_events=lambda out: _usage_chunk("chat.completion.chunk", rid, name, out, body),
+    return await respond(request, model, [prompt] * len(params), params, stream=body.stream, sse=True,
+                         to_events=[events_of(j) for j in range(len(params))], to_body=to_body,
+                         closing_events=lambda lasts: _usage_chunk("chat.completion.chunk", rid, name, lasts, body,
+                                                                   len(lasts)),
                          done_marker=True,
                          names=oa.FIELD_NAMES | {"max_new_tokens": field, "prompt": "messages"})
 
@@ -143,11 +170,21 @@ def _prompts(prompt) -> list:
     return list(prompt)
 
 
-def _context_left(model: ServedModel, prompts: list, tokenizer) -> int:
-    """max_tokens that fills the context after the longest prompt (the prompts share one
-    SamplingParams); at least 1, so a prompt too long gets the engine's own error."""
-    longest = max(len(tokenizer.encode(p)) if isinstance(p, str) else len(p) for p in prompts)
-    return max(model.engine.max_model_len - longest, 1)
+def _context_left(model: ServedModel, prompt, tokenizer) -> int:
+    """max_tokens that fills the context after this prompt (each prompt of a batch its own, as
+    vLLM); at least 1, so a prompt too long gets the engine's own error."""
+    length = len(tokenizer.encode(prompt)) if isinstance(prompt, str) else len(prompt)
+    return max(model.engine.max_model_len - length, 1)
+
+
+def _check_capacity(model: ServedModel, prompts: int, n: int) -> None:
+    """A 400 naming n when the prompts fit the model's queue but their n choices each (an engine
+    request apiece, a queue slot each) never can; admission names the prompts when they alone
+    are too many, and answers 503 while the slots are taken."""
+    capacity = model.admission.capacity
+    if prompts <= capacity < prompts * n:
+        raise bad_request(f"n: {prompts} prompt(s) x {n} choices are {prompts * n} requests, more than model "
+                          f"{model.name!r} takes at once ({capacity}, job_queue_size included)", "n")
 
 
 def _echo(prompt, tokenizer) -> str:
@@ -155,18 +192,15 @@ def _echo(prompt, tokenizer) -> str:
 
 
 def _with_usage(event: dict, out, body) -> dict:
-    """stream_options.continuous_usage_stats: usage on every chunk (vLLM's extension)."""
+    """stream_options.continuous_usage_stats: usage on every chunk (vLLM's extension), that of
+    the chunk's choice."""
     if body.stream_options and body.stream_options.include_usage:
-        event["usage"] = oa.usage(out) if body.stream_options.continuous_usage_stats else None
+        event["usage"] = oa.usage([out]) if body.stream_options.continuous_usage_stats else None
     return event
 
 
-def _usage_chunk(kind: str, rid: str, name: str, out, body) -> list[dict]:
-    if body.stream_options and body.stream_options.include_usage and out is not None:
-        return [oa.envelope(kind, rid, name, [], {"usage": oa.usage(out)})]
+def _usage_chunk(kind: str, rid: str, name: str, lasts: list, body, n: int) -> list[dict]:
+    """stream_options.include_usage: one last chunk with the whole request's usage."""
+    if body.stream_options and body.stream_options.include_usage and None not in lasts:
+        return [oa.envelope(kind, rid, name, [], {"usage": oa.usage(lasts, n)})]
     return []
-
-
-def _sum_usage(finals) -> dict:
-    parts = [oa.usage(out) for out in finals]
-    return {key: sum(p[key] for p in parts) for key in ("prompt_tokens", "completion_tokens", "total_tokens")}

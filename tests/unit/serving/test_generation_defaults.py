@@ -44,6 +44,26 @@ def test_djl_sampling_without_a_temperature_takes_the_model_one(client):
     assert _djl_tokens(client, {"do_sample": True, "seed": 4, "temperature": 3.0}) != greedy  # given: it wins
 
 
+def _openai_text(client, route: str, body: dict) -> str:
+    body = {"model": "m", "max_tokens": 12, "ignore_eos": True, **body}
+    r = client.post(route, json=body)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    return choice["text"] if "text" in choice else choice["message"]["content"]
+
+
+@pytest.mark.parametrize("route,prompt", [
+    ("/v1/completions", {"prompt": "a long story"}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a long story"}]}),
+])
+def test_openai_without_a_temperature_takes_the_model_one(client, route, prompt):
+    greedy = _openai_text(client, route, {**prompt, "temperature": 0})
+    assert _openai_text(client, route, {**prompt, "seed": 4}) == greedy
+    assert _openai_text(client, route, {**prompt, "seed": 4, "temperature": 3.0}) != greedy  # given: it wins
+    r = client.post(route, json={"model": "m", **prompt, "min_p": 2})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "min_p"
+
+
 def test_a_bad_generation_config_fails_the_load_naming_the_file(tiny_checkpoint, tmp_path):
     artifact = _artifact(tmp_path, tiny_checkpoint("llama"), {"top_k": "many"})
     model = ModelStore(environ={}).add("m", str(artifact), wait=True)

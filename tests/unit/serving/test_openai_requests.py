@@ -83,7 +83,7 @@ def test_streamed_completion_logprobs_include_the_tokens_of_held_back_text(clien
     assert "".join(c["text"] for c in choices) == plain["text"]
 
 
-# -- 2. max_tokens: null fills the context; omitted is 16 ----------------------------------------
+# -- 2. max_tokens: null fills the context (each prompt's own); omitted is 16 ----------------------
 
 def test_completion_max_tokens_null_fills_the_context_and_omitted_is_16(client):
     body = {**COMPLETION, "temperature": 0.0, "ignore_eos": True}
@@ -91,10 +91,10 @@ def test_completion_max_tokens_null_fills_the_context_and_omitted_is_16(client):
     assert filled["usage"]["total_tokens"] == MAX_MODEL_LEN
     assert filled["choices"][0]["finish_reason"] == "length"
     assert _post(client, "/v1/completions", body)["usage"]["completion_tokens"] == 16
-    # a batch shares one max_tokens: the longest prompt's
+    # each prompt of a batch fills the context after itself, not after the longest prompt
     batch = _post(client, "/v1/completions", {**body, "prompt": [[1, 5], [5] * 100], "max_tokens": None})
     assert [c["finish_reason"] for c in batch["choices"]] == ["length", "length"]
-    assert batch["usage"]["completion_tokens"] == 2 * (MAX_MODEL_LEN - 100)
+    assert batch["usage"]["completion_tokens"] == (MAX_MODEL_LEN - 2) + (MAX_MODEL_LEN - 100)
 
 
 # -- 3. top_k: -1 disables, as 0 does -------------------------------------------------------------

@@ -73,7 +73,7 @@ def test_presence_and_frequency_penalties_reach_sampling_params():
 
 
 def test_openai_unsupported_fields_are_400():
-    for kw, field in (({"n": 2}, "n"), ({"frequency_penalty": 2.5}, "frequency_penalty"),
+    for kw, field in (({"n": 0}, "n"), ({"n": oa.MAX_CHOICES + 1}, "n"), ({"frequency_penalty": 2.5}, "frequency_penalty"),
                       ({"logit_bias": {"1": 2.0}}, "logit_bias"), ({"best_of": 3}, "best_of"),
                       ({"suffix": "x"}, "suffix")):
         with pytest.raises(APIError) as e:
@@ -85,7 +85,7 @@ def test_openai_unsupported_fields_are_400():
 
 def test_openai_usage_and_finish_reason():
     out = _out(FinishReason.ABORT, [4, 5, 6])
-    assert oa.usage(out) == {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}
+    assert oa.usage([out]) == {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}
     assert oa.openai_finish_reason(FinishReason.LENGTH) == "length"
     assert oa.openai_finish_reason(FinishReason.STOP) == "stop"
     assert oa.openai_finish_reason(None) is None
