@@ -38,8 +38,6 @@ async def list_models(request: Request) -> dict:
 async def completions(body: oa.CompletionRequest, request: Request):
     model = _generation_model(request, body.model)
     prompts = _prompts(body.prompt)
-    if body.stream and len(prompts) != 1:
-        raise bad_request("prompt: streaming takes a single prompt", "prompt")
     tokenizer = model.engine.tokenizer
     want_logprobs = body.logprobs is not None
 

@@ -120,15 +120,17 @@ def _by_choice(chunks: list[dict]) -> dict[int, list[dict]]:
     return choices
 
 
-def test_a_streamed_completion_has_each_choices_text_and_finish_and_one_usage_chunk(client):
-    body = {**SAMPLED, "prompt": PROMPTS[0], "n": 3, "seed": 2, "echo": True, "logprobs": 0}
+@pytest.mark.parametrize("prompt,n", [(PROMPTS[0], 3), (PROMPTS, 2)])
+def test_a_streamed_completion_has_each_choices_text_and_finish_and_one_usage_chunk(client, prompt, n):
+    body = {**SAMPLED, "prompt": prompt, "n": n, "seed": 2, "echo": True, "logprobs": 0}
     plain = _post(client, "/v1/completions", body)
     chunks = _sse(client, "/v1/completions", {**body, "stream_options": {"include_usage": True}})
     usage = [c for c in chunks if not c["choices"]]
     assert len(usage) == 1 and chunks[-1] is usage[0] and usage[0]["usage"] == plain["usage"]
     assert all(len(c["choices"]) == 1 for c in chunks[:-1])  # a chunk is one choice's
     choices = _by_choice(chunks)
-    assert sorted(choices) == [0, 1, 2]
+    prompts = 1 if isinstance(prompt, str) else len(prompt)
+    assert sorted(choices) == list(range(prompts * n)) and len(plain["choices"]) == prompts * n
     for k, parts in choices.items():
         expected = plain["choices"][k]
         assert "".join(p["text"] for p in parts) == expected["text"]
