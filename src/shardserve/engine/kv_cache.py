@@ -60,14 +60,21 @@ class BlockManager:
         """Block ids holding the longest cached prefix of the request's tokens.
 
         At least one token is always left to compute, since the model must produce logits for
-        the last one; a fully cached prompt therefore reuses all but its last block.
+        the last one; a fully cached prompt therefore reuses all but its last block. A cached
+        token gets no logits, so until a step has been given every prompt-logprob row of a request
+        that asks for them (engine/prompt_logprobs.py), it reuses only blocks of positions whose
+        rows are given: none at first, more when it is computed again after a preemption.
         """
         if not self.enable_prefix_caching:
             return []
         tokens = request.all_token_ids
+        end = len(tokens)
+        rows_left = request.num_prompt_logprob_rows < len(request.prompt_token_ids) - 1
+        if request.params.prompt_logprobs is not None and rows_left:
+            end = request.num_prompt_logprob_rows
         hits: list[int] = []
         parent = None
-        for start in range(0, len(tokens) - self.block_size + 1, self.block_size):
+        for start in range(0, end - self.block_size + 1, self.block_size):
             parent = hash_block(parent, tokens[start : start + self.block_size])
             block_id = self._cached.get(parent)
             if block_id is None:

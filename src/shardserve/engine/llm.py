@@ -23,6 +23,7 @@ from shardserve.config import EngineConfig
 from shardserve.engine.executor import create_executor
 from shardserve.engine.kv_cache import BlockManager
 from shardserve.engine.output_processor import OutputProcessor
+from shardserve.engine.prompt_logprobs import StepResult
 from shardserve.engine.request import FinishReason, Request, RequestOutput
 from shardserve.engine.sampling_params import SamplingParams
 from shardserve.engine.scheduler import Scheduler, SchedulerOutput
@@ -178,9 +179,10 @@ class LLM:
             previous = self.executor.call("collect") if inflight is not None else None
         return self._update(inflight, previous) if inflight is not None else []
 
-    def _update(self, sched: SchedulerOutput, sampled: dict | None) -> list[RequestOutput]:
+    def _update(self, sched: SchedulerOutput, result: StepResult | None) -> list[RequestOutput]:
         outputs = []
-        for request in self.scheduler.update(sched, sampled or {}):
+        result = result or StepResult()
+        for request in self.scheduler.update(sched, result.sampled, result.prompt_logprobs):
             if self.outputs.new_text(request, request.output_token_ids[-1:]):
                 if request.is_finished:  # also out of length: the stop string wins
                     request.finish_reason = FinishReason.STOP

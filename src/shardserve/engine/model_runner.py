@@ -19,16 +19,12 @@ import time
 import torch
 
 from shardserve.config import EngineConfig, torch_dtype
-from shardserve.engine import kv_budget
+from shardserve.engine import kv_budget, prompt_logprobs
 from shardserve.engine.cuda_graphs import DecodeGraphs, logits_buffer
-from shardserve.engine.pending_step import (
-    HostBufferPair,
-    PendingStep,
-    SampledTokens,
-    placeholder_sources,
-)
+from shardserve.engine.pending_step import HostBufferPair, PendingStep, placeholder_sources
 from shardserve.engine.prefill_graphs import PrefillGraphs, prefill_graph_buckets
 from shardserve.engine.profiler import RankProfiler
+from shardserve.engine.prompt_logprobs import StepResult
 from shardserve.engine.sampler import Sampler, on_device
 from shardserve.engine.scheduler import ScheduledSeq, SchedulerOutput
 from shardserve.kernels import int8_mma, set_fused_kernels
@@ -169,29 +165,26 @@ class ModelRunner:
         return self.tuning_seconds + sum(graphs)
 
     # -- one step ----------------------------------------------------------------------------
-    def execute_model(self, sched: SchedulerOutput) -> SampledTokens | None:
-        """Run a step and return its tokens (rank 0; None elsewhere)."""
+    def execute_model(self, sched: SchedulerOutput) -> StepResult | None:
+        """Run a step and return its tokens and prompt logprobs (rank 0; None elsewhere)."""
         assert self._pending is None, "a synchronous step while an asynchronous one is in flight"
-        step = self._launch(sched, None)
-        if self.rank != 0:
-            return None
-        return step.result() if step is not None else {}
+        return self._result(self._launch(sched, None))
 
-    def execute_model_async(self, sched: SchedulerOutput) -> SampledTokens | None:
-        """Launch a step; return the previous one's tokens (rank 0, {} if there was none)."""
+    def execute_model_async(self, sched: SchedulerOutput) -> StepResult | None:
+        """Launch a step; return the previous one's results (rank 0, empty if there was none)."""
         previous, self._pending = self._pending, None
         self._pending = self._launch(sched, previous)
         return self._result(previous)
 
-    def collect(self) -> SampledTokens | None:
-        """The tokens of the step in flight, if any (rank 0)."""
+    def collect(self) -> StepResult | None:
+        """The results of the step in flight, if any (rank 0)."""
         previous, self._pending = self._pending, None
         return self._result(previous)
 
-    def _result(self, step: PendingStep | None) -> SampledTokens | None:
+    def _result(self, step: PendingStep | None) -> StepResult | None:
         if self.rank != 0:
             return None
-        return step.result() if step is not None else {}
+        return step.result() if step is not None else StepResult()
 
     @torch.inference_mode()
     def _launch(self, sched: SchedulerOutput, previous: PendingStep | None) -> PendingStep | None:
@@ -202,8 +195,11 @@ class ModelRunner:
             return None
         fill = placeholder_sources(sched.seqs, previous)
         sampling_rows = [i for i, s in enumerate(sched.seqs) if s.sampling]
-        graphs = next((g for g in (self.cuda_graphs, self.prefill_graphs) if g is not None and g.can_run(sched.seqs)),
-                      None)
+        # The graphs compute each sequence's last row only: prompt-logprob rows need the eager path.
+        eager = any(s.prompt_rows is not None for s in sched.seqs)
+        graphs = None if eager else next(
+            (g for g in (self.cuda_graphs, self.prefill_graphs) if g is not None and g.can_run(sched.seqs)), None)
+        prompt = None
         if graphs is not None:
             logits = graphs.run(sched.seqs, self.block_size, fill)  # [num_seqs, vocab]
             if len(sampling_rows) < len(sched.seqs):  # a prefill chunk that samples nothing
@@ -215,18 +211,21 @@ class ModelRunner:
                 self._fill_placeholders(input_ids, [first[i] for i in fill[0]], fill)
             with forward_context(meta):
                 hidden = self.model(input_ids, positions)
+            if eager:  # every rank, before the sampling rows: their collectives line up
+                prompt = prompt_logprobs.launch(self.model, hidden, sched.seqs, meta.query_start_loc_host,
+                                                read=self._host_buffers is not None)
             sample_idx = [meta.query_start_loc_host[i + 1] - 1 for i in sampling_rows]
             if not sample_idx:
-                return None
+                return PendingStep.prompt_only(prompt)
             rows = on_device(sample_idx, torch.int64, self.device)
             logits = self.model.compute_logits(hidden.index_select(0, rows))  # collective on TP
         if self.sampler is None or not sampling_rows:
-            return None
+            return PendingStep.prompt_only(prompt)
         sampled = [sched.seqs[i] for i in sampling_rows]
         ids, infos = [s.request_id for s in sampled], [s.sampling for s in sampled]
         last = self._last_token_ids(sampled, sampling_rows, fill)
         host = self._host_buffers.next() if self._host_buffers is not None else None
-        return PendingStep(ids, infos, *self.sampler.sample(logits, ids, infos, last), host)
+        return PendingStep(ids, infos, *self.sampler.sample(logits, ids, infos, last), host, prompt)
 
     def _last_token_ids(self, sampled: list[ScheduledSeq], sampling_rows: list[int],
                         fill: tuple[list[int], torch.Tensor, list[int]] | None) -> torch.Tensor | None:

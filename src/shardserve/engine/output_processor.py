@@ -73,6 +73,7 @@ class OutputProcessor:
         state.emitted_tokens = len(tokens)
         if finished:
             del self._states[request.request_id]
+        prompt_logprobs, prompt_top_logprobs = _prompt_logprobs(request)
         return RequestOutput(
             request_id=request.request_id,
             prompt=request.prompt,
@@ -87,8 +88,18 @@ class OutputProcessor:
             logprobs=list(request.logprobs) if request.params.logprobs else None,
             top_logprobs=list(request.top_logprobs) if request.params.top_logprobs else None,
             num_cached_tokens=request.num_cached_tokens,
+            prompt_logprobs=prompt_logprobs,
+            prompt_top_logprobs=prompt_top_logprobs,
         )
 
     def discard(self, request_id: str) -> None:
         self._states.pop(request_id, None)
 
+
+def _prompt_logprobs(request: Request) -> tuple[list | None, list | None]:
+    """RequestOutput's prompt_logprobs and prompt_top_logprobs: None until every prompt token's
+    logprob is in (they come with the first output, as vLLM's do, and with every later one)."""
+    n = request.params.prompt_logprobs
+    if n is None or len(request.prompt_logprobs) < len(request.prompt_token_ids) - 1:
+        return None, None
+    return [None, *request.prompt_logprobs], ([[], *request.prompt_top_logprobs] if n else None)

@@ -1,12 +1,14 @@
 """A launched step's sampled tokens, while the next step may already be running (asynchronous
 scheduling, engine/model_runner.py): on the device, where the next step's placeholder inputs are
-filled from them, and on their way to host memory, where rank 0 reads them once they are there.
+filled from them, and on their way to host memory, where rank 0 reads them once they are there,
+with the step's prompt logprobs (engine/prompt_logprobs.py).
 """
 
 from __future__ import annotations
 
 import torch
 
+from shardserve.engine.prompt_logprobs import PendingPromptLogprobs, StepResult
 from shardserve.engine.request import PLACEHOLDER
 from shardserve.engine.sampler import read_samples
 from shardserve.engine.sampling_params import MAX_TOP_LOGPROBS
@@ -46,16 +48,17 @@ class HostBufferPair:
 class PendingStep:
     """A launched step's sampled tokens: on the device (the next step's placeholders read them)
     and, given host buffers (rank 0: the only one that reads them), on their way there (read
-    once the copy's event has fired)."""
+    once the copy's event has fired); with the prompt logprobs it computed (rank 0)."""
 
     def __init__(
-        self, request_ids: list[str], infos: list, tokens: torch.Tensor, logprobs: torch.Tensor | None,
-        host: HostBuffers | None,
+        self, request_ids: list[str], infos: list, tokens: torch.Tensor | None, logprobs: torch.Tensor | None,
+        host: HostBuffers | None, prompt: PendingPromptLogprobs | None = None,
     ):
         self.rows = {rid: row for row, rid in enumerate(request_ids)}
         self.tokens = tokens
         self.infos = infos
         self._host = host
+        self._prompt = prompt
         if host is None:
             return
         n = len(request_ids)
@@ -66,11 +69,20 @@ class PendingStep:
         if host.event is not None:
             host.event.record()
 
-    def result(self) -> SampledTokens:
+    @classmethod
+    def prompt_only(cls, prompt: PendingPromptLogprobs | None) -> PendingStep | None:
+        """A step that samples nothing: its prompt logprobs, if it computed any (rank 0)."""
+        return None if prompt is None else cls([], [], None, None, None, prompt)
+
+    def result(self) -> StepResult:
+        prompt = self._prompt.result() if self._prompt is not None else {}
+        if not self.rows:
+            return StepResult({}, prompt)
         assert self._host is not None, "only a step copied to host buffers can be read"
         if self._host.event is not None:
             self._host.event.synchronize()
-        return dict(zip(self.rows, read_samples(self._tokens, self._logprobs, self.infos), strict=True))
+        sampled = read_samples(self._tokens, self._logprobs, self.infos)
+        return StepResult(dict(zip(self.rows, sampled, strict=True)), prompt)
 
 
 def placeholder_sources(

@@ -37,6 +37,11 @@ class Request:
     output_token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)  # per output token
+    # SamplingParams.prompt_logprobs of prompt tokens 1, 2 ... as steps return them, and how many
+    # prompt positions' rows steps have been given (engine/prompt_logprobs.py: each once).
+    prompt_logprobs: list[float] = field(default_factory=list)
+    prompt_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    num_prompt_logprob_rows: int = 0
     status: RequestStatus = RequestStatus.WAITING
     # Tokens whose K/V are in the cache (prefix-cache hits included).
     num_computed_tokens: int = 0
@@ -102,3 +107,8 @@ class RequestOutput:
     # For each generated token, the top_logprobs most likely (token id, logprob), most likely first.
     top_logprobs: list[list[tuple[int, float]]] | None = None
     num_cached_tokens: int = 0
+    # SamplingParams.prompt_logprobs, from the first output on (once the whole prompt is computed):
+    # each prompt token's logprob given the tokens before it (the first's: None) and, N > 0, the N
+    # most likely (token id, logprob) at its position, most likely first (the first's: []).
+    prompt_logprobs: list[float | None] | None = None
+    prompt_top_logprobs: list[list[tuple[int, float]]] | None = None

@@ -43,6 +43,9 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: bool = False
     top_logprobs: int = 0  # with logprobs: also the N most likely tokens at each position
+    # Each prompt token's logprob given the ones before it and, N > 0, the N most likely tokens at
+    # its position (0: its own only); None: off. The raw model distribution, as logprobs.
+    prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
 
     def __post_init__(self) -> None:
@@ -77,6 +80,9 @@ class SamplingParams:
         _check(_is_int(self.top_logprobs) and 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS and (
             self.logprobs or not self.top_logprobs), "top_logprobs",
             f"an integer in [0, {MAX_TOP_LOGPROBS}], with logprobs on", self.top_logprobs)
+        _check(self.prompt_logprobs is None or (_is_int(self.prompt_logprobs)
+               and 0 <= self.prompt_logprobs <= MAX_TOP_LOGPROBS), "prompt_logprobs",
+               f"null or an integer in [0, {MAX_TOP_LOGPROBS}]", self.prompt_logprobs)
 
     def ending_token_ids(self, eos_token_ids) -> tuple[int, ...]:
         """The ids that end the request once min_new_tokens are out (below it they are never

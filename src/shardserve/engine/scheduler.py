@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from shardserve.engine.kv_cache import BlockManager
+from shardserve.engine.prompt_logprobs import PromptLogprobRows, PromptLogprobs, rows_to_compute
 from shardserve.engine.request import FinishReason, Request, RequestStatus
 from shardserve.engine.sampling_params import SamplingParams
 
@@ -61,6 +62,7 @@ class ScheduledSeq:
     start_pos: int  # position of token_ids[0] (= tokens already in the cache)
     block_ids: list[int]  # the sequence's whole block table
     sampling: SamplingInfo | None  # None while a prefill chunk still leaves prompt tokens
+    prompt_rows: PromptLogprobRows | None = None  # rows whose prompt logprobs the request asks for
 
 
 @dataclass
@@ -192,6 +194,7 @@ class Scheduler:
             # Not copied: the step consumes it before the request's table can change again.
             block_ids=request.block_ids,
             sampling=self._sampling_info(request) if completes else None,
+            prompt_rows=rows_to_compute(request, start, start + num_new),
         ))
         out.requests.append(request)
         request.num_computed_tokens = start + num_new
@@ -236,12 +239,19 @@ class Scheduler:
         self.waiting.appendleft(request)
 
     # -- the update beat ----------------------------------------------------------------------
-    def update(self, sched: SchedulerOutput, sampled: dict[str, tuple[int, float | None]]) -> list[Request]:
-        """Append a step's sampled tokens; returns the requests that got one."""
+    def update(self, sched: SchedulerOutput, sampled: dict[str, tuple[int, float | None]],
+               prompt_logprobs: dict[str, PromptLogprobs] | None = None) -> list[Request]:
+        """Append a step's sampled tokens and prompt logprobs; returns the requests that got a
+        token."""
         updated = []
         for seq, request in zip(sched.seqs, sched.requests, strict=True):
             if request.is_finished:  # finished or aborted while the step ran
                 continue
+            # Steps are updated in launch order, so each request's prompt rows arrive in order.
+            if prompt_logprobs and seq.request_id in prompt_logprobs:
+                values, tops = prompt_logprobs[seq.request_id]
+                request.prompt_logprobs += values
+                request.prompt_top_logprobs += tops or []
             result = sampled.get(seq.request_id)
             if result is not None:
                 request.num_inflight -= 1
