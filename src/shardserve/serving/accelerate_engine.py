@@ -34,6 +34,7 @@ from shardserve.engine.sampling_params import SamplingParams
 from shardserve.engine.tokenizer import eos_token_ids, load_tokenizer
 from shardserve.errors import EngineDeadError, ModelLoadError
 from shardserve.hf_imports import TRANSFORMERS_IMPORT
+from shardserve.serving.accelerate_prompt_logprobs import fill_prompt_logprobs
 from shardserve.serving.properties import ServingConfig
 
 logger = logging.getLogger(__name__)
@@ -176,6 +177,7 @@ class AccelerateEngine:
         if params.seed is not None:
             torch.manual_seed(params.seed)
         try:
+            fill_prompt_logprobs(self.model, [p.request for p in group])  # in the first output too
             with torch.inference_mode():
                 self.model.generate(
                     input_ids=input_ids.to(device), attention_mask=mask.to(device),

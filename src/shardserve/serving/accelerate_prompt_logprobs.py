@@ -1,0 +1,52 @@
+"""Prompt logprobs (SamplingParams.prompt_logprobs) for the Accelerate engine: each prompt token's
+logprob given the tokens before it, and the N most likely tokens at its position, as our engine
+gives them (engine/prompt_logprobs.py): float32 log_softmax of the model's raw logits.
+
+Each request that asks gets one forward of its own prompt, unpadded, before the group's
+`generate`. Unpadded, every architecture sees the positions it would see alone: a left-padded
+batch needs position ids from the attention mask, which not every model takes (BLOOM's ALiBi has
+none), and would hold the logits of all rows at once. One request's logits are [prompt, vocab];
+log_softmax runs over ROWS_PER_SLICE positions at a time, so only one slice's float32 copy lives
+beside them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from shardserve.engine.request import Request
+
+ROWS_PER_SLICE = 256
+
+
+def fill_prompt_logprobs(model, requests: list[Request]) -> None:
+    """Set request.prompt_logprobs / prompt_top_logprobs of every request that asks, for prompt
+    tokens 1 .. P - 1 (the OutputProcessor puts the first token's None / [] in front)."""
+    for request in requests:
+        top = request.params.prompt_logprobs
+        if top is None:
+            continue
+        ids = request.prompt_token_ids
+        request.prompt_logprobs, request.prompt_top_logprobs = [], []
+        if len(ids) < 2:  # the first token has no logprob: nothing to compute
+            continue
+        with torch.inference_mode():
+            device = model.device
+            tokens = torch.tensor([ids], dtype=torch.long, device=device)
+            mask = torch.ones_like(tokens)
+            logits = model(input_ids=tokens, attention_mask=mask, use_cache=False).logits[0]
+            targets = tokens[0, 1:].to(logits.device)
+            # Positions 0 .. P - 2: the last one predicts the first generated token.
+            for lo in range(0, len(ids) - 1, ROWS_PER_SLICE):
+                hi = min(lo + ROWS_PER_SLICE, len(ids) - 1)
+                logprobs = torch.log_softmax(logits[lo:hi].float(), dim=-1)
+                chosen = logprobs.gather(1, targets[lo:hi, None]).squeeze(1)
+                request.prompt_logprobs += chosen.tolist()
+                if top:
+                    best = logprobs.topk(top, dim=-1)
+                    request.prompt_top_logprobs += [
+                        list(zip(i, v, strict=True))
+                        for i, v in zip(best.indices.tolist(), best.values.tolist(), strict=True)
+                    ]
+                del logprobs  # before the next slice's
+            del logits
