@@ -47,8 +47,9 @@ def test_completion_batch_of_prompts_and_token_ids(oai):
 def test_completion_echo_and_logprobs(oai):
     out = oai.completions.create(model="llama", prompt="Hello", max_tokens=3, echo=True, logprobs=1, **GREEDY)
     assert out.choices[0].text.startswith("Hello")
-    assert len(out.choices[0].logprobs.token_logprobs) == 3
-    assert all(lp <= 0 for lp in out.choices[0].logprobs.token_logprobs)
+    logprobs = out.choices[0].logprobs.token_logprobs  # the echoed prompt's, then the completion's
+    assert len(logprobs) == out.usage.prompt_tokens + 3 and logprobs[0] is None
+    assert all(lp <= 0 for lp in logprobs[1:])
 
 
 def test_chat_plain_and_streamed_agree(oai):
@@ -150,11 +151,14 @@ def test_top_logprobs_through_the_openai_client(oai, model):
         assert [t.logprob for t in entry.top_logprobs] == sorted((t.logprob for t in entry.top_logprobs), reverse=True)
         assert (entry.token, entry.logprob) == (entry.top_logprobs[0].token, entry.top_logprobs[0].logprob)  # greedy
     out = oai.completions.create(model=model, prompt="Hello", max_tokens=4, logprobs=3, echo=True, **GREEDY)
-    lp = out.choices[0].logprobs
-    assert len(lp.top_logprobs) == len(lp.tokens) == len(lp.text_offset) == 4
-    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
-        assert 1 <= len(top) <= 4 and next(iter(top)) == token and top[token] == logprob == max(top.values())
-    assert lp.text_offset[0] == len("Hello") and lp.text_offset == sorted(lp.text_offset)
+    lp, p = out.choices[0].logprobs, out.usage.prompt_tokens
+    assert len(lp.top_logprobs) == len(lp.tokens) == len(lp.text_offset) == p + 4  # the prompt's, then 4
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None  # nothing comes before it
+    for i, (token, logprob, top) in enumerate(zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True)):
+        if i:
+            assert 1 <= len(top) <= 4 and next(iter(top)) == token and top[token] == logprob
+            assert i < p or logprob == max(top.values())  # the completion is greedy
+    assert lp.text_offset[p] == len("Hello") and lp.text_offset == sorted(lp.text_offset)
     with pytest.raises(openai.BadRequestError) as e:
         oai.chat.completions.create(model=model, messages=messages, max_tokens=1, top_logprobs=3)
     assert e.value.body["param"] == "top_logprobs"

@@ -1,10 +1,12 @@
 """The OpenAI APIs' log-probabilities: completions' `logprobs` object (tokens, token_logprobs,
 top_logprobs, text_offset) and chat's `logprobs.content`, whole or per streamed chunk, from the
-engine's RequestOutput (logprobs and top_logprobs)."""
+engine's RequestOutput (logprobs and top_logprobs; with `echo`, the prompt's too, from
+prompt_logprobs)."""
 
 from __future__ import annotations
 
 from shardserve.engine.request import RequestOutput
+from shardserve.engine.tokenizer import IncrementalDetokenizer
 
 # What a log-probability of -inf is sent as (JSON has no infinities), as OpenAI and vLLM do.
 MIN_LOGPROB = -9999.0
@@ -28,6 +30,35 @@ def completion_logprobs(tokenizer, token_ids: list[int], logprobs: list[float],
             entry.setdefault(decode(alt_id), _finite(alt_lp))
         tops.append(entry)
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops, "text_offset": text_offset}
+
+
+def echo_logprobs(tokenizer, out: RequestOutput) -> dict:
+    """completion_logprobs of the echoed prompt, as vLLM's: the first token has no logprob and no
+    top_logprobs entry (null), every other one its logprob given the tokens before it. text_offset:
+    where each token's text starts in the prompt as the tokenizer decodes it (the echo of a text
+    prompt is the text itself, which a tokenizer's normalisation may have changed)."""
+    ids = out.prompt_token_ids
+    offsets = prompt_text_offsets(tokenizer, ids)
+    tops = out.prompt_top_logprobs[1:] if out.prompt_top_logprobs is not None else None
+    rest = completion_logprobs(tokenizer, ids[1:], out.prompt_logprobs[1:], tops, offsets[1:])
+    first = {"tokens": tokenizer.decode(ids[:1]), "token_logprobs": None, "top_logprobs": None,
+             "text_offset": offsets[0]}
+    return {key: [first[key], *rest[key]] for key in first}
+
+
+def prompt_text_offsets(tokenizer, token_ids: list[int]) -> list[int]:
+    """Where each token's text starts in the decoded prompt: where the text of the tokens before
+    it ends (the incremental detokeniser's, as for generated tokens)."""
+    detokenizer, offsets, end = IncrementalDetokenizer(tokenizer, []), [], 0
+    for token_id in token_ids:
+        offsets.append(end)
+        end += len(detokenizer.add(token_id))
+    return offsets
+
+
+def joined(*parts: dict) -> dict:
+    """completion_logprobs objects one after the other (the echo's, then the completion's)."""
+    return {key: [v for part in parts for v in part[key]] for key in parts[0]}
 
 
 def chat_logprobs(tokenizer, token_ids: list[int], logprobs: list[float],

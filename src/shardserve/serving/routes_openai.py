@@ -4,14 +4,19 @@ last chunk).
 
 `n` choices per prompt are as many engine requests, each holding a queue slot: a completion of
 P prompts has P * n choices, choice prompt_index * n + j; streamed, each chunk names its choice
-(`index`), each choice ends with its own finish_reason, and usage counts each prompt once."""
+(`index`), each choice ends with its own finish_reason, and usage counts each prompt once.
+
+Completions with `echo` and `logprobs` score the prompt too (its first token has none), and
+`max_tokens: 0` with `echo` scores the prompt alone: what evaluation harnesses ask a server for."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from fastapi import APIRouter, Depends, Request
 
+from shardserve.engine.request import FinishReason, RequestOutput
 from shardserve.serving import openai_logprobs as olp
 from shardserve.serving import openai_protocol as oa
 from shardserve.serving.auth import require_api_key
@@ -40,13 +45,28 @@ async def completions(body: oa.CompletionRequest, request: Request):
     prompts = _prompts(body.prompt)
     tokenizer = model.engine.tokenizer
     want_logprobs = body.logprobs is not None
+    # echo with logprobs: the prompt's tokens get theirs too (prompt_logprobs), as in vLLM; what
+    # evaluation harnesses score a text by. max_tokens 0 with echo: the prompt alone (OpenAI's
+    # legacy completions); the engine generates one token, which the answer leaves out.
+    prompt_logprobs = body.logprobs if body.echo and want_logprobs else None
+    score_only = body.echo and body.max_tokens == 0
+    view = _prompt_only if score_only else _as_is
 
     def prompt_params(prompt):
-        max_tokens = body.max_tokens  # omitted: the schema's default, OpenAI's 16
+        max_tokens = 1 if score_only else body.max_tokens  # omitted: the schema's default, OpenAI's 16
         if max_tokens is None:  # an explicit null (vLLM): as much as the context leaves, as on chat
             max_tokens = _context_left(model, prompt, tokenizer)
-        return body.sampling_params(max_tokens, want_logprobs, top_logprobs=body.logprobs or 0,
-                                    top_logprobs_field="logprobs", defaults=model.sampling_defaults)
+        params = body.sampling_params(max_tokens, want_logprobs, top_logprobs=body.logprobs or 0,
+                                      top_logprobs_field="logprobs", defaults=model.sampling_defaults)
+        return replace(params, prompt_logprobs=prompt_logprobs)
+
+    def logprobs(out, token_ids, values, tops, offsets, first: bool) -> dict | None:
+        """The completion's logprobs of these tokens, after the prompt's when it is echoed (in the
+        first chunk of a stream)."""
+        if not want_logprobs:
+            return None
+        part = olp.completion_logprobs(tokenizer, token_ids, values, tops, offsets)
+        return olp.joined(olp.echo_logprobs(tokenizer, out), part) if first and prompt_logprobs is not None else part
 
     body.check_supported()  # n among the rest, before the queue is asked for n slots a prompt
     _check_capacity(model, len(prompts), body.choices)
@@ -64,27 +84,29 @@ async def completions(body: oa.CompletionRequest, request: Request):
         echo = echoes[k // n]
 
         def to_events(out, first):
+            out = view(out)
             prefix = echo if first else ""  # the choice's first chunk
-            lp = olp.completion_logprobs(tokenizer, out.delta_token_ids, olp.delta_logprobs(out),
-                                         olp.delta_top_logprobs(out),
-                                         olp.text_offsets(out, len(echo), new_only=True)) if want_logprobs else None
+            lp = logprobs(out, out.delta_token_ids, olp.delta_logprobs(out), olp.delta_top_logprobs(out),
+                          olp.text_offsets(out, len(echo), new_only=True), first)
             event = oa.envelope("text_completion", rid, name, [choice(k, prefix + out.delta_text, out, lp)])
             return [_with_usage(event, out, body)]
 
         return to_events
 
     def to_body(finals):
+        finals = [view(out) for out in finals]
         choices = []
         for k, out in enumerate(finals):
             prefix = echoes[k // n]
-            lp = olp.completion_logprobs(tokenizer, out.token_ids, out.logprobs or [], out.top_logprobs,
-                                         olp.text_offsets(out, len(prefix))) if want_logprobs else None
+            lp = logprobs(out, out.token_ids, out.logprobs or [], out.top_logprobs,
+                          olp.text_offsets(out, len(prefix)), True)
             choices.append(choice(k, prefix + out.text, out, lp))
         return oa.envelope("text_completion", rid, name, choices, {"usage": oa.usage(finals, n)})
 
     return await respond(request, model, [p for p in prompts for _ in range(n)], params, stream=body.stream,
                          sse=True, to_events=[events_of(k) for k in range(len(params))], to_body=to_body,
-                         closing_events=lambda lasts: _usage_chunk("text_completion", rid, name, lasts, body, n),
+                         closing_events=lambda lasts: _usage_chunk("text_completion", rid, name,
+                                                                   [view(o) if o else o for o in lasts], body, n),
                          done_marker=True, names=oa.FIELD_NAMES)
 
 
@@ -183,6 +205,17 @@ def _check_capacity(model: ServedModel, prompts: int, n: int) -> None:
     if prompts <= capacity < prompts * n:
         raise bad_request(f"n: {prompts} prompt(s) x {n} choices are {prompts * n} requests, more than model "
                           f"{model.name!r} takes at once ({capacity}, job_queue_size included)", "n")
+
+
+def _as_is(out: RequestOutput) -> RequestOutput:
+    return out
+
+
+def _prompt_only(out: RequestOutput) -> RequestOutput:
+    """A max_tokens 0 answer: the output without its one generated token."""
+    return replace(out, text="", token_ids=[], delta_text="", delta_token_ids=[], token_text_ends=[],
+                   logprobs=None if out.logprobs is None else [],
+                   top_logprobs=None if out.top_logprobs is None else [], finish_reason=FinishReason.LENGTH)
 
 
 def _echo(prompt, tokenizer) -> str:

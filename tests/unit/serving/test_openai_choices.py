@@ -67,8 +67,9 @@ def test_completion_choices_are_indexed_prompt_by_prompt_each_echoing_its_prompt
     for k, c in enumerate(choices):  # choice k answers prompt k // n
         prompt = PROMPTS[k // 2]
         assert c["text"].startswith(prompt) and len(c["text"]) > len(prompt)
-        assert c["finish_reason"] == "length" and len(c["logprobs"]["tokens"]) == 6
-        assert c["logprobs"]["text_offset"][0] == len(prompt)
+        p = _prompt_tokens(client, prompt)  # echoed: the prompt's tokens come first
+        assert c["finish_reason"] == "length" and len(c["logprobs"]["tokens"]) == p + 6
+        assert c["logprobs"]["text_offset"][p] == len(prompt)
     # each prompt counts once, each choice's completion counts
     prompt_tokens = sum(_prompt_tokens(client, p) for p in PROMPTS)
     assert r["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": 4 * 6,

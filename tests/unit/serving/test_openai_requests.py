@@ -333,15 +333,17 @@ def test_streamed_completion_top_logprobs_and_offsets_equal_the_unstreamed_ones(
     path = "/v1/completions"
     body = _with_stop(client, path, {**COMPLETION, "max_tokens": 32, "temperature": 0.0, "ignore_eos": True,
                                      "logprobs": 3, "echo": True}, lambda r: r["choices"][0]["text"])
-    plain = _post(client, path, body)["choices"][0]
+    whole = _post(client, path, body)
+    plain, p = whole["choices"][0], whole["usage"]["prompt_tokens"]
     choices = [c for chunk in _sse(client, path, body) for c in chunk["choices"]]
     assert plain["finish_reason"] == "stop" and plain["text"].startswith(COMPLETION["prompt"])
     for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
         assert [x for c in choices for x in c["logprobs"][key]] == plain["logprobs"][key], key
     assert "".join(c["text"] for c in choices) == plain["text"]
     offsets = plain["logprobs"]["text_offset"]
-    assert offsets[0] == len(COMPLETION["prompt"]) and offsets == sorted(offsets)  # after the echoed prompt
-    assert all(1 <= len(top) <= 4 for top in plain["logprobs"]["top_logprobs"])
+    assert offsets[p] == len(COMPLETION["prompt"]) and offsets == sorted(offsets)  # after the echoed prompt
+    tops = plain["logprobs"]["top_logprobs"]
+    assert tops[0] is None and all(1 <= len(top) <= 4 for top in tops[1:])  # the prompt's first: none
 
 
 @pytest.mark.parametrize(("path", "body", "field"), [

@@ -1,0 +1,99 @@
+"""/v1/completions with `echo` and `logprobs`: the prompt's tokens get their logprobs too (the
+first none), as evaluation harnesses read them; `max_tokens: 0` with echo scores the prompt
+alone. In process (FastAPI's TestClient) on a tiny Llama, against transformers' float32 forward."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from helpers.served_app import artifact, served
+
+PROMPT = [1, 37, 12, 99, 5, 61, 23, 8, 74, 40]  # token ids, as evaluation harnesses send them
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def client(tiny_checkpoint, tmp_path_factory):
+    with served((("llama", artifact(tmp_path_factory.mktemp("echo") / "llama", tiny_checkpoint("llama"))),)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_checkpoint) -> torch.Tensor:
+    """transformers' float32 log_softmax [len(PROMPT), vocab] of the prompt."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_checkpoint("llama")), dtype=torch.float32).eval()
+    with torch.no_grad():
+        return torch.log_softmax(model(torch.tensor([PROMPT])).logits[0].float(), dim=-1)
+
+
+def _post(client, body: dict) -> dict:
+    r = client.post("/v1/completions", json={"model": "llama", "prompt": PROMPT, "temperature": 0, **body})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _decode(client, ids: list[int]) -> list[str]:
+    tokenizer = client.app.state.ctx.store.get("llama").engine.tokenizer
+    return [tokenizer.decode([t]) for t in ids]
+
+
+def test_echo_with_logprobs_scores_every_prompt_token_then_the_completion(client, reference):
+    body = _post(client, {"echo": True, "logprobs": 2, "max_tokens": 3, "ignore_eos": True})
+    choice = body["choices"][0]
+    lp = choice["logprobs"]
+    plain = _post(client, {"logprobs": 2, "max_tokens": 3, "ignore_eos": True})["choices"][0]
+    assert choice["text"].endswith(plain["text"]) and len(choice["text"]) > len(plain["text"])
+    n = len(PROMPT)
+    assert lp["tokens"][:n] == _decode(client, PROMPT) and lp["tokens"][n:] == plain["logprobs"]["tokens"]
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    want = [reference[i - 1, PROMPT[i]].item() for i in range(1, n)]
+    assert lp["token_logprobs"][1:n] == pytest.approx(want, abs=TOL)
+    assert lp["token_logprobs"][n:] == plain["logprobs"]["token_logprobs"]
+    for i in range(1, n):  # the token itself first, then the two most likely (keyed by text)
+        top = reference[i - 1].topk(2)
+        expected = {lp["tokens"][i]: want[i - 1]}
+        for text, value in zip(_decode(client, top.indices.tolist()), top.values.tolist(), strict=True):
+            expected.setdefault(text, value)
+        assert list(lp["top_logprobs"][i]) == list(expected)
+        assert list(lp["top_logprobs"][i].values()) == pytest.approx(list(expected.values()), abs=TOL)
+    offsets = lp["text_offset"]
+    assert offsets[:n] == sorted(offsets[:n]) and offsets[n] == len(choice["text"]) - len(plain["text"])
+    assert body["usage"]["completion_tokens"] == 3
+
+
+def test_max_tokens_0_with_echo_scores_the_prompt_alone(client, reference):
+    body = _post(client, {"echo": True, "logprobs": 0, "max_tokens": 0})
+    choice = body["choices"][0]
+    tokenizer = client.app.state.ctx.store.get("llama").engine.tokenizer
+    assert choice["text"] == tokenizer.decode(PROMPT) and choice["finish_reason"] == "length"
+    assert choice["logprobs"]["tokens"] == _decode(client, PROMPT)
+    want = [reference[i - 1, PROMPT[i]].item() for i in range(1, len(PROMPT))]
+    assert choice["logprobs"]["token_logprobs"][1:] == pytest.approx(want, abs=TOL)
+    assert body["usage"] == {"prompt_tokens": len(PROMPT), "completion_tokens": 0, "total_tokens": len(PROMPT)}
+    r = _post_raw(client, {"max_tokens": 0})  # without echo there is nothing to answer
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+
+
+def _post_raw(client, body: dict):
+    return client.post("/v1/completions", json={"model": "llama", "prompt": PROMPT, **body})
+
+
+@pytest.mark.parametrize("max_tokens", [0, 4])
+def test_a_streamed_echo_carries_the_prompt_logprobs_in_its_first_chunk(client, max_tokens):
+    body = {"echo": True, "logprobs": 1, "max_tokens": max_tokens, "ignore_eos": True}
+    whole = _post(client, body)["choices"][0]
+    r = _post_raw(client, {**body, "temperature": 0, "stream": True,
+                           "stream_options": {"include_usage": True}})
+    assert r.status_code == 200, r.text
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    chunks = [e["choices"][0] for e in events if e["choices"]]
+    assert "".join(c["text"] for c in chunks) == whole["text"]
+    assert chunks[0]["logprobs"]["tokens"][: len(PROMPT)] == _decode(client, PROMPT)
+    for key in ("tokens", "token_logprobs", "text_offset"):
+        assert [v for c in chunks for v in c["logprobs"][key]] == whole["logprobs"][key], key
+    assert events[-1]["usage"]["completion_tokens"] == max_tokens
