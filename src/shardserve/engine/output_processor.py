@@ -46,9 +46,7 @@ class OutputProcessor:
             state.text += state.detokenizer.add(token_id)
             state.ends.append(len(state.text))
         if request.is_finished:
-            state.text += state.detokenizer.flush()
-            if state.ends:  # what the flush lets out (half a character held back) is the last token's
-                state.ends[-1] = len(state.text)
+            _flush(state)
         if dropped:  # the stop token's text is left out: it ends where the text does
             state.ends.append(len(state.text))
         stops = request.params.stop
@@ -65,6 +63,8 @@ class OutputProcessor:
     def output(self, request: Request) -> RequestOutput:
         state = self._states[request.request_id]
         finished = request.is_finished
+        if finished and not state.stopped:  # aborted, or out of KV room: no last new_text call
+            _flush(state)
         visible = len(state.text) if finished else max(len(state.text) - state.holdback, state.emitted_chars)
         delta_text = state.text[state.emitted_chars : visible]
         state.emitted_chars = visible
@@ -94,6 +94,14 @@ class OutputProcessor:
 
     def discard(self, request_id: str) -> None:
         self._states.pop(request_id, None)
+
+
+def _flush(state: _TextState) -> None:
+    """At the end, what the detokeniser held back (half a character) is the last token's text.
+    Flushing twice adds nothing."""
+    state.text += state.detokenizer.flush()
+    if state.ends:
+        state.ends[-1] = len(state.text)
 
 
 def _prompt_logprobs(request: Request) -> tuple[list | None, list | None]:
