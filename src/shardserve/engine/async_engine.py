@@ -69,7 +69,7 @@ class AsyncEngine:
     async def generate(
         self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None
     ) -> AsyncIterator[RequestOutput]:
-        params = params or SamplingParams()
+        params = params or self.llm.default_sampling_params()
         request_id = request_id or uuid.uuid4().hex
         if self._dead is not None:
             raise EngineDeadError(f"the engine stopped: {self._dead}")

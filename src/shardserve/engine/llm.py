@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 
 from shardserve.config import EngineConfig
 from shardserve.engine.executor import create_executor
+from shardserve.engine.generation_config import sampling_defaults
 from shardserve.engine.kv_cache import BlockManager
 from shardserve.engine.output_processor import OutputProcessor
 from shardserve.engine.prompt_logprobs import StepResult
@@ -86,6 +87,8 @@ class LLM:
         if reads_presharded(config.load_format, config.model):
             check_presharded(config.model, config.tensor_parallel_size, config.quantization)
         self.tokenizer = load_tokenizer(config.model)
+        # What requests without their own SamplingParams decode with (engine/generation_config.py).
+        self.sampling_defaults = sampling_defaults(config.model)
         self.max_model_len = min(config.max_model_len or self.model_config.max_position_embeddings,
                                  self.model_config.max_position_embeddings)
         self.executor = create_executor(config)
@@ -119,6 +122,11 @@ class LLM:
         logger.info("engine ready: load %.1f s, warm-up %.1f s: %s", self.load_seconds, self.warmup_seconds, config.model)
 
     # -- requests ---------------------------------------------------------------------------
+    def default_sampling_params(self) -> SamplingParams:
+        """SamplingParams' defaults with the model's generation_config.json sampling values, as
+        vLLM's LLM uses when a call passes none."""
+        return SamplingParams(**self.sampling_defaults)
+
     def encode(self, prompt: Prompt, params: SamplingParams) -> list[int]:
         """Token ids of a prompt, checked against the model length (ValueError names both)."""
         return encode_prompt(self.tokenizer, prompt, params, self.model_config.vocab_size, self.max_model_len)
@@ -128,7 +136,7 @@ class LLM:
         prompt_token_ids: list[int] | None = None,
     ) -> str:
         self._check_alive()
-        params = params or SamplingParams()
+        params = params or self.default_sampling_params()
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         if request_id in self.scheduler.requests:
             raise ValueError(f"request_id {request_id!r} is already running")
@@ -223,7 +231,7 @@ class LLM:
         """Run prompts to completion; outputs in input order."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
-        params_list = list(params) if isinstance(params, Sequence) else [params or SamplingParams()] * len(prompts)
+        params_list = list(params) if isinstance(params, Sequence) else [params or self.default_sampling_params()] * len(prompts)
         if len(params_list) != len(prompts):
             raise ValueError(f"got {len(params_list)} SamplingParams for {len(prompts)} prompts")
         token_ids = [self.encode(p, sp) for p, sp in zip(prompts, params_list, strict=True)]

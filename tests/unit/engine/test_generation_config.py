@@ -43,3 +43,18 @@ def test_eos_ids_come_from_the_config_the_tokenizer_and_the_file(tmp_path):
     _write(tmp_path, "{")
     with pytest.raises(ModelLoadError, match="is not valid JSON"):
         eos_token_ids(str(tmp_path), SimpleNamespace(eos_token_id=3), SimpleNamespace(eos_token_id=None))
+
+
+def test_the_engine_decodes_with_the_model_values_when_given_no_params(tiny_checkpoint, tmp_path):
+    import shutil
+
+    from shardserve import LLM, SamplingParams
+
+    path = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint("llama"), path)
+    _write(path, {"temperature": 0.0, "top_k": 7})
+    with LLM(str(path), dtype="fp32") as llm:
+        assert llm.default_sampling_params() == SamplingParams(temperature=0.0, top_k=7)
+        greedy = llm.generate("the cat", SamplingParams(temperature=0.0))[0].token_ids
+        assert [llm.generate("the cat")[0].token_ids for _ in range(2)] == [greedy, greedy]
+        assert next(iter(llm.stream("the cat"))).token_ids == greedy[:1]
