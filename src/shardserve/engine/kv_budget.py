@@ -22,8 +22,8 @@ def block_bytes(attention_layers, block_size: int, dtype: torch.dtype) -> int:
 def blocks_that_fit(config: EngineConfig, model_config: ModelConfig, device: torch.device, bytes_per_block: int,
                     max_model_len: int, graph_tokens: int = 0) -> int:
     """How many blocks this rank's memory holds (config.num_kv_blocks when set). graph_tokens:
-    the largest prefill graph's tokens (engine/prefill_graphs.py), whose memory the graphs' pool
-    keeps beside what eager steps use."""
+    the most rows a CUDA graph computes (engine/cuda_graphs.py, prefill_graphs.py; 0 without
+    graphs), whose memory the graphs' pool keeps beside what eager steps use."""
     if config.num_kv_blocks is not None:
         return config.num_kv_blocks
     if device.type == "cuda":
@@ -48,12 +48,15 @@ def step_tokens(config: EngineConfig, max_model_len: int) -> int:
 
 def _working_memory(config: EngineConfig, model_config: ModelConfig, max_model_len: int, graph_tokens: int) -> int:
     """Bytes that stay outside the cache (a rough upper bound): the activations of the largest
-    eager step and of the largest prefill graph; with int8 weights, the 16-bit copy of one weight
-    that a step of more than DECODE_MAX_TOKENS rows dequantises (kernels/weight_convert.py), once
-    for eager steps and once kept by the graphs' pool: at most gate and up projections together."""
+    eager step and of the largest graph, and the graphs' shared logits [max_num_seqs, vocab]
+    float32; with int8 weights, the 16-bit copy of one weight that a step of more than
+    DECODE_MAX_TOKENS rows dequantises (kernels/weight_convert.py), once for eager steps and once
+    kept by the graphs' pool: at most gate and up projections together."""
     mc, tp = model_config, get_tp_size()
     per_token = (8 * mc.hidden_size + 3 * mc.intermediate_size // tp + mc.vocab_size) * 4
     working = (step_tokens(config, max_model_len) + graph_tokens) * per_token
+    if graph_tokens:
+        working += config.max_num_seqs * mc.vocab_size * 4
     if config.quantization == "int8":
         dequantised = 2 * mc.intermediate_size // tp * mc.hidden_size * 2
         working += dequantised * (2 if graph_tokens > DECODE_MAX_TOKENS else 1)

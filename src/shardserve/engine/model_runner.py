@@ -93,14 +93,19 @@ class ModelRunner:
     def available_kv_blocks(self, max_model_len: int) -> int:
         """How many blocks every rank can hold (the minimum over the ranks)."""
         fits = kv_budget.blocks_that_fit(self.config, self.model_config, self.device, self.bytes_per_block(),
-                                         max_model_len, self._prefill_graph_tokens())
+                                         max_model_len, self._graph_tokens())
         return kv_budget.min_over_ranks(fits, self.device)
 
     def _use_prefill_graphs(self) -> bool:
         return self.use_cuda_graphs and self.config.extra.get("prefill_graphs", True)
 
-    def _prefill_graph_tokens(self) -> int:
-        return prefill_graph_buckets(self.config.max_num_batched_tokens)[-1] if self._use_prefill_graphs() else 0
+    def _graph_tokens(self) -> int:
+        """The most rows a CUDA graph computes: a decode graph's max_num_seqs, a prefill graph's
+        largest bucket (kv_budget keeps room for them)."""
+        if not self.use_cuda_graphs:
+            return 0
+        prefill = prefill_graph_buckets(self.config.max_num_batched_tokens)[-1] if self._use_prefill_graphs() else 0
+        return max(self.config.max_num_seqs, prefill)
 
     def allocate_kv_cache(self, num_blocks: int, max_model_len: int) -> None:
         for layer in self.attention_layers:

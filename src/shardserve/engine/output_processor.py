@@ -22,6 +22,8 @@ class _TextState:
     holdback: int = 0
     stopped: bool = field(default=False)
     ends: list[int] = field(default_factory=list)  # RequestOutput.token_text_ends
+    # RequestOutput's prompt logprobs, built once when complete: every later output shares them.
+    prompt_logprobs: tuple[list, list | None] | None = None
 
 
 class OutputProcessor:
@@ -73,7 +75,9 @@ class OutputProcessor:
         state.emitted_tokens = len(tokens)
         if finished:
             del self._states[request.request_id]
-        prompt_logprobs, prompt_top_logprobs = _prompt_logprobs(request)
+        if state.prompt_logprobs is None:
+            state.prompt_logprobs = _prompt_logprobs(request)
+        prompt_logprobs, prompt_top_logprobs = state.prompt_logprobs or (None, None)
         return RequestOutput(
             request_id=request.request_id,
             prompt=request.prompt,
@@ -104,10 +108,10 @@ def _flush(state: _TextState) -> None:
         state.ends[-1] = len(state.text)
 
 
-def _prompt_logprobs(request: Request) -> tuple[list | None, list | None]:
-    """RequestOutput's prompt_logprobs and prompt_top_logprobs: None until every prompt token's
+def _prompt_logprobs(request: Request) -> tuple[list, list | None] | None:
+    """RequestOutput's prompt_logprobs and prompt_top_logprobs; None until every prompt token's
     logprob is in (they come with the first output, as vLLM's do, and with every later one)."""
     n = request.params.prompt_logprobs
     if n is None or len(request.prompt_logprobs) < len(request.prompt_token_ids) - 1:
-        return None, None
+        return None
     return [None, *request.prompt_logprobs], ([[], *request.prompt_top_logprobs] if n else None)

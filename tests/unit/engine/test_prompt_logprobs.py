@@ -69,6 +69,16 @@ def test_prompt_logprobs_and_top_tokens_equal_transformers(arch, tiny_checkpoint
     assert outs[-1].prompt_logprobs == [None] and outs[-1].prompt_top_logprobs == [[]]
 
 
+def test_every_output_of_a_request_shares_the_prompt_logprobs_built_once(tiny_checkpoint):
+    """Built when the last row is in, not copied again for each of a long answer's outputs."""
+    with LLM(str(tiny_checkpoint("llama")), dtype="fp32") as llm:
+        outs = list(llm.stream(MIXED[0], SamplingParams(max_new_tokens=5, temperature=0.0, ignore_eos=True,
+                                                        prompt_logprobs=2)))
+    assert len(outs) == 5 and len(outs[0].prompt_logprobs) == len(outs[0].prompt_token_ids)
+    assert all(o.prompt_logprobs is outs[0].prompt_logprobs for o in outs)
+    assert all(o.prompt_top_logprobs is outs[0].prompt_top_logprobs for o in outs)
+
+
 @pytest.mark.parametrize("option", ["chunks", "row-slices"])
 def test_chunked_prompts_and_small_row_slices_give_the_values_of_one_chunk(option, tiny_checkpoint, monkeypatch):
     model = str(tiny_checkpoint("llama"))
