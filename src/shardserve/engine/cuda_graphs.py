@@ -10,10 +10,10 @@ What makes replay valid: every input lives in a static device buffer that the gr
 one host-to-device copy per dtype from pinned staging buffers (engine/graph_inputs.py), and pads
 the bucket with harmless rows (slot -1: no cache write; seq_len 0: no cache read, output 0).
 The attention kernels read lengths from the device only (kernels/paged_decode.py), so nothing in
-the graph depends on a host value that changes between steps. All ranks capture the same buckets in the
-same order, so their collectives line up. Input tokens still in flight (asynchronous scheduling)
-are copied into the static ids from the previous step's sampled tokens on the device, before the
-replay.
+the graph depends on a host value that changes between steps. All ranks capture the same buckets
+in the same order, so their collectives line up. Input tokens still in flight (asynchronous
+scheduling) are copied into the static ids from the previous step's sampled tokens on the device,
+before the replay.
 
 Every graph, decode or prefill, writes its logits into one shared buffer (logits_buffer). Graphs
 replay one at a time on one stream, and a step's sampling is enqueued right after its replay,
@@ -48,7 +48,7 @@ def logits_buffer(model: nn.Module, rows: int, device: torch.device) -> torch.Te
     return torch.empty(rows, model.lm_head.num_embeddings, dtype=torch.float32, device=device)
 
 
-def capture_buckets(buckets: Sequence[int], forward, device: torch.device, pool) -> tuple[dict, dict]:
+def capture_buckets(buckets: Sequence, forward, device: torch.device, pool) -> tuple[dict, dict]:
     """forward(bucket) captured once per bucket into `pool`, largest first (the smaller ones reuse
     its pool memory), each after an eager run (Triton compilation, cuBLAS workspaces) ->
     ({bucket: CUDAGraph}, {bucket: its static output})."""

@@ -16,11 +16,14 @@ device: nothing captured depends on a host value of the step. The LM head runs o
 sequence's last token, gathered on the device. Steps of more tokens run eagerly (the host's
 share of them is small).
 
-Buckets take every sequence a step may hold (max_num_seqs): under continuous batching a new
-prompt joins a full batch of decodes, and such a mixed step ran 4x longer eagerly at TP4. Token
-buckets go by 32 up to 256, then by 64, so a mixed step pads its GEMM rows by at most a quarter
-past 128 tokens. Measured with benchmarks/mixed_steps.py (OPT-30B TP4, 256 requests, 64 at a
-time): 2.3x the output tokens/s of eager mixed steps (benchmarks/RESULTS.md).
+A bucket is (tokens, sequences). Under continuous batching a new prompt joins a full batch of
+decodes, and such a mixed step ran 4x longer eagerly at TP4: so each token count has a graph of
+max_num_seqs sequences (capped at the token count). Benchmarks/mixed_steps.py (OPT-30B TP4, 256
+requests, 64 at a time) measured 2.3x the output tokens/s of eager mixed steps. But the attention
+grid grows with the bucket's sequences whether the step has them or not, so steps of at most
+FEW_SEQS sequences (a few prompts alone) keep graphs of that many, the form that took OPT-30B
+TP4's 4 x 32-token first token to 9.6 ms. Token buckets go by 32 up to 256, then by 64, so a
+mixed step pads its GEMM rows by at most a quarter past 128 tokens (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from shardserve.layers.forward_context import AttentionMetadata, forward_context
 logger = logging.getLogger(__name__)
 
 TOKEN_BUCKETS = (16, 32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+FEW_SEQS = 8
 
 
 def prefill_graph_buckets(max_num_batched_tokens: int) -> list[int]:
@@ -55,28 +59,32 @@ class PrefillGraphs:
         self.model = model
         self.device = device
         self.logits_out = logits  # cuda_graphs.logits_buffer(): rows >= max_num_seqs
-        self.buckets = prefill_graph_buckets(max_num_batched_tokens)
+        self.token_buckets = prefill_graph_buckets(max_num_batched_tokens)
         self.max_seqs = max_num_seqs
+        seq_counts = {min(FEW_SEQS, max_num_seqs), max_num_seqs}
+        self.buckets = sorted({(t, min(s, t)) for t in self.token_buckets for s in seq_counts})
         self.max_blocks = max_blocks_per_seq
-        t, s, mb = self.buckets[-1], self.max_seqs, max_blocks_per_seq
+        t, s, mb = self.token_buckets[-1], self.max_seqs, max_blocks_per_seq
         # int64 [3, t]: input ids, positions, cache slots; int32 [2s + 1 + s * mb]: query start
         # offsets, seq_lens, block tables [s, mb].
         self.inputs = GraphInputs(3, t, 2 * s + 1 + s * mb, device)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.logits: dict[int, torch.Tensor] = {}  # bucket -> its rows of logits_out [max_seqs, vocab]
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self.logits: dict[tuple[int, int], torch.Tensor] = {}  # bucket -> its rows of logits_out
         self.capture_seconds = 0.0
 
-    def _meta(self, tokens: int) -> AttentionMetadata:
+    def _meta(self, tokens: int, seqs: int) -> AttentionMetadata:
+        """The first `seqs` sequences' views of the static inputs (laid out for max_seqs)."""
         s, dev32 = self.max_seqs, self.inputs.dev32
         return AttentionMetadata.for_graph_prefill(
-            self.inputs.dev64[2, :tokens], dev32[: s + 1], dev32[s + 1 : 2 * s + 1],
-            dev32[2 * s + 1 :].view(s, self.max_blocks), max_query_len=tokens,
+            self.inputs.dev64[2, :tokens], dev32[: seqs + 1], dev32[s + 1 : s + 1 + seqs],
+            dev32[2 * s + 1 :].view(s, self.max_blocks)[:seqs], max_query_len=tokens,
         )
 
-    def forward(self, tokens: int) -> torch.Tensor:
-        """Logits [max_seqs, vocab] float32 of each sequence's last token, from the static inputs
+    def forward(self, bucket: tuple[int, int]) -> torch.Tensor:
+        """Logits [sequences, vocab] float32 of each sequence's last token, from the static inputs
         (what a graph captures; eager on the CPU, where the tests run it)."""
-        meta = self._meta(tokens)
+        tokens, seqs = bucket
+        meta = self._meta(tokens, seqs)
         with forward_context(meta):
             hidden = self.model(self.inputs.dev64[0, :tokens], self.inputs.dev64[1, :tokens])
             last = (meta.query_start_loc[1:] - 1).clamp(min=0).long()  # a padding sequence: any row
@@ -89,17 +97,22 @@ class PrefillGraphs:
         started = time.perf_counter()
         self.graphs, self.logits = capture_buckets(self.buckets, self.forward, self.device, pool)
         self.capture_seconds = time.perf_counter() - started
-        logger.info("captured %d prefill CUDA graphs (tokens %s, up to %d sequences) in %.1f s",
-                    len(self.graphs), self.buckets, self.max_seqs, self.capture_seconds)
+        logger.info("captured %d prefill CUDA graphs (tokens %s; %d or up to %d sequences) in %.1f s",
+                    len(self.graphs), self.token_buckets, min(FEW_SEQS, self.max_seqs), self.max_seqs,
+                    self.capture_seconds)
 
     def can_run(self, seqs: Sequence[ScheduledSeq]) -> bool:
         return (
             0 < len(seqs) <= self.max_seqs
-            and sum(len(s.token_ids) for s in seqs) <= self.buckets[-1]
+            and sum(len(s.token_ids) for s in seqs) <= self.token_buckets[-1]
             and all(len(s.block_ids) <= self.max_blocks for s in seqs)
         )
 
-    def stage(self, seqs: Sequence[ScheduledSeq], block_size: int) -> tuple[int, list[int]]:
+    def bucket(self, num_seqs: int, num_tokens: int) -> tuple[int, int]:
+        """The smallest bucket that holds the step: fewest tokens, then fewest sequences."""
+        return next((t, s) for t, s in self.buckets if t >= num_tokens and s >= num_seqs)
+
+    def stage(self, seqs: Sequence[ScheduledSeq], block_size: int) -> tuple[tuple[int, int], list[int]]:
         """Copy the step's inputs into the static buffers, padded; -> (its bucket, each sequence's
         first token row)."""
         self.inputs.writable()
@@ -119,11 +132,12 @@ class PrefillGraphs:
             seq_lens[i] = p + n
             tables[i, : len(blocks)] = blocks
             at += n
-        tokens = next(t for t in self.buckets if t >= at)
+        bucket = self.bucket(len(seqs), at)
+        tokens = bucket[0]
         ids[at:tokens], pos[at:tokens], slots[at:tokens] = 0, 0, -1
         starts[len(seqs) :], seq_lens[len(seqs) :] = at, 0
         self.inputs.upload(2 * s + 1 + len(seqs) * self.max_blocks)  # every start and seq_len, the step's tables
-        return tokens, starts[: len(seqs)].tolist()
+        return bucket, starts[: len(seqs)].tolist()
 
     @torch.inference_mode()
     def run(self, seqs: Sequence[ScheduledSeq], block_size: int,
@@ -131,9 +145,9 @@ class PrefillGraphs:
         """Logits [len(seqs), vocab] float32 (a view of the graph's static output). fill: (indices
         of the sequences whose only token is a placeholder, the previous step's device tokens,
         their rows there)."""
-        tokens, first = self.stage(seqs, block_size)
+        bucket, first = self.stage(seqs, block_size)
         if fill is not None:
             at = on_device([first[i] for i in fill[0]], torch.int64, self.device)
             self.inputs.dev64[0].index_copy_(0, at, fill[1].index_select(0, on_device(fill[2], torch.int64, self.device)))
-        self.graphs[tokens].replay()
-        return self.logits[tokens][: len(seqs)]
+        self.graphs[bucket].replay()
+        return self.logits[bucket][: len(seqs)]

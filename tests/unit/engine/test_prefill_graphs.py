@@ -18,8 +18,9 @@ pytest.importorskip("triton")
 
 
 @needs_interpreter
-@pytest.mark.parametrize("arch", ["llama", "bloom"])
-def test_padded_step_matches_eager_step(tiny_checkpoint, arch):
+@pytest.mark.parametrize("arch,max_seqs", [("llama", 8), ("bloom", 8), ("llama", 24)])
+def test_padded_step_matches_eager_step(tiny_checkpoint, arch, max_seqs):
+    """max_seqs 24: the step's bucket of 8 sequences reads the first 8 of inputs laid out for 24."""
     with LLM(str(tiny_checkpoint(arch)), dtype="fp32", attention_backend="triton", **ENGINE_OPTIONS) as llm:
         runner = llm.executor.runner
         step = mixed_step(runner)
@@ -28,11 +29,11 @@ def test_padded_step_matches_eager_step(tiny_checkpoint, arch):
         eager_cache = kv_caches(runner)
         for layer_cache, saved in zip((c for layer in runner.attention_layers for c in layer.kv_cache), prefixes_only):
             layer_cache.copy_(saved)  # the padded step must write its own tokens' K/V, and read them
-        logits = logits_buffer(runner.model, 8, torch.device("cpu"))
-        graphs = PrefillGraphs(runner.model, torch.device("cpu"), 8, 2048, 16, logits)
+        logits = logits_buffer(runner.model, max_seqs, torch.device("cpu"))
+        graphs = PrefillGraphs(runner.model, torch.device("cpu"), max_seqs, 2048, 16, logits)
         assert graphs.can_run(step)
         tokens, first = graphs.stage(step, BLOCK)
-        assert (tokens, first) == (16, [0, 5, 12])
+        assert (tokens, first) == ((16, 8), [0, 5, 12])
         logits.fill_(float("nan"))
         with torch.inference_mode():
             padded = graphs.forward(tokens)
@@ -45,7 +46,7 @@ def test_padded_step_matches_eager_step(tiny_checkpoint, arch):
 
 def test_steps_past_the_buckets_run_eagerly():
     graphs = PrefillGraphs(torch.nn.Identity(), torch.device("cpu"), 8, 256, 4, torch.empty(8, 10))
-    assert graphs.buckets == [16, 32, 64, 96, 128, 160, 192, 224, 256] and graphs.max_seqs == 8
+    assert graphs.token_buckets == [16, 32, 64, 96, 128, 160, 192, 224, 256] and graphs.max_seqs == 8
 
     def seq(n: int, blocks: int = 1) -> ScheduledSeq:
         return ScheduledSeq("r", list(range(n)), 0, list(range(blocks)), None)
@@ -55,6 +56,18 @@ def test_steps_past_the_buckets_run_eagerly():
     assert not graphs.can_run([seq(1)] * 9)  # 9 sequences
     assert not graphs.can_run([seq(1, blocks=5)])  # a block table past the graphs' width
     assert not graphs.can_run([])
+
+
+def test_a_step_takes_the_smallest_bucket_few_sequences_their_own_graphs():
+    """Steps of a few sequences keep graphs of FEW_SEQS (the attention grid grows with a bucket's
+    sequences); mixed steps of a full batch take max_num_seqs, capped at the token count."""
+    graphs = PrefillGraphs(torch.nn.Identity(), torch.device("cpu"), 64, 512, 4, torch.empty(64, 10))
+    assert (16, 8) in graphs.buckets and (16, 16) in graphs.buckets and (16, 64) not in graphs.buckets
+    assert graphs.bucket(4, 128) == (128, 8)  # four 32-token prompts
+    assert graphs.bucket(9, 16) == (16, 16)
+    assert graphs.bucket(63, 150) == (160, 64)  # a full batch of decodes and a new prompt
+    assert graphs.bucket(8, 500) == (512, 8)
+    assert len(graphs.buckets) == 2 * len(graphs.token_buckets)
 
 
 def test_capture_buckets_runs_each_bucket_eagerly_then_captures_it_largest_first(monkeypatch):
