@@ -96,6 +96,21 @@ def test_client_disconnect_aborts_the_request(server, client, monkeypatch):
         assert gauge(client, "shardserve_running_requests", "llama-t") == 1
     wait_for_abort(client, aborted)  # leaving the block closed the connection mid-stream
     assert gauge(client, "shardserve_kv_cache_usage_ratio", "llama-t") == 0  # its blocks are freed
+    wait_until(lambda: server.store.get("llama-t").admission.inflight == 0, 10, what="queue slot back")
+
+
+def test_a_streamed_openai_disconnect_aborts_every_choice_and_frees_their_queue_slots(server, client, monkeypatch):
+    """The server cancels a dropped stream's body, and again at each await of its cleanup: the
+    cleanup runs shielded, or its slots would stay taken until the model answers only 503s."""
+    aborted = record_aborts(server, monkeypatch)
+    body = {"model": "llama-t", "prompt": "Once upon a time", "n": 3, "max_tokens": 4000, "ignore_eos": True,
+            "stream": True}
+    for _ in range(2):
+        with httpx.Client(base_url=server.url, timeout=30) as c, c.stream("POST", "/v1/completions", json=body) as r:
+            assert next(r.iter_lines())  # generation is running
+        wait_until(lambda: sum(out is not None for out in aborted) >= 3, 10, what="every choice aborted")
+        wait_until(lambda: server.store.get("llama-t").admission.inflight == 0, 10, what="queue slots back")
+        aborted.clear()
 
 
 def test_non_streaming_client_disconnect_aborts_too(server, client, monkeypatch):

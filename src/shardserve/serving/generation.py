@@ -222,8 +222,10 @@ async def respond(
     generations = [g for g, _ in pairs]
 
     async def cleanup() -> None:
-        await asyncio.gather(*(g.close() for g in generations), return_exceptions=True)
-        release()
+        try:
+            await asyncio.gather(*(g.close() for g in generations), return_exceptions=True)
+        finally:
+            release()
 
     if stream:
         each = list(to_events) if isinstance(to_events, Sequence) else [to_events] * len(pairs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 
+import anyio
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
@@ -44,7 +45,11 @@ def stream_response(events: AsyncIterator[dict], sse: bool, on_error: Callable[[
         except APIError as e:
             yield encode(on_error(e), sse)
         finally:
-            await cleanup()
+            # A client that goes away gets the body cancelled, and the server's task group cancels
+            # it again at every later await: unshielded, the cleanup would stop at its first one
+            # and the queue slots would stay taken.
+            with anyio.CancelScope(shield=True):
+                await cleanup()
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(body(), media_type=SSE if sse else JSONLINES, headers=headers)
