@@ -34,11 +34,10 @@ def completion_logprobs(tokenizer, token_ids: list[int], logprobs: list[float],
 
 def echo_logprobs(tokenizer, out: RequestOutput) -> dict:
     """completion_logprobs of the echoed prompt, as vLLM's: the first token has no logprob and no
-    top_logprobs entry (null), every other one its logprob given the tokens before it. text_offset:
-    where each token's text starts in the prompt as the tokenizer decodes it (the echo of a text
-    prompt is the text itself, which a tokenizer's normalisation may have changed)."""
+    top_logprobs entry (null), every other one its logprob given the tokens before it; text_offset:
+    where each token's text starts in the echoed prompt (prompt_text_offsets)."""
     ids = out.prompt_token_ids
-    offsets = prompt_text_offsets(tokenizer, ids)
+    offsets = prompt_text_offsets(tokenizer, ids, out.prompt)
     tops = out.prompt_top_logprobs[1:] if out.prompt_top_logprobs is not None else None
     rest = completion_logprobs(tokenizer, ids[1:], out.prompt_logprobs[1:], tops, offsets[1:])
     first = {"tokens": tokenizer.decode(ids[:1]), "token_logprobs": None, "top_logprobs": None,
@@ -46,10 +45,15 @@ def echo_logprobs(tokenizer, out: RequestOutput) -> dict:
     return {key: [first[key], *rest[key]] for key in first}
 
 
-def prompt_text_offsets(tokenizer, token_ids: list[int]) -> list[int]:
-    """Where each token's text starts in the decoded prompt: where the text of the tokens before
-    it ends (the incremental detokeniser's, as for generated tokens)."""
-    detokenizer, offsets, end = IncrementalDetokenizer(tokenizer, []), [], 0
+def prompt_text_offsets(tokenizer, token_ids: list[int], text: str | None = None) -> list[int]:
+    """Where each prompt token's text starts in the echo: in `text` (a text prompt, echoed as
+    given) by the tokenizer's own offsets; else in tokenizer.decode(token_ids), special tokens
+    included, as a token-id prompt is echoed: where the text of the tokens before it ends."""
+    if text is not None and getattr(tokenizer, "is_fast", False):
+        encoded = tokenizer(text, return_offsets_mapping=True)
+        if encoded["input_ids"] == list(token_ids):  # else the prompt was not this text's encoding
+            return [start for start, _ in encoded["offset_mapping"]]
+    detokenizer, offsets, end = IncrementalDetokenizer(tokenizer, [], skip_special_tokens=False), [], 0
     for token_id in token_ids:
         offsets.append(end)
         end += len(detokenizer.add(token_id))

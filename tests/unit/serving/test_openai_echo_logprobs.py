@@ -97,3 +97,23 @@ def test_a_streamed_echo_carries_the_prompt_logprobs_in_its_first_chunk(client, 
     for key in ("tokens", "token_logprobs", "text_offset"):
         assert [v for c in chunks for v in c["logprobs"][key]] == whole["logprobs"][key], key
     assert events[-1]["usage"]["completion_tokens"] == max_tokens
+
+
+@pytest.mark.parametrize("prompt", ["Once upon a time, naïve", "<s>literal text", "ids"])
+def test_each_prompt_token_is_found_at_its_offset_in_the_echoed_text(client, prompt):
+    """Text is echoed as given (a special token the tokenizer adds is not in it); token ids as
+    decoded, special tokens included."""
+    tokenizer = client.app.state.ctx.store.get("llama").engine.tokenizer
+    if prompt == "ids":
+        prompt = tokenizer.encode("Once upon a time, naïve")
+        assert prompt[0] == tokenizer.bos_token_id
+    choice = _post(client, {"prompt": prompt, "echo": True, "logprobs": 0, "max_tokens": 0})["choices"][0]
+    text, lp = choice["text"], choice["logprobs"]
+    assert lp["text_offset"] == sorted(lp["text_offset"])
+    added = tokenizer.all_special_tokens if isinstance(prompt, str) else []
+    checked = 0
+    for token, offset in zip(lp["tokens"], lp["text_offset"], strict=True):
+        if "\ufffd" not in token and token not in added:  # half a character: no text of its own
+            assert text[offset:].startswith(token), (token, offset, text)
+            checked += 1
+    assert checked >= len(lp["tokens"]) - 3
