@@ -84,7 +84,7 @@ def test_custom_handler_streams(client):
 def test_accelerate_engine_serves_gpt2_like_transformers(client, gpt2_dir, penalties):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from shardserve.serving.accelerate_engine import OutputPenalties
+    from shardserve.serving.accelerate_sampling import OutputPenalties
 
     body = {"inputs": "Hello world", "parameters": {"max_new_tokens": 12, "details": True, **penalties}}
     r = generate(client, body, "/predictions/gpt2")

@@ -35,6 +35,7 @@ from shardserve.engine.tokenizer import eos_token_ids, load_tokenizer
 from shardserve.errors import EngineDeadError, ModelLoadError
 from shardserve.hf_imports import TRANSFORMERS_IMPORT
 from shardserve.serving.accelerate_prompt_logprobs import fill_prompt_logprobs
+from shardserve.serving.accelerate_sampling import OutputPenalties, sampling_key
 from shardserve.serving.properties import ServingConfig
 
 logger = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class AccelerateEngine:
             while (batch := self._next_batch()) is not None:
                 groups: dict = {}
                 for pending in batch:
-                    groups.setdefault(_sampling_key(pending.request), []).append(pending)
+                    groups.setdefault(sampling_key(pending.request), []).append(pending)
                 for group in groups.values():
                     self._running = len(group)
                     self._run(group)
@@ -164,6 +165,12 @@ class AccelerateEngine:
         return [p for p in batch if not p.aborted]
 
     def _run(self, group: list[_Pending]) -> None:
+        failed = fill_prompt_logprobs(self.model, [p.request for p in group])  # for the first output
+        for pending in group:
+            if pending.request.request_id in failed:
+                pending.send(failed[pending.request.request_id])
+        if not (group := [p for p in group if p.request.request_id not in failed]):
+            return
         rows = _Rows(group, self._worker_tokenizer, self.eos_ids)
         params = group[0].request.params
         longest = max(len(p.request.prompt_token_ids) for p in group)
@@ -177,7 +184,6 @@ class AccelerateEngine:
         if params.seed is not None:
             torch.manual_seed(params.seed)
         try:
-            fill_prompt_logprobs(self.model, [p.request for p in group])  # in the first output too
             with torch.inference_mode():
                 self.model.generate(
                     input_ids=input_ids.to(device), attention_mask=mask.to(device),
@@ -201,30 +207,6 @@ class AccelerateEngine:
             logger.exception("generate failed")
             rows.fail(RuntimeError(f"generation failed: {type(e).__name__}: {e}"))
         rows.fail(RuntimeError("generation ended early"))  # no-op for rows that finished
-
-
-def _sampling_key(request: Request):
-    """Requests that may share one generate call: same sampling (greedy: no knobs), seeded alone."""
-    p = request.params
-    alone = request.request_id if p.seed is not None else None
-    knobs = () if p.greedy else (p.temperature, p.top_p, p.top_k, p.min_p)
-    return (p.greedy, knobs, p.repetition_penalty, p.presence_penalty, p.frequency_penalty, alone)
-
-
-class OutputPenalties:
-    """A transformers logits processor with OpenAI's presence and frequency penalties: a token's
-    logit loses `presence` if it occurs in the output (the tokens after the first `prompt_len`)
-    and `frequency` per occurrence there. The definition our sampler is tested against."""
-
-    def __init__(self, prompt_len: int, presence: float, frequency: float):
-        self.prompt_len, self.presence, self.frequency = prompt_len, presence, frequency
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.presence == 0.0 and self.frequency == 0.0:
-            return scores
-        out = input_ids[:, self.prompt_len :]
-        counts = torch.zeros_like(scores).scatter_add_(1, out, torch.ones_like(out, dtype=scores.dtype))
-        return scores - self.presence * (counts > 0) - self.frequency * counts
 
 
 class _Rows:

@@ -12,41 +12,50 @@ beside them.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from shardserve.engine.request import Request
 
 ROWS_PER_SLICE = 256
 
+logger = logging.getLogger(__name__)
 
-def fill_prompt_logprobs(model, requests: list[Request]) -> None:
+
+def fill_prompt_logprobs(model, requests: list[Request]) -> dict[str, Exception]:
     """Set request.prompt_logprobs / prompt_top_logprobs of every request that asks, for prompt
-    tokens 1 .. P - 1 (the OutputProcessor puts the first token's None / [] in front)."""
+    tokens 1 .. P - 1 (the OutputProcessor puts the first token's None / [] in front). -> the
+    errors of those that failed (a long prompt's logits may not fit), by request id: each fails
+    alone, not its group."""
+    failed = {}
     for request in requests:
-        top = request.params.prompt_logprobs
-        if top is None:
+        if request.params.prompt_logprobs is None:
             continue
-        ids = request.prompt_token_ids
-        request.prompt_logprobs, request.prompt_top_logprobs = [], []
-        if len(ids) < 2:  # the first token has no logprob: nothing to compute
-            continue
-        with torch.inference_mode():
-            device = model.device
-            tokens = torch.tensor([ids], dtype=torch.long, device=device)
-            mask = torch.ones_like(tokens)
-            logits = model(input_ids=tokens, attention_mask=mask, use_cache=False).logits[0]
-            targets = tokens[0, 1:].to(logits.device)
-            # Positions 0 .. P - 2: the last one predicts the first generated token.
-            for lo in range(0, len(ids) - 1, ROWS_PER_SLICE):
-                hi = min(lo + ROWS_PER_SLICE, len(ids) - 1)
-                logprobs = torch.log_softmax(logits[lo:hi].float(), dim=-1)
-                chosen = logprobs.gather(1, targets[lo:hi, None]).squeeze(1)
-                request.prompt_logprobs += chosen.tolist()
-                if top:
-                    best = logprobs.topk(top, dim=-1)
-                    request.prompt_top_logprobs += [
-                        list(zip(i, v, strict=True))
-                        for i, v in zip(best.indices.tolist(), best.values.tolist(), strict=True)
-                    ]
-                del logprobs  # before the next slice's
-            del logits
+        try:
+            _fill(model, request)
+        except Exception as e:  # noqa: BLE001 - any failure fails this request only
+            logger.exception("prompt logprobs of %s failed", request.request_id)
+            failed[request.request_id] = RuntimeError(f"prompt logprobs failed: {type(e).__name__}: {e}")
+    return failed
+
+
+@torch.inference_mode()
+def _fill(model, request: Request) -> None:
+    top, ids = request.params.prompt_logprobs, request.prompt_token_ids
+    request.prompt_logprobs, request.prompt_top_logprobs = [], []
+    if len(ids) < 2:  # the first token has no logprob: nothing to compute
+        return
+    tokens = torch.tensor([ids], dtype=torch.long, device=model.device)
+    logits = model(input_ids=tokens, attention_mask=torch.ones_like(tokens), use_cache=False).logits[0]
+    targets = tokens[0, 1:].to(logits.device)
+    # Positions 0 .. P - 2: the last one predicts the first generated token.
+    for lo in range(0, len(ids) - 1, ROWS_PER_SLICE):
+        hi = min(lo + ROWS_PER_SLICE, len(ids) - 1)
+        logprobs = torch.log_softmax(logits[lo:hi].float(), dim=-1)
+        request.prompt_logprobs += logprobs.gather(1, targets[lo:hi, None]).squeeze(1).tolist()
+        if top:
+            best = logprobs.topk(top, dim=-1)
+            request.prompt_top_logprobs += [list(zip(i, v, strict=True))
+                                            for i, v in zip(best.indices.tolist(), best.values.tolist(), strict=True)]
+        del logprobs  # before the next slice's

@@ -43,7 +43,7 @@ def test_presence_and_frequency_penalties_equal_a_transformers_processor(
 ):
     from transformers import LogitsProcessorList
 
-    from shardserve.serving.accelerate_engine import OutputPenalties  # the definition
+    from shardserve.serving.accelerate_sampling import OutputPenalties  # the definition
 
     path = tiny_checkpoint("llama")
     with LLM(str(path), dtype="fp32", async_scheduling=async_scheduling) as llm:

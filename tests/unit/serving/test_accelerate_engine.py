@@ -11,7 +11,8 @@ import pytest
 from shardserve import LLM, SamplingParams
 from shardserve.engine.request import Request
 from shardserve.errors import EngineDeadError, ModelLoadError
-from shardserve.serving.accelerate_engine import AccelerateEngine, _sampling_key
+from shardserve.serving.accelerate_engine import AccelerateEngine
+from shardserve.serving.accelerate_sampling import sampling_key
 from shardserve.serving.properties import ServingConfig
 
 
@@ -82,7 +83,7 @@ def test_min_p_keeps_draws_near_the_top_and_min_p_1_is_greedy(engines, engine):
 
 def test_requests_that_differ_in_min_p_run_in_separate_generate_calls():
     def key(**kw):
-        return _sampling_key(Request("r", [1, 2], SamplingParams(**kw)))
+        return sampling_key(Request("r", [1, 2], SamplingParams(**kw)))
 
     assert key(min_p=0.1) != key(min_p=0.2) != key()
     assert key(temperature=0.0, min_p=0.1) == key(temperature=0.0)  # greedy: min_p is not used

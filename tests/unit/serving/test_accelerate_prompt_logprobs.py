@@ -11,7 +11,7 @@ import pytest
 from helpers.prompts import MIXED
 from shardserve import LLM, SamplingParams
 from shardserve.engine.request import Request
-from shardserve.serving import accelerate_engine, accelerate_prompt_logprobs
+from shardserve.serving import accelerate_prompt_logprobs
 from shardserve.serving.accelerate_engine import AccelerateEngine
 from shardserve.serving.properties import ServingConfig
 
@@ -99,22 +99,22 @@ def test_position_slices_give_the_values_of_one_slice(tiny_checkpoint, monkeypat
     assert sliced.prompt_top_logprobs == whole.prompt_top_logprobs
 
 
-def test_a_failing_prompt_logprob_forward_fails_its_group_and_the_engine_serves_on(tiny_checkpoint,
-                                                                                  monkeypatch):
+def test_a_failing_prompt_logprob_forward_fails_its_request_alone(tiny_checkpoint, monkeypatch):
+    """A long prompt's logits may not fit: that request fails, the others of its group go on."""
     path = tiny_checkpoint("llama")
     engine = accelerate(path, 2, delay_ms=1000)
 
-    def fail(model, requests):
-        if any(r.params.prompt_logprobs is not None for r in requests):
-            raise RuntimeError("CUDA out of memory (raised by the test)")
+    def fail(model, request):
+        raise RuntimeError("CUDA out of memory (raised by the test)")
 
-    monkeypatch.setattr(accelerate_engine, "fill_prompt_logprobs", fail)
+    monkeypatch.setattr(accelerate_prompt_logprobs, "_fill", fail)
     try:
         params = [SamplingParams(max_new_tokens=2, prompt_logprobs=1), SamplingParams(max_new_tokens=2)]
-        failed = run_together(engine, ["in the beginning", "one two"], params, errors=True)
-        out = run_together(engine, ["one two"], [SamplingParams(max_new_tokens=2)])[0][-1]
+        failed, served = run_together(engine, ["in the beginning", "one two"], params, errors=True)
+        out = run_together(engine, ["one two"], [SamplingParams(max_new_tokens=2, prompt_logprobs=0)],
+                           errors=True)[0]
     finally:
         engine.shutdown()
-    assert [type(e) for e in failed] == [RuntimeError] * 2  # the whole group, as generate failures
-    assert all("generation failed: RuntimeError: CUDA out of memory" in str(e) for e in failed)
-    assert out.finished and len(out.token_ids) == 2
+    assert isinstance(failed, RuntimeError) and "prompt logprobs failed: RuntimeError: CUDA out of memory" in str(failed)
+    assert served[-1].finished and len(served[-1].token_ids) == 2
+    assert isinstance(out, RuntimeError)  # the engine still serves, and still fails only such requests

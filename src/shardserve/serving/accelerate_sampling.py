@@ -1,0 +1,32 @@
+"""The Accelerate engine's sampling beside transformers' generate: which requests may share one
+call, and OpenAI's presence and frequency penalties as a logits processor."""
+
+from __future__ import annotations
+
+import torch
+
+from shardserve.engine.request import Request
+
+
+def sampling_key(request: Request):
+    """Requests that may share one generate call: same sampling (greedy: no knobs), seeded alone."""
+    p = request.params
+    alone = request.request_id if p.seed is not None else None
+    knobs = () if p.greedy else (p.temperature, p.top_p, p.top_k, p.min_p)
+    return (p.greedy, knobs, p.repetition_penalty, p.presence_penalty, p.frequency_penalty, alone)
+
+
+class OutputPenalties:
+    """A transformers logits processor with OpenAI's presence and frequency penalties: a token's
+    logit loses `presence` if it occurs in the output (the tokens after the first `prompt_len`)
+    and `frequency` per occurrence there. The definition our sampler is tested against."""
+
+    def __init__(self, prompt_len: int, presence: float, frequency: float):
+        self.prompt_len, self.presence, self.frequency = prompt_len, presence, frequency
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.presence == 0.0 and self.frequency == 0.0:
+            return scores
+        out = input_ids[:, self.prompt_len :]
+        counts = torch.zeros_like(scores).scatter_add_(1, out, torch.ones_like(out, dtype=scores.dtype))
+        return scores - self.presence * (counts > 0) - self.frequency * counts
