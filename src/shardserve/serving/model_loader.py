@@ -94,13 +94,14 @@ class ModelLoader:
                 model.handler.load()
                 model.admission = Admission(1, config.job_queue_size)
             else:
+                defaults = sampling_defaults(weights)  # a bad generation_config.json: before the weights
                 model.engine, concurrency = _load_engine(config, weights)
                 model.admission = Admission(concurrency, config.job_queue_size)
                 # Every id the engine stops on (generation_config.json may list several), so that
                 # finish_reason tells an EOS stop from a stop string as the engine decided it.
                 model.eos_ids = frozenset(eos_token_ids(str(weights), model.engine.engines[0].model_config,
                                                         model.engine.tokenizer))
-                model.sampling_defaults = sampling_defaults(weights)
+                model.sampling_defaults = defaults
         if model.engine is not None:
             with self._phase(model, "warm-up", started, timeout):
                 asyncio.run(_warm_up(model.engine))

@@ -53,6 +53,8 @@ async def completions(body: oa.CompletionRequest, request: Request):
     view = _prompt_only if score_only else _as_is
 
     def prompt_params(prompt):
+        if score_only:
+            _check_scoring(model, prompt, tokenizer, body.min_tokens)
         max_tokens = 1 if score_only else body.max_tokens  # omitted: the schema's default, OpenAI's 16
         if max_tokens is None:  # an explicit null (vLLM): as much as the context leaves, as on chat
             max_tokens = _context_left(model, prompt, tokenizer)
@@ -195,6 +197,17 @@ def _context_left(model: ServedModel, prompt, tokenizer) -> int:
     vLLM); at least 1, so a prompt too long gets the engine's own error."""
     length = len(tokenizer.encode(prompt)) if isinstance(prompt, str) else len(prompt)
     return max(model.engine.max_model_len - length, 1)
+
+
+def _check_scoring(model: ServedModel, prompt, tokenizer, min_tokens: int) -> None:
+    """400s in the client's terms for a prompt scored alone (max_tokens 0), where the engine is
+    asked for one token: it needs a position after the prompt, and min_tokens cannot apply."""
+    if min_tokens:
+        raise bad_request(f"min_tokens: must be 0 with max_tokens 0, got {min_tokens}", "min_tokens")
+    length = len(tokenizer.encode(prompt)) if isinstance(prompt, str) else len(prompt)
+    if length >= model.engine.max_model_len:
+        raise bad_request(f"prompt: a prompt scored alone (max_tokens 0) takes at most max_model_len - 1 = "
+                          f"{model.engine.max_model_len - 1} tokens, got {length}", "prompt")
 
 
 def _check_capacity(model: ServedModel, prompts: int, n: int) -> None:

@@ -64,8 +64,13 @@ def test_openai_without_a_temperature_takes_the_model_one(client, route, prompt)
     assert r.status_code == 400 and r.json()["error"]["param"] == "min_p"
 
 
-def test_a_bad_generation_config_fails_the_load_naming_the_file(tiny_checkpoint, tmp_path):
+def test_a_bad_generation_config_fails_the_load_naming_the_file(tiny_checkpoint, tmp_path, monkeypatch):
+    """Before the weights load: a bad file costs no load time."""
+    from shardserve.serving import model_loader
+
+    loads = []
+    monkeypatch.setattr(model_loader, "_load_engine", lambda *a: loads.append(a))
     artifact = _artifact(tmp_path, tiny_checkpoint("llama"), {"top_k": "many"})
     model = ModelStore(environ={}).add("m", str(artifact), wait=True)
-    assert not model.ready
+    assert not model.ready and loads == []
     assert "generation_config.json: top_k must be" in model.error

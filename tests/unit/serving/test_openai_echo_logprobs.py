@@ -117,3 +117,13 @@ def test_each_prompt_token_is_found_at_its_offset_in_the_echoed_text(client, pro
             assert text[offset:].startswith(token), (token, offset, text)
             checked += 1
     assert checked >= len(lp["tokens"]) - 3
+
+
+def test_a_prompt_scored_alone_gets_400s_in_the_request_terms(client):
+    limit = client.app.state.ctx.store.get("llama").engine.max_model_len
+    r = _post_raw(client, {"prompt": [5] * limit, "echo": True, "max_tokens": 0})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    assert f"at most max_model_len - 1 = {limit - 1} tokens, got {limit}" in r.json()["error"]["message"]
+    _post(client, {"prompt": [5] * (limit - 1), "echo": True, "max_tokens": 0})  # the most
+    r = _post_raw(client, {"echo": True, "max_tokens": 0, "min_tokens": 2})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "min_tokens"
