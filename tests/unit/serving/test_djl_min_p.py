@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers.served_app import served
+from helpers.served_app import djl_token_ids, served
 from shardserve.serving.http_errors import APIError
 from shardserve.serving.protocol import GenerateParameters, to_sampling_params
 
@@ -36,18 +36,10 @@ def client(tiny_checkpoint, tmp_path_factory):
         yield c
 
 
-def _tokens(client, parameters: dict) -> list[int]:
-    body = {"inputs": "a long story", "parameters": {"max_new_tokens": 10, "ignore_eos": True, "details": True,
-                                                     **parameters}}
-    r = client.post("/predictions/acc", json=body)
-    assert r.status_code == 200, r.text
-    return [t["id"] for t in r.json()["details"]["tokens"]]
-
-
 def test_min_p_1_over_http_decodes_as_greedy(client):
     """At a high temperature only min_p = 1 (keep the top token alone) gives the greedy text."""
-    greedy = _tokens(client, {"do_sample": False})
-    assert _tokens(client, {"temperature": 3.0, "seed": 4, "min_p": 1.0}) == greedy
-    assert _tokens(client, {"temperature": 3.0, "seed": 4}) != greedy  # without it: a draw
+    greedy = djl_token_ids(client, "acc", {"do_sample": False})
+    assert djl_token_ids(client, "acc", {"temperature": 3.0, "seed": 4, "min_p": 1.0}) == greedy
+    assert djl_token_ids(client, "acc", {"temperature": 3.0, "seed": 4}) != greedy  # without it: a draw
     r = client.post("/predictions/acc", json={"inputs": "x", "parameters": {"min_p": "0.5"}})
     assert r.status_code == 400 and "parameters.min_p" in r.text

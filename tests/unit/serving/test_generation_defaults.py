@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from helpers.served_app import served
+from helpers.served_app import djl_token_ids, served
 from shardserve.serving.model_store import ModelStore
 
 
@@ -30,18 +30,10 @@ def client(tiny_checkpoint, tmp_path_factory):
         yield c
 
 
-def _djl_tokens(client, parameters: dict) -> list[int]:
-    body = {"inputs": "a long story", "parameters": {"max_new_tokens": 12, "ignore_eos": True, "details": True,
-                                                     **parameters}}
-    r = client.post("/predictions/m", json=body)
-    assert r.status_code == 200, r.text
-    return [t["id"] for t in r.json()["details"]["tokens"]]
-
-
 def test_djl_sampling_without_a_temperature_takes_the_model_one(client):
-    greedy = _djl_tokens(client, {"do_sample": False})
-    assert _djl_tokens(client, {"do_sample": True, "seed": 4}) == greedy
-    assert _djl_tokens(client, {"do_sample": True, "seed": 4, "temperature": 3.0}) != greedy  # given: it wins
+    greedy = djl_token_ids(client, "m", {"do_sample": False})
+    assert djl_token_ids(client, "m", {"do_sample": True, "seed": 4}) == greedy
+    assert djl_token_ids(client, "m", {"do_sample": True, "seed": 4, "temperature": 3.0}) != greedy  # given: it wins
 
 
 def _openai_text(client, route: str, body: dict) -> str:

@@ -4,11 +4,9 @@ the others."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from helpers.served_app import artifact, served
+from helpers.served_app import artifact, post_ok, served, sse_chunks, sse_events
 from shardserve.serving import openai_protocol as oa
 from shardserve.serving.admission import Admission
 from shardserve.serving.chat import chat_prompt_ids
@@ -29,26 +27,6 @@ def model(client):
     return client.app.state.ctx.store.get("llama")
 
 
-def _post(client, path: str, body: dict) -> dict:
-    r = client.post(path, json=body)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def _events(client, path: str, body: dict) -> list[dict]:
-    """The stream's events, [DONE] (or an error event) last."""
-    r = client.post(path, json={**body, "stream": True})
-    assert r.status_code == 200, r.text
-    data = [line.removeprefix("data: ") for line in r.text.splitlines() if line.startswith("data: ")]
-    return [d if d == "[DONE]" else json.loads(d) for d in data]
-
-
-def _sse(client, path: str, body: dict) -> list[dict]:
-    events = _events(client, path, body)
-    assert events[-1] == "[DONE]", events[-1]
-    return events[:-1]
-
-
 def _texts(response: dict) -> list[str]:
     return [c["text"] if "text" in c else c["message"]["content"] for c in response["choices"]]
 
@@ -61,7 +39,7 @@ def _prompt_tokens(client, prompt: str) -> int:
 
 def test_completion_choices_are_indexed_prompt_by_prompt_each_echoing_its_prompt(client):
     body = {**SAMPLED, "prompt": PROMPTS, "n": 2, "seed": 3, "echo": True, "logprobs": 1}
-    r = _post(client, "/v1/completions", body)
+    r = post_ok(client, "/v1/completions", body)
     choices = r["choices"]
     assert [c["index"] for c in choices] == [0, 1, 2, 3]
     for k, c in enumerate(choices):  # choice k answers prompt k // n
@@ -77,7 +55,7 @@ def test_completion_choices_are_indexed_prompt_by_prompt_each_echoing_its_prompt
 
 
 def test_chat_choices_are_indexed_with_their_own_logprobs_and_usage(client):
-    r = _post(client, "/v1/chat/completions", {**CHAT, **SAMPLED, "n": 3, "seed": 5, "logprobs": True,
+    r = post_ok(client, "/v1/chat/completions", {**CHAT, **SAMPLED, "n": 3, "seed": 5, "logprobs": True,
                                                "top_logprobs": 2})
     assert [c["index"] for c in r["choices"]] == [0, 1, 2]
     for c in r["choices"]:
@@ -95,19 +73,19 @@ def test_chat_choices_are_indexed_with_their_own_logprobs_and_usage(client):
 @pytest.mark.parametrize(("path", "body"), [("/v1/completions", {"prompt": PROMPTS[0]}), ("/v1/chat/completions", CHAT)])
 def test_seeded_choices_are_reproducible_and_differ_choice_j_with_seed_plus_j(client, path, body):
     body = {**body, **SAMPLED, "max_tokens": 8}
-    texts = _texts(_post(client, path, {**body, "n": 3, "seed": 11}))
-    assert _texts(_post(client, path, {**body, "n": 3, "seed": 11})) == texts
+    texts = _texts(post_ok(client, path, {**body, "n": 3, "seed": 11}))
+    assert _texts(post_ok(client, path, {**body, "n": 3, "seed": 11})) == texts
     assert len(set(texts)) == 3, texts
-    assert [_texts(_post(client, path, {**body, "seed": 11 + j}))[0] for j in range(3)] == texts
+    assert [_texts(post_ok(client, path, {**body, "seed": 11 + j}))[0] for j in range(3)] == texts
     # the seeds wrap around 2^64, as the engine takes seeds (a seed and seed - 2^64 draw alike)
-    wrapped = _texts(_post(client, path, {**body, "n": 2, "seed": 2**64 - 1}))
-    assert wrapped == [_texts(_post(client, path, {**body, "seed": -1}))[0], _texts(_post(client, path, {**body, "seed": 0}))[0]]
+    wrapped = _texts(post_ok(client, path, {**body, "n": 2, "seed": 2**64 - 1}))
+    assert wrapped == [_texts(post_ok(client, path, {**body, "seed": -1}))[0], _texts(post_ok(client, path, {**body, "seed": 0}))[0]]
 
 
 def test_unseeded_choices_sample_independently_and_greedy_ones_are_equal(client):
     body = {**SAMPLED, "prompt": PROMPTS[0], "max_tokens": 8, "n": 4}
-    assert len(set(_texts(_post(client, "/v1/completions", body)))) > 1
-    greedy = _texts(_post(client, "/v1/completions", {**body, "temperature": 0.0}))
+    assert len(set(_texts(post_ok(client, "/v1/completions", body)))) > 1
+    greedy = _texts(post_ok(client, "/v1/completions", {**body, "temperature": 0.0}))
     assert len(greedy) == 4 and len(set(greedy)) == 1
 
 
@@ -124,8 +102,8 @@ def _by_choice(chunks: list[dict]) -> dict[int, list[dict]]:
 @pytest.mark.parametrize("prompt,n", [(PROMPTS[0], 3), (PROMPTS, 2)])
 def test_a_streamed_completion_has_each_choices_text_and_finish_and_one_usage_chunk(client, prompt, n):
     body = {**SAMPLED, "prompt": prompt, "n": n, "seed": 2, "echo": True, "logprobs": 0}
-    plain = _post(client, "/v1/completions", body)
-    chunks = _sse(client, "/v1/completions", {**body, "stream_options": {"include_usage": True}})
+    plain = post_ok(client, "/v1/completions", body)
+    chunks = sse_chunks(client, "/v1/completions", {**body, "stream_options": {"include_usage": True}})
     usage = [c for c in chunks if not c["choices"]]
     assert len(usage) == 1 and chunks[-1] is usage[0] and usage[0]["usage"] == plain["usage"]
     assert all(len(c["choices"]) == 1 for c in chunks[:-1])  # a chunk is one choice's
@@ -142,8 +120,8 @@ def test_a_streamed_completion_has_each_choices_text_and_finish_and_one_usage_ch
 
 def test_a_streamed_chat_has_each_choices_role_text_and_finish_and_one_usage_chunk(client):
     body = {**CHAT, **SAMPLED, "n": 2, "seed": 4}
-    plain = _post(client, "/v1/chat/completions", body)
-    chunks = _sse(client, "/v1/chat/completions", {**body, "stream_options": {"include_usage": True}})
+    plain = post_ok(client, "/v1/chat/completions", body)
+    chunks = sse_chunks(client, "/v1/chat/completions", {**body, "stream_options": {"include_usage": True}})
     assert [c for c in chunks if not c["choices"]] == [chunks[-1]] and chunks[-1]["usage"] == plain["usage"]
     choices = _by_choice(chunks[:-1])
     assert sorted(choices) == [0, 1]
@@ -165,7 +143,7 @@ def test_n_out_of_range_is_a_400_naming_it(client, path, body):
         error = r.json()["error"]
         assert error["param"] == "n" and error["message"].startswith("n:") and str(n) in error["message"]
         assert str(oa.MAX_CHOICES) in error["message"]
-    assert len(_post(client, path, {**body, "n": None})["choices"]) == 1  # null: the default, 1
+    assert len(post_ok(client, path, {**body, "n": None})["choices"]) == 1  # null: the default, 1
     oa.CompletionRequest(prompt="x", n=oa.MAX_CHOICES).check_supported()
 
 
@@ -179,8 +157,8 @@ def test_each_choice_takes_a_queue_slot(client, model, monkeypatch):
     for path, request in (completion, chat):
         r = client.post(path, json={**request, "n": 3})
         assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text
-        assert len(_post(client, path, {**request, "n": 2})["choices"]) == 2
-        assert sorted(_by_choice(_sse(client, path, {**request, "n": 2}))) == [0, 1]
+        assert len(post_ok(client, path, {**request, "n": 2})["choices"]) == 2
+        assert sorted(_by_choice(sse_chunks(client, path, {**request, "n": 2}))) == [0, 1]
         assert model.admission.inflight == 1  # every slot given back
     model.admission.inflight = 0
     # more than the queue ever takes: a 400 naming n (2 prompts x 2 choices, or 4 choices)
@@ -218,7 +196,7 @@ def test_an_error_of_one_choice_aborts_the_others(client, model, monkeypatch, pa
     monkeypatch.setattr(model.engine, "generate", failing)
     body = {**body, **SAMPLED, "max_tokens": 120, "n": 3, "seed": 7}
     if stream:
-        events = _events(client, path, body)
+        events = sse_events(client, path, body)
         assert "injected failure" in events[-1]["error"]["message"]
     else:
         r = client.post(path, json=body)

@@ -4,11 +4,9 @@ logprobs (their response objects first built from hand-made engine outputs)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from helpers.served_app import artifact, served
+from helpers.served_app import artifact, post_ok, served, sse_chunks
 from shardserve.engine.output_processor import OutputProcessor
 from shardserve.engine.request import FinishReason, Request, RequestOutput, RequestStatus
 from shardserve.engine.sampling_params import SamplingParams
@@ -28,20 +26,6 @@ def client(tiny_checkpoint, tmp_path_factory):
         yield c
 
 
-def _post(client, path: str, body: dict) -> dict:
-    r = client.post(path, json=body)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def _sse(client, path: str, body: dict) -> list[dict]:
-    r = client.post(path, json={**body, "stream": True})
-    assert r.status_code == 200, r.text
-    data = [line.removeprefix("data: ") for line in r.text.splitlines() if line.startswith("data: ")]
-    assert data[-1] == "[DONE]"
-    return [json.loads(d) for d in data[:-1]]
-
-
 def _error(r) -> tuple[str, str | None]:
     assert r.status_code == 400, r.text
     return r.json()["error"]["message"], r.json()["error"]["param"]
@@ -50,7 +34,7 @@ def _error(r) -> tuple[str, str | None]:
 def _with_stop(client, path: str, body: dict, text_of) -> dict:
     """`body` with a stop string of 8 characters from the middle of its greedy answer: 7 of them
     are held back at each step, so several updates have tokens but no text."""
-    full = text_of(_post(client, path, body))
+    full = text_of(post_ok(client, path, body))
     stop = full[len(full) // 3: len(full) // 3 + 8]
     assert len(stop) == 8, full
     return {**body, "stop": [stop]}
@@ -62,8 +46,8 @@ def test_streamed_chat_logprobs_include_the_tokens_of_held_back_text(client):
     path = "/v1/chat/completions"
     body = _with_stop(client, path, {**CHAT, "max_tokens": 32, "temperature": 0.0, "ignore_eos": True,
                                      "logprobs": True}, lambda r: r["choices"][0]["message"]["content"])
-    plain = _post(client, path, body)
-    chunks = _sse(client, path, body)
+    plain = post_ok(client, path, body)
+    chunks = sse_chunks(client, path, body)
     choices = [c for chunk in chunks for c in chunk["choices"]]
     streamed = [entry for c in choices if c["logprobs"] for entry in c["logprobs"]["content"]]
     assert plain["choices"][0]["finish_reason"] == "stop" and plain["usage"]["completion_tokens"] >= 3
@@ -76,8 +60,8 @@ def test_streamed_completion_logprobs_include_the_tokens_of_held_back_text(clien
     path = "/v1/completions"
     body = _with_stop(client, path, {**COMPLETION, "max_tokens": 32, "temperature": 0.0, "ignore_eos": True,
                                      "logprobs": 0}, lambda r: r["choices"][0]["text"])
-    plain = _post(client, path, body)["choices"][0]
-    choices = [c for chunk in _sse(client, path, body) for c in chunk["choices"]]
+    plain = post_ok(client, path, body)["choices"][0]
+    choices = [c for chunk in sse_chunks(client, path, body) for c in chunk["choices"]]
     for key in ("tokens", "token_logprobs"):
         assert [x for c in choices for x in c["logprobs"][key]] == plain["logprobs"][key]
     assert "".join(c["text"] for c in choices) == plain["text"]
@@ -87,12 +71,12 @@ def test_streamed_completion_logprobs_include_the_tokens_of_held_back_text(clien
 
 def test_completion_max_tokens_null_fills_the_context_and_omitted_is_16(client):
     body = {**COMPLETION, "temperature": 0.0, "ignore_eos": True}
-    filled = _post(client, "/v1/completions", {**body, "max_tokens": None})
+    filled = post_ok(client, "/v1/completions", {**body, "max_tokens": None})
     assert filled["usage"]["total_tokens"] == MAX_MODEL_LEN
     assert filled["choices"][0]["finish_reason"] == "length"
-    assert _post(client, "/v1/completions", body)["usage"]["completion_tokens"] == 16
+    assert post_ok(client, "/v1/completions", body)["usage"]["completion_tokens"] == 16
     # each prompt of a batch fills the context after itself, not after the longest prompt
-    batch = _post(client, "/v1/completions", {**body, "prompt": [[1, 5], [5] * 100], "max_tokens": None})
+    batch = post_ok(client, "/v1/completions", {**body, "prompt": [[1, 5], [5] * 100], "max_tokens": None})
     assert [c["finish_reason"] for c in batch["choices"]] == ["length", "length"]
     assert batch["usage"]["completion_tokens"] == (MAX_MODEL_LEN - 2) + (MAX_MODEL_LEN - 100)
 
@@ -102,8 +86,8 @@ def test_completion_max_tokens_null_fills_the_context_and_omitted_is_16(client):
 @pytest.mark.parametrize(("path", "body"), [("/v1/completions", COMPLETION), ("/v1/chat/completions", CHAT)])
 def test_top_k_minus_one_disables_top_k_like_zero(client, path, body):
     body = {**body, "max_tokens": 8, "temperature": 1.0, "seed": 7, "ignore_eos": True}
-    disabled = _post(client, path, {**body, "top_k": 0})
-    assert _post(client, path, {**body, "top_k": -1})["choices"] == disabled["choices"]
+    disabled = post_ok(client, path, {**body, "top_k": 0})
+    assert post_ok(client, path, {**body, "top_k": -1})["choices"] == disabled["choices"]
     message, param = _error(client.post(path, json={**body, "top_k": -2}))
     assert param == "top_k" and "top_k" in message and "-2" in message
 
@@ -113,10 +97,10 @@ def test_top_k_minus_one_disables_top_k_like_zero(client, path, body):
 @pytest.mark.parametrize(("path", "body"), [("/v1/completions", COMPLETION), ("/v1/chat/completions", CHAT)])
 def test_a_negative_seed_is_accepted_and_reproducible(client, path, body):
     body = {**body, "max_tokens": 8, "temperature": 1.0, "ignore_eos": True}
-    first = _post(client, path, {**body, "seed": -1})
-    assert _post(client, path, {**body, "seed": -1})["choices"] == first["choices"]
+    first = post_ok(client, path, {**body, "seed": -1})
+    assert post_ok(client, path, {**body, "seed": -1})["choices"] == first["choices"]
     for seed in (-2**63, 2**64 - 1):
-        _post(client, path, {**body, "seed": seed})
+        post_ok(client, path, {**body, "seed": seed})
     message, param = _error(client.post(path, json={**body, "seed": 2**64}))
     assert param == "seed" and "2^64" in message
 
@@ -129,8 +113,8 @@ def test_stream_options_without_stream_is_a_400_naming_it(client, path, body):
     for stream in ({}, {"stream": False}):
         message, param = _error(client.post(path, json={**body, **stream}))
         assert param == "stream_options" and message.startswith("stream_options")
-    assert _post(client, path, {**body, "stream_options": None})["usage"]["completion_tokens"] == 2
-    chunks = _sse(client, path, body)  # with stream: true it is honoured
+    assert post_ok(client, path, {**body, "stream_options": None})["usage"]["completion_tokens"] == 2
+    chunks = sse_chunks(client, path, body)  # with stream: true it is honoured
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 2
 
 
@@ -281,14 +265,14 @@ def _check_chat_tops(content: list[dict], n: int, greedy: bool) -> None:
 
 def test_chat_top_logprobs_are_the_n_most_likely_tokens_greedy_or_sampled(client):
     body = {**CHAT, "max_tokens": 12, "ignore_eos": True, "logprobs": True, "top_logprobs": TOPS}
-    greedy = _post(client, "/v1/chat/completions", {**body, "temperature": 0.0})["choices"][0]["logprobs"]["content"]
+    greedy = post_ok(client, "/v1/chat/completions", {**body, "temperature": 0.0})["choices"][0]["logprobs"]["content"]
     assert len(greedy) == 12
     _check_chat_tops(greedy, TOPS, greedy=True)
     # sampling among the TOPS most likely tokens: each chosen one is among its alternatives
-    sampled = _post(client, "/v1/chat/completions", {**body, "temperature": 1.0, "seed": 3, "top_k": TOPS})
+    sampled = post_ok(client, "/v1/chat/completions", {**body, "temperature": 1.0, "seed": 3, "top_k": TOPS})
     _check_chat_tops(sampled["choices"][0]["logprobs"]["content"], TOPS, greedy=False)
     for n in (0, None):  # none asked: empty lists, as OpenAI's
-        plain = _post(client, "/v1/chat/completions", {**body, "temperature": 0.0, "top_logprobs": n})
+        plain = post_ok(client, "/v1/chat/completions", {**body, "temperature": 0.0, "top_logprobs": n})
         assert [e["top_logprobs"] for e in plain["choices"][0]["logprobs"]["content"]] == [[]] * 12
 
 
@@ -296,10 +280,10 @@ def test_completion_top_logprobs_are_the_chosen_token_and_the_chats_alternatives
     """The same prompt ids on both routes: a completion's top_logprobs entry is its chosen token
     and then the chat's alternatives, one entry per text (several tokens decode to U+FFFD)."""
     body = {"model": "llama", "max_tokens": 12, "temperature": 0.0, "ignore_eos": True}
-    chat = _post(client, "/v1/chat/completions", {**body, **CHAT, "logprobs": True, "top_logprobs": TOPS})
+    chat = post_ok(client, "/v1/chat/completions", {**body, **CHAT, "logprobs": True, "top_logprobs": TOPS})
     tokenizer = client.app.state.ctx.store.get("llama").engine.tokenizer
     prompt = chat_prompt_ids(tokenizer, CHAT["messages"])
-    completion = _post(client, "/v1/completions", {**body, "prompt": prompt, "logprobs": TOPS})["choices"][0]
+    completion = post_ok(client, "/v1/completions", {**body, "prompt": prompt, "logprobs": TOPS})["choices"][0]
     content, lp = chat["choices"][0]["logprobs"]["content"], completion["logprobs"]
     assert completion["text"] == chat["choices"][0]["message"]["content"]
     assert lp["tokens"] == [e["token"] for e in content] and lp["token_logprobs"] == [e["logprob"] for e in content]
@@ -312,7 +296,7 @@ def test_completion_top_logprobs_are_the_chosen_token_and_the_chats_alternatives
     assert lp["text_offset"][0] == 0 and lp["text_offset"] == sorted(lp["text_offset"])
     assert lp["text_offset"][-1] < len(completion["text"])
     # logprobs 0: the chosen token's only, as vLLM
-    zero = _post(client, "/v1/completions", {**body, "prompt": prompt, "logprobs": 0})["choices"][0]["logprobs"]
+    zero = post_ok(client, "/v1/completions", {**body, "prompt": prompt, "logprobs": 0})["choices"][0]["logprobs"]
     assert zero["top_logprobs"] == [{t: x} for t, x in zip(lp["tokens"], lp["token_logprobs"], strict=True)]
     assert zero["text_offset"] == lp["text_offset"]
 
@@ -321,8 +305,8 @@ def test_streamed_chat_top_logprobs_equal_the_unstreamed_ones_with_text_held_bac
     path = "/v1/chat/completions"
     body = _with_stop(client, path, {**CHAT, "max_tokens": 32, "temperature": 0.0, "ignore_eos": True,
                                      "logprobs": True, "top_logprobs": 3}, lambda r: r["choices"][0]["message"]["content"])
-    plain = _post(client, path, body)["choices"][0]
-    choices = [c for chunk in _sse(client, path, body) for c in chunk["choices"]]
+    plain = post_ok(client, path, body)["choices"][0]
+    choices = [c for chunk in sse_chunks(client, path, body) for c in chunk["choices"]]
     streamed = [entry for c in choices if c["logprobs"] for entry in c["logprobs"]["content"]]
     assert plain["finish_reason"] == "stop"
     assert streamed == plain["logprobs"]["content"]
@@ -333,9 +317,9 @@ def test_streamed_completion_top_logprobs_and_offsets_equal_the_unstreamed_ones(
     path = "/v1/completions"
     body = _with_stop(client, path, {**COMPLETION, "max_tokens": 32, "temperature": 0.0, "ignore_eos": True,
                                      "logprobs": 3, "echo": True}, lambda r: r["choices"][0]["text"])
-    whole = _post(client, path, body)
+    whole = post_ok(client, path, body)
     plain, p = whole["choices"][0], whole["usage"]["prompt_tokens"]
-    choices = [c for chunk in _sse(client, path, body) for c in chunk["choices"]]
+    choices = [c for chunk in sse_chunks(client, path, body) for c in chunk["choices"]]
     assert plain["finish_reason"] == "stop" and plain["text"].startswith(COMPLETION["prompt"])
     for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
         assert [x for c in choices for x in c["logprobs"][key]] == plain["logprobs"][key], key
@@ -354,7 +338,7 @@ def test_top_logprobs_out_of_range_are_400s_naming_the_field(client, path, body,
     for n in (-1, 21):
         message, param = _error(client.post(path, json={**body, "max_tokens": 2, field: n}))
         assert param == field and message.startswith(field) and str(n) in message and "20" in message
-    _post(client, path, {**body, "max_tokens": 2, field: 20})  # the most
+    post_ok(client, path, {**body, "max_tokens": 2, field: 20})  # the most
 
 
 def test_chat_top_logprobs_without_logprobs_is_a_400_naming_it(client):
@@ -362,5 +346,5 @@ def test_chat_top_logprobs_without_logprobs_is_a_400_naming_it(client):
         message, param = _error(client.post("/v1/chat/completions",
                                             json={**CHAT, "max_tokens": 2, "top_logprobs": 3, **logprobs}))
         assert param == "top_logprobs" and message.startswith("top_logprobs") and "logprobs" in message
-    plain = _post(client, "/v1/chat/completions", {**CHAT, "max_tokens": 2, "top_logprobs": 0})  # asks for nothing
+    plain = post_ok(client, "/v1/chat/completions", {**CHAT, "max_tokens": 2, "top_logprobs": 0})  # asks for nothing
     assert plain["choices"][0]["logprobs"] is None
