@@ -6,10 +6,12 @@ ignored, as OpenAI's own API rejects what it does not know. The `n` choices of a
 engine requests (choice_params): with a seed, choice j samples with seed + j, as in vLLM, so that
 each choice is reproducible and they differ. Extensions, as in vLLM: top_k, min_p,
 repetition_penalty, min_tokens, ignore_eos, skip_special_tokens. Sampling fields a request leaves
-out take the model's generation_config.json values (engine/generation_config.py), as in vLLM. Log-probabilities (completions' `logprobs: N`, chat's
-`logprobs: true` with `top_logprobs: N`; N in [0, 20] as in vLLM, where OpenAI's completions take
-up to 5): the chosen tokens' and the N most likely tokens' at each position, from the model's raw
-distribution (openai_logprobs.py builds them); with completions' `echo`, the prompt's tokens' too.
+out take the model's generation_config.json values (engine/generation_config.py), as in vLLM.
+
+Log-probabilities (completions' `logprobs: N`, chat's `logprobs: true` with `top_logprobs: N`; N
+in [0, 20] as in vLLM, where OpenAI's completions take up to 5): the chosen tokens' and the N most
+likely tokens' at each position, from the model's raw distribution (openai_logprobs.py builds
+them); with completions' `echo`, the prompt's tokens' too.
 """
 
 from __future__ import annotations

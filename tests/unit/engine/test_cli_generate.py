@@ -25,7 +25,7 @@ def test_generate_rejects_a_bad_parameter(tiny_checkpoint, capsys):
 
 
 def test_left_out_sampling_options_take_the_model_generation_config(tiny_checkpoint, tmp_path, capsys):
-    """temperature 0 in generation_config.json: greedy without --temperature; the flag still wins."""
+    """temperature 0 in generation_config.json: greedy without --temperature; the flag wins."""
     import json
     import shutil
 
