@@ -21,7 +21,12 @@ import torch
 from shardserve.config import EngineConfig, torch_dtype
 from shardserve.engine import kv_budget, prompt_logprobs
 from shardserve.engine.cuda_graphs import DecodeGraphs, logits_buffer
-from shardserve.engine.pending_step import HostBufferPair, PendingStep, placeholder_sources
+from shardserve.engine.pending_step import (
+    HostBufferPair,
+    PendingStep,
+    fill_placeholders,
+    placeholder_sources,
+)
 from shardserve.engine.prefill_graphs import PrefillGraphs, prefill_graph_buckets
 from shardserve.engine.profiler import RankProfiler
 from shardserve.engine.prompt_logprobs import StepResult
@@ -213,7 +218,7 @@ class ModelRunner:
             input_ids, positions, meta = self._prepare(sched)
             if fill is not None:
                 first = meta.query_start_loc_host  # a placeholder is its sequence's only token
-                self._fill_placeholders(input_ids, [first[i] for i in fill[0]], fill)
+                fill_placeholders(input_ids, [first[i] for i in fill[0]], fill)
             with forward_context(meta):
                 hidden = self.model(input_ids, positions)
             if eager:  # every rank, before the sampling rows: their collectives line up
@@ -243,14 +248,8 @@ class ModelRunner:
         last = on_device([s.token_ids[-1] for s in sampled], torch.int64, self.device)
         if fill is not None:  # a placeholder is its sequence's only token, so its last; it samples
             row_of = {seq: row for row, seq in enumerate(sampling_rows)}
-            self._fill_placeholders(last, [row_of[i] for i in fill[0]], fill)
+            fill_placeholders(last, [row_of[i] for i in fill[0]], fill)
         return last
-
-    def _fill_placeholders(
-        self, ids: torch.Tensor, at: list[int], fill: tuple[list[int], torch.Tensor, list[int]]
-    ) -> None:
-        """ids[at[k]] = the previous step's token for the k-th placeholder of `fill`, on the device."""
-        ids[on_device(at, torch.int64, self.device)] = fill[1][on_device(fill[2], torch.int64, self.device)]
 
     @torch.inference_mode()
     def prompt_logits(self, token_ids: list[int], block_ids: list[int]) -> torch.Tensor | None:

@@ -10,7 +10,7 @@ import torch
 
 from shardserve.engine.prompt_logprobs import PendingPromptLogprobs, StepResult
 from shardserve.engine.request import PLACEHOLDER
-from shardserve.engine.sampler import read_samples
+from shardserve.engine.sampler import on_device, read_samples
 from shardserve.engine.sampling_params import MAX_TOP_LOGPROBS
 from shardserve.engine.scheduler import ScheduledSeq
 
@@ -96,3 +96,10 @@ def placeholder_sources(
     if previous is None or any(seqs[i].request_id not in previous.rows for i in dst):
         raise RuntimeError("a step's input token is in flight but no step in flight sampled it")
     return dst, previous.tokens, [previous.rows[seqs[i].request_id] for i in dst]
+
+
+def fill_placeholders(ids: torch.Tensor, at: list[int], fill: tuple[list[int], torch.Tensor, list[int]]) -> None:
+    """ids[at[k]] = the previous step's token for the k-th placeholder of `fill`
+    (placeholder_sources), on the device: no wait for that step."""
+    device = ids.device
+    ids[on_device(at, torch.int64, device)] = fill[1][on_device(fill[2], torch.int64, device)]

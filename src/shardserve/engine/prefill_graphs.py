@@ -38,7 +38,7 @@ from torch import nn
 
 from shardserve.engine.cuda_graphs import capture_buckets
 from shardserve.engine.graph_inputs import GraphInputs
-from shardserve.engine.sampler import on_device
+from shardserve.engine.pending_step import fill_placeholders
 from shardserve.engine.scheduler import ScheduledSeq
 from shardserve.layers.forward_context import AttentionMetadata, forward_context
 
@@ -147,7 +147,6 @@ class PrefillGraphs:
         their rows there)."""
         bucket, first = self.stage(seqs, block_size)
         if fill is not None:
-            at = on_device([first[i] for i in fill[0]], torch.int64, self.device)
-            self.inputs.dev64[0].index_copy_(0, at, fill[1].index_select(0, on_device(fill[2], torch.int64, self.device)))
+            fill_placeholders(self.inputs.dev64[0], [first[i] for i in fill[0]], fill)
         self.graphs[bucket].replay()
         return self.logits[bucket][: len(seqs)]
