@@ -10,7 +10,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate text offline from a model directory")
     p.add_argument("--model", default=None, help="HF-format model dir (default: the built-in model)")
     p.add_argument("--prompt", action="append", required=True, help="prompt text; repeat for a batch")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="default: the model's generation_config.json max_new_tokens, else 64")
     p.add_argument("--min-new-tokens", type=int, default=0)
     # Sampling options left out take the model's generation_config.json values, as on the server.
     p.add_argument("--temperature", type=float, default=None, help="0 = greedy")
@@ -37,15 +38,15 @@ def run(args: argparse.Namespace) -> int:
     from shardserve.engine.generation_config import sampling_defaults
 
     model = args.model or str(default_model_path())
-    given = {name: getattr(args, name) for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")}
+    given = {name: getattr(args, name)
+             for name in ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty")}
     params = SamplingParams(
-        max_new_tokens=args.max_new_tokens,
         min_new_tokens=args.min_new_tokens,
         presence_penalty=args.presence_penalty,
         frequency_penalty=args.frequency_penalty,
         seed=args.seed,
         stop=args.stop,
-        **sampling_defaults(model) | {k: v for k, v in given.items() if v is not None},
+        **{"max_new_tokens": 64} | sampling_defaults(model) | {k: v for k, v in given.items() if v is not None},
     )
     options = dict(dtype=args.dtype, quantization=args.quantize)
     if args.tp is not None:

@@ -2,8 +2,9 @@
 
 Model authors put the sampling settings their model is meant to run with there (Llama-3-Instruct:
 temperature 0.6, top_p 0.9). As vLLM's server does, a request that leaves a sampling field out
-gets the model's value instead of the API's neutral default. `do_sample` is not read: a request
-asks for greedy decoding with temperature 0, whatever the file says.
+gets the model's value instead of the API's neutral default, and `max_new_tokens` bounds a
+request that gives no limit. `do_sample` is not read: a request asks for greedy decoding with
+temperature 0, whatever the file says.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from shardserve.errors import ModelLoadError
 
 # generation_config.json key -> SamplingParams field (the same names here).
-SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens")
 
 
 def read_generation_config(model_dir: str | Path) -> dict:

@@ -95,8 +95,8 @@ def to_sampling_params(p: GenerateParameters, defaults: Mapping | None = None) -
         v is not None for v in (p.temperature, p.top_p, p.top_k, p.min_p)
     )
     return make_sampling_params(
-        DJL_NAMES, defaults,
-        max_new_tokens=DEFAULT_MAX_NEW_TOKENS if p.max_new_tokens is None else p.max_new_tokens,
+        DJL_NAMES, {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS, **(defaults or {})},
+        max_new_tokens=p.max_new_tokens,
         min_new_tokens=p.min_new_tokens,
         temperature=p.temperature if sample else 0.0,
         top_p=p.top_p, top_k=p.top_k, min_p=p.min_p, repetition_penalty=p.repetition_penalty,

@@ -57,7 +57,7 @@ async def completions(body: oa.CompletionRequest, request: Request):
             _check_scoring(model, prompt, tokenizer, body.min_tokens)
         max_tokens = 1 if score_only else body.max_tokens  # omitted: the schema's default, OpenAI's 16
         if max_tokens is None:  # an explicit null (vLLM): as much as the context leaves, as on chat
-            max_tokens = _context_left(model, prompt, tokenizer)
+            max_tokens = _default_max_tokens(model, prompt, tokenizer)
         params = body.sampling_params(max_tokens, want_logprobs, top_logprobs=body.logprobs or 0,
                                       top_logprobs_field="logprobs", defaults=model.sampling_defaults)
         return replace(params, prompt_logprobs=prompt_logprobs)
@@ -123,7 +123,7 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request):
     field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     max_tokens = getattr(body, field)
     if max_tokens is None:  # OpenAI's default: as much as the context leaves
-        max_tokens = _context_left(model, prompt, tokenizer)
+        max_tokens = _default_max_tokens(model, prompt, tokenizer)
     body.check_supported()
     _check_capacity(model, 1, body.choices)
     params = body.choice_params(body.sampling_params(max_tokens, body.logprobs, field,
@@ -192,11 +192,13 @@ def _prompts(prompt) -> list:
     return list(prompt)
 
 
-def _context_left(model: ServedModel, prompt, tokenizer) -> int:
+def _default_max_tokens(model: ServedModel, prompt, tokenizer) -> int:
     """max_tokens that fills the context after this prompt (each prompt of a batch its own, as
-    vLLM); at least 1, so a prompt too long gets the engine's own error."""
+    vLLM), at most the model's generation_config.json max_new_tokens; at least 1, so a prompt too
+    long gets the engine's own error."""
     length = len(tokenizer.encode(prompt)) if isinstance(prompt, str) else len(prompt)
-    return max(model.engine.max_model_len - length, 1)
+    left = max(model.engine.max_model_len - length, 1)
+    return min(left, model.sampling_defaults.get("max_new_tokens", left))
 
 
 def _check_scoring(model: ServedModel, prompt, tokenizer, min_tokens: int) -> None:

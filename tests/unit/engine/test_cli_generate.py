@@ -41,6 +41,9 @@ def test_left_out_sampling_options_take_the_model_generation_config(tiny_checkpo
         greedy = llm.generate(["the cat"], SamplingParams(max_new_tokens=12, min_new_tokens=12, temperature=0.0))[0]
     assert runs[False].startswith("the cat" + greedy.text + "\n")
     assert not runs[True].startswith("the cat" + greedy.text + "\n")
+    (path / "generation_config.json").write_text(json.dumps({"temperature": 0.0, "max_new_tokens": 5}))
+    assert main(["generate", "--model", str(path), "--prompt", "the cat", "--min-new-tokens", "5"]) == 0
+    assert "[length, 5 tokens]" in capsys.readouterr().out  # the model's limit, where none is given
     (path / "generation_config.json").write_text(json.dumps({"top_p": 7}))
     assert main(["generate", "--model", str(path), "--prompt", "x"]) == 2
     assert "generation_config.json: top_p must be a number in (0, 1]" in capsys.readouterr().err

@@ -20,7 +20,8 @@ def test_sampling_fields_are_read_and_the_rest_left(tmp_path):
     assert sampling_defaults(tmp_path) == {}  # no file
     _write(tmp_path, {"do_sample": False, "temperature": 0.6, "top_p": 0.9, "top_k": 20, "repetition_penalty": 1.05,
                       "max_new_tokens": 64, "eos_token_id": [7, 9], "min_p": None})
-    assert sampling_defaults(tmp_path) == {"temperature": 0.6, "top_p": 0.9, "top_k": 20, "repetition_penalty": 1.05}
+    assert sampling_defaults(tmp_path) == {"temperature": 0.6, "top_p": 0.9, "top_k": 20, "repetition_penalty": 1.05,
+                                           "max_new_tokens": 64}
 
 
 @pytest.mark.parametrize("content,message", [

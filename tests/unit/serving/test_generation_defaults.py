@@ -24,8 +24,10 @@ def _artifact(tmp_path, checkpoint, generation_config: dict):
 
 @pytest.fixture(scope="module")
 def client(tiny_checkpoint, tmp_path_factory):
-    """The model's own setting is greedy (temperature 0), where the APIs' default samples."""
-    artifact = _artifact(tmp_path_factory.mktemp("gen-defaults"), tiny_checkpoint("llama"), {"temperature": 0.0})
+    """The model's own setting is greedy (temperature 0), where the APIs' default samples, and
+    stops at 9 tokens where a request gives no limit."""
+    artifact = _artifact(tmp_path_factory.mktemp("gen-defaults"), tiny_checkpoint("llama"),
+                         {"temperature": 0.0, "max_new_tokens": 9})
     with served((("m", str(artifact)),)) as c:
         yield c
 
@@ -54,6 +56,23 @@ def test_openai_without_a_temperature_takes_the_model_one(client, route, prompt)
     assert _openai_text(client, route, {**prompt, "seed": 4, "temperature": 3.0}) != greedy  # given: it wins
     r = client.post(route, json={"model": "m", **prompt, "min_p": 2})
     assert r.status_code == 400 and r.json()["error"]["param"] == "min_p"
+
+
+def test_a_request_without_a_limit_stops_at_the_model_max_new_tokens(client):
+    djl = client.post("/predictions/m", json={"inputs": "a long story", "parameters": {"ignore_eos": True,
+                                                                                     "details": True}})
+    assert djl.status_code == 200 and djl.json()["details"]["generated_tokens"] == 9
+    chat = client.post("/v1/chat/completions", json={"model": "m", "ignore_eos": True,
+                                                     "messages": [{"role": "user", "content": "a long story"}]})
+    assert chat.status_code == 200 and chat.json()["usage"]["completion_tokens"] == 9
+    body = {"model": "m", "prompt": "a long story", "ignore_eos": True}
+    null = client.post("/v1/completions", json={**body, "max_tokens": None}).json()
+    assert null["usage"]["completion_tokens"] == 9
+    omitted = client.post("/v1/completions", json=body).json()  # OpenAI's own default for completions
+    assert omitted["usage"]["completion_tokens"] == 16
+    given = client.post("/v1/chat/completions", json={"model": "m", "ignore_eos": True, "max_tokens": 11,
+                                                      "messages": [{"role": "user", "content": "a long story"}]})
+    assert given.json()["usage"]["completion_tokens"] == 11  # a limit given wins
 
 
 def test_a_bad_generation_config_fails_the_load_naming_the_file(tiny_checkpoint, tmp_path, monkeypatch):
