@@ -9,10 +9,10 @@ temperature 0, whatever the file says.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from shardserve.errors import ModelLoadError
+from shardserve.json_files import read_json_object
 
 # generation_config.json key -> SamplingParams field (the same names here).
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens")
@@ -21,15 +21,7 @@ SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty
 def read_generation_config(model_dir: str | Path) -> dict:
     """The file's contents ({} without one); ModelLoadError naming it if it is not a JSON object."""
     path = Path(model_dir) / "generation_config.json"
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(path) if path.exists() else {}
 
 
 def sampling_defaults(model_dir: str | Path) -> dict:

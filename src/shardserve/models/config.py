@@ -7,7 +7,6 @@ parser per config family (OPT, BLOOM, Llama-like), chosen by the `architectures`
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from shardserve.config import canonical_dtype
 from shardserve.errors import ModelLoadError
+from shardserve.json_files import read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -126,13 +126,7 @@ def _read_config(source: str | Path | dict) -> tuple[str, dict]:
         path = path / "config.json"
     if not path.is_file():
         raise ModelLoadError(f"{path}: config.json not found (is this a Hugging Face model directory?)")
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{path}: not a valid JSON config: {e}") from None
-    if not isinstance(raw, dict):
-        raise ModelLoadError(f"{path}: expected a JSON object, got {type(raw).__name__}")
-    return str(path), raw
+    return str(path), read_json_object(path)
 
 
 def _common_fields(f: _Fields) -> dict:

@@ -5,10 +5,10 @@ digests. Free of torch, so storage can verify a download against it cheaply.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from shardserve.errors import ModelLoadError
+from shardserve.json_files import read_json_object
 
 MANIFEST = "shardserve-manifest.json"
 FORMAT = "shardserve-presharded"
@@ -28,12 +28,7 @@ def is_presharded(model_dir: str | Path) -> bool:
 
 def read_manifest(model_dir: str | Path) -> dict:
     path = Path(model_dir) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{path}: not a readable manifest ({e})") from None
-    if not isinstance(manifest, dict):
-        raise ModelLoadError(f"{path}: not a manifest (a JSON object)")
+    manifest = read_json_object(path)
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise ModelLoadError(
             f"{path}: format {manifest.get('format')!r} version {manifest.get('format_version')!r} "

@@ -25,8 +25,8 @@ def test_sampling_fields_are_read_and_the_rest_left(tmp_path):
 
 
 @pytest.mark.parametrize("content,message", [
-    ("{not json", "is not valid JSON"),
-    ("[1, 2]", "must hold a JSON object, got list"),
+    ("{not json", "not a valid JSON file"),
+    ("[1, 2]", "expected a JSON object, got list"),
     ({"temperature": -1}, "temperature must be a number in [0, 100]"),
     ({"top_p": "high"}, "top_p must be"),
 ])
@@ -42,7 +42,7 @@ def test_eos_ids_come_from_the_config_the_tokenizer_and_the_file(tmp_path):
     ids = eos_token_ids(str(tmp_path), SimpleNamespace(eos_token_id=3), SimpleNamespace(eos_token_id=9))
     assert ids == (3, 7, 9)
     _write(tmp_path, "{")
-    with pytest.raises(ModelLoadError, match="is not valid JSON"):
+    with pytest.raises(ModelLoadError, match="generation_config.json: not a valid JSON file"):
         eos_token_ids(str(tmp_path), SimpleNamespace(eos_token_id=3), SimpleNamespace(eos_token_id=None))
 
 
