@@ -48,20 +48,20 @@ def logits_buffer(model: nn.Module, rows: int, device: torch.device) -> torch.Te
     return torch.empty(rows, model.lm_head.num_embeddings, dtype=torch.float32, device=device)
 
 
-def capture_buckets(buckets: Sequence, forward, device: torch.device, pool) -> tuple[dict, dict]:
+def capture_buckets(buckets: Sequence, forward, device: torch.device, pool) -> dict:
     """forward(bucket) captured once per bucket into `pool`, largest first (the smaller ones reuse
     its pool memory), each after an eager run (Triton compilation, cuBLAS workspaces) ->
-    ({bucket: CUDAGraph}, {bucket: its static output})."""
-    graphs, outputs = {}, {}
+    {bucket: CUDAGraph}. The output is the shared logits buffer's rows (logits_buffer)."""
+    graphs = {}
     for bucket in sorted(buckets, reverse=True):
         forward(bucket)
         torch.cuda.synchronize(device)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=pool):
-            outputs[bucket] = forward(bucket)
+            forward(bucket)
         graphs[bucket] = graph
     torch.cuda.synchronize(device)
-    return graphs, outputs
+    return graphs
 
 
 class DecodeGraphs:
@@ -74,14 +74,11 @@ class DecodeGraphs:
         self.max_bs = self.buckets[-1]
         self.max_blocks = max_blocks_per_seq
         n, mb = self.max_bs, max_blocks_per_seq
-        # int64 [5, n]: input ids, positions, cache slots, then (placeholders) the rows to fill
-        # and their rows in the previous step's tokens; int32 [n + n * mb]: seq_lens, then block
-        # tables [n, mb].
-        self.inputs = GraphInputs(5, n, n + n * mb, device)
+        # int32 [n + n * mb]: seq_lens, then block tables [n, mb].
+        self.inputs = GraphInputs(n, n + n * mb, device)
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)  # token i = seq i
         self._tables = self.inputs.np32[n:].reshape(n, mb)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.logits: dict[int, torch.Tensor] = {}  # bucket -> its rows of logits_out
         self.capture_seconds = 0.0
 
     # -- capture (once, after the KV cache exists) ------------------------------------------
@@ -100,7 +97,7 @@ class DecodeGraphs:
     def capture(self, pool) -> None:
         """Every bucket into `pool` (torch.cuda.graph_pool_handle())."""
         started = time.perf_counter()
-        self.graphs, self.logits = capture_buckets(self.buckets, self._forward, self.device, pool)
+        self.graphs = capture_buckets(self.buckets, self._forward, self.device, pool)
         self.capture_seconds = time.perf_counter() - started
         logger.info("captured %d decode CUDA graphs (batch %s) in %.1f s",
                     len(self.graphs), self.buckets, self.capture_seconds)
@@ -133,12 +130,7 @@ class DecodeGraphs:
             seq_lens[i] = p + 1
             self._tables[i, : len(s.block_ids)] = s.block_ids
         ids[n:bs], pos[n:bs], slots[n:bs], seq_lens[n:bs] = 0, 0, -1, 0
-        if fill is not None:
-            k = len(fill[0])
-            np64[3, :k], np64[4, :k] = fill[0], fill[2]
-        self.inputs.upload(self.max_bs + bs * self.max_blocks)  # every seq_len, the bucket's tables
-        if fill is not None:
-            dev64 = self.inputs.dev64
-            dev64[0].index_copy_(0, dev64[3, :k], fill[1].index_select(0, dev64[4, :k]))
+        # Every seq_len and the bucket's tables; a placeholder's row is its sequence's index.
+        self.inputs.upload(self.max_bs + bs * self.max_blocks, fill)
         self.graphs[bs].replay()
-        return self.logits[bs][:n]
+        return self.logits_out[:n]

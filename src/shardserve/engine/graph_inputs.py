@@ -1,8 +1,8 @@
 """The static inputs a CUDA graph reads, and the pinned host buffers a step stages them in.
 
-One buffer of each per dtype: int64 [rows, width] (rows 0-2: input ids, positions, cache slots;
-the graph kind may add rows) and a flat int32 one (lengths and block tables, laid out by the
-graph kind). A step writes its values into the host buffers through numpy views and uploads
+One buffer of each per dtype: int64 [5, width] (input ids, positions, cache slots, then the ids'
+rows whose token is still in flight and their rows in the previous step's tokens) and a flat int32
+one (lengths and block tables, laid out by the graph kind). A step writes its values into the host buffers through numpy views and uploads
 them with one contiguous copy per dtype: from a strided pinned source torch would gather into
 pageable memory first, and that copy waits for the GPU.
 """
@@ -13,9 +13,9 @@ import torch
 
 
 class GraphInputs:
-    def __init__(self, rows64: int, width: int, len32: int, device: torch.device):
+    def __init__(self, width: int, len32: int, device: torch.device):
         pin = device.type == "cuda"  # the CPU tests run the padded forward eagerly
-        self.host64 = torch.zeros(rows64, width, dtype=torch.int64, pin_memory=pin)
+        self.host64 = torch.zeros(5, width, dtype=torch.int64, pin_memory=pin)
         self.host32 = torch.zeros(len32, dtype=torch.int32, pin_memory=pin)
         self.dev64 = torch.zeros_like(self.host64, device=device)
         self.dev32 = torch.zeros_like(self.host32, device=device)
@@ -29,9 +29,18 @@ class GraphInputs:
         if self._uploaded is not None:
             self._uploaded.synchronize()
 
-    def upload(self, len32: int) -> None:
-        """All of int64 and the first len32 entries of int32 to the device, without waiting."""
+    def upload(self, len32: int, fill: tuple[list[int], torch.Tensor, list[int]] | None = None) -> None:
+        """All of int64 and the first len32 entries of int32 to the device, without waiting.
+        fill: (rows of the input ids whose token is in flight, the previous step's device tokens,
+        their rows there): their indices go up in the same copy, the tokens are gathered on the
+        device."""
+        if fill is not None:
+            k = len(fill[0])
+            self.np64[3, :k], self.np64[4, :k] = fill[0], fill[2]
         self.dev64.copy_(self.host64, non_blocking=True)
         self.dev32[:len32].copy_(self.host32[:len32], non_blocking=True)
         if self._uploaded is not None:
             self._uploaded.record()
+        if fill is not None:
+            rows, sources = self.dev64[3, :k], self.dev64[4, :k]
+            self.dev64[0].index_copy_(0, rows, fill[1].index_select(0, sources))

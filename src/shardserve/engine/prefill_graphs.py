@@ -38,7 +38,6 @@ from torch import nn
 
 from shardserve.engine.cuda_graphs import capture_buckets
 from shardserve.engine.graph_inputs import GraphInputs
-from shardserve.engine.pending_step import fill_placeholders
 from shardserve.engine.scheduler import ScheduledSeq
 from shardserve.layers.forward_context import AttentionMetadata, forward_context
 
@@ -65,11 +64,9 @@ class PrefillGraphs:
         self.buckets = sorted({(t, min(s, t)) for t in self.token_buckets for s in seq_counts})
         self.max_blocks = max_blocks_per_seq
         t, s, mb = self.token_buckets[-1], self.max_seqs, max_blocks_per_seq
-        # int64 [3, t]: input ids, positions, cache slots; int32 [2s + 1 + s * mb]: query start
-        # offsets, seq_lens, block tables [s, mb].
-        self.inputs = GraphInputs(3, t, 2 * s + 1 + s * mb, device)
+        # int32 [2s + 1 + s * mb]: query start offsets, seq_lens, block tables [s, mb].
+        self.inputs = GraphInputs(t, 2 * s + 1 + s * mb, device)
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
-        self.logits: dict[tuple[int, int], torch.Tensor] = {}  # bucket -> its rows of logits_out
         self.capture_seconds = 0.0
 
     def _meta(self, tokens: int, seqs: int) -> AttentionMetadata:
@@ -95,7 +92,7 @@ class PrefillGraphs:
         """Every bucket into `pool` (shared with the decode graphs: graphs replay one at a time, so
         their working memory may overlap). Inputs are padding only, here."""
         started = time.perf_counter()
-        self.graphs, self.logits = capture_buckets(self.buckets, self.forward, self.device, pool)
+        self.graphs = capture_buckets(self.buckets, self.forward, self.device, pool)
         self.capture_seconds = time.perf_counter() - started
         logger.info("captured %d prefill CUDA graphs (tokens %s; %d or up to %d sequences) in %.1f s",
                     len(self.graphs), self.token_buckets, min(FEW_SEQS, self.max_seqs), self.max_seqs,
@@ -112,12 +109,13 @@ class PrefillGraphs:
         """The smallest bucket that holds the step: fewest tokens, then fewest sequences."""
         return next((t, s) for t, s in self.buckets if t >= num_tokens and s >= num_seqs)
 
-    def stage(self, seqs: Sequence[ScheduledSeq], block_size: int) -> tuple[tuple[int, int], list[int]]:
-        """Copy the step's inputs into the static buffers, padded; -> (its bucket, each sequence's
-        first token row)."""
+    def stage(self, seqs: Sequence[ScheduledSeq], block_size: int,
+              fill: tuple[list[int], torch.Tensor, list[int]] | None = None) -> tuple[tuple[int, int], list[int]]:
+        """Copy the step's inputs into the static buffers, padded, and fill its placeholders (as
+        run's); -> (its bucket, each sequence's first token row)."""
         self.inputs.writable()
         s, np32 = self.max_seqs, self.inputs.np32
-        ids, pos, slots = self.inputs.np64
+        ids, pos, slots = self.inputs.np64[:3]
         starts, seq_lens = np32[: s + 1], np32[s + 1 : 2 * s + 1]
         tables = np32[2 * s + 1 :].reshape(s, self.max_blocks)
         at = 0
@@ -136,8 +134,11 @@ class PrefillGraphs:
         tokens = bucket[0]
         ids[at:tokens], pos[at:tokens], slots[at:tokens] = 0, 0, -1
         starts[len(seqs) :], seq_lens[len(seqs) :] = at, 0
-        self.inputs.upload(2 * s + 1 + len(seqs) * self.max_blocks)  # every start and seq_len, the step's tables
-        return bucket, starts[: len(seqs)].tolist()
+        first = starts[: len(seqs)].tolist()
+        if fill is not None:  # a placeholder is its sequence's only token: at its first row
+            fill = ([first[i] for i in fill[0]], fill[1], fill[2])
+        self.inputs.upload(2 * s + 1 + len(seqs) * self.max_blocks, fill)  # every start and seq_len, the step's tables
+        return bucket, first
 
     @torch.inference_mode()
     def run(self, seqs: Sequence[ScheduledSeq], block_size: int,
@@ -145,8 +146,6 @@ class PrefillGraphs:
         """Logits [len(seqs), vocab] float32 (a view of the graph's static output). fill: (indices
         of the sequences whose only token is a placeholder, the previous step's device tokens,
         their rows there)."""
-        bucket, first = self.stage(seqs, block_size)
-        if fill is not None:
-            fill_placeholders(self.inputs.dev64[0], [first[i] for i in fill[0]], fill)
+        bucket, _ = self.stage(seqs, block_size, fill)
         self.graphs[bucket].replay()
-        return self.logits[bucket][: len(seqs)]
+        return self.logits_out[: len(seqs)]
