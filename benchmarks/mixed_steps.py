@@ -49,28 +49,30 @@ def divergence(outputs, reference) -> dict:
             "gap_at_parting_median": gaps[len(gaps) // 2] if gaps else None, "gap_at_parting_max": max(gaps, default=None)}
 
 
-def step_kind(sched, cap: int) -> str:
+def step_kind(sched, cap: int, max_tokens: int) -> str:
     if not sched.seqs:
         return "none"
     if all(len(s.token_ids) == 1 for s in sched.seqs):
         return "decode"
-    if len(sched.seqs) > cap or sched.num_tokens > 512:
+    if len(sched.seqs) > cap or sched.num_tokens > max_tokens:
         return "mixed, eager"
     return "mixed, graph"
 
 
 def run_variant(model_dir: Path, tp: int, max_num_seqs: int, extra: dict, requests, cap: int) -> dict:
     from shardserve import LLM, SamplingParams
+    from shardserve.engine.prefill_graphs import prefill_graph_buckets
 
     llm = LLM(str(model_dir), dtype="fp16", tensor_parallel_size=tp, load_format="random", max_model_len=512,
               max_num_seqs=max_num_seqs, enable_prefix_caching=False, extra=extra)
     try:
+        max_tokens = prefill_graph_buckets(llm.config.max_num_batched_tokens)[-1]  # the graphs' largest
         kinds: Counter = Counter()
         schedule = llm.scheduler.schedule
 
         def counted():
             sched = schedule()
-            kinds[step_kind(sched, cap)] += 1
+            kinds[step_kind(sched, cap, max_tokens)] += 1
             return sched
 
         def generate(batch):

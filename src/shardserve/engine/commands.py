@@ -35,11 +35,10 @@ def run(args: argparse.Namespace) -> int:
     from shardserve import LLM, SamplingParams
     from shardserve.assets import default_model_path
     from shardserve.config import EngineConfig, parse_tp_degree
-    from shardserve.engine.generation_config import sampling_defaults
+    from shardserve.engine.generation_config import SAMPLING_FIELDS, sampling_defaults
 
     model = args.model or str(default_model_path())
-    given = {name: getattr(args, name)
-             for name in ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty")}
+    given = {name: getattr(args, name) for name in SAMPLING_FIELDS}  # its flags, by the same names
     params = SamplingParams(
         min_new_tokens=args.min_new_tokens,
         presence_penalty=args.presence_penalty,

@@ -21,6 +21,7 @@ class _TextState:
     emitted_tokens: int = 0
     holdback: int = 0
     stopped: bool = field(default=False)
+    flushed: bool = False  # the detokeniser let out what it held back: once, at the end
     ends: list[int] = field(default_factory=list)  # RequestOutput.token_text_ends
     # RequestOutput's prompt logprobs, built once when complete: every later output shares them.
     prompt_logprobs: tuple[list, list | None] | None = None
@@ -101,8 +102,10 @@ class OutputProcessor:
 
 
 def _flush(state: _TextState) -> None:
-    """At the end, what the detokeniser held back (half a character) is the last token's text.
-    Flushing twice adds nothing."""
+    """At the end, what the detokeniser held back (half a character) is the last token's text."""
+    if state.flushed:
+        return
+    state.flushed = True
     state.text += state.detokenizer.flush()
     if state.ends:
         state.ends[-1] = len(state.text)

@@ -89,6 +89,11 @@ class SamplingParams:
         sampled): its stop ids and, unless ignore_eos, the model's EOS ids. Both engines' rule."""
         return self.stop_token_ids + (() if self.ignore_eos else tuple(eos_token_ids))
 
+    def ends_on(self, token_id: int, eos_token_ids) -> bool:
+        """token_id in ending_token_ids(eos_token_ids), without building it: asked of every
+        generated token."""
+        return token_id in self.stop_token_ids or (not self.ignore_eos and token_id in eos_token_ids)
+
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW or self.top_k == 1

@@ -272,7 +272,7 @@ class Scheduler:
     def _check_stop(self, request: Request, token_id: int) -> FinishReason | None:
         p = request.params
         num_out = len(request.output_token_ids)
-        if num_out >= p.min_new_tokens and token_id in p.ending_token_ids(self.eos_token_ids):
+        if num_out >= p.min_new_tokens and p.ends_on(token_id, self.eos_token_ids):
             request.stop_token_id = token_id
             return FinishReason.STOP
         if num_out >= p.max_new_tokens or request.num_known_tokens >= self.max_model_len:

@@ -260,7 +260,7 @@ class _Rows:
                 top = self.logprobs[i].topk(request.params.top_logprobs)
                 request.top_logprobs.append(list(zip(top.indices.tolist(), top.values.tolist(), strict=True)))
         p = request.params
-        if len(request.output_token_ids) >= p.min_new_tokens and token in p.ending_token_ids(self.eos_ids):
+        if len(request.output_token_ids) >= p.min_new_tokens and p.ends_on(token, self.eos_ids):
             request.stop_token_id = token
             self._finish(request, FinishReason.STOP)
         elif len(request.output_token_ids) >= request.params.max_new_tokens:

@@ -16,9 +16,8 @@ import logging
 
 import torch
 
+from shardserve.engine.prompt_logprobs import ROWS_PER_SLICE
 from shardserve.engine.request import Request
-
-ROWS_PER_SLICE = 256
 
 logger = logging.getLogger(__name__)
 

@@ -82,3 +82,10 @@ def test_a_negative_seed_samples_reproducibly_in_the_engine(default_llm):
     assert tokens(2**64 - 1) == first  # torch.Generator.manual_seed's reading of -1
     assert tokens(7) != first
     assert tokens(-2**63) != first
+
+
+def test_ends_on_is_membership_in_the_ending_ids():
+    for params in (SamplingParams(), SamplingParams(stop_token_ids=[7]), SamplingParams(ignore_eos=True, stop_token_ids=[7]),
+                   SamplingParams(ignore_eos=True)):
+        for token in (1, 2, 7, 9):
+            assert params.ends_on(token, (2, 9)) == (token in params.ending_token_ids((2, 9))), (params, token)
