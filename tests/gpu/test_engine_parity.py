@@ -61,13 +61,17 @@ def test_prefill_graphs_replay_the_eager_step(tiny_checkpoint, arch):
         assert torch.equal(replayed.argmax(-1), eager.argmax(-1))
     prompts = [[5, 6, 7, 8, 9], [10, 11], list(range(20, 53))]  # 33 tokens: chunked at 32
     params = [SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True) for n in (24, 9, 17)]
-    outs = {}
+    outs, replayed = {}, []
     for graphs in (False, True):
         for overlap in (False, True):
             with LLM(path, dtype="bf16", async_scheduling=overlap, max_num_seqs=8, num_kv_blocks=64,
                      max_model_len=256, max_num_batched_tokens=32, extra={"prefill_graphs": graphs}) as llm:
-                assert (llm.executor.runner.prefill_graphs is not None) == graphs
+                prefill = llm.executor.runner.prefill_graphs
+                assert (prefill is not None) == graphs
+                if prefill is not None:
+                    prefill.run = lambda seqs, *a, run=prefill.run, o=overlap: (replayed.append(o), run(seqs, *a))[1]
                 outs[graphs, overlap] = [o.token_ids for o in llm.generate(prompts, params)]
+    assert set(replayed) == {False, True}  # prefill steps were replayed, overlapped or not
     assert outs[False, False] == outs[True, False] == outs[False, True] == outs[True, True]
 
 

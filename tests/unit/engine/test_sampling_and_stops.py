@@ -5,6 +5,7 @@ import math
 import pytest
 
 from shardserve import SamplingParams
+from shardserve.engine.request import FinishReason
 
 OTHERS = ["filler one", "another filler prompt that is longer", "x"]
 
@@ -122,13 +123,16 @@ def test_the_text_of_the_stop_token_is_left_out_as_in_vllm(llama_llm):
 
 def test_stop_strings_count_only_from_min_new_tokens_on(llama_llm):
     full = llama_llm.generate(["the cat"], SamplingParams(max_new_tokens=40, min_new_tokens=40, temperature=0.0))[0]
-    stop = full.text[2:5]
+    at20 = full.token_text_ends[19]  # where the 20th token's text ends
+    # A string found in the first tokens' text and again after the 20th token's.
+    stop = next(full.text[i : i + 3] for i in range(at20) if "\ufffd" not in full.text[i : i + 3]
+                and full.text.find(full.text[i : i + 3], at20) >= 0)
     early = llama_llm.generate(["the cat"], SamplingParams(max_new_tokens=40, temperature=0.0, stop=[stop]))[0]
     assert len(early.token_ids) < 20  # the stop string ends it early without min_new_tokens
     out = llama_llm.generate(["the cat"], SamplingParams(max_new_tokens=40, min_new_tokens=20, temperature=0.0,
                                                          stop=[stop]))[0]
-    assert len(out.token_ids) >= 20
-    assert out.text.startswith(full.text[:5]) and full.text.startswith(out.text)
+    assert 20 <= len(out.token_ids) < 40 and out.finish_reason == FinishReason.STOP  # it still stops, later
+    assert full.text.startswith(out.text) and len(out.text) > full.text.index(stop)
 
 
 def test_top_logprobs_come_with_every_token(llama_llm):

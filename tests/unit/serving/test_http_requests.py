@@ -92,26 +92,26 @@ def test_every_error_about_the_body_as_a_whole_names_the_body(client, content, c
 CHAT = {"model": "llama", "messages": [{"role": "user", "content": "hi"}]}
 
 
-@pytest.mark.parametrize(("path", "body", "fields"), [
-    ("/v1/completions", {"model": "llama", "prompt": "x", "stop": 5}, {"stop"}),
-    ("/v1/completions", {"model": "llama", "prompt": "x", "stop": [5]}, {"stop", "stop.0"}),
-    ("/v1/completions", {"model": "llama", "prompt": 1.5}, {"prompt"}),
-    ("/v1/completions", {"model": "llama", "prompt": [[1], [1.5]]}, {"prompt", "prompt.1", "prompt.1.0"}),
-    ("/v1/chat/completions", {**CHAT, "stop": {"a": 1}}, {"stop"}),
-    ("/v1/chat/completions", {**CHAT, "tool_choice": 5}, {"tool_choice"}),
-    ("/v1/chat/completions", {"model": "llama", "messages": [{"role": "user", "content": 3}]}, {"messages.0.content"}),
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/v1/completions", {"model": "llama", "prompt": "x", "stop": 5}, "stop"),
+    ("/v1/completions", {"model": "llama", "prompt": "x", "stop": [5]}, "stop"),
+    ("/v1/completions", {"model": "llama", "prompt": 1.5}, "prompt"),
+    ("/v1/completions", {"model": "llama", "prompt": [[1], [1.5]]}, "prompt"),
+    ("/v1/chat/completions", {**CHAT, "stop": {"a": 1}}, "stop"),
+    ("/v1/chat/completions", {**CHAT, "tool_choice": 5}, "tool_choice"),
+    ("/v1/chat/completions", {"model": "llama", "messages": [{"role": "user", "content": 3}]}, "messages.0.content"),
     ("/v1/chat/completions", {"model": "llama", "messages": [{"role": "user", "content": [{"type": "text"}]}]},
-     {"messages.0.content", "messages.0.content.0.text"}),
-    ("/invocations", {"inputs": 5}, {"inputs"}),
-    ("/invocations", {"inputs": "x", "parameters": {"stop": 5}}, {"parameters.stop"}),
-    ("/predictions/llama", {"inputs": ["x", 1]}, {"inputs", "inputs.1"}),
+     "messages.0.content"),
+    ("/invocations", {"inputs": 5}, "inputs"),
+    ("/invocations", {"inputs": "x", "parameters": {"stop": 5}}, "parameters.stop"),
+    ("/predictions/llama", {"inputs": ["x", 1]}, "inputs"),
 ], ids=["stop-int", "stop-list-of-int", "prompt-float", "prompt-nested-float", "chat-stop-object",
         "tool_choice-int", "content-int", "content-part-without-text", "inputs-int", "parameters.stop-int",
         "inputs-list-with-int"])
-def test_a_union_fields_error_names_its_path_without_pydantics_branch_labels(client, path, body, fields):
+def test_a_union_fields_error_names_its_path_without_pydantics_branch_labels(client, path, body, field):
+    """The field the client wrote, not the member or branch pydantic failed in."""
     message, param = _error(client.post(path, json=body))
-    field = message.split(": ", 1)[0]
-    assert field in fields, message
+    assert message.split(": ", 1)[0] == field, message
     if path.startswith("/v1/"):
         assert param == field
 
