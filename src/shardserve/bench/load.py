@@ -108,9 +108,7 @@ async def run_load(config: LoadConfig) -> dict:
     limits = httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency)
     async with httpx.AsyncClient(base_url=config.url.rstrip("/"), headers=headers, limits=limits,
                                  timeout=config.timeout_s) as client:
-        if config.model:
-            await _check_reachable(client, config.url)
-        model = config.model or await _first_model(client, config.url)
+        model = await _model(client, config.url, config.model)
         queue: asyncio.Queue = asyncio.Queue()
         for i in range(config.requests):
             queue.put_nowait(PROMPTS[i % len(PROMPTS)])
@@ -126,30 +124,20 @@ async def run_load(config: LoadConfig) -> dict:
     return summarize(results, duration, config, model)
 
 
-async def _check_reachable(client, url: str) -> None:
-    """ShardserveError naming --url if no HTTP answer comes back (connection refused, unknown
-    host): else every request of the load would fail the same way. Any status code counts as
-    reachable (a 401 or 404 is the server answering; the load's own requests report what it
-    answers them). The probe is the model list that a run without --model asks for."""
-    import httpx
-
-    from shardserve.errors import ShardserveError
-
-    try:
-        await client.get("/v1/models")
-    except httpx.RequestError as e:  # no response at all; HTTPStatusError is never raised here
-        raise ShardserveError(f"--url {url}: {type(e).__name__}: {e}") from None
-
-
-async def _first_model(client, url: str) -> str:
-    """The server's first model; ShardserveError naming --url if it cannot be reached or answers
-    something other than an OpenAI model list (a wrong URL, not a load-test result)."""
+async def _model(client, url: str, named: str | None) -> str:
+    """The model the load asks for: `named`, else the server's first. ShardserveError naming
+    --url if no HTTP answer comes back (connection refused, unknown host: else every request of
+    the load would fail the same way) or, with no model named, if the answer is not an OpenAI
+    model list (a wrong URL, not a load-test result). With a model named, any status counts as
+    reachable: a 401 or 404 is the server answering, and the load's requests report it."""
     import httpx
 
     from shardserve.errors import ShardserveError
 
     try:
         r = await client.get("/v1/models")
+        if named:
+            return named
         r.raise_for_status()
         return r.json()["data"][0]["id"]
     except httpx.HTTPError as e:
