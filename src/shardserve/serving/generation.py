@@ -115,13 +115,12 @@ def admit(model: ServedModel, n: int = 1, field: str | None = None) -> Callable[
     return release
 
 
-async def start(model: ServedModel, prompts: list, params: SamplingParams | Sequence[SamplingParams],
+async def start(model: ServedModel, prompts: list, params: Sequence[SamplingParams],
                 metrics: ServerMetrics | None, names: Mapping[str, str] | None = None,
                 ) -> list[tuple[Generation, RequestOutput]]:
-    """Open a generation per prompt (`params`: for all, or one per prompt) and wait for each one's
-    first output (raising its error, every generation closed)."""
-    each = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
-    generations = [Generation(model, p, q, metrics, names=names) for p, q in zip(prompts, each, strict=True)]
+    """Open a generation per prompt (with its `params`) and wait for each one's first output
+    (raising its error, every generation closed)."""
+    generations = [Generation(model, p, q, metrics, names=names) for p, q in zip(prompts, params, strict=True)]
     try:
         firsts = await gather_all(g.next() for g in generations)
     except BaseException:
@@ -196,22 +195,22 @@ async def respond(
     request: Request,
     model: ServedModel,
     prompts: list,
-    params: SamplingParams | Sequence[SamplingParams],
+    params: Sequence[SamplingParams],
     *,
     stream: bool,
     sse: bool,
-    to_events: EventsOf | Sequence[EventsOf],
+    to_events: Sequence[EventsOf],
     to_body: Callable[[list[RequestOutput]], object],
     closing_events: Callable[[list[RequestOutput]], list[dict]] = lambda lasts: [],
     done_marker: bool = False,
     names: Mapping[str, str] | None = None,
 ):
     """Admit (a queue slot per prompt), start and answer: a JSON body built by `to_body(final
-    outputs)`, or a stream of each prompt's `to_events(update, is_first)` (one for all, or one per
-    prompt: the streams' updates merged as they come) then `closing_events(last outputs)`.
-    `params`: for all prompts, or one per prompt. `names`: the request's field names by the
-    engine's, for the 400s of the engine's own checks. However the answer ends (done, failed, the
-    client gone), every prompt's generation is closed, which aborts it in the engine."""
+    outputs)`, or a stream of each prompt's `to_events[i](update, is_first)` (the streams'
+    updates merged as they come) then `closing_events(last outputs)`. `params`: one per prompt.
+    `names`: the request's field names by the engine's, for the 400s of the engine's own checks.
+    However the answer ends (done, failed, the client gone), every prompt's generation is closed,
+    which aborts it in the engine."""
     ctx = request.app.state.ctx
     release = admit(model, len(prompts), (names or {}).get("prompt"))
     try:
@@ -228,15 +227,14 @@ async def respond(
             release()
 
     if stream:
-        each = list(to_events) if isinstance(to_events, Sequence) else [to_events] * len(pairs)
 
         async def events():
-            for (_, first), events_of in zip(pairs, each, strict=True):
+            for (_, first), events_of in zip(pairs, to_events, strict=True):
                 for event in events_of(first, True):
                     yield event
             async with aclosing(merged_updates(generations)) as updates:
                 async for i, out in updates:
-                    for event in each[i](out, False):
+                    for event in to_events[i](out, False):
                         yield event
             for event in closing_events([g.last for g in generations]):
                 yield event

@@ -62,9 +62,9 @@ async def predict(request: Request, model: ServedModel):
                   for out, prompt in zip(finals, prompts, strict=True)]
         return bodies[0] if isinstance(req.inputs, str) else bodies
 
-    return await respond(request, model, prompts, params, stream=req.stream,
+    return await respond(request, model, prompts, [params] * len(prompts), stream=req.stream,
                          sse=wants_sse(request, model.config.output_formatter),
-                         to_events=to_events, to_body=to_body, names=protocol.DJL_NAMES)
+                         to_events=[to_events], to_body=to_body, names=protocol.DJL_NAMES)
 
 
 async def _invoke_handler(request: Request, model: ServedModel, body: bytes):
