@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from shardserve.engine import logprob_rows
 from shardserve.engine.request import Request
 
 if TYPE_CHECKING:
@@ -83,11 +84,11 @@ class PendingPromptLogprobs:
     def result(self) -> dict[str, PromptLogprobs]:
         if self._event is not None:
             self._event.synchronize()
-        rows, k = self._values.tolist(), (self._values.shape[1] - 1) // 2
+        rows, width = self._values.tolist(), self._values.shape[1]
         out, at = {}, 0
         for request_id, n, top in self._layout:
             mine, at = rows[at : at + n], at + n
-            tops = [[(int(r[1 + k + j]), r[1 + j]) for j in range(top)] for r in mine] if top else None
+            tops = [logprob_rows.top_of(r, width, top) for r in mine] if top else None
             out[request_id] = ([r[0] for r in mine], tops)
         return out
 
@@ -99,9 +100,9 @@ def launch(
     (first_rows: each sequence's first row there), ROWS_PER_SLICE rows at a time. Every rank
     calls it with the same scheduled sequences, so their compute_logits collectives line up; only
     the one that reads (rank 0) takes logprobs: the others' would be thrown away. Like the
-    sampler's, they are the raw model distribution's: float32 log_softmax of the logits. Column 0
-    is the next prompt token's, then the k most likely (k the most any sequence asks for), then
-    their token ids (exact in float32 below 2^24): one tensor, so one copy to the host."""
+    sampler's, they are the raw model distribution's: float32 log_softmax of the logits, packed
+    as the sampler's (engine/logprob_rows.py; the chosen column is the next prompt token, k the
+    most any sequence asks for): one tensor, so one copy to the host."""
     from shardserve.engine.sampler import on_device  # not at the top: sampler imports scheduler
 
     picked = [(i, s.prompt_rows) for i, s in enumerate(seqs) if s.prompt_rows is not None]
@@ -120,11 +121,7 @@ def launch(
         if not read:
             continue
         logprobs = torch.log_softmax(logits.float(), dim=-1)
-        values[lo:hi, 0] = logprobs.gather(1, targets[lo:hi, None]).squeeze(1)
-        if k:
-            top = logprobs.topk(k, dim=-1)
-            values[lo:hi, 1 : 1 + k] = top.values
-            values[lo:hi, 1 + k :] = top.indices
+        values[lo:hi] = logprob_rows.pack(logprobs, targets[lo:hi], k)
         del logits, logprobs  # before the next slice's: one slice's at a time
     if not read:
         return None

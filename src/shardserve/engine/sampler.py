@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from shardserve.engine import logprob_rows
 from shardserve.engine.scheduler import SamplingInfo
 from shardserve.kernels.argmax import argmax_rows
 
@@ -87,12 +88,7 @@ class Sampler:
             tokens[rows] = argmax_rows(probs / noise)
         if raw_logprobs is None:
             return tokens, None
-        logprobs = raw_logprobs.gather(1, tokens[:, None])
-        k = max(i.top_logprobs for i in infos)
-        if k:
-            top = raw_logprobs.topk(k, dim=-1)
-            logprobs = torch.cat([logprobs, top.values, top.indices.float()], dim=1)
-        return tokens, logprobs
+        return tokens, logprob_rows.pack(raw_logprobs, tokens, max(i.top_logprobs for i in infos))
 
     def _penalties_of(self, request_id: str, prompt_ids: list[int], newest: torch.Tensor | None,
                       vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,11 +123,11 @@ def read_samples(
     chosen = tokens.tolist()
     if logprobs is None:
         return [(t, None, None) for t in chosen]
-    rows, k = logprobs.tolist(), (logprobs.shape[1] - 1) // 2
+    rows, width = logprobs.tolist(), logprobs.shape[1]
     samples = []
     for r, t in enumerate(chosen):
         row, info = rows[r], infos[r]
-        top = [(int(row[1 + k + j]), row[1 + j]) for j in range(info.top_logprobs)] if info.top_logprobs else None
+        top = logprob_rows.top_of(row, width, info.top_logprobs) if info.top_logprobs else None
         samples.append((t, row[0] if info.logprobs else None, top))
     return samples
 
