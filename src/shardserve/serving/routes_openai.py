@@ -58,23 +58,31 @@ async def completions(body: oa.CompletionRequest, request: Request):
         max_tokens = 1 if score_only else body.max_tokens  # omitted: the schema's default, OpenAI's 16
         if max_tokens is None:  # an explicit null (vLLM): as much as the context leaves, as on chat
             max_tokens = _default_max_tokens(model, prompt, tokenizer)
-        params = body.sampling_params(max_tokens, want_logprobs, top_logprobs=body.logprobs or 0,
-                                      top_logprobs_field="logprobs", defaults=model.sampling_defaults)
-        return replace(params, prompt_logprobs=prompt_logprobs)
+        choices = body.choice_params(body.sampling_params(
+            max_tokens, want_logprobs, top_logprobs=body.logprobs or 0, top_logprobs_field="logprobs",
+            defaults=model.sampling_defaults))
+        # The prompt is scored once, by its first choice; its n choices echo that.
+        return [replace(choices[0], prompt_logprobs=prompt_logprobs), *choices[1:]]
 
-    def logprobs(out, token_ids, values, tops, offsets, first: bool) -> dict | None:
-        """The completion's logprobs of these tokens, after the prompt's when it is echoed (in the
-        first chunk of a stream)."""
+    echoed: dict[int, dict] = {}  # prompt index -> its echoed logprobs, from its first choice
+
+    def logprobs(k: int, out, token_ids, values, tops, offsets, first: bool) -> dict | None:
+        """Choice k's logprobs of these tokens, after the prompt's when it is echoed (in the first
+        chunk of a stream). Choices come in order, so a prompt's first choice builds its part."""
         if not want_logprobs:
             return None
         part = olp.completion_logprobs(tokenizer, token_ids, values, tops, offsets)
-        return olp.joined(olp.echo_logprobs(tokenizer, out), part) if first and prompt_logprobs is not None else part
+        if not first or prompt_logprobs is None:
+            return part
+        if k // n not in echoed:
+            echoed[k // n] = olp.echo_logprobs(tokenizer, out)
+        return olp.joined(echoed[k // n], part)
 
     body.check_supported()  # n among the rest, before the queue is asked for n slots a prompt
     _check_capacity(model, len(prompts), body.choices)
     # n choices per prompt, prompt by prompt: choice k answers prompt k // n
     n = body.choices
-    params = [q for p in prompts for q in body.choice_params(prompt_params(p))]
+    params = [q for p in prompts for q in prompt_params(p)]
     echoes = [_echo(p, tokenizer) if body.echo else "" for p in prompts]  # each choice's own prompt
     rid, name = oa.new_id("cmpl"), model.name
 
@@ -88,7 +96,7 @@ async def completions(body: oa.CompletionRequest, request: Request):
         def to_events(out, first):
             out = view(out)
             prefix = echo if first else ""  # the choice's first chunk
-            lp = logprobs(out, out.delta_token_ids, olp.delta_logprobs(out), olp.delta_top_logprobs(out),
+            lp = logprobs(k, out, out.delta_token_ids, olp.delta_logprobs(out), olp.delta_top_logprobs(out),
                           olp.text_offsets(out, len(echo), new_only=True), first)
             event = oa.envelope("text_completion", rid, name, [choice(k, prefix + out.delta_text, out, lp)])
             return [_with_usage(event, out, body)]
@@ -100,7 +108,7 @@ async def completions(body: oa.CompletionRequest, request: Request):
         choices = []
         for k, out in enumerate(finals):
             prefix = echoes[k // n]
-            lp = logprobs(out, out.token_ids, out.logprobs or [], out.top_logprobs,
+            lp = logprobs(k, out, out.token_ids, out.logprobs or [], out.top_logprobs,
                           olp.text_offsets(out, len(prefix)), True)
             choices.append(choice(k, prefix + out.text, out, lp))
         return oa.envelope("text_completion", rid, name, choices, {"usage": oa.usage(finals, n)})

@@ -123,3 +123,24 @@ def test_a_prompt_scored_alone_gets_400s_in_the_request_terms(client):
     _post(client, {"prompt": [5] * (limit - 1), "echo": True, "max_tokens": 0})  # the most
     r = _post_raw(client, {"echo": True, "max_tokens": 0, "min_tokens": 2})
     assert r.status_code == 400 and r.json()["error"]["param"] == "min_tokens"
+
+
+def test_each_prompt_is_scored_once_and_its_choices_echo_that(client, monkeypatch):
+    from shardserve.serving import routes_openai
+
+    asked = []
+    respond = routes_openai.respond
+
+    async def recording(request, model, prompts, params, **kw):
+        asked.extend(p.prompt_logprobs for p in params)
+        return await respond(request, model, prompts, params, **kw)
+
+    monkeypatch.setattr(routes_openai, "respond", recording)
+    body = _post(client, {"prompt": [PROMPT, PROMPT[:6]], "n": 2, "echo": True, "logprobs": 1, "max_tokens": 2,
+                          "temperature": 1.0, "seed": 3})
+    assert asked == [1, None, 1, None]  # the first choice of each prompt scores it
+    lp = [c["logprobs"] for c in body["choices"]]
+    for k, prompt in ((0, PROMPT), (2, PROMPT[:6])):
+        for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+            assert lp[k][key][: len(prompt)] == lp[k + 1][key][: len(prompt)], key
+        assert lp[k]["token_logprobs"][0] is None and len(lp[k + 1]["tokens"]) == len(prompt) + 2
