@@ -69,8 +69,8 @@ class BlockManager:
             return []
         tokens = request.all_token_ids
         end = len(tokens)
-        rows_left = request.num_prompt_logprob_rows < len(request.prompt_token_ids) - 1
-        if request.params.prompt_logprobs is not None and rows_left:
+        wants_rows = request.params.prompt_logprobs is not None  # checked first: most requests do not
+        if wants_rows and request.num_prompt_logprob_rows < len(request.prompt_token_ids) - 1:
             end = request.num_prompt_logprob_rows
         hits: list[int] = []
         parent = None
