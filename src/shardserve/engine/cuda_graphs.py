@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from shardserve.engine.graph_inputs import GraphInputs
+from shardserve.engine.graph_inputs import BlockTableRows, GraphInputs
 from shardserve.engine.scheduler import ScheduledSeq
 from shardserve.layers.forward_context import AttentionMetadata, forward_context
 
@@ -77,7 +77,7 @@ class DecodeGraphs:
         # int32 [n + n * mb]: seq_lens, then block tables [n, mb].
         self.inputs = GraphInputs(n, n + n * mb, device)
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)  # token i = seq i
-        self._tables = self.inputs.np32[n:].reshape(n, mb)
+        self.tables = BlockTableRows(self.inputs.np32[n:].reshape(n, mb))
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.capture_seconds = 0.0
 
@@ -128,7 +128,7 @@ class DecodeGraphs:
             pos[i] = p
             slots[i] = s.block_ids[p // block_size] * block_size + p % block_size
             seq_lens[i] = p + 1
-            self._tables[i, : len(s.block_ids)] = s.block_ids
+            self.tables.write(i, s.table_id, s.block_ids)
         ids[n:bs], pos[n:bs], slots[n:bs], seq_lens[n:bs] = 0, 0, -1, 0
         # Every seq_len and the bucket's tables; a placeholder's row is its sequence's index.
         self.inputs.upload(self.max_bs + bs * self.max_blocks, fill)

@@ -10,6 +10,7 @@ they are evicted, least recently freed first.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ class BlockManager:
         self._free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
         self._cached: dict[bytes, int] = {}  # content hash -> block id
         self._hashes: dict[str, list[bytes]] = {}  # request id -> hashes of its full blocks
+        self._table_ids = itertools.count()  # Request.table_id
 
     @property
     def num_free_blocks(self) -> int:
@@ -96,6 +98,8 @@ class BlockManager:
         reclaimed = sum(1 for b in cached if self.blocks[b].ref_count == 0)
         if num_new_blocks + reclaimed > len(self._free):
             return False
+        if not request.block_ids:  # a new table: a new id
+            request.table_id = next(self._table_ids)
         for block_id in cached:
             self._touch(block_id)
         request.block_ids.extend(cached)

@@ -28,6 +28,7 @@ mixed step pads its GEMM rows by at most a quarter past 128 tokens (benchmarks/R
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -37,7 +38,7 @@ import torch
 from torch import nn
 
 from shardserve.engine.cuda_graphs import capture_buckets
-from shardserve.engine.graph_inputs import GraphInputs
+from shardserve.engine.graph_inputs import BlockTableRows, GraphInputs
 from shardserve.engine.scheduler import ScheduledSeq
 from shardserve.layers.forward_context import AttentionMetadata, forward_context
 
@@ -66,6 +67,7 @@ class PrefillGraphs:
         t, s, mb = self.token_buckets[-1], self.max_seqs, max_blocks_per_seq
         # int32 [2s + 1 + s * mb]: query start offsets, seq_lens, block tables [s, mb].
         self.inputs = GraphInputs(t, 2 * s + 1 + s * mb, device)
+        self.tables = BlockTableRows(self.inputs.np32[2 * s + 1 :].reshape(s, mb))
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self.capture_seconds = 0.0
 
@@ -114,27 +116,28 @@ class PrefillGraphs:
         """Copy the step's inputs into the static buffers, padded, and fill its placeholders (as
         run's); -> (its bucket, each sequence's first token row)."""
         self.inputs.writable()
-        s, np32 = self.max_seqs, self.inputs.np32
+        s, n, np32 = self.max_seqs, len(seqs), self.inputs.np32
         ids, pos, slots = self.inputs.np64[:3]
         starts, seq_lens = np32[: s + 1], np32[s + 1 : 2 * s + 1]
-        tables = np32[2 * s + 1 :].reshape(s, self.max_blocks)
-        at = 0
-        for i, seq in enumerate(seqs):
-            n, p = len(seq.token_ids), seq.start_pos
-            positions = np.arange(p, p + n)
-            blocks = np.asarray(seq.block_ids, dtype=np.int64)
-            starts[i] = at
-            ids[at : at + n] = seq.token_ids
-            pos[at : at + n] = positions
-            slots[at : at + n] = blocks[positions // block_size] * block_size + positions % block_size
-            seq_lens[i] = p + n
-            tables[i, : len(blocks)] = blocks
-            at += n
+        # Whole-step numpy ops, not a loop of them per sequence: a step may hold max_num_seqs.
+        lens = np.fromiter((len(q.token_ids) for q in seqs), np.int64, n)
+        begins = np.fromiter((q.start_pos for q in seqs), np.int64, n)
+        at = int(lens.sum())
+        first_rows = np.cumsum(lens) - lens
+        starts[:n], seq_lens[:n] = first_rows, begins + lens
+        ids[:at] = np.fromiter(itertools.chain.from_iterable(q.token_ids for q in seqs), np.int64, at)
+        seq_of_row = np.repeat(np.arange(n), lens)
+        positions = pos[:at]
+        positions[:] = np.arange(at) + np.repeat(begins - first_rows, lens)
+        for i, q in enumerate(seqs):
+            self.tables.write(i, q.table_id, q.block_ids)
+        blocks = self.tables.tables[seq_of_row, positions // block_size].astype(np.int64)
+        slots[:at] = blocks * block_size + positions % block_size
         bucket = self.bucket(len(seqs), at)
         tokens = bucket[0]
         ids[at:tokens], pos[at:tokens], slots[at:tokens] = 0, 0, -1
-        starts[len(seqs) :], seq_lens[len(seqs) :] = at, 0
-        first = starts[: len(seqs)].tolist()
+        starts[n:], seq_lens[n:] = at, 0
+        first = first_rows.tolist()
         if fill is not None:  # a placeholder is its sequence's only token: at its first row
             fill = ([first[i] for i in fill[0]], fill[1], fill[2])
         self.inputs.upload(2 * s + 1 + len(seqs) * self.max_blocks, fill)  # every start and seq_len, the step's tables

@@ -47,6 +47,9 @@ class Request:
     num_computed_tokens: int = 0
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at admission
     block_ids: list[int] = field(default_factory=list)
+    # Unique per block table: the BlockManager gives each new table (after a free) a new id, and a
+    # table only grows until it is freed, so equal ids mean one table, perhaps longer.
+    table_id: int = -1
     finish_reason: FinishReason | None = None
     stop_token_id: int | None = None  # the stop id or EOS that ended it: its text is not output
     num_preemptions: int = 0

@@ -63,6 +63,8 @@ class ScheduledSeq:
     block_ids: list[int]  # the sequence's whole block table
     sampling: SamplingInfo | None  # None while a prefill chunk still leaves prompt tokens
     prompt_rows: PromptLogprobRows | None = None  # rows whose prompt logprobs the request asks for
+    # Names block_ids' table (Request.table_id): the graphs rewrite only its new blocks. -1: none.
+    table_id: int = -1
 
 
 @dataclass
@@ -195,6 +197,7 @@ class Scheduler:
             block_ids=request.block_ids,
             sampling=self._sampling_info(request) if completes else None,
             prompt_rows=rows_to_compute(request, start, start + num_new),
+            table_id=request.table_id,
         ))
         out.requests.append(request)
         request.num_computed_tokens = start + num_new

@@ -101,15 +101,3 @@ def test_capture_buckets_runs_each_bucket_eagerly_then_captures_it_largest_first
     per_bucket = [("forward", 64), ("sync",), ("capture", "pool"), ("forward", 64), ("end",)]
     assert calls[:5] == per_bucket and calls[-1] == ("sync",) and len(calls) == 16
 
-
-def test_graph_inputs_fill_placeholders_from_the_previous_step_tokens_in_the_upload():
-    """Tokens still in flight: their rows and sources go up with the step's inputs, and the
-    tokens are gathered on the device (both graph kinds)."""
-    from shardserve.engine.graph_inputs import GraphInputs
-
-    inputs = GraphInputs(4, 3, torch.device("cpu"))
-    inputs.np64[0] = [5, 6, 7, 8]
-    inputs.np32[:] = [1, 2, 3]
-    inputs.upload(2, fill=([1, 3], torch.tensor([50, 60, 70]), [2, 0]))
-    assert inputs.dev64[0].tolist() == [5, 70, 7, 50]
-    assert inputs.dev32.tolist() == [1, 2, 0]  # the first len32 entries only
