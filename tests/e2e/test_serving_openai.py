@@ -165,3 +165,33 @@ def test_top_logprobs_through_the_openai_client(oai, model):
     with pytest.raises(openai.BadRequestError) as e:
         oai.completions.create(model=model, prompt="Hello", max_tokens=1, logprobs=21)
     assert e.value.body["param"] == "logprobs"
+
+
+def word_token(server, model: str) -> int:
+    """A token that decodes to a plain word piece, whose repeats decode to repeats of it."""
+    tokenizer = server.store.get(model).engine.tokenizer
+    return next(t for t in range(3, 512) if tokenizer.decode([t]).strip().isalpha())
+
+
+@pytest.mark.parametrize("model", ["llama", "gpt2"])  # our engine and the Accelerate one
+def test_logit_bias_forces_a_token_in_completions_and_chat(oai, server, model):
+    token = word_token(server, model)
+    text = server.store.get(model).engine.tokenizer.decode([token])
+    free = oai.completions.create(model=model, prompt="Hello", max_tokens=4, **GREEDY)
+    assert free.choices[0].text != text * 4  # else the bias would have nothing to show
+    out = oai.completions.create(model=model, prompt="Hello", max_tokens=4, logit_bias={str(token): 100}, **GREEDY)
+    assert out.choices[0].text == text * 4
+    chat = oai.chat.completions.create(model=model, messages=[{"role": "user", "content": "Say hello"}],
+                                       max_tokens=4, logit_bias={str(token): 100}, **GREEDY)
+    assert chat.choices[0].message.content == text * 4
+
+
+@pytest.mark.parametrize("model", ["llama", "gpt2"])
+def test_bad_logit_bias_is_a_400_naming_it(oai, model):
+    for bias, message in (({"a": 1}, "keys must be token ids"), ({"5": 150}, "[-100, 100]"),
+                          ({str(10**6): 1}, "[0, 512)")):
+        for create, extra in ((oai.completions.create, {"prompt": "x"}),
+                              (oai.chat.completions.create, {"messages": [{"role": "user", "content": "x"}]})):
+            with pytest.raises(openai.BadRequestError) as e:
+                create(model=model, max_tokens=1, logit_bias=bias, **extra)
+            assert e.value.body["param"] == "logit_bias" and message in e.value.message, e.value.body

@@ -47,8 +47,8 @@ def _runs_on_gpus(config: EngineConfig) -> bool:
 
 
 def encode_prompt(tokenizer, prompt: Prompt, params: SamplingParams, vocab_size: int, max_model_len: int) -> list[int]:
-    """Token ids of a text or token-id prompt, validated (with the request's stop token ids) for
-    any engine serving this model.
+    """Token ids of a text or token-id prompt, validated (with the request's stop and logit_bias
+    token ids) for any engine serving this model.
 
     Raises RequestError (a ValueError) naming the problem; a too-long request names both numbers.
     """
@@ -63,6 +63,8 @@ def encode_prompt(tokenizer, prompt: Prompt, params: SamplingParams, vocab_size:
     if not all(t < vocab_size for t in params.stop_token_ids):
         raise RequestError(f"stop_token_ids must be integers in [0, {vocab_size}), got {list(params.stop_token_ids)}",
                            "stop_token_ids")
+    if beyond := [t for t, _ in params.logit_bias if t >= vocab_size]:
+        raise RequestError(f"logit_bias token ids must be integers in [0, {vocab_size}), got {beyond}", "logit_bias")
     if len(token_ids) + params.max_new_tokens > max_model_len:
         raise RequestError(
             f"prompt has {len(token_ids)} tokens + max_new_tokens {params.max_new_tokens} "

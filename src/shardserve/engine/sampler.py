@@ -60,15 +60,19 @@ class Sampler:
         always passes it when a row has a penalty; None: nothing is counted.
         """
         raw_logprobs = torch.log_softmax(logits, dim=-1) if any(i.logprobs for i in infos) else None
-        if any(i.has_penalty or i.suppress_token_ids for i in infos):
+        if any(i.has_penalty or i.suppress_token_ids or i.logit_bias for i in infos):
             logits = logits.clone()  # edited in place below; the caller's tensor stays as it was
         for row, info in enumerate(infos):
             if info.has_penalty:
                 newest = last_token_ids[row : row + 1] if last_token_ids is not None else None
                 prompt, counts = self._penalties_of(request_ids[row], info.penalty_token_ids, newest, logits.shape[1])
                 _apply_penalties(logits[row], prompt, counts, info)
+            if info.logit_bias:
+                add_logit_bias(logits[row], info.logit_bias)
+            # Last, so that no bias brings back a token min_new_tokens hides. index_fill_: an
+            # indexed assignment of a Python float copies it up from pageable memory (a sync).
             if info.suppress_token_ids:
-                logits[row, on_device(info.suppress_token_ids, torch.int64, logits.device)] = float("-inf")
+                logits[row].index_fill_(0, on_device(info.suppress_token_ids, torch.int64, logits.device), float("-inf"))
 
         tokens = argmax_rows(logits)  # torch.argmax's answer; on GPUs a faster kernel pair
         sampled_rows = [r for r, i in enumerate(infos) if not i.greedy]
@@ -140,6 +144,14 @@ def on_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.T
     return torch.tensor(values, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
 
 
+def add_logit_bias(logits: torch.Tensor, bias: tuple[tuple[int, float], ...]) -> torch.Tensor:
+    """logits [..., vocab], in place and returned: each (token id, bias) pair's bias added to that
+    token's logit in every row (SamplingParams.logit_bias). Both engines' rule; nothing waits."""
+    ids = on_device([t for t, _ in bias], torch.int64, logits.device)
+    logits[..., ids] += on_device([b for _, b in bias], logits.dtype, logits.device)
+    return logits
+
+
 def _apply_penalties(row: torch.Tensor, prompt: torch.Tensor, counts: torch.Tensor, info: SamplingInfo) -> None:
     """row [vocab] float32, in place. Repetition (CTRL / HF): the logits of tokens in the prompt or
     the output shrink if positive, grow more negative if not, once per token. Then presence and
@@ -164,9 +176,10 @@ def _processed_probs(logits: torch.Tensor, infos: list[SamplingInfo]) -> torch.T
     ranks = torch.arange(logits.shape[1], device=device)[None, :]
     drop = ranks >= top_k[:, None]
     sorted_probs = torch.softmax(sorted_logits.masked_fill(drop, float("-inf")), dim=-1)
-    # Keep the smallest prefix whose mass reaches top_p (the top token always survives).
+    # Keep the smallest prefix whose mass reaches top_p (the top token always survives). Not at
+    # top_p 1, which keeps every token: the float32 cumsum may reach 1 before the last ones.
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    drop |= mass_before >= top_p[:, None]
+    drop |= (mass_before >= top_p[:, None]) & (top_p[:, None] < 1.0)
     min_ps = [i.min_p for i in infos]
     if any(min_ps):  # host values: a batch without min_p skips the work, and nothing waits
         min_p = on_device(min_ps, logits.dtype, device)

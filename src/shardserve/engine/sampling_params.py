@@ -40,6 +40,9 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    # OpenAI's: token id -> bias in [-100, 100] added to its logit after the penalties (-100 all
+    # but bans it, 100 all but forces it); a dict or pairs, stored as (id, bias) pairs by id.
+    logit_bias: tuple[tuple[int, float], ...] = field(default_factory=tuple)
     ignore_eos: bool = False
     logprobs: bool = False
     top_logprobs: int = 0  # with logprobs: also the N most likely tokens at each position
@@ -56,6 +59,7 @@ class SamplingParams:
             value = getattr(self, name)
             _check(value is None or isinstance(value, (list, tuple)), name, allowed, value)
             object.__setattr__(self, name, tuple(value or ()))
+        object.__setattr__(self, "logit_bias", _bias_pairs(self.logit_bias))
         _check(_is_int(self.max_new_tokens) and self.max_new_tokens >= 1, "max_new_tokens", "an integer >= 1", self.max_new_tokens)
         _check(_is_int(self.min_new_tokens) and 0 <= self.min_new_tokens <= self.max_new_tokens, "min_new_tokens", f"an integer in [0, max_new_tokens={self.max_new_tokens}]", self.min_new_tokens)
         _check(_is_num(self.temperature) and 0.0 <= self.temperature <= 100.0, "temperature", "a number in [0, 100]", self.temperature)
@@ -97,6 +101,19 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW or self.top_k == 1
+
+
+def _bias_pairs(value) -> tuple[tuple[int, float], ...]:
+    """logit_bias as (token id, bias) pairs sorted by id, from a dict or pairs, validated."""
+    allowed = "a map of token ids (integers >= 0) to biases (numbers in [-100, 100])"
+    _check(value is None or isinstance(value, (dict, list, tuple)), "logit_bias", allowed, value)
+    pairs = list(value.items()) if isinstance(value, dict) else list(value or ())
+    for pair in pairs:
+        _check(isinstance(pair, (list, tuple)) and len(pair) == 2 and _is_int(pair[0]) and pair[0] >= 0
+               and _is_num(pair[1]) and -100 <= pair[1] <= 100, "logit_bias", allowed, pair)
+    ids = [t for t, _ in pairs]
+    _check(len(set(ids)) == len(ids), "logit_bias", "a map: each token id once", value)
+    return tuple(sorted((t, float(b)) for t, b in pairs))
 
 
 def _is_int(v) -> bool:

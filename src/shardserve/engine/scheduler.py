@@ -49,6 +49,7 @@ class SamplingInfo:
     # flight). So a step sends no per-request token list.
     penalty_token_ids: list[int]
     suppress_token_ids: list[int]  # EOS / stop ids while below min_new_tokens
+    logit_bias: tuple[tuple[int, float], ...]  # SamplingParams.logit_bias: (token id, bias) pairs
 
     @property
     def has_penalty(self) -> bool:
@@ -231,6 +232,7 @@ class Scheduler:
             top_logprobs=p.top_logprobs,
             penalty_token_ids=request.all_token_ids if p.repetition_penalty != 1.0 and first else [],
             suppress_token_ids=suppress,
+            logit_bias=p.logit_bias,
         )
 
     def _preempt(self, request: Request) -> None:

@@ -10,8 +10,8 @@ Per-request behaviour inside a batch comes from two hooks into `generate`: a log
 that hides EOS from rows that must not stop yet (min_new_tokens, ignore_eos) and records
 log-probabilities, and a stopping criterion, called once per step with the new tokens, that
 finishes rows (EOS, max_new_tokens, stop strings, abort) and streams their text out. Presence
-and frequency penalties, which transformers does not have, are one more logits processor
-(`OutputPenalties`).
+and frequency penalties, which transformers does not have, and logit_bias, added as our sampler
+adds it, are two more logits processors (`OutputPenalties`, `LogitBias`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from shardserve.engine.tokenizer import eos_token_ids, load_tokenizer
 from shardserve.errors import EngineDeadError, ModelLoadError
 from shardserve.hf_imports import TRANSFORMERS_IMPORT
 from shardserve.serving.accelerate_prompt_logprobs import fill_prompt_logprobs
-from shardserve.serving.accelerate_sampling import OutputPenalties, sampling_key
+from shardserve.serving.accelerate_sampling import LogitBias, OutputPenalties, sampling_key
 from shardserve.serving.properties import ServingConfig
 
 logger = logging.getLogger(__name__)
@@ -198,9 +198,10 @@ class AccelerateEngine:
                     repetition_penalty=1.0,
                     eos_token_id=None,  # EOS and stop ids are per row here (min_new_tokens)
                     pad_token_id=self.pad_id,
+                    # Our sampler's order: penalties, logit_bias, then min_new_tokens suppression.
                     logits_processor=[rows.read_logprobs, self._repetition(params.repetition_penalty),
-                                      rows.suppress, OutputPenalties(longest, params.presence_penalty,
-                                                                     params.frequency_penalty)],
+                                      OutputPenalties(longest, params.presence_penalty, params.frequency_penalty),
+                                      LogitBias(params.logit_bias), rows.suppress],
                     stopping_criteria=[rows.on_step],
                 )
         except Exception as e:

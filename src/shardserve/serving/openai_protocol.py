@@ -1,12 +1,14 @@
 """OpenAI completions / chat schemas, their SamplingParams, and the response envelopes.
 
-Fields the engine cannot honour (logit_bias, tools, best_of > 1, suffix, a response_format other
-than text, n outside [1, MAX_CHOICES]) are rejected with a 400 naming them rather than silently
-ignored, as OpenAI's own API rejects what it does not know. The `n` choices of a prompt are n
+Fields the engine cannot honour (tools, best_of > 1, suffix, a response_format other than text, n
+outside [1, MAX_CHOICES]) are rejected with a 400 naming them rather than silently ignored, as
+OpenAI's own API rejects what it does not know. The `n` choices of a prompt are n
 engine requests (choice_params): with a seed, choice j samples with seed + j, as in vLLM, so that
 each choice is reproducible and they differ. Extensions, as in vLLM: top_k, min_p,
 repetition_penalty, min_tokens, ignore_eos, skip_special_tokens. Sampling fields a request leaves
 out take the model's generation_config.json values (engine/generation_config.py), as in vLLM.
+`logit_bias` (token ids as strings, JSON keys, -> biases in [-100, 100]) is added to those tokens'
+logits before sampling; logprobs stay the model's own, as in vLLM.
 
 Log-probabilities (completions' `logprobs: N`, chat's `logprobs: true` with `top_logprobs: N`; N
 in [0, 20] as in vLLM, where OpenAI's completions take up to 5): the chosen tokens' and the N most
@@ -68,8 +70,6 @@ class _Sampling(Strict):
     def check_supported(self) -> None:
         if self.n is not None and not 1 <= self.n <= MAX_CHOICES:
             raise bad_request(f"n: must be an integer in [1, {MAX_CHOICES}], got {self.n}", "n")
-        if self.logit_bias:
-            raise bad_request("logit_bias: not supported", "logit_bias")
         if self.stream_options is not None and not self.stream:  # as vLLM: not silently ignored
             raise bad_request("stream_options: only allowed when stream is true", "stream_options")
 
@@ -87,8 +87,18 @@ class _Sampling(Strict):
             repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, seed=self.seed, stop=self.stop,
             ignore_eos=self.ignore_eos, logprobs=logprobs, skip_special_tokens=self.skip_special_tokens,
-            top_logprobs=top_logprobs,
+            top_logprobs=top_logprobs, logit_bias=self.token_biases(),
         )
+
+    def token_biases(self) -> dict[int, float] | None:
+        """logit_bias by token id: JSON keys are strings; SamplingParams checks ids and biases."""
+        if self.logit_bias is None:
+            return None
+        for key in self.logit_bias:
+            if not (key.isascii() and key.isdigit()):
+                raise bad_request(f"logit_bias: keys must be token ids (strings of integers >= 0), got {key!r}",
+                                  "logit_bias")
+        return {int(key): bias for key, bias in self.logit_bias.items()}
 
     @property
     def choices(self) -> int:

@@ -9,7 +9,7 @@ from shardserve.engine.scheduler import SamplingInfo
 def info(**kw) -> SamplingInfo:
     base = dict(temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0,
                 presence_penalty=0.0, frequency_penalty=0.0, seed=None,
-                logprobs=False, top_logprobs=0, penalty_token_ids=[], suppress_token_ids=[])
+                logprobs=False, top_logprobs=0, penalty_token_ids=[], suppress_token_ids=[], logit_bias=())
     base.update(kw)
     greedy = SamplingParams(temperature=base["temperature"], top_k=base["top_k"]).greedy
     return SamplingInfo(greedy=greedy, **base)
@@ -173,3 +173,53 @@ def test_top_logprobs_are_the_raw_distributions_largest_per_row():
         assert [t for t, _ in top] == ids.tolist()
         assert [v for _, v in top] == pytest.approx(values.tolist())
     assert samples[2][2][0][0] != samples[2][0]  # the suppressed argmax is still the most likely
+
+
+def test_logit_bias_moves_the_greedy_argmax_and_leaves_other_rows_and_the_logprobs_alone():
+    """A bias that lifts the runner-up past the top token makes it the argmax; -100 bans the top
+    token; a row without a bias in the same batch keeps its argmax. The logprobs stay the raw
+    model's, and the caller's logits are not edited."""
+    logits = random_logits(3, vocab=50, seed=7)
+    before = logits.clone()
+    top2 = logits.topk(2, dim=-1)
+    (first, second), gap = top2.indices[0].tolist(), float(top2.values[0, 0] - top2.values[0, 1])
+    banned, runner_up = top2.indices[1].tolist()
+    rows = [info(temperature=0.0, logprobs=True, top_logprobs=2, logit_bias=((second, gap + 0.5),)),
+            info(temperature=0.0, logit_bias=((banned, -100.0),)), info(temperature=0.0, logprobs=True)]
+    samples = Sampler(torch.device("cpu"))(logits, ["a", "b", "c"], rows)
+    assert [t for t, _, _ in samples] == [second, runner_up, int(logits[2].argmax())]
+    assert torch.equal(logits, before)
+    raw = torch.log_softmax(logits, dim=-1)
+    assert samples[0][1] == pytest.approx(float(raw[0, second]))  # not the biased distribution's
+    assert [t for t, _ in samples[0][2]] == [first, second]
+    assert samples[2][1] == pytest.approx(float(raw[2].max()))
+
+
+def test_logit_bias_steers_seeded_sampling():
+    """+100 on the least likely token makes a sampled row draw it every time; -100 on the most
+    likely one leaves the rest in their own proportions."""
+    logits = random_logits(1, vocab=50, seed=8)
+    least = int(logits[0].argmin())
+    sampler = Sampler(torch.device("cpu"))
+    forced = info(temperature=1.0, seed=3, logit_bias=((least, 100.0),))
+    assert {sampler(logits, ["a"], [forced])[0][0] for _ in range(50)} == {least}
+    probs = torch.log(torch.tensor([[0.6, 0.3, 0.1]]))
+    counts = torch.zeros(3)
+    banned = info(temperature=1.0, seed=4, logit_bias=((0, -100.0),))
+    for _ in range(1500):
+        counts[sampler(probs, ["b"], [banned])[0][0]] += 1
+    assert counts[0] == 0
+    assert torch.allclose(counts[1:] / 1500, torch.tensor([0.75, 0.25]), atol=0.04)
+
+
+def test_suppression_beats_a_plus_100_bias():
+    """min_new_tokens hides EOS even from a request that biases it up, greedy or sampled."""
+    logits = random_logits(2, vocab=50, seed=9)
+    eos = int(logits[0].argmin())
+    rows = [info(temperature=0.0, suppress_token_ids=[eos], logit_bias=((eos, 100.0),)),
+            info(temperature=1.0, seed=5, suppress_token_ids=[eos], logit_bias=((eos, 100.0),))]
+    sampler = Sampler(torch.device("cpu"))
+    for _ in range(20):
+        assert eos not in [t for t, _, _ in sampler(logits, ["a", "b"], rows)]
+    unsuppressed = [info(temperature=0.0, logit_bias=((eos, 100.0),))]
+    assert sampler(logits[:1], ["c"], unsuppressed)[0][0] == eos  # else the check above could not fail

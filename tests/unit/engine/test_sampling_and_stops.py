@@ -1,6 +1,7 @@
-"""Sampling through the whole engine: seeds, top_k=1, min_p, stop strings, bad input."""
+"""Sampling through the whole engine: seeds, top_k=1, min_p, logit_bias, stop strings, bad input."""
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -68,6 +69,31 @@ def test_stop_token_ids_past_the_vocabulary_are_refused_and_the_engine_serves_on
     with pytest.raises(ValueError, match=rf"stop_token_ids must be integers in \[0, {vocab}\)"):
         llama_llm.generate(["hello"], SamplingParams(stop_token_ids=[vocab], min_new_tokens=2))
     assert len(llama_llm.generate(["hello"], SamplingParams(max_new_tokens=3, ignore_eos=True))[0].token_ids) == 3
+
+
+def test_logit_bias_ids_past_the_vocabulary_are_refused_by_name(llama_llm):
+    vocab = llama_llm.model_config.vocab_size
+    refused = rf"logit_bias token ids must be integers in \[0, {vocab}\), got \[{vocab}\]"
+    with pytest.raises(ValueError, match=refused) as e:
+        llama_llm.generate(["hello"], SamplingParams(logit_bias={vocab - 1: 1.0, vocab: 1.0}))
+    assert e.value.field == "logit_bias"
+
+
+def test_logit_bias_forces_and_bans_tokens_beside_an_unbiased_request(llama_llm):
+    """Greedy, in one batch: +100 on a token the model does not pick here makes it every token,
+    -100 on the greedy first token keeps it out, and an unbiased request decodes as alone. The
+    logprobs stay the model's own: the forced token's is below the raw top one's."""
+    params = SamplingParams(max_new_tokens=6, temperature=0.0, ignore_eos=True, logprobs=True, top_logprobs=1)
+    greedy = llama_llm.generate(["the cat"], params)[0]
+    forced_id = next(t for t in range(3, llama_llm.model_config.vocab_size) if t not in greedy.token_ids)
+    banned_id = greedy.token_ids[0]
+    forced, banned, plain = llama_llm.generate(["the cat"] * 3, [
+        replace(params, logit_bias={forced_id: 100.0}), replace(params, logit_bias={banned_id: -100.0}), params])
+    assert forced.token_ids == [forced_id] * 6
+    assert banned_id not in banned.token_ids and banned.token_ids != greedy.token_ids
+    assert plain.token_ids == greedy.token_ids and plain.logprobs == pytest.approx(greedy.logprobs, abs=1e-5)
+    assert forced.top_logprobs[0][0][0] == banned_id  # the raw distribution's top token
+    assert forced.logprobs[0] < forced.top_logprobs[0][0][1]
 
 
 def test_generate_returns_its_own_requests_beside_one_added_before(llama_llm):

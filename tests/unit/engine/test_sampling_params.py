@@ -30,6 +30,17 @@ from shardserve.engine.sampling_params import SamplingParams
         ("stop_token_ids", 5, "integers >= 0"),
         ("logprobs", "yes", "boolean"),
         ("min_new_tokens", 50, "max_new_tokens=16"),
+        ("logit_bias", {-1: 1.0}, "token ids (integers >= 0)"),
+        ("logit_bias", {"5": 1.0}, "token ids (integers >= 0)"),
+        ("logit_bias", {True: 1.0}, "token ids (integers >= 0)"),
+        ("logit_bias", {5: 100.5}, "[-100, 100]"),
+        ("logit_bias", {5: -101}, "[-100, 100]"),
+        ("logit_bias", {5: float("nan")}, "[-100, 100]"),
+        ("logit_bias", {5: True}, "[-100, 100]"),
+        ("logit_bias", {5: "1"}, "[-100, 100]"),
+        ("logit_bias", 5, "a map of token ids"),
+        ("logit_bias", [(5,)], "a map of token ids"),
+        ("logit_bias", [(5, 1.0), (5, 2.0)], "each token id once"),
     ],
 )
 def test_invalid_values_name_the_field_and_the_range(field, value, allowed):
@@ -45,6 +56,15 @@ def test_defaults_and_normalisation():
     assert SamplingParams(temperature=0).greedy and SamplingParams(top_k=1).greedy
     # logits / 1e-38 would overflow: temperatures that small decode greedily
     assert SamplingParams(temperature=1e-38).greedy and not SamplingParams(temperature=1e-3).greedy
+
+
+def test_logit_bias_is_stored_as_pairs_sorted_by_token_id():
+    """A dict or pairs, stored alike: hashable (the Accelerate engine groups requests by it)."""
+    p = SamplingParams(logit_bias={7: 100, 3: -2.5})
+    assert p.logit_bias == ((3, -2.5), (7, 100.0)) and SamplingParams().logit_bias == ()
+    assert p == SamplingParams(logit_bias=[(7, 100.0), [3, -2.5]])
+    assert hash(p) == hash(SamplingParams(logit_bias=p.logit_bias))
+    assert SamplingParams(logit_bias=None).logit_bias == () == SamplingParams(logit_bias={}).logit_bias
 
 
 def test_top_k_minus_one_disables_it_as_zero_does():

@@ -1,13 +1,16 @@
 """The Accelerate engine against our engine on the same tiny Llama: stop ids, log-probabilities
-under penalties, min_p, and its life cycle (quantization refused, generate after shutdown)."""
+under penalties, min_p, logit_bias, and its life cycle (quantization refused, generate after
+shutdown)."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+from dataclasses import replace
 
 import pytest
 
+from helpers.checkpoints import EOS_ID
 from shardserve import LLM, SamplingParams
 from shardserve.engine.request import Request
 from shardserve.errors import EngineDeadError, ModelLoadError
@@ -79,6 +82,38 @@ def test_min_p_keeps_draws_near_the_top_and_min_p_1_is_greedy(engines, engine):
     bound = temperature * math.log(0.5)
     assert min(min(top_gaps(sampled(0.5, seed))) for seed in (1, 2, 3)) >= bound - 1e-4
     assert min(top_gaps(sampled(0.0, 1))) < bound  # the bound bites: without min_p draws pass it
+
+
+@pytest.mark.parametrize("extra", [{}, {"repetition_penalty": 1.5, "presence_penalty": 0.5, "logprobs": True}],
+                         ids=["bias", "bias after penalties"])
+def test_logit_bias_gives_our_engines_tokens(engines, extra):
+    """Greedy with a ban and a moderate boost (so both engines must add the same bias at the same
+    place, after the penalties): the same tokens, and the model's own logprobs."""
+    accelerate, ours = engines
+    greedy = SamplingParams(max_new_tokens=8, temperature=0.0, ignore_eos=True, **extra)
+    free = ours.generate(["a long story"], greedy)[0]
+    params = replace(greedy, logit_bias={free.token_ids[0]: -100.0, free.token_ids[3]: 3.0})
+    want, got = ours.generate(["a long story"], params)[0], run(accelerate, "a long story", params)
+    assert want.token_ids != free.token_ids and free.token_ids[0] not in want.token_ids
+    assert got.token_ids == want.token_ids
+    if params.logprobs:
+        assert got.logprobs == pytest.approx(want.logprobs, abs=1e-4)
+
+
+def test_min_new_tokens_beats_a_logit_bias_on_eos_in_both_engines(engines):
+    accelerate, ours = engines
+    params = SamplingParams(max_new_tokens=8, min_new_tokens=3, temperature=0.0, logit_bias={EOS_ID: 100.0})
+    want, got = ours.generate(["a long story"], params)[0], run(accelerate, "a long story", params)
+    assert len(want.token_ids) == 4 and want.token_ids[-1] == EOS_ID and want.finish_reason == "stop"
+    assert (got.token_ids, got.finish_reason) == (want.token_ids, want.finish_reason)
+
+
+def test_requests_with_different_logit_biases_run_in_separate_generate_calls():
+    def key(**kw):
+        return sampling_key(Request("r", [1, 2], SamplingParams(temperature=0.0, **kw)))
+
+    assert key(logit_bias={5: 1.0}) != key(logit_bias={5: 2.0}) != key() != key(logit_bias={6: 1.0})
+    assert key(logit_bias={5: 1.0, 6: -3}) == key(logit_bias=[(6, -3.0), (5, 1.0)])
 
 
 def test_requests_that_differ_in_min_p_run_in_separate_generate_calls():

@@ -74,13 +74,32 @@ def test_presence_and_frequency_penalties_reach_sampling_params():
 
 def test_openai_unsupported_fields_are_400():
     for kw, field in (({"n": 0}, "n"), ({"n": oa.MAX_CHOICES + 1}, "n"), ({"frequency_penalty": 2.5}, "frequency_penalty"),
-                      ({"logit_bias": {"1": 2.0}}, "logit_bias"), ({"best_of": 3}, "best_of"),
+                      ({"best_of": 3}, "best_of"),
                       ({"suffix": "x"}, "suffix")):
         with pytest.raises(APIError) as e:
             oa.CompletionRequest(prompt="x", **kw).sampling_params(4, False)
         assert e.value.param == field
     chat = oa.ChatCompletionRequest(messages=[{"role": "user", "content": [{"type": "text", "text": "a"}]}])
     assert chat.messages[0].text() == "a"
+
+
+def test_openai_logit_bias_reaches_sampling_params_by_token_id():
+    chat = oa.ChatCompletionRequest(messages=[{"role": "user", "content": "a"}], logit_bias={"7": 100.0, "3": -2.5})
+    assert chat.sampling_params(4, False).logit_bias == ((3, -2.5), (7, 100.0))
+    assert oa.CompletionRequest(prompt="x", logit_bias={"7": 5.0}).sampling_params(4, False).logit_bias == ((7, 5.0),)
+    assert oa.CompletionRequest(prompt="x").sampling_params(4, False).logit_bias == ()
+
+
+@pytest.mark.parametrize("bias, message", [
+    ({"a": 1.0}, "keys must be token ids"), ({"1.0": 1.0}, "keys must be token ids"),
+    ({"-1": 1.0}, "keys must be token ids"), ({"5": 100.5}, "[-100, 100]"), ({"5": float("nan")}, "[-100, 100]"),
+])
+def test_openai_logit_bias_errors_are_400_naming_it(bias, message):
+    for request in (oa.CompletionRequest(prompt="x", logit_bias=bias),
+                    oa.ChatCompletionRequest(messages=[{"role": "user", "content": "a"}], logit_bias=bias)):
+        with pytest.raises(APIError) as e:
+            request.sampling_params(4, False)
+        assert e.value.param == "logit_bias" and message in str(e.value) and str(e.value).startswith("logit_bias")
 
 
 def test_openai_usage_and_finish_reason():
