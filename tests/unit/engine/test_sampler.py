@@ -50,6 +50,16 @@ def test_top_k_and_top_p_restrict_the_support():
 MIXED_MIN_P = (0.0, 0.05, 0.3, 1.0)
 
 
+
+def test_top_p_1_keeps_every_token_however_small():
+    """One dominant logit: the float32 running sum of the sorted probabilities reaches 1 before
+    the tail, so a plain `mass before >= top_p` test would drop tokens that top_p 1 must keep."""
+    logits = random_logits(2, vocab=64, seed=3)
+    logits[:, 5] = 25.0  # the other tokens' probabilities are ~1e-11
+    probs = _processed_probs(logits, [info(temperature=1.0), info(temperature=1.0, top_p=0.999)])
+    assert bool((probs[0] > 0).all())
+    assert (probs[1] > 0).sum().item() == 1  # below 1 top_p still cuts the tail
+
 def min_p_reference(logits: torch.Tensor, temps, min_ps, top_ks=None) -> torch.Tensor:
     """transformers' order: temperature, top-k, then min-p against the top token's probability."""
     probs = torch.softmax(logits / torch.tensor(temps)[:, None], dim=-1)
