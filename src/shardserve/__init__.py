@@ -1,10 +1,10 @@
 """shardserve: tensor-parallel large-model inference and a DJLServing-compatible model server."""
 
 from shardserve.config import EngineConfig
-from shardserve.engine.request import FinishReason, RequestOutput
+from shardserve.engine.request import FinishReason, OutputKind, RequestOutput
 from shardserve.engine.sampling_params import SamplingParams
 
-__all__ = ["LLM", "AsyncEngine", "EngineConfig", "SamplingParams", "RequestOutput", "FinishReason"]
+__all__ = ["LLM", "AsyncEngine", "EngineConfig", "SamplingParams", "RequestOutput", "FinishReason", "OutputKind"]
 __version__ = "0.1.0"
 
 

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 
 from shardserve.config import EngineConfig
 from shardserve.engine.llm import LLM, Prompt, encode_prompt
-from shardserve.engine.request import RequestOutput
+from shardserve.engine.request import OutputKind, RequestOutput
 from shardserve.engine.sampling_params import SamplingParams
 from shardserve.engine.tokenizer import load_tokenizer
 from shardserve.errors import EngineDeadError
@@ -67,8 +67,10 @@ class AsyncEngine:
         return encode_prompt(self.tokenizer, prompt, params, self.model_config.vocab_size, self.max_model_len)
 
     async def generate(
-        self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None
+        self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None, *,
+        output_kind: OutputKind = OutputKind.CUMULATIVE,
     ) -> AsyncIterator[RequestOutput]:
+        """The request's outputs, as `output_kind` says (request.OutputKind)."""
         params = params or self.llm.default_sampling_params()
         request_id = request_id or uuid.uuid4().hex
         if self._dead is not None:
@@ -76,6 +78,7 @@ class AsyncEngine:
         if self._stopping:
             raise EngineDeadError("the engine was shut down")
         token_ids = self.encode(prompt, params)
+        output_kind = OutputKind(output_kind)  # here: a ValueError in the engine's loop would stop it
         stream: asyncio.Queue = asyncio.Queue()
         with self._streams_lock:
             if request_id in self._running:
@@ -83,7 +86,8 @@ class AsyncEngine:
             engine_id = f"{request_id}#{next(self._serial)}"
             self._running[request_id] = engine_id
             self._streams[engine_id] = (asyncio.get_running_loop(), stream)
-        self._commands.put(("add", engine_id, prompt if isinstance(prompt, str) else None, params, token_ids))
+        self._commands.put(("add", engine_id, prompt if isinstance(prompt, str) else None, params, token_ids,
+                            output_kind))
         finished = False
         try:
             while True:
@@ -159,11 +163,11 @@ class AsyncEngine:
             return
         kind = command[0]
         if kind == "add":
-            _, engine_id, prompt, params, token_ids = command
+            _, engine_id, prompt, params, token_ids, output_kind = command
             with self._streams_lock:
                 alive = engine_id in self._streams
             if alive:  # it may have been cancelled before the loop saw it
-                self.llm.add_request(engine_id, prompt, params, prompt_token_ids=token_ids)
+                self.llm.add_request(engine_id, prompt, params, prompt_token_ids=token_ids, output_kind=output_kind)
         elif kind == "abort":
             out = self.llm.abort(command[1])
             if out is not None:

@@ -25,7 +25,7 @@ from shardserve.engine.generation_config import sampling_defaults
 from shardserve.engine.kv_cache import BlockManager
 from shardserve.engine.output_processor import OutputProcessor
 from shardserve.engine.prompt_logprobs import StepResult
-from shardserve.engine.request import FinishReason, Request, RequestOutput
+from shardserve.engine.request import FinishReason, OutputKind, Request, RequestOutput
 from shardserve.engine.sampling_params import SamplingParams
 from shardserve.engine.scheduler import Scheduler, SchedulerOutput
 from shardserve.engine.tokenizer import eos_token_ids, load_tokenizer
@@ -135,15 +135,17 @@ class LLM:
 
     def add_request(
         self, request_id: str | None, prompt: Prompt, params: SamplingParams | None = None,
-        prompt_token_ids: list[int] | None = None,
+        prompt_token_ids: list[int] | None = None, *, output_kind: OutputKind = OutputKind.CUMULATIVE,
     ) -> str:
+        """Queue a request; `step()` then reports it as `output_kind` says (request.OutputKind)."""
         self._check_alive()
         params = params or self.default_sampling_params()
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         if request_id in self.scheduler.requests:
             raise ValueError(f"request_id {request_id!r} is already running")
         token_ids = prompt_token_ids if prompt_token_ids is not None else self.encode(prompt, params)
-        request = Request(request_id, token_ids, params, prompt=prompt if isinstance(prompt, str) else None)
+        request = Request(request_id, token_ids, params, prompt=prompt if isinstance(prompt, str) else None,
+                          output_kind=OutputKind(output_kind))
         self.outputs.add(request)
         self.scheduler.add(request)
         return request_id
@@ -198,7 +200,8 @@ class LLM:
                     request.finish_reason = FinishReason.STOP
                 else:
                     self.scheduler.finish(request.request_id, FinishReason.STOP)
-            outputs.append(self.outputs.output(request))
+            if (out := self.outputs.output(request)) is not None:
+                outputs.append(out)
         return outputs
 
     def start_profile(self, out_dir: str) -> None:
@@ -230,14 +233,16 @@ class LLM:
     def generate(
         self, prompts: Prompt | Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams] | None = None
     ) -> list[RequestOutput]:
-        """Run prompts to completion; outputs in input order."""
+        """Run prompts to completion; outputs in input order. Their requests are FINAL's: no output
+        is built for them before they finish."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         params_list = list(params) if isinstance(params, Sequence) else [params or self.default_sampling_params()] * len(prompts)
         if len(params_list) != len(prompts):
             raise ValueError(f"got {len(params_list)} SamplingParams for {len(prompts)} prompts")
         token_ids = [self.encode(p, sp) for p, sp in zip(prompts, params_list, strict=True)]
-        ids = [self.add_request(None, p, sp, t) for p, sp, t in zip(prompts, params_list, token_ids, strict=True)]
+        ids = [self.add_request(None, p, sp, t, output_kind=OutputKind.FINAL)
+               for p, sp, t in zip(prompts, params_list, token_ids, strict=True)]
         final: dict[str, RequestOutput] = {}
         mine = set(ids)  # requests added before keep running; their outputs are not ours
         while len(final) < len(ids):
@@ -246,9 +251,10 @@ class LLM:
                     final[out.request_id] = out
         return [final[i] for i in ids]
 
-    def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[RequestOutput]:
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None, *,
+               output_kind: OutputKind = OutputKind.CUMULATIVE) -> Iterator[RequestOutput]:
         """Updates of one request as it runs (other requests already added keep running)."""
-        request_id = self.add_request(None, prompt, params)
+        request_id = self.add_request(None, prompt, params, output_kind=output_kind)
         try:
             while True:
                 for out in self.step():

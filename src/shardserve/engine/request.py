@@ -12,6 +12,18 @@ from shardserve.engine.sampling_params import SamplingParams
 PLACEHOLDER = -1
 
 
+class OutputKind(str, enum.Enum):
+    """What a request's RequestOutputs hold (LLM.add_request's, AsyncEngine.generate's output_kind).
+
+    Each output of a CUMULATIVE request copies everything so far: a long generation costs the
+    engine O(length) per step. DELTA and FINAL cost it O(new tokens) per step.
+    """
+
+    CUMULATIVE = "cumulative"  # at every step, everything so far (and what is new)
+    DELTA = "delta"  # at every step, only what is new
+    FINAL = "final"  # one output, when the request finishes: everything
+
+
 class RequestStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
@@ -56,6 +68,7 @@ class Request:
     # Tokens sampled by steps still in flight: counted in num_tokens, not yet known. 0 or 1, but 2
     # from scheduling a step until the step before it is updated (asynchronous scheduling).
     num_inflight: int = 0
+    output_kind: OutputKind = OutputKind.CUMULATIVE
 
     @property
     def all_token_ids(self) -> list[int]:
@@ -91,7 +104,22 @@ class Request:
 
 @dataclass
 class RequestOutput:
-    """One update about a request: cumulative text/tokens plus what is new since the last one."""
+    """One update about a request. What it holds depends on the request's OutputKind.
+
+    CUMULATIVE: text, token_ids, token_text_ends, logprobs and top_logprobs hold everything so
+    far, delta_text and delta_token_ids what is new since the previous output; the prompt logprobs
+    come with every output. FINAL: a single output, when the request finishes, as CUMULATIVE's
+    last, its deltas being everything (no output came before).
+    DELTA: only what is new since the previous output: text is delta_text and token_ids is
+    delta_token_ids (the same objects), and token_text_ends, logprobs and top_logprobs hold the
+    new tokens' entries; a consumer that needs the whole keeps it. The prompt logprobs come once,
+    with the first output. token_text_ends stay offsets into the whole text, not into this text:
+    a token's text may come in a later output (held back), so a consumer pairing tokens with
+    text relates positions across outputs anyway, and compares absolute ones with the length of
+    the text it has had, converting nothing. An end already sent stays as sent: at the end the
+    detokeniser may add the half character it held back to the last token's text.
+    The rest (request_id, prompt, finished, finish_reason, ...) is the same in every kind.
+    """
 
     request_id: str
     prompt: str | None
@@ -115,3 +143,11 @@ class RequestOutput:
     # most likely (token id, logprob) at its position, most likely first (the first's: []).
     prompt_logprobs: list[float | None] | None = None
     prompt_top_logprobs: list[list[tuple[int, float]]] | None = None
+    # time.perf_counter() when the engine had the first generated token, in this process: the
+    # time to first token of a request whose first output comes at its end (FINAL).
+    first_token_time: float | None = None
+
+    def new_entries(self, values: list | None) -> list | None:
+        """The new tokens' entries of one of this output's per-token lists (token_text_ends,
+        logprobs, top_logprobs), whatever its kind; None stays None."""
+        return None if values is None else values[len(self.token_ids) - len(self.delta_token_ids):]

@@ -29,7 +29,7 @@ import torch
 
 from shardserve.engine.llm import encode_prompt
 from shardserve.engine.output_processor import OutputProcessor
-from shardserve.engine.request import FinishReason, Request, RequestStatus
+from shardserve.engine.request import FinishReason, OutputKind, Request, RequestStatus
 from shardserve.engine.sampling_params import SamplingParams
 from shardserve.engine.tokenizer import eos_token_ids, load_tokenizer
 from shardserve.errors import EngineDeadError, ModelLoadError
@@ -102,14 +102,16 @@ class AccelerateEngine:
         """Prompt token ids, validated exactly as our engine does it (same checks, same messages)."""
         return encode_prompt(self.tokenizer, prompt, params, self.model_config.vocab_size, self.max_model_len)
 
-    async def generate(self, prompt, params: SamplingParams | None = None, request_id: str | None = None):
+    async def generate(self, prompt, params: SamplingParams | None = None, request_id: str | None = None, *,
+                       output_kind: OutputKind = OutputKind.CUMULATIVE):
         params = params or SamplingParams()
         if self._dead is not None:
             raise EngineDeadError(f"the engine stopped: {self._dead}")
         if self._stopping:
             raise EngineDeadError("the engine was shut down")
         ids = self.encode(prompt, params)
-        request = Request(request_id or uuid.uuid4().hex, ids, params, prompt=prompt if isinstance(prompt, str) else None)
+        request = Request(request_id or uuid.uuid4().hex, ids, params, prompt=prompt if isinstance(prompt, str) else None,
+                          output_kind=OutputKind(output_kind))
         pending = _Pending(request, asyncio.get_running_loop(), asyncio.Queue())
         self._queue.put(pending)
         finished = False
@@ -269,7 +271,8 @@ class _Rows:
         if self.outputs.new_text(request, [token]):
             self._finish(request, FinishReason.STOP)
         self.done[i] = request.is_finished
-        pending.send(self.outputs.output(request))
+        if (out := self.outputs.output(request)) is not None:  # None: a FINAL request's, while it runs
+            pending.send(out)
 
     @staticmethod
     def _finish(request: Request, reason: FinishReason) -> None:

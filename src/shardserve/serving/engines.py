@@ -1,8 +1,8 @@
 """Which engine serves a model, how many copies of it, and spreading requests over the copies.
 
 A generation engine, for the server, is anything shaped like `AsyncEngine`: `generate(prompt,
-params, request_id)` (async iterator of RequestOutput), `tokenizer`, `max_model_len`, `errored`,
-`stats()`, `shutdown()`. Our AsyncEngine and AccelerateEngine both are.
+params, request_id, output_kind=...)` (async iterator of RequestOutput), `tokenizer`,
+`max_model_len`, `errored`, `stats()`, `shutdown()`. Our AsyncEngine and AccelerateEngine both are.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from shardserve.config import EngineConfig
+from shardserve.engine.request import OutputKind
 from shardserve.errors import EngineDeadError
 from shardserve.serving.properties import ServingConfig
 
@@ -139,12 +140,13 @@ class ReplicaSet:
         self._last = choice
         return choice
 
-    async def generate(self, prompt, params, request_id: str) -> AsyncIterator:
+    async def generate(self, prompt, params, request_id: str,
+                       output_kind: OutputKind = OutputKind.CUMULATIVE) -> AsyncIterator:
         index = self.pick()
         self.inflight[index] += 1
         self.served[index] += 1
         try:
-            async for out in self.engines[index].generate(prompt, params, request_id):
+            async for out in self.engines[index].generate(prompt, params, request_id, output_kind=output_kind):
                 yield out
         finally:
             self.inflight[index] -= 1

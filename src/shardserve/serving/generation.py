@@ -3,7 +3,9 @@
 A route admits its prompts (bounded queue; the n choices of an OpenAI prompt are n prompts here),
 opens one `Generation` per prompt, and awaits the first output before it answers, so that every
 error the engine raises up front (a bad prompt, a prompt too long for the model) becomes the
-response's status code rather than a broken stream. Each generation runs under the model's
+response's status code rather than a broken stream. A stream's generations send only what is
+new at each update (OutputKind.DELTA), an answer's one output when done (FINAL): the engine does
+not copy a growing text at every step. Each generation runs under the model's
 predict timeout (504, request aborted); a client that disconnects cancels it, which aborts it in
 the engine at its next step; so does an error of any other prompt of the request.
 """
@@ -19,7 +21,7 @@ from contextlib import aclosing
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from shardserve.engine.request import RequestOutput
+from shardserve.engine.request import OutputKind, RequestOutput
 from shardserve.engine.sampling_params import SamplingParams
 from shardserve.errors import EngineDeadError
 from shardserve.serving.http_errors import APIError, error_body
@@ -42,7 +44,7 @@ class Generation:
     """One prompt's stream of outputs, with deadline, error mapping and latency metrics."""
 
     def __init__(self, model: ServedModel, prompt: str | list[int], params: SamplingParams,
-                 metrics: ServerMetrics | None, request_id: str | None = None,
+                 metrics: ServerMetrics | None, output_kind: OutputKind, request_id: str | None = None,
                  names: Mapping[str, str] | None = None):
         """names: the request's field names by the engine's (protocol.refused), for its 400s."""
         self.model = model
@@ -51,8 +53,9 @@ class Generation:
         self.request_id = request_id or uuid.uuid4().hex
         self.deadline = asyncio.get_running_loop().time() + model.config.predict_timeout_s
         self.timer = RequestTimer(metrics, model.name)
-        self._outputs = model.engine.generate(prompt, params, self.request_id)
+        self._outputs = model.engine.generate(prompt, params, self.request_id, output_kind=output_kind)
         self.last: RequestOutput | None = None
+        self.num_tokens = 0  # generated so far
 
     async def next(self) -> RequestOutput | None:
         """The next update, None after the last; raises APIError."""
@@ -78,9 +81,10 @@ class Generation:
         except Exception as e:  # e.g. the Accelerate engine's generate() failing for this batch
             logger.exception("generation %s failed", self.request_id)
             raise APIError(500, f"generation failed: {type(e).__name__}: {e}") from None
-        self.timer.on_tokens(len(out.delta_token_ids))
+        self.num_tokens += len(out.delta_token_ids)
+        self.timer.on_tokens(len(out.delta_token_ids), out.first_token_time)
         if out.finished:
-            self.timer.finish(len(out.prompt_token_ids), len(out.token_ids))
+            self.timer.finish(len(out.prompt_token_ids), self.num_tokens)
         self.last = out
         return out
 
@@ -116,11 +120,12 @@ def admit(model: ServedModel, n: int = 1, field: str | None = None) -> Callable[
 
 
 async def start(model: ServedModel, prompts: list, params: Sequence[SamplingParams],
-                metrics: ServerMetrics | None, names: Mapping[str, str] | None = None,
+                metrics: ServerMetrics | None, output_kind: OutputKind, names: Mapping[str, str] | None = None,
                 ) -> list[tuple[Generation, RequestOutput]]:
     """Open a generation per prompt (with its `params`) and wait for each one's first output
     (raising its error, every generation closed)."""
-    generations = [Generation(model, p, q, metrics, names=names) for p, q in zip(prompts, params, strict=True)]
+    generations = [Generation(model, p, q, metrics, output_kind, names=names)
+                   for p, q in zip(prompts, params, strict=True)]
     try:
         firsts = await gather_all(g.next() for g in generations)
     except BaseException:
@@ -201,20 +206,22 @@ async def respond(
     sse: bool,
     to_events: Sequence[EventsOf],
     to_body: Callable[[list[RequestOutput]], object],
-    closing_events: Callable[[list[RequestOutput]], list[dict]] = lambda lasts: [],
+    closing_events: Callable[[], list[dict]] = lambda: [],
     done_marker: bool = False,
     names: Mapping[str, str] | None = None,
 ):
     """Admit (a queue slot per prompt), start and answer: a JSON body built by `to_body(final
-    outputs)`, or a stream of each prompt's `to_events[i](update, is_first)` (the streams'
-    updates merged as they come) then `closing_events(last outputs)`. `params`: one per prompt.
+    outputs)` (OutputKind.FINAL), or a stream of each prompt's `to_events[i](update, is_first)`
+    (DELTA updates, merged as they come) then `closing_events()`. `params`: one per prompt.
     `names`: the request's field names by the engine's, for the 400s of the engine's own checks.
     However the answer ends (done, failed, the client gone), every prompt's generation is closed,
     which aborts it in the engine."""
     ctx = request.app.state.ctx
     release = admit(model, len(prompts), (names or {}).get("prompt"))
+    starting = start(model, prompts, params, ctx.metrics, OutputKind.DELTA if stream else OutputKind.FINAL, names)
     try:
-        pairs = await start(model, prompts, params, ctx.metrics, names)
+        # An answer's first outputs are its last (FINAL): a client that leaves meanwhile stops it.
+        pairs = await (starting if stream else until_disconnect(request, starting))
     except BaseException:
         release()
         raise
@@ -236,7 +243,7 @@ async def respond(
                 async for i, out in updates:
                     for event in to_events[i](out, False):
                         yield event
-            for event in closing_events([g.last for g in generations]):
+            for event in closing_events():
                 yield event
 
         body = events()

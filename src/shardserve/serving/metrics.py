@@ -54,16 +54,19 @@ class RequestTimer:
         self.start = self.last = time.perf_counter()
         self.tokens = 0
 
-    def on_tokens(self, n: int) -> None:
+    def on_tokens(self, n: int, first_token_time: float | None = None) -> None:
+        """An update with n new tokens. first_token_time (RequestOutput's, perf_counter): when the
+        engine had the first token, which a non-streaming request's only update comes long after."""
         if n <= 0 or self.metrics is None:
             return
         now = time.perf_counter()
-        gaps = n
+        since, gaps = self.last, n
         if self.tokens == 0:
-            self.metrics.ttft.labels(self.model).observe(now - self.start)
-            gaps = n - 1  # tokens that came with the first one have no gap of their own
+            first = now if first_token_time is None else first_token_time
+            self.metrics.ttft.labels(self.model).observe(first - self.start)
+            since, gaps = first, n - 1  # the first token has no gap; the others share the time since
         for _ in range(gaps):  # several tokens in one update share the gap
-            self.metrics.itl.labels(self.model).observe((now - self.last) / n)
+            self.metrics.itl.labels(self.model).observe((now - since) / gaps)
         self.tokens += n
         self.last = now
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shardserve.engine.generation_config import sampling_defaults
+from shardserve.engine.request import OutputKind
 from shardserve.engine.sampling_params import SamplingParams
 from shardserve.engine.tokenizer import eos_token_ids
 from shardserve.errors import ModelLoadError, ShardserveError
@@ -218,5 +219,5 @@ async def _warm_up(replicas) -> None:
     (allocator, kernels), not the first user."""
     params = SamplingParams(max_new_tokens=2, temperature=0.0)
     for i, engine in enumerate(replicas.engines):
-        async for _ in engine.generate("Hello", params, f"warm-up-{i}"):
+        async for _ in engine.generate("Hello", params, f"warm-up-{i}", output_kind=OutputKind.FINAL):
             pass

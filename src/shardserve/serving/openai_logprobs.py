@@ -103,28 +103,27 @@ def _decoder(tokenizer):
 
 
 def delta_logprobs(out: RequestOutput) -> list[float]:
-    """The log-probabilities of this update's new tokens (out.logprobs is cumulative)."""
-    return (out.logprobs or [])[len(out.token_ids) - len(out.delta_token_ids):]
+    """The log-probabilities of this update's new tokens (an output of any kind)."""
+    return out.new_entries(out.logprobs) or []
 
 
 def delta_top_logprobs(out: RequestOutput) -> list[TopLogprobs] | None:
-    """The alternatives of this update's new tokens (out.top_logprobs is cumulative); None when
-    not asked."""
-    if out.top_logprobs is None:
-        return None
-    return out.top_logprobs[len(out.token_ids) - len(out.delta_token_ids):]
+    """The alternatives of this update's new tokens (an output of any kind); None when not
+    asked."""
+    return out.new_entries(out.top_logprobs)
 
 
-def text_offsets(out: RequestOutput, start: int = 0, new_only: bool = False) -> list[int]:
+def text_offsets(out: RequestOutput, start: int = 0, new_only: bool = False, before: int = 0) -> list[int]:
     """OpenAI's `text_offset`: where each generated token's text starts in the returned text,
     `start` being the echoed prompt's length; that is where the token before it ends
     (RequestOutput.token_text_ends). A token that only completes a character begun by the one
     before it starts where that character does; the tokens of a stop string that cut the text start
     at or past its end (they stay in `tokens`, as in vLLM). new_only: the offsets of the update's
-    new tokens alone (a streamed chunk's)."""
+    new tokens alone (a streamed chunk's). before: where the text of the tokens before `out`'s
+    ends, when `out` lacks them (a DELTA update: the last token_text_ends of the one before)."""
     ends = out.token_text_ends
     first = len(out.token_ids) - len(out.delta_token_ids) if new_only else 0
-    return [start + (ends[i - 1] if i else 0) for i in range(first, len(out.token_ids))]
+    return [start + (ends[i - 1] if i else before) for i in range(first, len(out.token_ids))]
 
 
 class PendingTokens:

@@ -10,7 +10,9 @@ last one carrying `generated_text` (and `details` when asked).
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Mapping
+from dataclasses import replace
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -128,30 +130,51 @@ class TokenEvents:
     ends: a token inside the stop string that ended it gets text "". The events' texts thus add up
     to generated_text, which excludes the stop string (as DJL LMI's vLLM does; TGI itself would
     keep the stop sequence in generated_text).
+
+    It reads only what is new in each update, so updates of any output kind do (a stream's are
+    DELTA's), and keeps what the last event needs: the whole text and, for details, the tokens.
     """
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, details: bool = False):
         self.tokenizer = tokenizer
-        self.sent = 0  # tokens whose event went out
-        self.sent_chars = 0
+        self.details = details
+        self.waiting: deque[tuple[int, float | None, int]] = deque()  # (id, log_prob, text end)
+        self.unsent = ""  # the text received that no event carried yet
+        self.sent_chars = 0  # where it starts in the whole text
+        self.pieces: list[str] = []  # the whole text received
+        self.token_ids: list[int] = []  # with details: the whole generation's
+        self.logprobs: list[float] = []
 
     def take(self, out: RequestOutput) -> list[dict]:
         """The `token` objects of the events that `out` makes safe to send."""
-        ends, safe = out.token_text_ends, len(out.text)
+        logprobs = out.new_entries(out.logprobs) or []
+        for i, (token_id, end) in enumerate(zip(out.delta_token_ids, out.new_entries(out.token_text_ends),
+                                                strict=True)):
+            self.waiting.append((token_id, logprobs[i] if i < len(logprobs) else None, end))
+        if self.details:
+            self.token_ids += out.delta_token_ids
+            self.logprobs += logprobs
+        self.pieces.append(out.delta_text)
+        self.unsent += out.delta_text
+        safe = self.sent_chars + len(self.unsent)
         tokens = []
-        while self.sent < len(out.token_ids) and (out.finished or ends[self.sent] <= safe):
-            i = self.sent
-            last = out.finished and i == len(out.token_ids) - 1
-            end = safe if last else min(ends[i], safe)  # the last one takes what the end flushed
-            tokens.append(self._token(out, i, out.text[self.sent_chars:end]))
-            self.sent, self.sent_chars = i + 1, max(end, self.sent_chars)
+        while self.waiting and (out.finished or self.waiting[0][2] <= safe):
+            token_id, log_prob, end = self.waiting.popleft()
+            last = out.finished and not self.waiting
+            end = safe if last else min(end, safe)  # the last one takes what the end flushed
+            cut = max(end - self.sent_chars, 0)
+            tokens.append(self._token(token_id, log_prob, self.unsent[:cut]))
+            self.unsent, self.sent_chars = self.unsent[cut:], self.sent_chars + cut
         if out.finished and not tokens:  # nothing left to carry the final event (e.g. an abort)
-            tokens.append({"id": None, "text": out.text[self.sent_chars:], "log_prob": None, "special": False})
+            tokens.append({"id": None, "text": self.unsent, "log_prob": None, "special": False})
         return tokens
 
-    def _token(self, out: RequestOutput, i: int, text: str) -> dict:
-        token_id = out.token_ids[i]
-        log_prob = out.logprobs[i] if out.logprobs and i < len(out.logprobs) else None
+    def whole(self, out: RequestOutput) -> RequestOutput:
+        """The last update `out` with the whole generation's text; its token_ids and logprobs are
+        the whole generation's with details, else empty (generated() then reads neither)."""
+        return replace(out, text="".join(self.pieces), token_ids=self.token_ids, logprobs=self.logprobs or None)
+
+    def _token(self, token_id: int, log_prob: float | None, text: str) -> dict:
         return {"id": token_id, "text": text, "log_prob": log_prob, "special": token_id in self.tokenizer.all_special_ids}
 
 
@@ -183,5 +206,5 @@ def stream_events(tokens: TokenEvents, out: RequestOutput, prompt: str, p: Gener
     generation carries generated_text (and details when asked)."""
     events = [{"token": token, "generated_text": None, "details": None} for token in tokens.take(out)]
     if out.finished:
-        events[-1].update(generated(out, prompt, p, params, tokens.tokenizer, eos_ids))
+        events[-1].update(generated(tokens.whole(out), prompt, p, params, tokens.tokenizer, eos_ids))
     return events

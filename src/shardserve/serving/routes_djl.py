@@ -52,7 +52,7 @@ async def predict(request: Request, model: ServedModel):
         raise bad_request("stream: streaming takes a single prompt in inputs", "stream")
     params = protocol.to_sampling_params(req.parameters, model.sampling_defaults)
     tokenizer = model.engine.tokenizer
-    tokens = protocol.TokenEvents(tokenizer)  # the stream's (one prompt)
+    tokens = protocol.TokenEvents(tokenizer, req.parameters.details)  # the stream's (one prompt)
 
     def to_events(out, first):
         return protocol.stream_events(tokens, out, prompts[0], req.parameters, params, model.eos_ids)

@@ -85,21 +85,24 @@ async def completions(body: oa.CompletionRequest, request: Request):
     params = [q for p in prompts for q in prompt_params(p)]
     echoes = [_echo(p, tokenizer) if body.echo else "" for p in prompts]  # each choice's own prompt
     rid, name = oa.new_id("cmpl"), model.name
+    streamed = [_Streamed() for _ in params]  # each choice's, when streamed
 
     def choice(k: int, text: str, out, logprobs: dict | None) -> dict:
         return {"index": k, "text": text, "finish_reason": oa.openai_finish_reason(out.finish_reason),
                 "logprobs": logprobs}
 
     def events_of(k: int):
-        echo = echoes[k // n]
+        echo, so_far = echoes[k // n], streamed[k]
 
         def to_events(out, first):
             out = view(out)
             prefix = echo if first else ""  # the choice's first chunk
+            offsets = olp.text_offsets(out, len(echo), new_only=True, before=so_far.text_end)
             lp = logprobs(k, out, out.delta_token_ids, olp.delta_logprobs(out), olp.delta_top_logprobs(out),
-                          olp.text_offsets(out, len(echo), new_only=True), first)
+                          offsets, first)
+            so_far.add(out)
             event = oa.envelope("text_completion", rid, name, [choice(k, prefix + out.delta_text, out, lp)])
-            return [_with_usage(event, out, body)]
+            return [_with_usage(event, so_far, body)]
 
         return to_events
 
@@ -115,8 +118,8 @@ async def completions(body: oa.CompletionRequest, request: Request):
 
     return await respond(request, model, [p for p in prompts for _ in range(n)], params, stream=body.stream,
                          sse=True, to_events=[events_of(k) for k in range(len(params))], to_body=to_body,
-                         closing_events=lambda lasts: _usage_chunk("text_completion", rid, name,
-                                                                   [view(o) if o else o for o in lasts], body, n),
+                         closing_events=lambda: _usage_chunk("text_completion", rid, name,
+                                                             [c.whole() for c in streamed], body, n),
                          done_marker=True, names=oa.FIELD_NAMES)
 
 
@@ -138,6 +141,7 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request):
                                                      top_logprobs=body.top_logprobs or 0,
                                                      defaults=model.sampling_defaults))
     rid, name = oa.new_id("chatcmpl"), model.name
+    streamed = [_Streamed() for _ in params]  # each choice's, when streamed
 
     def logprobs(ids, lps, tops):
         return olp.chat_logprobs(tokenizer, ids, lps or [], tops) if body.logprobs else None
@@ -147,7 +151,7 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request):
             {"index": j, "delta": delta, "finish_reason": finish_reason, "logprobs": lp}])
 
     def events_of(j: int):
-        pending = olp.PendingTokens()  # this choice's tokens that sent no chunk yet
+        pending, so_far = olp.PendingTokens(), streamed[j]  # pending: its tokens that sent no chunk yet
 
         def to_events(out, first):
             events = [chunk(j, {"role": "assistant", "content": ""})] if first else []
@@ -156,7 +160,8 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request):
             if out.delta_text or out.finished:
                 events.append(chunk(j, {"content": out.delta_text} if out.delta_text else {},
                                     oa.openai_finish_reason(out.finish_reason), logprobs(*pending.take())))
-            return [_with_usage(e, out, body) for e in events]
+            so_far.add(out)
+            return [_with_usage(e, so_far, body) for e in events]
 
         return to_events
 
@@ -169,8 +174,8 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request):
 
     return await respond(request, model, [prompt] * len(params), params, stream=body.stream, sse=True,
                          to_events=[events_of(j) for j in range(len(params))], to_body=to_body,
-                         closing_events=lambda lasts: _usage_chunk("chat.completion.chunk", rid, name, lasts, body,
-                                                                   len(lasts)),
+                         closing_events=lambda: _usage_chunk("chat.completion.chunk", rid, name,
+                                                             [c.whole() for c in streamed], body, len(streamed)),
                          done_marker=True,
                          names=oa.FIELD_NAMES | {"max_new_tokens": field, "prompt": "messages"})
 
@@ -241,15 +246,35 @@ def _prompt_only(out: RequestOutput) -> RequestOutput:
                    top_logprobs=None if out.top_logprobs is None else [], finish_reason=FinishReason.LENGTH)
 
 
+class _Streamed:
+    """What a stream keeps of one choice's updates (DELTA's: each has only what is new): its
+    token ids, which usage counts, and where its text ends, where its next token's starts."""
+
+    def __init__(self) -> None:
+        self.token_ids: list[int] = []
+        self.text_end = 0
+        self.last: RequestOutput | None = None
+
+    def add(self, out: RequestOutput) -> None:
+        self.token_ids += out.delta_token_ids
+        if out.token_text_ends:
+            self.text_end = out.token_text_ends[-1]
+        self.last = out
+
+    def whole(self) -> RequestOutput | None:
+        """The last update with the choice's token ids so far: what usage reads."""
+        return None if self.last is None else replace(self.last, token_ids=self.token_ids)
+
+
 def _echo(prompt, tokenizer) -> str:
     return prompt if isinstance(prompt, str) else tokenizer.decode(prompt)
 
 
-def _with_usage(event: dict, out, body) -> dict:
+def _with_usage(event: dict, choice: _Streamed, body) -> dict:
     """stream_options.continuous_usage_stats: usage on every chunk (vLLM's extension), that of
     the chunk's choice."""
     if body.stream_options and body.stream_options.include_usage:
-        event["usage"] = oa.usage([out]) if body.stream_options.continuous_usage_stats else None
+        event["usage"] = oa.usage([choice.whole()]) if body.stream_options.continuous_usage_stats else None
     return event
 
 

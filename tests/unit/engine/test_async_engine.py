@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from shardserve import AsyncEngine, EngineConfig, SamplingParams
+from shardserve import AsyncEngine, EngineConfig, OutputKind, SamplingParams
 from shardserve.errors import EngineDeadError
 
 
@@ -82,6 +82,25 @@ def test_a_request_id_reused_after_a_cancel_gets_only_its_own_updates(engine):
     expected, outs = asyncio.run(main())
     assert [o.request_id for o in outs] == ["reused"] * len(outs)
     assert outs[-1].finish_reason == "length" and outs[-1].token_ids == expected[-1].token_ids
+
+
+def test_a_stream_gets_the_output_kind_it_asks_for(engine, llama_llm):
+    params = SamplingParams(max_new_tokens=10, min_new_tokens=10, temperature=0.0, logprobs=True)
+    expected = llama_llm.generate(["the cat"], params)[0]
+
+    async def main(kind):
+        return [out async for out in engine.generate("the cat", params, output_kind=kind)]
+
+    delta = asyncio.run(main(OutputKind.DELTA))
+    assert len(delta) > 1 and "".join(o.text for o in delta) == expected.text
+    assert [t for o in delta for t in o.token_ids] == expected.token_ids
+    assert [v for o in delta for v in o.logprobs] == expected.logprobs
+    final = asyncio.run(main(OutputKind.FINAL))
+    assert len(final) == 1 and (final[0].text, final[0].token_ids) == (expected.text, expected.token_ids)
+    assert final[0].first_token_time is not None
+    with pytest.raises(ValueError, match="OutputKind"):  # refused by the caller, not the engine's loop
+        asyncio.run(main("partial"))
+    assert not engine.errored and asyncio.run(main(OutputKind.FINAL))[0].token_ids == expected.token_ids
 
 
 def test_generate_after_shutdown_fails_at_once(tiny_checkpoint):

@@ -48,6 +48,25 @@ def test_request_timer_observes_ttft_itl_and_tokens():
     assert 'shardserve_e2e_request_latency_seconds_count{model="m"} 1.0' in text
 
 
+def test_request_timer_takes_the_engines_first_token_time_from_a_final_output():
+    """A non-streaming request's only update comes at its end: the time to first token is the
+    engine's first_token_time, and the inter-token gaps share the time after it."""
+    metrics = ServerMetrics()
+    timer = RequestTimer(metrics, "m")
+    time.sleep(0.05)
+    first = time.perf_counter()
+    time.sleep(0.2)
+    timer.on_tokens(3, first_token_time=first)
+    text = metrics.render()[0].decode()
+
+    def value(name: str) -> float:
+        return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + '{model="m"}')))
+
+    assert 0.05 <= value("shardserve_time_to_first_token_seconds_sum") < 0.2
+    assert value("shardserve_inter_token_latency_seconds_count") == 2
+    assert value("shardserve_inter_token_latency_seconds_sum") >= 0.2
+
+
 def test_parse_locations():
     assert parse_locations(["/models/llama", "small=s3://b/opt/", "/x/model.tar.gz"]) == (
         ("llama", "/models/llama"), ("small", "s3://b/opt/"), ("model", "/x/model.tar.gz"))

@@ -52,7 +52,7 @@ class FakeEngine:
         self.release = asyncio.Event()
         self.seen: list[str] = []
 
-    async def generate(self, prompt, params, request_id):
+    async def generate(self, prompt, params, request_id, output_kind=None):
         self.seen.append(request_id)
         await self.release.wait()
         yield RequestOutput(request_id, prompt, [1], "x", [5], "x", [5], True)

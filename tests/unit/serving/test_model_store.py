@@ -124,7 +124,7 @@ def test_a_generation_model_knows_every_eos_id_the_engine_stops_on(tmp_path, mon
         tokenizer = SimpleNamespace(eos_token_id=2)
         model_config = SimpleNamespace(eos_token_id=2)
 
-        async def generate(self, prompt, params, request_id):
+        async def generate(self, prompt, params, request_id, output_kind=None):
             yield RequestOutput(request_id, prompt, [1], "x", [5], "x", [5], True)
 
         def shutdown(self):

@@ -178,16 +178,17 @@ def test_an_error_of_one_choice_aborts_the_others(client, model, monkeypatch, pa
     (a 500); at its third: mid-answer (a 500, or the stream's last event)."""
     generate, live = model.engine.generate, set()
 
-    async def failing(prompt, params, request_id):
-        """The engine's generation, but choice 1's (seed 8) fails at update `fail_at`."""
+    async def failing(prompt, params, request_id, output_kind):
+        """The engine's generation, but choice 1's (seed 8) fails at update `fail_at`, or at its
+        last if that comes first (an answer's only one: OutputKind.FINAL)."""
         live.add(request_id)
         try:
             updates = 0
             if params.seed == 8 and fail_at == 0:
                 raise RuntimeError("injected failure")
-            async for out in generate(prompt, params, request_id):
+            async for out in generate(prompt, params, request_id, output_kind=output_kind):
                 updates += 1
-                if params.seed == 8 and updates == fail_at:
+                if params.seed == 8 and (updates == fail_at or out.finished):
                     raise RuntimeError("injected failure")
                 yield out
         finally:
