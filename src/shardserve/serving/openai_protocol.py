@@ -1,9 +1,9 @@
 """OpenAI completions / chat schemas, their SamplingParams, and the response envelopes.
 
-Fields the engine cannot honour (tools, best_of > 1, suffix, a response_format other than text, n
-outside [1, MAX_CHOICES]) are rejected with a 400 naming them rather than silently ignored, as
-OpenAI's own API rejects what it does not know. The `n` choices of a prompt are n
-engine requests (choice_params): with a seed, choice j samples with seed + j, as in vLLM, so that
+Fields the engine cannot honour (best_of > 1, suffix, a response_format other than text, n
+outside [1, MAX_CHOICES], a tool_choice that needs guided decoding) are rejected with a 400 naming
+them rather than silently ignored, as OpenAI's own API rejects what it does not know. `tools`:
+serving/tool_calls.py. The `n` choices of a prompt are n engine requests (choice_params): with a seed, choice j samples with seed + j, as in vLLM, so that
 each choice is reproducible and they differ. Extensions, as in vLLM: top_k, min_p,
 repetition_penalty, min_tokens, ignore_eos, skip_special_tokens. Sampling fields a request leaves
 out take the model's generation_config.json values (engine/generation_config.py), as in vLLM.
@@ -139,10 +139,25 @@ class TextPart(Strict):
     text: str
 
 
+class FunctionCall(Strict):
+    name: str
+    arguments: str  # JSON text, as OpenAI's API carries it
+
+
+class ToolCall(Strict):
+    """A call an assistant message made, as clients send it back with the tool's result."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's
+    tool_call_id: str | None = None  # a tool's: the call it answers
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -167,8 +182,6 @@ class ChatCompletionRequest(_Sampling):
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.tools:
-            raise bad_request("tools: tool calling is not supported", "tools")
         check_top_logprobs("top_logprobs", self.top_logprobs)
         if self.top_logprobs and not self.logprobs:  # 0 asks for nothing: accepted, as vLLM does
             raise bad_request("top_logprobs: needs logprobs: true", "top_logprobs")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shardserve.serving.property_reader import PropertyReader
+from shardserve.serving.tool_parsers import PARSERS
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ OPTION_KEYS = (
     "model_id", "s3url", "tensor_parallel_degree", "dtype", "entryPoint", "rolling_batch",
     "max_rolling_batch_size", "max_model_len", "max_tokens", "model_loading_timeout",
     "predict_timeout", "install_requirements", "quantize", "output_formatter", "device_map",
-    "max_rolling_batch_prefill_tokens",
+    "max_rolling_batch_prefill_tokens", "enable_auto_tool_choice", "tool_call_parser",
 )
 # Our engine's own tuning knobs, passed to EngineConfig under the same name.
 ENGINE_OPTION_KEYS = (
@@ -86,6 +87,10 @@ class ServingConfig:
     install_requirements: bool = True
     output_formatter: str = "jsonlines"
     device_map: str | None = None
+    # OpenAI tool calling (serving/tool_calls.py): parse the calls of requests that give tools,
+    # with this tool_parsers.PARSERS format, as vLLM's --enable-auto-tool-choice.
+    enable_auto_tool_choice: bool = False
+    tool_call_parser: str | None = None
     engine_options: dict = field(default_factory=dict)
     # Every option.* as written (prefix stripped): custom handlers read their own keys here.
     options: dict = field(default_factory=dict)
@@ -186,6 +191,11 @@ def build_config(
     max_model_len = reader.integer("option.max_model_len", None, minimum=1)
     if max_model_len is None:
         max_model_len = reader.integer("option.max_tokens", None, minimum=1)
+    enable_tools = reader.boolean("option.enable_auto_tool_choice", False)
+    tool_call_parser = reader.choice("option.tool_call_parser", set(PARSERS), None)
+    if enable_tools and tool_call_parser is None:
+        raise reader.invalid("option.enable_auto_tool_choice",
+                             f"needs option.tool_call_parser, one of {sorted(PARSERS)}")
     config = ServingConfig(
         name=name,
         artifact_dir=str(artifact_dir),
@@ -208,6 +218,8 @@ def build_config(
         install_requirements=reader.boolean("option.install_requirements", True),
         output_formatter=reader.choice("option.output_formatter", OUTPUT_FORMATTERS, "jsonlines"),
         device_map=reader.text("option.device_map"),
+        enable_auto_tool_choice=enable_tools,
+        tool_call_parser=tool_call_parser,
         engine_options=_engine_options(reader),
         options=options,
         unknown_keys=tuple(sorted(_unknown(reader))),

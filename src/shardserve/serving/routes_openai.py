@@ -24,6 +24,7 @@ from shardserve.serving.chat import chat_prompt_ids
 from shardserve.serving.generation import respond
 from shardserve.serving.http_errors import bad_request
 from shardserve.serving.model_store import ServedModel
+from shardserve.serving.tool_calls import tool_use
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["openai"])
 
@@ -129,17 +130,17 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request):
     if body.response_format is not None and body.response_format.type != "text":
         raise bad_request("response_format: only text is supported", "response_format")
     tokenizer = model.engine.tokenizer
-    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    prompt = chat_prompt_ids(tokenizer, messages)
+    use = tool_use(body.tools, body.tool_choice, model.config)
+    messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    prompt = chat_prompt_ids(tokenizer, messages, use.tools)
     field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     max_tokens = getattr(body, field)
     if max_tokens is None:  # OpenAI's default: as much as the context leaves
         max_tokens = _default_max_tokens(model, prompt, tokenizer)
     body.check_supported()
     _check_capacity(model, 1, body.choices)
-    params = body.choice_params(body.sampling_params(max_tokens, body.logprobs, field,
-                                                     top_logprobs=body.top_logprobs or 0,
-                                                     defaults=model.sampling_defaults))
+    params = [use.adjust(p) for p in body.choice_params(body.sampling_params(
+        max_tokens, body.logprobs, field, top_logprobs=body.top_logprobs or 0, defaults=model.sampling_defaults))]
     rid, name = oa.new_id("chatcmpl"), model.name
     streamed = [_Streamed() for _ in params]  # each choice's, when streamed
 
@@ -152,24 +153,26 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request):
 
     def events_of(j: int):
         pending, so_far = olp.PendingTokens(), streamed[j]  # pending: its tokens that sent no chunk yet
+        tools = use.stream()  # its text -> content and tool call deltas
 
         def to_events(out, first):
             events = [chunk(j, {"role": "assistant", "content": ""})] if first else []
             pending.add(out)
             # Without text (held back) the update sends no chunk: its tokens go with the next one.
-            if out.delta_text or out.finished:
-                events.append(chunk(j, {"content": out.delta_text} if out.delta_text else {},
-                                    oa.openai_finish_reason(out.finish_reason), logprobs(*pending.take())))
+            delta, reason = tools.step(out.delta_text, out.finished, oa.openai_finish_reason(out.finish_reason))
+            if delta or out.finished:
+                events.append(chunk(j, delta, reason, logprobs(*pending.take())))
             so_far.add(out)
             return [_with_usage(e, so_far, body) for e in events]
 
         return to_events
 
     def to_body(finals):
-        choices = [{"index": j, "message": {"role": "assistant", "content": out.text},
-                    "finish_reason": oa.openai_finish_reason(out.finish_reason),
-                    "logprobs": logprobs(out.token_ids, out.logprobs, out.top_logprobs)}
-                   for j, out in enumerate(finals)]
+        choices = []
+        for j, out in enumerate(finals):
+            message, reason = use.message(out.text, oa.openai_finish_reason(out.finish_reason))
+            choices.append({"index": j, "message": message, "finish_reason": reason,
+                            "logprobs": logprobs(out.token_ids, out.logprobs, out.top_logprobs)})
         return oa.envelope("chat.completion", rid, name, choices, {"usage": oa.usage(finals, len(finals))})
 
     return await respond(request, model, [prompt] * len(params), params, stream=body.stream, sse=True,
