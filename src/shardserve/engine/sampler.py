@@ -106,8 +106,8 @@ class Sampler:
             )
         elif newest is not None:
             state[1].index_add_(0, newest, torch.ones_like(newest, dtype=torch.int32))
-        if prompt_ids:
-            state[0][on_device(prompt_ids, torch.int64, self.device)] = True
+        if prompt_ids:  # index_fill_: an indexed assignment of a Python bool would wait for the GPU
+            state[0].index_fill_(0, on_device(prompt_ids, torch.int64, self.device), True)
         return state
 
     def _generator_for(self, request_id: str, seed: int) -> torch.Generator:
