@@ -59,6 +59,7 @@ class OutputProcessor:
         state = self._states[request.request_id]
         if state.first_token_time is None:
             state.first_token_time = time.perf_counter()
+        old = len(state.tail)  # the held-back text that came before these tokens
         dropped = request.is_finished and request.stop_token_id is not None and bool(new_token_ids)
         for token_id in new_token_ids[:-1] if dropped else new_token_ids:  # the callers pass the newest
             state.tail += state.detokenizer.add(token_id)
@@ -69,9 +70,9 @@ class OutputProcessor:
             state.ends.append(state.chars + len(state.tail))
         stops = request.params.stop
         if stops and not state.stopped and len(request.output_token_ids) >= request.params.min_new_tokens:
-            # The tail only: a stop string that ends in the new text begins there, and the text
-            # let out was searched before (or came before min_new_tokens).
-            hits = [i for s in stops if (i := state.tail.find(s)) >= 0]
+            # Matches that end in the new text, so all begin in the tail: one that ended before
+            # was searched for then, or came before min_new_tokens and does not count.
+            hits = [i for s in stops if (i := state.tail.find(s, max(old - len(s) + 1, 0))) >= 0]
             if hits:
                 state.tail = state.tail[: min(hits)]
                 state.stopped = True

@@ -168,3 +168,7 @@ def test_a_stop_string_never_cuts_text_already_let_out(tokenizer):
     late = feed(tokenizer, OutputKind.CUMULATIVE, [c, d, a, b, c], SamplingParams(max_new_tokens=5, min_new_tokens=3,
                                                                                   stop=["ab"]))
     assert late[-1].text == "cd" and late[-1].finish_reason == FinishReason.STOP  # it counts from the 3rd token
+    # A longer stop string holds more text back: a shorter one that ended there below
+    # min_new_tokens still does not count once min_new_tokens is reached.
+    held = SamplingParams(max_new_tokens=4, min_new_tokens=3, stop=["ab", "zzzzz"])
+    assert feed(tokenizer, OutputKind.FINAL, [a, b, c, d], held)[-1].text == "abcd"
