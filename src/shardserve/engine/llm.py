@@ -60,17 +60,23 @@ def encode_prompt(tokenizer, prompt: Prompt, params: SamplingParams, vocab_size:
             raise RequestError(f"prompt token ids must be integers in [0, {vocab_size})")
     if not token_ids:
         raise RequestError("prompt must not be empty")
-    if not all(t < vocab_size for t in params.stop_token_ids):
-        raise RequestError(f"stop_token_ids must be integers in [0, {vocab_size}), got {list(params.stop_token_ids)}",
-                           "stop_token_ids")
-    if beyond := [t for t, _ in params.logit_bias if t >= vocab_size]:
-        raise RequestError(f"logit_bias token ids must be integers in [0, {vocab_size}), got {beyond}", "logit_bias")
+    check_params_token_ids(params, vocab_size)
     if len(token_ids) + params.max_new_tokens > max_model_len:
         raise RequestError(
             f"prompt has {len(token_ids)} tokens + max_new_tokens {params.max_new_tokens} "
             f"= {len(token_ids) + params.max_new_tokens} > max_model_len {max_model_len}"
         )
     return token_ids
+
+
+def check_params_token_ids(params: SamplingParams, vocab_size: int) -> None:
+    """The request's own token ids (stop ids, logit_bias ids) against the vocabulary: a step would
+    index past its logits with one beyond it, and that stops the engine. RequestError names it."""
+    if not all(t < vocab_size for t in params.stop_token_ids):
+        raise RequestError(f"stop_token_ids must be integers in [0, {vocab_size}), got {list(params.stop_token_ids)}",
+                           "stop_token_ids")
+    if beyond := [t for t, _ in params.logit_bias if t >= vocab_size]:
+        raise RequestError(f"logit_bias token ids must be integers in [0, {vocab_size}), got {beyond}", "logit_bias")
 
 
 class LLM:
@@ -143,7 +149,11 @@ class LLM:
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         if request_id in self.scheduler.requests:
             raise ValueError(f"request_id {request_id!r} is already running")
-        token_ids = prompt_token_ids if prompt_token_ids is not None else self.encode(prompt, params)
+        if prompt_token_ids is None:
+            token_ids = self.encode(prompt, params)
+        else:  # encoded by the caller (encode_prompt checked the prompt), perhaps with other params
+            token_ids = prompt_token_ids
+            check_params_token_ids(params, self.model_config.vocab_size)
         request = Request(request_id, token_ids, params, prompt=prompt if isinstance(prompt, str) else None,
                           output_kind=OutputKind(output_kind))
         self.outputs.add(request)

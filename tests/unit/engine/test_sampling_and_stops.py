@@ -77,6 +77,13 @@ def test_logit_bias_ids_past_the_vocabulary_are_refused_by_name(llama_llm):
     with pytest.raises(ValueError, match=refused) as e:
         llama_llm.generate(["hello"], SamplingParams(logit_bias={vocab - 1: 1.0, vocab: 1.0}))
     assert e.value.field == "logit_bias"
+    # Prompt ids encoded beforehand (as AsyncEngine does, with encode()) skip encode_prompt: the
+    # params' ids are checked all the same, and the engine serves on.
+    ids = llama_llm.encode("hello", SamplingParams())
+    for bad in (SamplingParams(logit_bias={vocab: 1.0}), SamplingParams(stop_token_ids=[vocab])):
+        with pytest.raises(ValueError, match=rf"must be integers in \[0, {vocab}\)"):
+            llama_llm.add_request("bad", "hello", bad, prompt_token_ids=ids)
+    assert len(llama_llm.generate(["hello"], SamplingParams(max_new_tokens=3, ignore_eos=True))[0].token_ids) == 3
 
 
 def test_logit_bias_forces_and_bans_tokens_beside_an_unbiased_request(llama_llm):
