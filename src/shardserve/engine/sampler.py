@@ -29,11 +29,13 @@ class Sampler:
         # Per request with a penalty, what the penalties count, kept here so that no step
         # re-sends the sequence: (prompt tokens: bool [vocab], output token counts: int32 [vocab]).
         self._penalty_state: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._logit_bias: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # logit_bias_tensors
 
     def forget(self, request_ids: list[str]) -> None:
         for rid in request_ids:
             self._request_generators.pop(rid, None)
             self._penalty_state.pop(rid, None)
+            self._logit_bias.pop(rid, None)
 
     def __call__(
         self, logits: torch.Tensor, request_ids: list[str], infos: list[SamplingInfo],
@@ -68,7 +70,7 @@ class Sampler:
                 prompt, counts = self._penalties_of(request_ids[row], info.penalty_token_ids, newest, logits.shape[1])
                 _apply_penalties(logits[row], prompt, counts, info)
             if info.logit_bias:
-                add_logit_bias(logits[row], info.logit_bias)
+                add_logit_bias(logits[row : row + 1], self._bias_of(request_ids[row], info.logit_bias))
             # Last, so that no bias brings back a token min_new_tokens hides. index_fill_: an
             # indexed assignment of a Python float copies it up from pageable memory (a sync).
             if info.suppress_token_ids:
@@ -110,6 +112,13 @@ class Sampler:
             state[0].index_fill_(0, on_device(prompt_ids, torch.int64, self.device), True)
         return state
 
+    def _bias_of(self, request_id: str, bias: tuple[tuple[int, float], ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The request's logit_bias on the device: copied up at its first sampled token only."""
+        tensors = self._logit_bias.get(request_id)
+        if tensors is None:
+            tensors = self._logit_bias[request_id] = logit_bias_tensors(bias, self.device)
+        return tensors
+
     def _generator_for(self, request_id: str, seed: int) -> torch.Generator:
         gen = self._request_generators.get(request_id)
         if gen is None:
@@ -144,12 +153,17 @@ def on_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.T
     return torch.tensor(values, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
 
 
-def add_logit_bias(logits: torch.Tensor, bias: tuple[tuple[int, float], ...]) -> torch.Tensor:
-    """logits [..., vocab], in place and returned: each (token id, bias) pair's bias added to that
-    token's logit in every row (SamplingParams.logit_bias). Both engines' rule; nothing waits."""
-    ids = on_device([t for t, _ in bias], torch.int64, logits.device)
-    logits[..., ids] += on_device([b for _, b in bias], logits.dtype, logits.device)
-    return logits
+def logit_bias_tensors(bias: tuple[tuple[int, float], ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """SamplingParams.logit_bias on the device, copied up without waiting: (token ids int64 [k],
+    biases float32 [k]). Made once per request (both engines) and added with add_logit_bias."""
+    return on_device([t for t, _ in bias], torch.int64, device), on_device([b for _, b in bias], torch.float32, device)
+
+
+def add_logit_bias(logits: torch.Tensor, bias: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """logits [rows, vocab], in place and returned: each bias added to its token's logit in every
+    row (the ids are distinct: SamplingParams checks). Both engines' rule."""
+    ids, values = bias
+    return logits.index_add_(1, ids, values.to(logits.dtype).expand(logits.shape[0], -1))
 
 
 def _apply_penalties(row: torch.Tensor, prompt: torch.Tensor, counts: torch.Tensor, info: SamplingInfo) -> None:

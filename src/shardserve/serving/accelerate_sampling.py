@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from shardserve.engine.request import Request
-from shardserve.engine.sampler import add_logit_bias
+from shardserve.engine.sampler import add_logit_bias, logit_bias_tensors
 
 
 def sampling_key(request: Request):
@@ -40,6 +40,11 @@ class LogitBias:
 
     def __init__(self, bias: tuple[tuple[int, float], ...]):
         self.bias = bias
+        self._tensors: tuple[torch.Tensor, torch.Tensor] | None = None  # on the scores' device, once
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        return add_logit_bias(scores, self.bias) if self.bias else scores
+        if not self.bias:
+            return scores
+        if self._tensors is None:
+            self._tensors = logit_bias_tensors(self.bias, scores.device)
+        return add_logit_bias(scores, self._tensors)
