@@ -3,10 +3,12 @@ engine/prefill_graphs.py PrefillGraphs.stage), replays stubbed out: no GPU neede
 
     PYTHONPATH=src python3 benchmarks/graph_staging.py
 
-Sequences keep their rows from step to step, as in a steady decode batch. "whole rows" gives them
-no table id, so every row's block table is written in full (what every step cost before block
-tables were written incrementally); "new blocks only" gives each its table's id. A tree whose
-ScheduledSeq has no table_id (an older commit on PYTHONPATH) measures "whole rows" twice.
+Sequences keep their rows and tables from step to step, as in a steady decode batch (where a
+table gains a block every 16 tokens; here none do, so "new blocks only" writes no block). "whole
+rows" gives them no table id, so every row's block table is written in full (what every step
+cost before block tables were written incrementally); "new blocks only" gives each its table's
+id. A tree whose ScheduledSeq has no table_id (an older commit on PYTHONPATH) measures "whole
+rows" twice.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 
     PYTHONPATH=src python3 benchmarks/host_bound.py [--model opt-125m] [--requests 64]
 
-Variants, in one process on the same engine settings:
+Variants, each in its own process (an engine's KV cache takes the GPU's free memory until its
+process ends), on the same engine settings:
 - "cumulative, whole rows": every step builds each request's cumulative output and writes every
   block-table row whole, which is what every step cost before output kinds and table ids;
 - "delta, whole rows": DELTA outputs (what the server's streams ask);

@@ -94,8 +94,6 @@ def test_prefill_graphs_replay_mixed_steps_of_a_full_batch(tiny_checkpoint):
     assert outs[False] == outs[True]
 
 
-
-
 def test_graphs_through_preemptions_write_the_block_tables_right(tiny_checkpoint, monkeypatch):
     """Too few KV blocks for the batch: requests are preempted and come back with new block tables
     in rows other requests held. The graphs write only the blocks a row lacks (table ids); a stale

@@ -6,19 +6,11 @@ from __future__ import annotations
 
 import torch
 
+from helpers.sampling_info import info
 from shardserve.engine.sampler import Sampler, _processed_probs, read_samples
-from shardserve.engine.sampling_params import SamplingParams
 from shardserve.engine.scheduler import SamplingInfo
 
 VOCAB = 3000
-
-
-def info(**kw) -> SamplingInfo:
-    base = dict(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0,
-                presence_penalty=0.0, frequency_penalty=0.0, seed=None, logprobs=False, top_logprobs=0,
-                penalty_token_ids=[], suppress_token_ids=[], logit_bias=())
-    base.update(kw)
-    return SamplingInfo(greedy=SamplingParams(temperature=base["temperature"], top_k=base["top_k"]).greedy, **base)
 
 
 def batch(first_step: bool) -> tuple[list[str], list[SamplingInfo]]:
@@ -26,10 +18,10 @@ def batch(first_step: bool) -> tuple[list[str], list[SamplingInfo]]:
     suppression, top-k / top-p / min-p, seeded and unseeded draws, logprobs with top ones."""
     prompt = [5, 17, 250, 2999] if first_step else []
     rows = {
-        "greedy": info(logprobs=True, top_logprobs=3),
-        "penalised": info(repetition_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.2,
+        "greedy": info(temperature=0.0, logprobs=True, top_logprobs=3),
+        "penalised": info(temperature=0.0, repetition_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.2,
                           penalty_token_ids=prompt),
-        "biased": info(logit_bias=((7, 100.0), (11, -100.0)), suppress_token_ids=[7, 2]),
+        "biased": info(temperature=0.0, logit_bias=((7, 100.0), (11, -100.0)), suppress_token_ids=[7, 2]),
         "filtered": info(temperature=0.8, top_k=40, top_p=0.9, min_p=0.05, seed=3),
         "unseeded": info(temperature=1.2, logprobs=True),
     }
@@ -43,6 +35,7 @@ def test_a_step_never_waits_for_the_gpu():
     for step in range(3):  # the first step creates the per-request state; later ones add to it
         ids, infos = batch(first_step=step == 0)
         logits = torch.randn(len(ids), VOCAB, device=device, generator=gen) * 3
+        logits[2, 11] = 50.0  # the biased row's argmax, but for its -100
         last = torch.randint(0, VOCAB, (len(ids),), device=device, generator=gen)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")  # any host wait raises

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 import torch
 
 from shardserve.engine.cuda_graphs import DecodeGraphs
@@ -57,17 +58,23 @@ def test_block_manager_gives_each_new_table_a_new_id():
     assert manager.allocate(a, 3) and a.table_id not in (first, b.table_id)
 
 
-def test_staged_tables_equal_the_scheduler_tables_through_preemptions():
+@pytest.mark.parametrize("prefix_caching", [False, True])
+def test_staged_tables_equal_the_scheduler_tables_through_preemptions(prefix_caching):
     """A real scheduler with too few blocks for its requests, so it preempts and readmits them
-    while rows shift between steps; every staged row must equal the sequence's block table."""
+    while rows shift between steps (with prefix caching, readmitted requests and ones sharing a
+    prompt prefix reuse cached blocks); every staged row must equal the sequence's block table,
+    and every prefill token's cache slot must be its position's in that table."""
     block = 4
-    manager = BlockManager(num_blocks=40, block_size=block, enable_prefix_caching=False)
+    manager = BlockManager(num_blocks=40, block_size=block, enable_prefix_caching=prefix_caching)
     scheduler = Scheduler(manager, max_num_seqs=6, max_num_batched_tokens=64, max_model_len=200,
                           enable_chunked_prefill=True, eos_token_ids=(2,))
     rng = random.Random(0)
+    shared = [rng.randrange(3, 500) for _ in range(12)]
+    requests = []
     for i in range(10):
-        prompt = [rng.randrange(3, 500) for _ in range(rng.randint(3, 30))]
-        scheduler.add(Request(f"r{i}", prompt, SamplingParams(max_new_tokens=rng.randint(8, 60), ignore_eos=True)))
+        prompt = shared[: rng.randint(0, 12)] + [rng.randrange(3, 500) for _ in range(rng.randint(3, 30))]
+        requests.append(Request(f"r{i}", prompt, SamplingParams(max_new_tokens=rng.randint(8, 60), ignore_eos=True)))
+        scheduler.add(requests[-1])
     width = 200 // block + 1
     decode = DecodeGraphs(torch.nn.Identity(), torch.device("cpu"), 6, width, torch.empty(6, 1))
     decode.graphs = {b: _NoGraph() for b in decode.buckets}
@@ -82,12 +89,17 @@ def test_staged_tables_equal_the_scheduler_tables_through_preemptions():
             else:
                 assert prefill.can_run(out.seqs)
                 prefill.stage(out.seqs, block)
+                positions = [s.start_pos + j for s in out.seqs for j in range(len(s.token_ids))]
+                blocks = [s.block_ids for s in out.seqs for _ in s.token_ids]
+                want = [b[p // block] * block + p % block for b, p in zip(blocks, positions, strict=True)]
+                assert prefill.inputs.np64[2, : len(want)].tolist() == want
             staged = (decode if kind == "decode" else prefill).tables.tables
             for row, seq in enumerate(out.seqs):
                 assert staged[row, : len(seq.block_ids)].tolist() == seq.block_ids, (kind, row)
             steps[kind] += 1
         scheduler.update(out, {s.request_id: (rng.randrange(3, 500), None) for s in out.seqs if s.sampling})
     assert scheduler.num_preemptions > 0 and steps["decode"] > 20 and steps["mixed"] > 5
+    assert (sum(r.num_cached_tokens for r in requests) > 0) == prefix_caching
 
 
 class _NoGraph:

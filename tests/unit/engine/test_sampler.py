@@ -1,18 +1,8 @@
 import pytest
 import torch
 
+from helpers.sampling_info import info
 from shardserve.engine.sampler import Sampler, _processed_probs
-from shardserve.engine.sampling_params import SamplingParams
-from shardserve.engine.scheduler import SamplingInfo
-
-
-def info(**kw) -> SamplingInfo:
-    base = dict(temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0,
-                presence_penalty=0.0, frequency_penalty=0.0, seed=None,
-                logprobs=False, top_logprobs=0, penalty_token_ids=[], suppress_token_ids=[], logit_bias=())
-    base.update(kw)
-    greedy = SamplingParams(temperature=base["temperature"], top_k=base["top_k"]).greedy
-    return SamplingInfo(greedy=greedy, **base)
 
 
 def random_logits(rows: int, vocab: int = 50, seed: int = 0) -> torch.Tensor:
@@ -48,7 +38,6 @@ def test_top_k_and_top_p_restrict_the_support():
 
 
 MIXED_MIN_P = (0.0, 0.05, 0.3, 1.0)
-
 
 
 def test_top_p_1_keeps_every_token_however_small():
