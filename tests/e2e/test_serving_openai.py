@@ -195,3 +195,34 @@ def test_bad_logit_bias_is_a_400_naming_it(oai, model):
             with pytest.raises(openai.BadRequestError) as e:
                 create(model=model, max_tokens=1, logit_bias=bias, **extra)
             assert e.value.body["param"] == "logit_bias" and message in e.value.message, e.value.body
+
+
+@pytest.mark.parametrize("model", ["llama", "gpt2"])  # our engine; the Accelerate engine
+@pytest.mark.parametrize("extra", [{}, {"echo": True}, {"stop": ["a", "e "]}, {"n": 3, "seed": 1, "temperature": 1.0},
+                                   {"echo": True, "max_tokens": 0, "n": 2}],
+                         ids=["plain", "echo", "stop", "n-sampled", "scored"])
+def test_a_streamed_completion_adds_up_to_the_answer(oai, model, extra):
+    """A stream is built from the engine's DELTA updates, an answer from its FINAL one: chunk by
+    chunk, text, tokens, logprobs, alternatives, text offsets and finish reasons must add up to
+    the answer's, and the closing usage must equal it (continuous usage counting up per choice)."""
+    body = {"model": model, "prompt": "hello there", "max_tokens": 10, "logprobs": 2, **GREEDY, **extra}
+    whole = oai.completions.create(**body)
+    chunks = list(oai.completions.create(**body, stream=True, stream_options={
+        "include_usage": True, "continuous_usage_stats": True}))
+    fields = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
+    merged = {c.index: {"text": "", "finish_reason": None, **{f: [] for f in fields}} for c in whole.choices}
+    counts = {c.index: [] for c in whole.choices}
+    for chunk in chunks[:-1]:
+        [choice] = chunk.choices
+        m = merged[choice.index]
+        m["text"] += choice.text
+        m["finish_reason"] = choice.finish_reason or m["finish_reason"]
+        for f in fields:
+            m[f] += getattr(choice.logprobs, f) if choice.logprobs else []
+        counts[choice.index].append(chunk.usage.completion_tokens)
+    assert not chunks[-1].choices and chunks[-1].usage == whole.usage
+    for choice in whole.choices:
+        want = {"text": choice.text, "finish_reason": choice.finish_reason,
+                **{f: getattr(choice.logprobs, f) for f in fields}}
+        assert merged[choice.index] == want, choice.index
+        assert counts[choice.index] == sorted(counts[choice.index])

@@ -271,7 +271,7 @@ class _Rows:
         if self.outputs.new_text(request, [token]):
             self._finish(request, FinishReason.STOP)
         self.done[i] = request.is_finished
-        if (out := self.outputs.output(request)) is not None:  # None: a FINAL request's, while it runs
+        if (out := self.outputs.output(request)) is not None:  # None: FINAL's, while it runs
             pending.send(out)
 
     @staticmethod

@@ -64,7 +64,7 @@ class RequestTimer:
         if self.tokens == 0:
             first = now if first_token_time is None else first_token_time
             self.metrics.ttft.labels(self.model).observe(first - self.start)
-            since, gaps = first, n - 1  # the first token has no gap; the others share the time since
+            since, gaps = first, n - 1  # the first token has no gap; the others share the rest
         for _ in range(gaps):  # several tokens in one update share the gap
             self.metrics.itl.labels(self.model).observe((now - since) / gaps)
         self.tokens += n

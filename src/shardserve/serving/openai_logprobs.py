@@ -113,17 +113,16 @@ def delta_top_logprobs(out: RequestOutput) -> list[TopLogprobs] | None:
     return out.new_entries(out.top_logprobs)
 
 
-def text_offsets(out: RequestOutput, start: int = 0, new_only: bool = False, before: int = 0) -> list[int]:
-    """OpenAI's `text_offset`: where each generated token's text starts in the returned text,
-    `start` being the echoed prompt's length; that is where the token before it ends
-    (RequestOutput.token_text_ends). A token that only completes a character begun by the one
-    before it starts where that character does; the tokens of a stop string that cut the text start
-    at or past its end (they stay in `tokens`, as in vLLM). new_only: the offsets of the update's
-    new tokens alone (a streamed chunk's). before: where the text of the tokens before `out`'s
-    ends, when `out` lacks them (a DELTA update: the last token_text_ends of the one before)."""
+def text_offsets(out: RequestOutput, start: int = 0, before: int = 0) -> list[int]:
+    """OpenAI's `text_offset` of out's tokens (a DELTA update's: its new ones): where each
+    generated token's text starts in the returned text, `start` being the echoed prompt's length;
+    that is where the token before it ends (RequestOutput.token_text_ends). A token that only
+    completes a character begun by the one before it starts where that character does; the tokens
+    of a stop string that cut the text start at or past its end (they stay in `tokens`, as in
+    vLLM). before: where the text of the tokens before out's ends (a DELTA update's: the last
+    token_text_ends of the updates before it)."""
     ends = out.token_text_ends
-    first = len(out.token_ids) - len(out.delta_token_ids) if new_only else 0
-    return [start + (ends[i - 1] if i else before) for i in range(first, len(out.token_ids))]
+    return [start + (ends[i - 1] if i else before) for i in range(len(out.token_ids))]
 
 
 class PendingTokens:

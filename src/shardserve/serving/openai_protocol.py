@@ -3,9 +3,10 @@
 Fields the engine cannot honour (best_of > 1, suffix, a response_format other than text, n
 outside [1, MAX_CHOICES], a tool_choice that needs guided decoding) are rejected with a 400 naming
 them rather than silently ignored, as OpenAI's own API rejects what it does not know. `tools`:
-serving/tool_calls.py. The `n` choices of a prompt are n engine requests (choice_params): with a seed, choice j samples with seed + j, as in vLLM, so that
-each choice is reproducible and they differ. Extensions, as in vLLM: top_k, min_p,
-repetition_penalty, min_tokens, ignore_eos, skip_special_tokens. Sampling fields a request leaves
+serving/tool_calls.py. The `n` choices of a prompt are n engine requests (choice_params): with a
+seed, choice j samples with seed + j, as in vLLM, so that each choice is reproducible and they
+differ. Extensions, as in vLLM: top_k, min_p, repetition_penalty, min_tokens, ignore_eos,
+skip_special_tokens. Sampling fields a request leaves
 out take the model's generation_config.json values (engine/generation_config.py), as in vLLM.
 `logit_bias` (token ids as strings, JSON keys, -> biases in [-100, 100]) is added to those tokens'
 logits before sampling; logprobs stay the model's own, as in vLLM.
@@ -90,7 +91,7 @@ class _Sampling(Strict):
             top_logprobs=top_logprobs, logit_bias=self.token_biases(),
         )
 
-    def token_biases(self) -> dict[int, float] | None:
+    def token_biases(self) -> list[tuple[int, float]] | None:
         """logit_bias by token id: JSON keys are strings; SamplingParams checks ids and biases."""
         if self.logit_bias is None:
             return None
@@ -98,7 +99,8 @@ class _Sampling(Strict):
             if not (key.isascii() and key.isdigit()):
                 raise bad_request(f"logit_bias: keys must be token ids (strings of integers >= 0), got {key!r}",
                                   "logit_bias")
-        return {int(key): bias for key, bias in self.logit_bias.items()}
+        # Pairs, not a dict: "1" and "01" name one id, which SamplingParams refuses to see twice.
+        return [(int(key), bias) for key, bias in self.logit_bias.items()]
 
     @property
     def choices(self) -> int:
@@ -158,11 +160,6 @@ class ChatMessage(Strict):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None  # an assistant's
     tool_call_id: str | None = None  # a tool's: the call it answers
-
-    def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
-        return self.content or ""
 
 
 class ResponseFormat(Strict):

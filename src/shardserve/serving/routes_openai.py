@@ -98,7 +98,7 @@ async def completions(body: oa.CompletionRequest, request: Request):
         def to_events(out, first):
             out = view(out)
             prefix = echo if first else ""  # the choice's first chunk
-            offsets = olp.text_offsets(out, len(echo), new_only=True, before=so_far.text_end)
+            offsets = olp.text_offsets(out, len(echo), before=so_far.text_end)
             lp = logprobs(k, out, out.delta_token_ids, olp.delta_logprobs(out), olp.delta_top_logprobs(out),
                           offsets, first)
             so_far.add(out)
@@ -152,7 +152,7 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request):
             {"index": j, "delta": delta, "finish_reason": finish_reason, "logprobs": lp}])
 
     def events_of(j: int):
-        pending, so_far = olp.PendingTokens(), streamed[j]  # pending: its tokens that sent no chunk yet
+        pending, so_far = olp.PendingTokens(), streamed[j]  # pending: tokens that sent no chunk yet
         tools = use.stream()  # its text -> content and tool call deltas
 
         def to_events(out, first):

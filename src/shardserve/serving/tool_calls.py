@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 from shardserve.engine.sampling_params import SamplingParams
 from shardserve.serving.http_errors import bad_request
-from shardserve.serving.tool_parsers import PARSERS, ToolCall, ToolParser
+from shardserve.serving.tool_parsers import PARSERS, ToolParser
 
 ENABLE_OPTION = "option.enable_auto_tool_choice"
 PARSER_OPTION = "option.tool_call_parser"
@@ -50,7 +50,7 @@ def _check_tool(tool, field: str) -> None:
     function = tool.get("function")
     if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
         raise bad_request(f"{field}.function.name: required, a non-empty string", f"{field}.function.name")
-    if not isinstance(function.get("parameters", {}), dict):
+    if not isinstance(function.get("parameters") or {}, dict):  # null: none, as omitted
         raise bad_request(f"{field}.function.parameters: must be a JSON Schema object",
                           f"{field}.function.parameters")
 
@@ -99,7 +99,6 @@ class ToolStream:
         self.text = ""
         self.sent = 0  # the characters of text sent as content
         self.in_call = False
-        self.calls: list[ToolCall] = []
 
     def step(self, delta_text: str, finished: bool, finish_reason: str | None = None) -> tuple[dict, str | None]:
         """The chunk delta for this update ({} when it has nothing to send) and the finish
@@ -115,10 +114,10 @@ class ToolStream:
             content, self.sent = self.text[self.sent:end], end
         delta: dict = {}
         if finished:
-            whole, self.calls = self.parser.parse(self.text)
+            whole, calls = self.parser.parse(self.text)
             content += (whole or "")[self.sent:]  # what was held back, and a malformed call
-            if self.calls:
-                delta["tool_calls"] = [{"index": i, **c.as_dict()} for i, c in enumerate(self.calls)]
+            if calls:
+                delta["tool_calls"] = [{"index": i, **c.as_dict()} for i, c in enumerate(calls)]
                 finish_reason = "tool_calls"
         if content:
             delta = {"content": content, **delta}

@@ -3,8 +3,9 @@
 Each parser finds where a tool call begins in the text (`start`) and reads the calls from there
 to the end (`_calls`): text before the first call is content; text between or after calls is
 dropped, as in vLLM. Anything malformed after a marker leaves the whole text as content: a parser
-never raises on model output. Streaming (tool_calls.ToolStream) needs only `start` and `marker`:
-plain text is let out as it comes, a suffix that may begin the marker is held back.
+never raises on model output. Streaming (tool_calls.ToolStream) lets plain text out as it comes
+but for a suffix that may begin a call (`hold`), stops at a call's beginning (`start`), and parses
+the whole text at the end (`parse`), as a finished output.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ class ToolParser:
             return text, []
         try:
             calls = self._calls(text[i:])
-        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):  # malformed: no call
-            calls = []
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+            calls = []  # malformed: no call
         if not calls:
             return text, []
         return text[:i] or None, calls
@@ -72,7 +73,8 @@ class ToolParser:
     def _call(self, obj, args_key: str = "arguments") -> ToolCall:
         """{"name": str, args_key: object} -> a ToolCall; TypeError when it is not that shape."""
         name = obj.get("name") if isinstance(obj, dict) else None
-        args = obj.get(args_key, {}) if name else None  # a function without parameters may omit them
+        # A function without parameters may omit them.
+        args = obj.get(args_key, {}) if name else None
         if not isinstance(name, str) or not name or not isinstance(args, dict):
             raise TypeError(f"not a tool call: {obj!r}")
         return ToolCall(self.new_id(), name, json.dumps(args, ensure_ascii=False))

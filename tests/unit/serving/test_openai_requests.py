@@ -8,7 +8,13 @@ import pytest
 
 from helpers.served_app import artifact, post_ok, served, sse_chunks
 from shardserve.engine.output_processor import OutputProcessor
-from shardserve.engine.request import FinishReason, Request, RequestOutput, RequestStatus
+from shardserve.engine.request import (
+    FinishReason,
+    OutputKind,
+    Request,
+    RequestOutput,
+    RequestStatus,
+)
 from shardserve.engine.sampling_params import SamplingParams
 from shardserve.serving import openai_logprobs as olp
 from shardserve.serving import openai_protocol as oa
@@ -194,10 +200,11 @@ def test_delta_top_logprobs_and_pending_tokens_add_up_to_the_whole_answers():
     assert pending.take() == (ids, lps, None)
 
 
-def _detokenised(tokenizer, token_ids: list[int], steps: list[int]) -> list[RequestOutput]:
+def _detokenised(tokenizer, token_ids: list[int], steps: list[int],
+                 kind: OutputKind = OutputKind.CUMULATIVE) -> list[RequestOutput]:
     """The engine's own updates (its output processor) of a generation whose i-th update adds
     steps[i] tokens, ending by length."""
-    request = Request("r", [0], SamplingParams(max_new_tokens=len(token_ids)))
+    request = Request("r", [0], SamplingParams(max_new_tokens=len(token_ids)), output_kind=kind)
     outputs = OutputProcessor(tokenizer)
     outputs.add(request)
     outs, n = [], 0
@@ -219,9 +226,12 @@ def test_text_offsets_are_where_each_tokens_text_starts_streamed_or_not():
     whole = olp.text_offsets(_detokenised(tok, ids, [6])[0], start=3)
     assert whole == [3, 5, 5, 6, 9, 12]  # "Hi" is 2 characters, "é" 1, " th" 3, "ere" 3
     assert "Hié there!"[5 - 3] == "é" and "Hié there!"[9 - 3:12 - 3] == "ere"
-    outs = _detokenised(tok, ids, [1, 1, 0, 3, 1])
-    streamed = [x for out in outs for x in olp.text_offsets(out, start=3, new_only=True)]
-    assert streamed == whole
+    for steps in ([1, 1, 0, 3, 1], [1] * 6, [2, 1, 2, 1]):  # a stream's DELTA updates
+        streamed, before = [], 0
+        for out in _detokenised(tok, ids, steps, OutputKind.DELTA):
+            streamed += olp.text_offsets(out, start=3, before=before)
+            before = out.token_text_ends[-1] if out.token_text_ends else before
+        assert streamed == whole, steps
 
 
 def test_logprobs_fields_out_of_range_are_400s_naming_them():

@@ -80,7 +80,7 @@ def test_openai_unsupported_fields_are_400():
             oa.CompletionRequest(prompt="x", **kw).sampling_params(4, False)
         assert e.value.param == field
     chat = oa.ChatCompletionRequest(messages=[{"role": "user", "content": [{"type": "text", "text": "a"}]}])
-    assert chat.messages[0].text() == "a"
+    assert chat.messages[0].content[0].text == "a"
 
 
 def test_openai_logit_bias_reaches_sampling_params_by_token_id():
@@ -93,6 +93,7 @@ def test_openai_logit_bias_reaches_sampling_params_by_token_id():
 @pytest.mark.parametrize("bias, message", [
     ({"a": 1.0}, "keys must be token ids"), ({"1.0": 1.0}, "keys must be token ids"),
     ({"-1": 1.0}, "keys must be token ids"), ({"5": 100.5}, "[-100, 100]"), ({"5": float("nan")}, "[-100, 100]"),
+    ({"1": 1.0, "01": 2.0}, "each token id once"),  # one id twice: not the last one silently
 ])
 def test_openai_logit_bias_errors_are_400_naming_it(bias, message):
     for request in (oa.CompletionRequest(prompt="x", logit_bias=bias),

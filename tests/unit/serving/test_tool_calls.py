@@ -217,6 +217,8 @@ def test_tool_use_of_a_request():
     assert (shown.tools, shown.parser) == ([WEATHER], None)
     assert tool_use(None, None, None) == ToolUse(None, None)
     assert tool_use([], "auto", OFF) == ToolUse(None, None)
+    no_parameters = {"type": "function", "function": {"name": "now", "parameters": None}}  # null: as omitted
+    assert tool_use([no_parameters], None, HERMES).tools == [no_parameters]
 
 
 # -- the prompt ---------------------------------------------------------------------------------
