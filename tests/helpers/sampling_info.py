@@ -12,5 +12,6 @@ def info(**kw) -> SamplingInfo:
                 presence_penalty=0.0, frequency_penalty=0.0, seed=None,
                 logprobs=False, top_logprobs=0, penalty_token_ids=[], suppress_token_ids=[], logit_bias=())
     base.update(kw)
+    base.setdefault("has_logit_bias", bool(base["logit_bias"]))
     greedy = SamplingParams(temperature=base["temperature"], top_k=base["top_k"]).greedy
     return SamplingInfo(greedy=greedy, **base)

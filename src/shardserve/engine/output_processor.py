@@ -22,7 +22,6 @@ from shardserve.engine.tokenizer import IncrementalDetokenizer
 @dataclass
 class _TextState:
     detokenizer: IncrementalDetokenizer
-    kind: OutputKind
     holdback: int
     # The text let out (no stop string can remove it any more): its pieces, kept unless the
     # request is DELTA's (whose outputs never hold it whole), and its length.
@@ -48,7 +47,6 @@ class OutputProcessor:
         p = request.params
         self._states[request.request_id] = _TextState(
             detokenizer=IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids, p.skip_special_tokens),
-            kind=request.output_kind,
             holdback=max((len(s) for s in p.stop), default=1) - 1,
         )
 
@@ -91,13 +89,13 @@ class OutputProcessor:
         cut = len(state.tail) if finished else max(len(state.tail) - state.holdback, 0)
         delta_text, state.tail = state.tail[:cut], state.tail[cut:]
         state.chars += cut
-        if delta_text and state.kind is not OutputKind.DELTA:
+        if delta_text and request.output_kind is not OutputKind.DELTA:
             state.pieces.append(delta_text)
-        if state.kind is OutputKind.FINAL and not finished:
+        if request.output_kind is OutputKind.FINAL and not finished:
             return None
         tokens, first = request.output_token_ids, state.sent_tokens
         state.sent_tokens = len(tokens)
-        delta = state.kind is OutputKind.DELTA
+        delta = request.output_kind is OutputKind.DELTA
         start = first if delta else 0  # where the output's "so far" fields start
         text = delta_text if delta else _text(state)
         token_ids = tokens[start:]
@@ -113,7 +111,7 @@ class OutputProcessor:
             text=text,
             token_ids=token_ids,
             # FINAL's first output is its only one: everything is new
-            delta_text=text if state.kind is OutputKind.FINAL else delta_text,
+            delta_text=text if request.output_kind is OutputKind.FINAL else delta_text,
             delta_token_ids=token_ids if start == first else tokens[first:],
             finished=finished,
             finish_reason=request.finish_reason,

@@ -62,14 +62,14 @@ class Sampler:
         always passes it when a row has a penalty; None: nothing is counted.
         """
         raw_logprobs = torch.log_softmax(logits, dim=-1) if any(i.logprobs for i in infos) else None
-        if any(i.has_penalty or i.suppress_token_ids or i.logit_bias for i in infos):
+        if any(i.has_penalty or i.suppress_token_ids or i.has_logit_bias for i in infos):
             logits = logits.clone()  # edited in place below; the caller's tensor stays as it was
         for row, info in enumerate(infos):
             if info.has_penalty:
                 newest = last_token_ids[row : row + 1] if last_token_ids is not None else None
                 prompt, counts = self._penalties_of(request_ids[row], info.penalty_token_ids, newest, logits.shape[1])
                 _apply_penalties(logits[row], prompt, counts, info)
-            if info.logit_bias:
+            if info.has_logit_bias:
                 add_logit_bias(logits[row : row + 1], self._bias_of(request_ids[row], info.logit_bias))
             # Last, so that no bias brings back a token min_new_tokens hides. index_fill_: an
             # indexed assignment of a Python float copies it up from pageable memory (a sync).
@@ -113,9 +113,11 @@ class Sampler:
         return state
 
     def _bias_of(self, request_id: str, bias: tuple[tuple[int, float], ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The request's logit_bias on the device: copied up at its first sampled token only."""
+        """The request's logit_bias on the device: copied up at its first sampled token, the one step
+        whose SamplingInfo carries the pairs."""
         tensors = self._logit_bias.get(request_id)
         if tensors is None:
+            assert bias, f"request {request_id}'s logit_bias was not sent with its first sampled token"
             tensors = self._logit_bias[request_id] = logit_bias_tensors(bias, self.device)
         return tensors
 

@@ -49,7 +49,10 @@ class SamplingInfo:
     # flight). So a step sends no per-request token list.
     penalty_token_ids: list[int]
     suppress_token_ids: list[int]  # EOS / stop ids while below min_new_tokens
-    logit_bias: tuple[tuple[int, float], ...]  # SamplingParams.logit_bias: (token id, bias) pairs
+    # SamplingParams.logit_bias's (token id, bias) pairs, sent, as the penalties' prompt, at the
+    # request's first sampled token only: the sampler keeps them on the device from then on.
+    logit_bias: tuple[tuple[int, float], ...]
+    has_logit_bias: bool
 
     @property
     def has_penalty(self) -> bool:
@@ -232,7 +235,8 @@ class Scheduler:
             top_logprobs=p.top_logprobs,
             penalty_token_ids=request.all_token_ids if p.repetition_penalty != 1.0 and first else [],
             suppress_token_ids=suppress,
-            logit_bias=p.logit_bias,
+            logit_bias=p.logit_bias if first else (),
+            has_logit_bias=bool(p.logit_bias),
         )
 
     def _preempt(self, request: Request) -> None:

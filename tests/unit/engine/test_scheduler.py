@@ -32,3 +32,16 @@ def test_without_chunking_a_step_takes_whole_prompts_up_to_the_budget_but_a_long
     scheduler.update(second, {"r0": (9, None), "r1": (9, None)})
     third = scheduler.schedule()
     assert [len(s.token_ids) for s in third.seqs] == [1, 1, 6, 6]  # within the budget: both prompts
+
+
+def test_logit_bias_pairs_go_to_the_ranks_with_the_first_sampled_token_only():
+    """The sampler keeps them on the device from then on; later steps send a flag, not the pairs."""
+    scheduler = Scheduler(BlockManager(8, 16), max_num_seqs=4, max_num_batched_tokens=64, max_model_len=64,
+                          enable_chunked_prefill=True, eos_token_ids=(2,))
+    scheduler.add(Request("r", [5, 6, 7], SamplingParams(max_new_tokens=4, logit_bias={9: 3.0, 4: -1.0})))
+    infos = []
+    for _ in range(3):
+        out = scheduler.schedule()
+        infos.append(out.seqs[0].sampling)
+        scheduler.update(out, {"r": (9, None)})
+    assert [(i.logit_bias, i.has_logit_bias) for i in infos] == [(((4, -1.0), (9, 3.0)), True), ((), True), ((), True)]
