@@ -16,6 +16,7 @@ import logging
 
 import torch
 
+from shardserve.engine import logprob_rows
 from shardserve.engine.prompt_logprobs import ROWS_PER_SLICE
 from shardserve.engine.request import Request
 
@@ -51,10 +52,8 @@ def _fill(model, request: Request) -> None:
     # Positions 0 .. P - 2: the last one predicts the first generated token.
     for lo in range(0, len(ids) - 1, ROWS_PER_SLICE):
         hi = min(lo + ROWS_PER_SLICE, len(ids) - 1)
-        logprobs = torch.log_softmax(logits[lo:hi].float(), dim=-1)
-        request.prompt_logprobs += logprobs.gather(1, targets[lo:hi, None]).squeeze(1).tolist()
+        rows = logprob_rows.pack(torch.log_softmax(logits[lo:hi].float(), dim=-1), targets[lo:hi], top or 0)
+        width, rows = rows.shape[1], rows.tolist()  # the layout our engine reads its rows in
+        request.prompt_logprobs += [row[0] for row in rows]
         if top:
-            best = logprobs.topk(top, dim=-1)
-            request.prompt_top_logprobs += [list(zip(i, v, strict=True))
-                                            for i, v in zip(best.indices.tolist(), best.values.tolist(), strict=True)]
-        del logprobs  # before the next slice's
+            request.prompt_top_logprobs += [logprob_rows.top_of(row, width, top) for row in rows]

@@ -47,8 +47,8 @@ def _template_message(message: dict, field: str) -> dict:
 
 
 def _text(content) -> str:
-    if isinstance(content, list):  # text parts, as dicts or the request's models
-        return "".join(part["text"] if isinstance(part, dict) else part.text for part in content)
+    if isinstance(content, list):  # text parts (the route passes them as dicts)
+        return "".join(part["text"] for part in content)
     return content or ""
 
 

@@ -51,7 +51,7 @@ async def completions(body: oa.CompletionRequest, request: Request):
     # legacy completions); the engine generates one token, which the answer leaves out.
     prompt_logprobs = body.logprobs if body.echo and want_logprobs else None
     score_only = body.echo and body.max_tokens == 0
-    view = _prompt_only if score_only else _as_is
+    view = _prompt_only if score_only else (lambda out: out)
 
     def prompt_params(prompt):
         if score_only:
@@ -236,10 +236,6 @@ def _check_capacity(model: ServedModel, prompts: int, n: int) -> None:
     if prompts <= capacity < prompts * n:
         raise bad_request(f"n: {prompts} prompt(s) x {n} choices are {prompts * n} requests, more than model "
                           f"{model.name!r} takes at once ({capacity}, job_queue_size included)", "n")
-
-
-def _as_is(out: RequestOutput) -> RequestOutput:
-    return out
 
 
 def _prompt_only(out: RequestOutput) -> RequestOutput:
