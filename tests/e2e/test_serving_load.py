@@ -110,6 +110,7 @@ def test_a_streamed_openai_disconnect_aborts_every_choice_and_frees_their_queue_
             assert next(r.iter_lines())  # generation is running
         wait_until(lambda: sum(out is not None for out in aborted) >= 3, 10, what="every choice aborted")
         wait_until(lambda: server.store.get("llama-t").admission.inflight == 0, 10, what="queue slots back")
+        assert sum(out is not None for out in aborted) == 3  # the stream's choices, each once
         aborted.clear()
 
 
