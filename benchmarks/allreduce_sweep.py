@@ -82,19 +82,11 @@ def _worker(rank: int, world: int, port: int, out_path: str) -> None:
         torch.ops.symm_mem.one_shot_all_reduce_copy_out(staged, x.view(-1), "sum", name, out.view(-1))
         return out
 
-    def sentinel_with_chunk(chunk_bytes):  # the sum kernel's work per program, varied
-        def run(x):
-            sentinel_kernels.CHUNK_BYTES, default = chunk_bytes, sentinel_kernels.CHUNK_BYTES
-            try:
-                return sentinel(x)
-            finally:
-                sentinel_kernels.CHUNK_BYTES = default
-        return run
-
     rows = []
     for dtype in (torch.float16, torch.bfloat16):
         methods = [("nccl", nccl), ("sentinel", sentinel), ("barrier", fast), ("barrier_two", two),
-                   ("sentinel_chunk1k", sentinel_with_chunk(1024)), ("sentinel_chunk4k", sentinel_with_chunk(4096))]
+                   ("sentinel_chunk2k", _with(sentinel_kernels, "CHUNK_BYTES", 2048, sentinel)),
+                   ("sentinel_chunk512", _with(sentinel_kernels, "CHUNK_BYTES", 512, sentinel))]
         if dtype == torch.bfloat16:
             methods.append(("torch_one_shot", torch_one_shot))
         for kb in SIZES_KB:
@@ -107,11 +99,24 @@ def _worker(rank: int, world: int, port: int, out_path: str) -> None:
                 except Exception as e:  # report, keep going
                     row[f"{label}_error"] = repr(e)[:200]
             rows.append(row)
-    rows += _add_norm_rows({"sentinel": sentinel, "barrier": fast})
+    rows += _add_norm_rows({"sentinel": sentinel.add_norm, "barrier": fast.add_norm} | {
+        f"sentinel_part{kb}k": _with(sentinel_kernels, "NORM_PART_BYTES", kb * 1024, sentinel.add_norm) for kb in (2, 8, 32)})
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(rows, f, indent=1)
     dist.destroy_process_group()
+
+
+def _with(module, name: str, value, fn):
+    """fn with module.name set to value while it runs: a kernel's tuning constant, varied."""
+    def run(*args):
+        default = getattr(module, name)
+        setattr(module, name, value)
+        try:
+            return fn(*args)
+        finally:
+            setattr(module, name, default)
+    return run
 
 
 def _add_norm_rows(protocols: dict) -> list[dict]:
@@ -126,8 +131,8 @@ def _add_norm_rows(protocols: dict) -> list[dict]:
         x = torch.randn(4, dim, device="cuda", dtype=dtype)
         residual = torch.randn(4, dim, device="cuda", dtype=dtype)
         row = {"add_norm": label, "rows": 4, "dim": dim}
-        for name, fast in protocols.items():
-            row[f"{name}_graph_us"] = round(_time_graph(lambda x, r=residual, n=norm, f=fast: f.add_norm(x, r, n), x), 2)
+        for name, add_norm in protocols.items():
+            row[f"{name}_graph_us"] = round(_time_graph(lambda x, r=residual, n=norm, f=add_norm: f(x, r, n), x), 2)
         rows.append(row)
     return rows
 

@@ -23,8 +23,8 @@ program reads it at the start, and the last program to finish adds one. All rank
 calls in the same order, so their counts agree; any number of calls between two replays of a
 CUDA graph is fine, since the count is read on the device.
 
-A program waits only for the same program of each peer, which pushed before it waited. Programs
-start in order, and at the default size limit (512 KB: at most 256 programs) the whole grid is
+A program waits only for programs of the peers that push before they wait. Programs start in
+order, and at the default size limit (512 KB: at most 512 programs of 4 warps) the whole grid is
 resident at once anyway, so every wait ends.
 
 A float32 share with the bits 0x80008000 (a negative denormal, -4.6e-41) is sent as +0.
@@ -40,7 +40,10 @@ from shardserve.kernels import norm_row_launch
 from shardserve.kernels.pdl import pdl_args, pdl_entry
 from shardserve.parallel.reduce_norm_kernel import _add_norm_store
 
-CHUNK_BYTES = 2048  # per program and iteration of the one-shot sum: 16 bytes per thread at 4 warps
+# What one program pushes: of the one-shot sum (1 KB measured faster than 2 and 4 KB on 4x H200 at
+# 8-512 KB, benchmarks/allreduce_sweep.py), and of a row in the fused kernel.
+CHUNK_BYTES = 1024
+NORM_PART_BYTES = 4096
 SENTINEL_INT16 = -0x8000  # every 16-bit half of every buffer cell holds these bits until written
 
 
@@ -102,7 +105,7 @@ def _gather_sum(share, mine, offs, mask, slot_elems, RANK: tl.constexpr, WORLD: 
 def _end(state_ptr, calls):
     """The last program of call number `calls` to finish counts it (and resets the programs count)."""
     done = tl.atomic_add(state_ptr + 1, 1, sem="acq_rel")
-    if done == tl.num_programs(0) - 1:
+    if done == tl.num_programs(0) * tl.num_programs(1) - 1:
         tl.store(state_ptr + 1, 0)
         tl.store(state_ptr, calls + 1)
 
@@ -126,17 +129,25 @@ def _sentinel_sum_kernel(x_ptr, out_ptr, buffer_ptrs, state_ptr, numel, slot_ele
 def _sentinel_norm_kernel(x_ptr, res_ptr, w_ptr, b_ptr, out_ptr, res_out_ptr, buffer_ptrs, state_ptr,
                           n_cols, eps, slot_elems, RANK: tl.constexpr, WORLD: tl.constexpr,
                           BITS: tl.constexpr, SENTINEL: tl.constexpr, RMS: tl.constexpr,
-                          HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+                          HAS_RESIDUAL: tl.constexpr, PART: tl.constexpr, BLOCK: tl.constexpr,
+                          PDL: tl.constexpr):
     pdl_entry(PDL)
     calls, mine, my_slot = _begin(state_ptr, buffer_ptrs, slot_elems, RANK, WORLD, BITS)
-    cols = tl.arange(0, BLOCK)
+    row, part = tl.program_id(0), tl.program_id(1)
+    # Program (row, part) pushes one part of the row: one program pushing a whole row of
+    # BLOOM-176B's (3 x 28 KB) took longer than the barrier kernel's whole call.
+    cols = part * PART + tl.arange(0, PART)
     mask = cols < n_cols
-    offs = tl.program_id(0) * n_cols + cols  # one row per program; every tensor [rows, n_cols]
-    share = _share(x_ptr, offs, mask, BITS, SENTINEL)
-    _push(share, offs, mask, buffer_ptrs, my_slot, RANK, WORLD, BITS)
-    acc = _gather_sum(share, mine, offs, mask, slot_elems, RANK, WORLD, SENTINEL, x_ptr.dtype.element_ty)
-    _add_norm_store(acc, res_ptr, w_ptr, b_ptr, out_ptr, res_out_ptr, offs, cols, mask, n_cols, eps,
-                    RMS, HAS_RESIDUAL)
+    offs = row * n_cols + cols  # every tensor and slot here is [rows, n_cols] contiguous
+    _push(_share(x_ptr, offs, mask, BITS, SENTINEL), offs, mask, buffer_ptrs, my_slot, RANK, WORLD, BITS)
+    if part == 0:  # and one program per row waits for the whole row, sums and normalises it
+        cols = tl.arange(0, BLOCK)
+        mask = cols < n_cols
+        offs = row * n_cols + cols
+        share = _share(x_ptr, offs, mask, BITS, SENTINEL)
+        acc = _gather_sum(share, mine, offs, mask, slot_elems, RANK, WORLD, SENTINEL, x_ptr.dtype.element_ty)
+        _add_norm_store(acc, res_ptr, w_ptr, b_ptr, out_ptr, res_out_ptr, offs, cols, mask, n_cols, eps,
+                        RMS, HAS_RESIDUAL)
     _end(state_ptr, calls)
 
 
@@ -169,11 +180,12 @@ def sentinel_add_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: to
         return out, res_out
     res = x if residual is None else residual  # never read without a residual (HAS_RESIDUAL off)
     block, num_warps = norm_row_launch(dim)
+    part = min(block, NORM_PART_BYTES // x.element_size())
     bits, sentinel = cell_bits(x.dtype)
-    _sentinel_norm_kernel[(rows,)](
+    _sentinel_norm_kernel[(rows, triton.cdiv(dim, part))](
         x, res, weight, weight if bias is None else bias, out, res_out, handle.buffer_ptrs_dev, state, dim, eps,
         slot_bytes // x.element_size(), RANK=handle.rank, WORLD=handle.world_size, BITS=bits,
         SENTINEL=sentinel, RMS=bias is None,
-        HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=num_warps, **pdl_args(x),
+        HAS_RESIDUAL=residual is not None, PART=part, BLOCK=block, num_warps=num_warps, **pdl_args(x),
     )
     return out, res_out

@@ -6,7 +6,8 @@ Checked at every call of a sequence that mixes both kernels, sizes and dtypes:
 - the output has the bits of the float32 sum in rank order rounded to the dtype (and, fused, of
   the norm kernels after it);
 - this rank's share lands in its own slot of the call's set in every peer's buffer, and nowhere
-  else, with a negative zero sent as a positive one (the sentinel's bits are never sent);
+  else, with a negative zero sent as a positive one (the sentinel's bits are never sent), also
+  where the fused kernel's rows are pushed in parts by several programs;
 - this rank's own buffer holds nothing but the sentinel afterwards;
 - the call is counted, so the two sets alternate.
 bfloat16 is left to tests/gpu: the interpreter's bfloat16 rounding is not the GPU's."""
@@ -98,8 +99,12 @@ def _rank_order_sum(shares: list[torch.Tensor]) -> torch.Tensor:
 @needs_interpreter
 @pytest.mark.timeout(60)  # a kernel polling the wrong cells spins for ever
 @pytest.mark.parametrize("world,rank", [(2, 0), (2, 1), (4, 2)])
-def test_sequence_of_sums_and_fused_norms(world, rank):
+def test_sequence_of_sums_and_fused_norms(world, rank, monkeypatch):
     pytest.importorskip("triton")
+    from shardserve.parallel import sentinel_kernels
+
+    # Rows of 96 pushed in parts of 32 (float16) or 16 (float32) by programs of their own.
+    monkeypatch.setattr(sentinel_kernels, "NORM_PART_BYTES", 64)
     from shardserve.kernels.layer_norm import fused_add_layer_norm
     from shardserve.kernels.rms_norm import rms_norm
     from shardserve.layers.norm import LayerNorm, RMSNorm
