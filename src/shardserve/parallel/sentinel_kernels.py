@@ -136,10 +136,11 @@ def _sentinel_norm_kernel(x_ptr, res_ptr, w_ptr, b_ptr, out_ptr, res_out_ptr, bu
     row, part = tl.program_id(0), tl.program_id(1)
     # Program (row, part) pushes one part of the row: one program pushing a whole row of
     # BLOOM-176B's (3 x 28 KB) took longer than the barrier kernel's whole call.
-    cols = part * PART + tl.arange(0, PART)
-    mask = cols < n_cols
-    offs = row * n_cols + cols  # every tensor and slot here is [rows, n_cols] contiguous
-    _push(_share(x_ptr, offs, mask, BITS, SENTINEL), offs, mask, buffer_ptrs, my_slot, RANK, WORLD, BITS)
+    part_cols = part * PART + tl.arange(0, PART)
+    part_mask = part_cols < n_cols
+    part_offs = row * n_cols + part_cols  # every tensor and slot here is [rows, n_cols] contiguous
+    _push(_share(x_ptr, part_offs, part_mask, BITS, SENTINEL), part_offs, part_mask, buffer_ptrs, my_slot,
+          RANK, WORLD, BITS)
     if part == 0:  # and one program per row waits for the whole row, sums and normalises it
         cols = tl.arange(0, BLOCK)
         mask = cols < n_cols
