@@ -1,8 +1,7 @@
-"""All-reduce latency on the GPUs of one host, per size and dtype: NCCL vs our one-shot kernels
-(parallel/sentinel_kernels.py; parallel/one_shot_kernel.py with the split barrier and with two)
-vs torch's
+"""All-reduce latency on the GPUs of one host, per size and dtype: NCCL vs our one-shot kernel
+(parallel/one_shot_kernel.py; also with its second barrier in place of the split one) vs torch's
 one-shot op (bfloat16 only: it has no float16), replayed from CUDA graphs (as in decode) and
-eager. Then the all-reduce fused with the residual add and LayerNorm, both protocols, at
+eager. Then the all-reduce fused with the residual add and LayerNorm (reduce_norm_kernel.py) at
 BLOOM-176B's and OPT-30B's decode rows, in CUDA graphs. Also run by gpu_tp4.py.
 Usage on the device: PYTHONPATH=src python3 benchmarks/allreduce_sweep.py [world]"""
 
@@ -57,19 +56,17 @@ def _time_eager(fn, x) -> float:
 
 
 def _worker(rank: int, world: int, port: int, out_path: str) -> None:
-    from shardserve.parallel import sentinel_kernels
+    from shardserve.parallel import one_shot_kernel
     from shardserve.parallel.fast_all_reduce import SymmMemAllReduce
 
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     group = dist.group.WORLD
-    # Ours: the sentinel protocol, the barrier one with the split barrier and with the second
-    # barrier, each on buffers of its own. Back to back, as timed here, the split barrier's wait
-    # meets the peers' signals just sent; in decode the matmuls in between hide that.
-    device, max_bytes = torch.device("cuda", rank), max(SIZES_KB) * 1024
-    sentinel = SymmMemAllReduce(group, device, max_bytes, protocol="sentinel")
-    fast = SymmMemAllReduce(group, device, max_bytes)
-    two = SymmMemAllReduce(group, device, max_bytes, split_barrier=False)
+    # Ours (the split barrier, one_shot_kernel.py), and with the second barrier on a buffer of its
+    # own. Back to back, as timed here, the split barrier's wait meets the peers' signals just
+    # sent; in decode the matmuls in between hide that.
+    fast = SymmMemAllReduce(group, torch.device("cuda", rank), max_bytes=max(SIZES_KB) * 1024)
+    two = SymmMemAllReduce(group, torch.device("cuda", rank), max_bytes=max(SIZES_KB) * 1024, split_barrier=False)
     name = group.group_name
 
     def nccl(x):
@@ -82,11 +79,19 @@ def _worker(rank: int, world: int, port: int, out_path: str) -> None:
         torch.ops.symm_mem.one_shot_all_reduce_copy_out(staged, x.view(-1), "sum", name, out.view(-1))
         return out
 
+    def ours_with_chunk(chunk_bytes):  # the kernel's work per program and iteration, varied
+        def run(x):
+            one_shot_kernel.CHUNK_BYTES, default = chunk_bytes, one_shot_kernel.CHUNK_BYTES
+            try:
+                return fast(x)
+            finally:
+                one_shot_kernel.CHUNK_BYTES = default
+        return run
+
     rows = []
     for dtype in (torch.float16, torch.bfloat16):
-        methods = [("nccl", nccl), ("sentinel", sentinel), ("barrier", fast), ("barrier_two", two),
-                   ("sentinel_chunk2k", _with(sentinel_kernels, "CHUNK_BYTES", 2048, sentinel)),
-                   ("sentinel_chunk512", _with(sentinel_kernels, "CHUNK_BYTES", 512, sentinel))]
+        methods = [("nccl", nccl), ("ours", fast), ("ours_two_barriers", two),
+                   ("ours_chunk4k", ours_with_chunk(4096)), ("ours_chunk8k", ours_with_chunk(8192))]
         if dtype == torch.bfloat16:
             methods.append(("torch_one_shot", torch_one_shot))
         for kb in SIZES_KB:
@@ -99,27 +104,14 @@ def _worker(rank: int, world: int, port: int, out_path: str) -> None:
                 except Exception as e:  # report, keep going
                     row[f"{label}_error"] = repr(e)[:200]
             rows.append(row)
-    rows += _add_norm_rows({"sentinel": sentinel.add_norm, "barrier": fast.add_norm} | {
-        f"sentinel_part{kb}k": _with(sentinel_kernels, "NORM_PART_BYTES", kb * 1024, sentinel.add_norm) for kb in (2, 8, 32)})
+    rows += _add_norm_rows(fast)
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(rows, f, indent=1)
     dist.destroy_process_group()
 
 
-def _with(module, name: str, value, fn):
-    """fn with module.name set to value while it runs: a kernel's tuning constant, varied."""
-    def run(*args):
-        default = getattr(module, name)
-        setattr(module, name, value)
-        try:
-            return fn(*args)
-        finally:
-            setattr(module, name, default)
-    return run
-
-
-def _add_norm_rows(protocols: dict) -> list[dict]:
+def _add_norm_rows(fast) -> list[dict]:
     """us per fused all-reduce + residual add + LayerNorm call at 4 decode rows, in graphs."""
     from shardserve.layers.norm import LayerNorm
 
@@ -130,10 +122,8 @@ def _add_norm_rows(protocols: dict) -> list[dict]:
         norm.bias = torch.nn.Parameter(torch.randn(dim, device="cuda").to(dtype), False)
         x = torch.randn(4, dim, device="cuda", dtype=dtype)
         residual = torch.randn(4, dim, device="cuda", dtype=dtype)
-        row = {"add_norm": label, "rows": 4, "dim": dim}
-        for name, add_norm in protocols.items():
-            row[f"{name}_graph_us"] = round(_time_graph(lambda x, r=residual, n=norm, f=add_norm: f(x, r, n), x), 2)
-        rows.append(row)
+        time_us = _time_graph(lambda x, r=residual, n=norm: fast.add_norm(x, r, n), x)
+        rows.append({"add_norm": label, "rows": 4, "dim": dim, "graph_us": round(time_us, 2)})
     return rows
 
 

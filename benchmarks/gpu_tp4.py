@@ -1,7 +1,7 @@
 """Four-GPU run (issue 6): fast all-reduce test and sweep, then OPT-30B fp16 TP4 vs Accelerate
 on the same GPUs, batch 4 x 256 new tokens. Run on the device:
 PYTHONPATH=src python3 benchmarks/gpu_tp4.py [--no-tests] [--quick] [--sweep] [--llama-check]
-    [--sentinel] [--eager-prefill]"""
+    [--two-barriers] [--eager-prefill]"""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
 os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
 
 
-def opt30b(quick: bool, sentinel: bool = False, eager_prefill: bool = False):
+def opt30b(quick: bool, two_barriers: bool = False, eager_prefill: bool = False):
     """TP over every GPU up to 4 (the issue's setting is 4; a 2-GPU machine runs TP2). Variants:
     ours and (not quick) ours without programmatic dependent launch (kernels/pdl.py), with the norm
     after the all-reduce in a kernel of its own, and on NCCL. quick: 5 reps and ours alone, for a
-    short device lease. sentinel: also ours with the sentinel all-reduce kernels in place of the
-    barrier ones (parallel/fast_all_reduce.py). eager_prefill: also ours with every
+    short device lease. two_barriers: also ours with the all-reduce kernels' second barrier in
+    place of the split one (parallel/one_shot_kernel.py). eager_prefill: also ours with every
     prefill step run eagerly, not replayed from CUDA graphs (engine/prefill_graphs.py)."""
     from shardserve.bench.latency import BenchConfig, run_bench
 
@@ -32,8 +32,8 @@ def opt30b(quick: bool, sentinel: bool = False, eager_prefill: bool = False):
         variants["tp-no-pdl"] = {"extra": {"pdl": False}}
         variants["tp-norm-apart"] = {"extra": {"fused_all_reduce_norm": False}}
         variants["tp-nccl"] = {"extra": {"fast_all_reduce": False}}
-    if sentinel:
-        variants["tp-sentinel"] = {"extra": {"all_reduce_protocol": "sentinel"}}
+    if two_barriers:
+        variants["tp-two-barriers"] = {"extra": {"all_reduce_split_barrier": False}}
     if eager_prefill:
         variants["tp-eager-prefill"] = {"extra": {"prefill_graphs": False}}
     cfg = BenchConfig(model="opt-30b", random_weights=True, tp=min(4, torch.cuda.device_count()), batch=4, prompt_len=32, new_tokens=256,
@@ -68,6 +68,6 @@ if __name__ == "__main__":
         stage("allreduce_sweep", sweep, 60, DEADLINE)
     if "--llama-check" in sys.argv:
         stage("llama_check", llama_check, 60, DEADLINE)
-    flags = ("--quick" in sys.argv, "--sentinel" in sys.argv, "--eager-prefill" in sys.argv)
+    flags = ("--quick" in sys.argv, "--two-barriers" in sys.argv, "--eager-prefill" in sys.argv)
     stage(f"opt30b_tp{min(4, torch.cuda.device_count())}", lambda: opt30b(*flags), 150, DEADLINE)
     finish()

@@ -158,13 +158,13 @@ def llama8b(ablations: bool, profile: bool = False, batch: int = 1, no_mma: bool
     return out
 
 
-def bloom176b(tp: int, sentinel: bool = False, no_mma: bool = False, profile: bool = False,
+def bloom176b(tp: int, two_barriers: bool = False, no_mma: bool = False, profile: bool = False,
               eager_prefill: bool = False) -> dict:
     variants = {"int8": {"quantization": "int8"}}
     if eager_prefill:  # every prefill step eager, not replayed from CUDA graphs (engine/prefill_graphs.py)
         variants["int8-eager-prefill"] = {"quantization": "int8", "extra": {"prefill_graphs": False}}
-    if sentinel:  # the sentinel all-reduce kernels in place of the barrier ones (parallel/fast_all_reduce.py)
-        variants["int8-sentinel"] = {"quantization": "int8", "extra": {"all_reduce_protocol": "sentinel"}}
+    if two_barriers:  # the all-reduce kernels' second barrier in place of the split one
+        variants["int8-two-barriers"] = {"quantization": "int8", "extra": {"all_reduce_split_barrier": False}}
     if no_mma:  # the tuner without the CUDA int8 kernel (kernels/int8_mma.py): Triton's alone
         variants["int8-no-mma"] = {"quantization": "int8", "extra": {"int8_mma": False}}
     out = _bench("bloom", tp=tp, batch=4, reps=5, check_tokens=0, variants=variants, profile=profile)
@@ -183,8 +183,8 @@ if __name__ == "__main__":
     parser.add_argument("--ablations", action="store_true", help="--part llama8b: also each format without PDL, bf16 sync and unfused")
     parser.add_argument("--profile", action="store_true",
                         help="--part llama8b / bloom176b: each variant's kernels under the profiler ($OUT/profile)")
-    parser.add_argument("--sentinel", action="store_true",
-                        help="--part bloom176b: also int8 with the sentinel all-reduce kernels")
+    parser.add_argument("--two-barriers", action="store_true",
+                        help="--part bloom176b: also int8 with the all-reduce kernels' second barrier")
     parser.add_argument("--no-mma", action="store_true",
                         help="--part bloom176b / llama8b: also int8 without the CUDA int8 kernel (Triton's alone)")
     parser.add_argument("--eager-prefill", action="store_true",
@@ -208,7 +208,7 @@ if __name__ == "__main__":
 
         load(args.workdir, args.model, args.tp, DEADLINE, args.warm, cold=not args.no_cold)
     elif args.part == "bloom176b":
-        stage(f"bloom176b_tp{args.tp}", lambda: bloom176b(args.tp, args.sentinel, args.no_mma, args.profile,
+        stage(f"bloom176b_tp{args.tp}", lambda: bloom176b(args.tp, args.two_barriers, args.no_mma, args.profile,
                                                                 args.eager_prefill), 60, DEADLINE)
     else:
         stage("llama8b", lambda: llama8b(args.ablations, args.profile, args.batch, args.no_mma), 60, DEADLINE)

@@ -6,10 +6,7 @@ The all-reduce fused with the residual add and the norm (SymmMemAllReduce.add_no
 parallel.comm.all_reduce_add_norm as the models call it) vs the one-shot all-reduce followed by
 the norm kernels it replaces: the same bits, on every rank, eagerly and from CUDA graphs.
 
-Each with the sentinel protocol (sentinel_kernels.py) and the barrier one (one_shot_kernel.py)
-with its two barriers and with the split barrier. Last, the sentinel
-protocol's kernels against the barrier ones, bit for bit, over one CUDA graph of many calls of
-changing sizes (a cell left unclean, or a set reused too early, would show as a wrong sum)."""
+Both with the kernels' two barriers and with the split barrier (one_shot_kernel.py)."""
 
 from __future__ import annotations
 
@@ -43,17 +40,13 @@ def _digest(t: torch.Tensor) -> str:
     return hashlib.sha1(t.contiguous().view(torch.uint8).cpu().numpy().tobytes()).hexdigest()
 
 
-# create_fast_all_reduce's keywords per protocol variant
-VARIANTS = {"sentinel": {"protocol": "sentinel"}, "two-barriers": {"split_barrier": False}, "split-barrier": {}}
-
-
-def _worker(rank: int, world: int, port: int, results: dict, variant: str) -> None:
+def _worker(rank: int, world: int, port: int, results: dict, split: bool) -> None:
     from shardserve.parallel.fast_all_reduce import create_fast_all_reduce
 
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     device = torch.device("cuda", rank)
-    fast = create_fast_all_reduce(dist.group.WORLD, device, world, **VARIANTS[variant])
+    fast = create_fast_all_reduce(dist.group.WORLD, device, world, split_barrier=split)
     errors = {name: [] for name in _NAMES.values()}  # worst error vs NCCL / the bound, per dtype
     digests = []  # every rank's results, to check all ranks got the same bits
     assert fast is not None, "fast all-reduce not available"
@@ -88,23 +81,23 @@ def _worker(rank: int, world: int, port: int, results: dict, variant: str) -> No
     dist.destroy_process_group()
 
 
-def _run_ranks(worker, variant: str) -> dict:
-    """worker(rank, world, port, results, variant) on one process per GPU (up to 4); results by
-    rank. variant: a key of VARIANTS."""
+def _run_ranks(worker, split: bool) -> dict:
+    """worker(rank, world, port, results, split) on one process per GPU (up to 4); results by
+    rank. split: the kernels' split barrier (one_shot_kernel.py)."""
     os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     world = min(torch.cuda.device_count(), 4)
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(worker, args=(world, free_port(), results, variant), nprocs=world)
+        mp.spawn(worker, args=(world, free_port(), results, split), nprocs=world)
         return dict(results)
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_fast_all_reduce_matches_nccl(variant):
+@pytest.mark.parametrize("split", [False, True], ids=["two-barriers", "split-barrier"])
+def test_fast_all_reduce_matches_nccl(split):
     """Back-to-back calls reuse the buffer at once: with the split barrier, a rank that
     overwrote it before every peer had read it would show as a wrong sum."""
-    results = _run_ranks(_worker, variant)
+    results = _run_ranks(_worker, split)
     assert len({tuple(digests) for _, _, digests in results.values()}) == 1, "ranks got different sums"
     for rank, (err, declined, _) in results.items():
         for name, excess in err.items():
@@ -139,7 +132,7 @@ def _random_norm(kind: str, dim: int, dtype: torch.dtype, gen: torch.Generator):
     return norm
 
 
-def _norm_worker(rank: int, world: int, port: int, results: dict, variant: str) -> None:
+def _norm_worker(rank: int, world: int, port: int, results: dict, split: bool) -> None:
     from shardserve.parallel import ParallelInfo, set_parallel_info
     from shardserve.parallel.comm import all_reduce_add_norm
     from shardserve.parallel.fast_all_reduce import create_fast_all_reduce
@@ -147,7 +140,7 @@ def _norm_worker(rank: int, world: int, port: int, results: dict, variant: str) 
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     device = torch.device("cuda", rank)
-    fast = create_fast_all_reduce(dist.group.WORLD, device, world, **VARIANTS[variant])
+    fast = create_fast_all_reduce(dist.group.WORLD, device, world, split_barrier=split)
     assert fast is not None, "fast all-reduce not available"
     set_parallel_info(ParallelInfo(rank=rank, world_size=world, group=dist.group.WORLD, fast_all_reduce=fast))
     mine = torch.Generator(device=device).manual_seed(100 + rank)  # partial sums: every rank its own
@@ -176,13 +169,11 @@ def _norm_worker(rank: int, world: int, port: int, results: dict, variant: str) 
         residual = (4 * torch.randn(rows, dim, generator=shared, device=device) + 1).to(dtype)
         return x, residual
 
-    # The barrier variants: one case of each kernel pairing (the one-shot and norm kernels
-    # alternate on one buffer below, mapping positions to programs differently), not every
-    # compile again; the sentinel protocol, the newest, takes every case.
-    full = variant == "sentinel"
-    for kind in ("layer", "rms") if full else ("layer",):
-        for dtype in (torch.float16, torch.bfloat16) if full else (torch.float16,):
-            for dim in NORM_DIMS if full else [7168]:
+    # The split barrier: one case of each kernel pairing (its one-shot and norm kernels alternate
+    # on one buffer below, mapping positions to programs differently), not every compile again.
+    for kind in ("layer",) if split else ("layer", "rms"):
+        for dtype in (torch.float16,) if split else (torch.float16, torch.bfloat16):
+            for dim in [7168] if split else NORM_DIMS:
                 norm = _random_norm(kind, dim, dtype, shared)
                 for rows in NORM_ROWS:
                     what = f"{kind} {_NAMES[dtype]} [{rows}, {dim}]"
@@ -222,60 +213,10 @@ def _norm_worker(rank: int, world: int, port: int, results: dict, variant: str) 
 
 
 @pytest.mark.timeout(900)  # each rank compiles ~60 kernel variants
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_fused_all_reduce_add_norm_matches_two_kernels(variant):
-    results = _run_ranks(_norm_worker, variant)
+@pytest.mark.parametrize("split", [False, True], ids=["two-barriers", "split-barrier"])
+def test_fused_all_reduce_add_norm_matches_two_kernels(split):
+    results = _run_ranks(_norm_worker, split)
     for rank, (failures, _, taken) in sorted(results.items()):
         assert not failures, f"rank {rank}: fused != all-reduce then norm:\n" + "\n".join(failures[:20])
         assert not taken, f"rank {rank}: the fused kernel took inputs it must decline: {taken}"
     assert len({tuple(digests) for _, digests, _ in results.values()}) == 1, "ranks got different bits"
-
-
-def _graph_worker(rank: int, world: int, port: int, results: dict, variant: str) -> None:
-    """One CUDA graph of 24 calls, sums and fused norms of changing sizes, replayed on fresh
-    inputs; every output against the barrier kernels' on the same inputs, and the calls counted."""
-    from shardserve.parallel.fast_all_reduce import create_fast_all_reduce
-
-    torch.cuda.set_device(rank)
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    device = torch.device("cuda", rank)
-    fast = create_fast_all_reduce(dist.group.WORLD, device, world, **VARIANTS[variant])
-    barrier = create_fast_all_reduce(dist.group.WORLD, device, world, **VARIANTS["split-barrier"])
-    mine, shared = torch.Generator(device=device).manual_seed(rank), torch.Generator(device=device).manual_seed(5)
-    shapes = [(rows, dim) for rows in (4, 1, 7) for dim in (7168, 4096)] * 4  # 24 calls
-    norms = {7168: _random_norm("layer", 7168, torch.float16, shared), 4096: _random_norm("rms", 4096, torch.float16, shared)}
-    inputs = [torch.empty(shape, device=device, dtype=torch.float16) for shape in shapes]
-    residuals = [torch.empty(shape, device=device, dtype=torch.float16) for shape in shapes]
-
-    def calls(all_reduce):  # even calls: the sum; odd: the fused sum + add + norm
-        return [all_reduce(x) if i % 2 == 0 else all_reduce.add_norm(x, r, norms[x.shape[1]])
-                for i, (x, r) in enumerate(zip(inputs, residuals, strict=True))]
-
-    def refill():
-        for x, r in zip(inputs, residuals, strict=True):
-            x.copy_(2 * torch.randn(x.shape, generator=mine, device=device))
-            r.copy_(torch.randn(r.shape, generator=shared, device=device))
-
-    refill()
-    calls(fast)  # warm-up: compiles
-    torch.cuda.synchronize()
-    counted_before = int(fast.state[0])
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = calls(fast)
-    failures = []
-    for replay in range(3):
-        refill()
-        graph.replay()
-        for i, (got, want) in enumerate(zip(captured, calls(barrier), strict=True)):
-            for g, w in zip(got if i % 2 else [got], want if i % 2 else [want], strict=True):
-                if not torch.equal(g, w):
-                    failures.append(f"replay {replay} call {i} {tuple(shapes[i])}: differs from the barrier kernels")
-    results[rank] = (failures, int(fast.state[0]) - counted_before, 3 * len(shapes))
-    dist.destroy_process_group()
-
-
-def test_sentinel_kernels_in_a_graph_match_the_barrier_kernels():
-    for rank, (failures, counted, calls) in sorted(_run_ranks(_graph_worker, "sentinel").items()):
-        assert not failures, f"rank {rank}:\n" + "\n".join(failures[:20])
-        assert counted == calls, f"rank {rank}: {counted} calls counted, {calls} replayed"

@@ -60,14 +60,12 @@ def init_distributed(
         from shardserve.parallel.fast_all_reduce import DEFAULT_MAX_BYTES, create_fast_all_reduce
 
         # None: NCCL only. extra.fused_all_reduce_norm=false keeps the norms out of the all-reduce;
-        # extra.all_reduce_protocol="sentinel" takes the sentinel kernels in place of the barrier ones;
-        # extra.all_reduce_split_barrier=false puts the barrier kernels' second barrier back;
+        # extra.all_reduce_split_barrier=false puts the kernels' second barrier back;
         # extra.fast_all_reduce_max_kb sets the largest sum it takes (parallel/fast_all_reduce.py).
         fuse_norm = config.extra.get("fused_all_reduce_norm", True)
         split = config.extra.get("all_reduce_split_barrier", True)
-        protocol = config.extra.get("all_reduce_protocol", "barrier")
         max_kb = int(config.extra.get("fast_all_reduce_max_kb", DEFAULT_MAX_BYTES // 1024))
-        fast_all_reduce = create_fast_all_reduce(group, device, world_size, fuse_norm, split, max_kb * 1024, protocol)
+        fast_all_reduce = create_fast_all_reduce(group, device, world_size, fuse_norm, split, max_kb * 1024)
     set_parallel_info(ParallelInfo(rank=rank, world_size=world_size, group=group, fast_all_reduce=fast_all_reduce))
     return dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else group
 

@@ -1,20 +1,19 @@
 """An intra-node all-reduce for decode-sized tensors, faster than NCCL's ring: one-shot over
-symmetric memory (torch.distributed._symmetric_memory), in our own kernels.
+symmetric memory (torch.distributed._symmetric_memory), in our own kernel (one_shot_kernel.py).
 
 A decode step of a TP model all-reduces a few tens of KB twice per layer (a 7168-wide model at
 batch 4: 56 KB, 96 times a step; on 4 H200s in CUDA graphs NCCL took 19.3 us, torch's one-shot
 10.6 us). NCCL's ring pays several NVLink round trips of latency per call; the one-shot kernel
 stages the input in a buffer that every GPU of the host has mapped, meets the peers at a barrier
 in their signal pads, and each rank then reads all peers' buffers over NVLink and sums them
-itself: one round trip (one_shot_kernel.py, protocol "barrier"). The "sentinel" protocol
-(sentinel_kernels.py) drops the barrier: each rank writes its share straight into every
-peer's buffer, whose cells say by their value whether they have been written, so a call costs one
-one-way NVLink write. The barrier kernel measured faster than NCCL at every size up to 512 KB; larger sums
+itself: one round trip. It measured faster than NCCL at every size up to 512 KB; larger sums
 (prefill's) go to NCCL (`DEFAULT_MAX_BYTES`). Our kernel takes float16 too (torch's one-shot op does
 not; casting float16 to float32 around it cost more than it saved) and sums in float32.
 `add_norm` goes further where a norm follows the all-reduce (a pre-LN decoder's residual add and
-norm): reduce + add + norm in one kernel (reduce_norm_kernel.py, sentinel_kernels.py), one norm
-launch fewer per call.
+norm): reduce + add + norm in one kernel (reduce_norm_kernel.py), one norm launch fewer per call.
+A barrier-free protocol (each rank storing its share into its peers' buffers, whose cells hold a
+sentinel until written) took 35-50% off the plain sum on 4x H200 but nothing off the fused one,
+which is what decode runs: measured and reverted (benchmarks/RESULTS.md, fifteenth session).
 
 NVLink multicast is never used (TORCH_SYMM_MEM_DISABLE_MULTICAST=1 stays set; the kernel reads
 peers' memory point to point). Where symmetric memory is unavailable (another torch build,
@@ -27,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -40,54 +38,40 @@ logger = logging.getLogger(__name__)
 # {"fast_all_reduce_max_kb": N} moves the limit.
 DEFAULT_MAX_BYTES = 512 * 1024
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-PROTOCOLS = ("sentinel", "barrier")  # sentinel_kernels.py, one_shot_kernel.py
 
 
 class SymmMemAllReduce:
     """Callable: x -> sum of x over the group (new tensor), or None to let NCCL do it.
-    protocol: "barrier" (one_shot_kernel.py, the default) or "sentinel" (sentinel_kernels.py: no
-    barriers; EngineConfig.extra {"all_reduce_protocol": "sentinel"}). The barrier kernels'
-    split_barrier=False (extra {"all_reduce_split_barrier": False}) puts the second barrier in place
-    of the split one. fuse_norm=False turns `add_norm` off (extra {"fused_all_reduce_norm": False}).
-    The options are there to measure what each buys."""
+    fuse_norm=False turns `add_norm` off (EngineConfig.extra {"fused_all_reduce_norm": False}),
+    to measure what it buys. split_barrier=False (extra {"all_reduce_split_barrier": False}) runs
+    the kernels with a second barrier in place of the split one (one_shot_kernel.py)."""
 
     def __init__(self, group: dist.ProcessGroup, device: torch.device, max_bytes: int = DEFAULT_MAX_BYTES,
-                 fuse_norm: bool = True, protocol: str = "barrier", split_barrier: bool = True):
+                 fuse_norm: bool = True, split_barrier: bool = True):
         import torch.distributed._symmetric_memory as symm_mem
-
-        # The kernels need Triton, which a CPU-only install may lack: imported here, not above.
-        from shardserve.parallel import one_shot_kernel, reduce_norm_kernel, sentinel_kernels
 
         world = dist.get_world_size(group)
         if world & (world - 1):
-            raise ValueError(f"the one-shot kernels need a power-of-two world size, got {world}")
-        self.max_bytes, self.fuse_norm, self.protocol = max_bytes, fuse_norm, protocol
-        sentinel = protocol == "sentinel"
-        # One byte buffer mapped by every rank; the kernels view it as the input's dtype.
-        buffer_bytes = sentinel_kernels.sentinel_buffer_bytes(max_bytes, world) if sentinel else max_bytes
-        self.buffer = symm_mem.empty(buffer_bytes, dtype=torch.uint8, device=device)
-        self.handle = handle = symm_mem.rendezvous(self.buffer, group)
-        self.state = None
-        if sentinel:
-            self.state = state = torch.zeros(2, dtype=torch.int32, device=device)  # [calls, programs done]
-            self._sum = partial(sentinel_kernels.sentinel_all_reduce, handle=handle, state=state, slot_bytes=max_bytes)
-            self._add_norm = partial(sentinel_kernels.sentinel_add_norm, handle=handle, state=state,
-                                     slot_bytes=max_bytes)
-            self.buffer.view(torch.int16).fill_(sentinel_kernels.SENTINEL_INT16)
-            torch.cuda.synchronize(device)
-            dist.barrier(group)  # no peer may push before this rank's buffer holds the sentinel
-        else:
-            programs = one_shot_kernel.pad_programs(handle.signal_pad_size, world)
-            self._sum = partial(one_shot_kernel.one_shot_all_reduce, handle=handle, max_programs=programs,
-                                split=split_barrier)
-            self._add_norm = partial(reduce_norm_kernel.reduce_add_norm, handle=handle, max_programs=programs,
-                                     split=split_barrier)
+            raise ValueError(f"the one-shot kernel needs a power-of-two world size, got {world}")
+        self.max_bytes = max_bytes
+        # One byte buffer mapped by every rank; the kernel views it as the input's dtype.
+        self.buffer = symm_mem.empty(max_bytes, dtype=torch.uint8, device=device)
+        self.handle = symm_mem.rendezvous(self.buffer, group)
+        from shardserve.parallel.one_shot_kernel import (  # needs Triton
+            one_shot_all_reduce,
+            pad_programs,
+        )
+        from shardserve.parallel.reduce_norm_kernel import reduce_add_norm
+
+        self.max_programs = pad_programs(self.handle.signal_pad_size, world)
+        self.fuse_norm, self.split = fuse_norm, split_barrier
+        self._kernel, self._norm_kernel = one_shot_all_reduce, reduce_add_norm
 
     def _takes(self, x: torch.Tensor) -> bool:
         return x.dtype in _DTYPES and x.is_contiguous() and x.numel() * x.element_size() <= self.max_bytes
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
-        return self._sum(x) if self._takes(x) else None
+        return self._kernel(x, self.handle, self.max_programs, self.split) if self._takes(x) else None
 
     def add_norm(self, x: torch.Tensor, residual: torch.Tensor | None, norm) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(norm(s + residual), s + residual) with s the sum of x [T, dim] over the group ((norm(s),
@@ -100,7 +84,7 @@ class SymmMemAllReduce:
             return None
         if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype or not residual.is_contiguous()):
             return None
-        return self._add_norm(x, residual, norm.weight, bias, norm.eps)
+        return self._norm_kernel(x, residual, norm.weight, bias, norm.eps, self.handle, self.max_programs, self.split)
 
 
 def ranks_share_one_host(world_size: int) -> bool:
@@ -113,16 +97,13 @@ def ranks_share_one_host(world_size: int) -> bool:
 
 def create_fast_all_reduce(
     group: dist.ProcessGroup, device: torch.device, world_size: int, fuse_norm: bool = True,
-    split_barrier: bool = True, max_bytes: int = DEFAULT_MAX_BYTES, protocol: str = "barrier",
+    split_barrier: bool = True, max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> SymmMemAllReduce | None:
-    """Set up and self-check the fast path on every rank; None (NCCL only) unless all succeed.
-    A protocol that does not exist is the caller's error, not a reason to fall back."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"all_reduce_protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
+    """Set up and self-check the fast path on every rank; None (NCCL only) unless all succeed."""
     candidate, ok = None, False
     if device.type == "cuda" and world_size > 1 and ranks_share_one_host(world_size):
         try:
-            candidate = SymmMemAllReduce(group, device, max_bytes, fuse_norm, protocol, split_barrier)
+            candidate = SymmMemAllReduce(group, device, max_bytes, fuse_norm, split_barrier)
             ok = _agrees_with_nccl(candidate, group, device)
         except Exception as e:  # no symmetric memory in this build / driver / topology
             logger.warning("fast all-reduce unavailable, using NCCL: %s", e)
@@ -130,7 +111,7 @@ def create_fast_all_reduce(
     dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
     if not int(flag.item()):
         return None
-    logger.info("fast all-reduce: symmetric-memory one-shot (%s) up to %d KB", protocol, candidate.max_bytes // 1024)
+    logger.info("fast all-reduce: symmetric-memory one-shot up to %d KB", candidate.max_bytes // 1024)
     return candidate
 
 

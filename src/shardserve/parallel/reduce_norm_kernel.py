@@ -38,32 +38,6 @@ from shardserve.parallel.one_shot_kernel import (
 
 
 @triton.jit
-def _add_norm_store(acc, res_ptr, w_ptr, b_ptr, out_ptr, res_out_ptr, offs, cols, mask, n_cols, eps,
-                    RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
-    """Step 3 after the float32 sum `acc` of one row's shares (whichever way they arrived: also
-    sentinel_kernels.py): round it, add the residual, normalise, store both rows."""
-    dtype = out_ptr.dtype.element_ty
-    # The all-reduced row as the one-shot kernel stores it, read back as the norm kernels
-    # read their input (zero past n_cols, where the statistics must not see anything).
-    x = acc.to(dtype).to(tl.float32)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0)
-    if not RMS:
-        b = tl.load(b_ptr + cols, mask=mask, other=0.0)
-    if HAS_RESIDUAL:
-        r = tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        s = (x + r).to(dtype)  # rounded first, as the norm kernels: the new residual stream
-        x = s.to(tl.float32)
-    else:
-        s = acc.to(dtype)  # without a residual the stream is the reduced row itself
-    tl.store(res_out_ptr + offs, s, mask=mask)
-    if RMS:
-        normed = _rms_norm_row(x, w, n_cols, eps)
-    else:
-        normed = _layer_norm_row(x, w.to(tl.float32), b.to(tl.float32), mask, n_cols, eps).to(dtype)
-    tl.store(out_ptr + offs, normed, mask=mask)
-
-
-@triton.jit
 def _reduce_norm_kernel(x_ptr, res_ptr, w_ptr, b_ptr, out_ptr, res_out_ptr, buffer_ptrs, signal_pads,
                         n_rows, n_cols, eps, done_slot, RANK: tl.constexpr, WORLD: tl.constexpr,
                         RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
@@ -88,8 +62,24 @@ def _reduce_norm_kernel(x_ptr, res_ptr, w_ptr, b_ptr, out_ptr, res_out_ptr, buff
         for peer in tl.static_range(WORLD):
             theirs = tl.multiple_of(tl.load(buffers + peer).to(tl.pointer_type(dtype)), 16)
             acc += tl.load(theirs + offs, mask=mask, other=0.0).to(tl.float32)
-        _add_norm_store(acc, res_ptr, w_ptr, b_ptr, out_ptr, res_out_ptr, offs, cols, mask, n_cols, eps,
-                        RMS, HAS_RESIDUAL)
+        # The all-reduced row as the one-shot kernel stores it, read back as the norm kernels
+        # read their input (zero past n_cols, where the statistics must not see anything).
+        x = acc.to(dtype).to(tl.float32)
+        w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+        if not RMS:
+            b = tl.load(b_ptr + cols, mask=mask, other=0.0)
+        if HAS_RESIDUAL:
+            r = tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            s = (x + r).to(dtype)  # rounded first, as the norm kernels: the new residual stream
+            x = s.to(tl.float32)
+        else:
+            s = acc.to(dtype)  # without a residual the stream is the reduced row itself
+        tl.store(res_out_ptr + offs, s, mask=mask)
+        if RMS:
+            normed = _rms_norm_row(x, w, n_cols, eps)
+        else:
+            normed = _layer_norm_row(x, w.to(tl.float32), b.to(tl.float32), mask, n_cols, eps).to(dtype)
+        tl.store(out_ptr + offs, normed, mask=mask)
     if SPLIT:
         _signal_done(signal_pads, done_slot, RANK, WORLD)
     else:
