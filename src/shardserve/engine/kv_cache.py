@@ -58,22 +58,17 @@ class BlockManager:
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def find_cached_prefix(self, request: Request) -> list[int]:
-        """Block ids holding the longest cached prefix of the request's tokens.
+    def find_cached_prefix(self, request: Request, max_tokens: int) -> list[int]:
+        """Block ids holding the longest cached prefix of the request's first `max_tokens` tokens
+        (the scheduler's limit: prompt_logprobs.cacheable_tokens).
 
         At least one token is always left to compute, since the model must produce logits for
-        the last one; a fully cached prompt therefore reuses all but its last block. A cached
-        token gets no logits, so until a step has been given every prompt-logprob row of a request
-        that asks for them (engine/prompt_logprobs.py), it reuses only blocks of positions whose
-        rows are given: none at first, more when it is computed again after a preemption.
+        the last one; a fully cached prompt therefore reuses all but its last block.
         """
         if not self.enable_prefix_caching:
             return []
         tokens = request.all_token_ids
-        end = len(tokens)
-        wants_rows = request.params.prompt_logprobs is not None  # checked first: most requests do not
-        if wants_rows and request.num_prompt_logprob_rows < len(request.prompt_token_ids) - 1:
-            end = request.num_prompt_logprob_rows
+        end = min(max_tokens, len(tokens))
         hits: list[int] = []
         parent = None
         for start in range(0, end - self.block_size + 1, self.block_size):

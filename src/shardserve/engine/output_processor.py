@@ -32,9 +32,10 @@ class _TextState:
     stopped: bool = field(default=False)
     flushed: bool = False  # the detokeniser let out what it held back: once, at the end
     ends: list[int] = field(default_factory=list)  # RequestOutput.token_text_ends
-    # RequestOutput's prompt logprobs, built once when complete: every later output shares them;
-    # () once a DELTA output sent them.
-    prompt_logprobs: tuple[list, list | None] | tuple[()] | None = None
+    # The prompt logprobs the next output carries; None before the first output, which builds
+    # them (it comes with the request's first token, when every prompt row is in, or ends the
+    # request). Later outputs share them, but DELTA's carry none.
+    prompt_logprobs: tuple[list | None, list | None] | None = None
     first_token_time: float | None = None
 
 
@@ -101,9 +102,9 @@ class OutputProcessor:
         token_ids = tokens[start:]
         if state.prompt_logprobs is None:
             state.prompt_logprobs = _prompt_logprobs(request)
-        prompt_logprobs, prompt_top_logprobs = state.prompt_logprobs or (None, None)
-        if delta and state.prompt_logprobs:
-            state.prompt_logprobs = ()
+        prompt_logprobs, prompt_top_logprobs = state.prompt_logprobs
+        if delta:
+            state.prompt_logprobs = (None, None)
         return RequestOutput(
             request_id=request.request_id,
             prompt=request.prompt,
@@ -145,10 +146,10 @@ def _flush(state: _TextState) -> None:
         state.ends[-1] = state.chars + len(state.tail)
 
 
-def _prompt_logprobs(request: Request) -> tuple[list, list | None] | None:
-    """RequestOutput's prompt_logprobs and prompt_top_logprobs; None until every prompt token's
+def _prompt_logprobs(request: Request) -> tuple[list | None, list | None]:
+    """RequestOutput's prompt_logprobs and prompt_top_logprobs: both None until every prompt token's
     logprob is in (they come with the first output, as vLLM's do, and with every later one)."""
     n = request.params.prompt_logprobs
     if n is None or len(request.prompt_logprobs) < len(request.prompt_token_ids) - 1:
-        return None
+        return None, None
     return [None, *request.prompt_logprobs], ([[], *request.prompt_top_logprobs] if n else None)

@@ -112,9 +112,9 @@ class PrefillGraphs:
         return next((t, s) for t, s in self.buckets if t >= num_tokens and s >= num_seqs)
 
     def stage(self, seqs: Sequence[ScheduledSeq], block_size: int,
-              fill: tuple[list[int], torch.Tensor, list[int]] | None = None) -> tuple[tuple[int, int], list[int]]:
+              fill: tuple[list[int], torch.Tensor, list[int]] | None = None) -> tuple[int, int]:
         """Copy the step's inputs into the static buffers, padded, and fill its placeholders (as
-        run's); -> (its bucket, each sequence's first token row)."""
+        run's); -> its bucket."""
         self.inputs.writable()
         s, n, np32 = self.max_seqs, len(seqs), self.inputs.np32
         ids, pos, slots = self.inputs.np64[:3]
@@ -137,11 +137,10 @@ class PrefillGraphs:
         tokens = bucket[0]
         ids[at:tokens], pos[at:tokens], slots[at:tokens] = 0, 0, -1
         starts[n:], seq_lens[n:] = at, 0
-        first = first_rows.tolist()
         if fill is not None:  # a placeholder is its sequence's only token: at its first row
-            fill = ([first[i] for i in fill[0]], fill[1], fill[2])
+            fill = (first_rows[fill[0]].tolist(), fill[1], fill[2])
         self.inputs.upload(2 * s + 1 + len(seqs) * self.max_blocks, fill)  # every start and seq_len, the step's tables
-        return bucket, first
+        return bucket
 
     @torch.inference_mode()
     def run(self, seqs: Sequence[ScheduledSeq], block_size: int,
@@ -149,6 +148,6 @@ class PrefillGraphs:
         """Logits [len(seqs), vocab] float32 (a view of the graph's static output). fill: (indices
         of the sequences whose only token is a placeholder, the previous step's device tokens,
         their rows there)."""
-        bucket, _ = self.stage(seqs, block_size, fill)
+        bucket = self.stage(seqs, block_size, fill)
         self.graphs[bucket].replay()
         return self.logits_out[: len(seqs)]

@@ -5,7 +5,8 @@ completions with echo and logprobs).
 The row at prompt position p predicts token p + 1, so positions 0 .. P - 2 of a P-token prompt
 have rows; the prompt's last position is the sampling row of the first generated token. The
 scheduler hands each step the rows of its prompt chunks (`rows_to_compute`), each position once,
-even when a preempted request computes its prompt again; every rank computes their logits in the
+even when a preempted request computes its prompt again, and limits its prefix-cache hits
+(`cacheable_tokens`) to positions whose rows were given; every rank computes their logits in the
 eager forward (`launch`: compute_logits is a collective under tensor parallelism) and rank 0
 copies their logprobs to host memory, read with the step's sampled tokens (`StepResult`).
 """
@@ -66,6 +67,17 @@ def rows_to_compute(request: Request, start: int, end: int) -> PromptLogprobRows
         return None
     request.num_prompt_logprob_rows = hi
     return PromptLogprobRows(lo - start, request.prompt_token_ids[lo + 1 : hi + 1], top)
+
+
+def cacheable_tokens(request: Request) -> int:
+    """How many of the request's first tokens it may take from the prefix cache. A cached token
+    gets no logits, so until a step has been given every prompt-logprob row of a request that asks
+    for them, only positions whose rows are given: none at first, more when it is computed again
+    after a preemption (`rows_to_compute` gives each row once)."""
+    wants_rows = request.params.prompt_logprobs is not None  # checked first: most requests do not
+    if wants_rows and request.num_prompt_logprob_rows < len(request.prompt_token_ids) - 1:
+        return request.num_prompt_logprob_rows
+    return request.num_known_tokens
 
 
 class PendingPromptLogprobs:

@@ -23,7 +23,12 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from shardserve.engine.kv_cache import BlockManager
-from shardserve.engine.prompt_logprobs import PromptLogprobRows, PromptLogprobs, rows_to_compute
+from shardserve.engine.prompt_logprobs import (
+    PromptLogprobRows,
+    PromptLogprobs,
+    cacheable_tokens,
+    rows_to_compute,
+)
 from shardserve.engine.request import FinishReason, Request, RequestStatus
 from shardserve.engine.sampling_params import SamplingParams
 
@@ -169,7 +174,7 @@ class Scheduler:
             request = self.waiting[0]
             if request.num_inflight:  # preempted with a token in flight: recompute once it is known
                 break
-            cached = self.block_manager.find_cached_prefix(request)
+            cached = self.block_manager.find_cached_prefix(request, cacheable_tokens(request))
             num_cached = len(cached) * self.block_manager.block_size
             num_new = request.num_tokens - num_cached
             if num_new > budget:

@@ -42,7 +42,7 @@ def test_prefix_blocks_are_shared_and_survive_free_until_evicted():
     first = make_request("a", [5, 6, 7, 8, 9, 10, 11, 12, 13, 14])
     compute_all(bm, first)
     second = make_request("b", [5, 6, 7, 8, 9, 10, 11, 12, 99])
-    hits = bm.find_cached_prefix(second)
+    hits = bm.find_cached_prefix(second, second.num_tokens)
     assert hits == first.block_ids[:2]
     assert bm.allocate(second, 1, hits)
     assert second.block_ids[:2] == first.block_ids[:2]
@@ -51,11 +51,11 @@ def test_prefix_blocks_are_shared_and_survive_free_until_evicted():
     bm.free(second)
     # Freed but still cached: a third request reuses them.
     third = make_request("c", [5, 6, 7, 8, 9, 10, 11, 12, 1, 2])
-    assert bm.find_cached_prefix(third) == hits
+    assert bm.find_cached_prefix(third, third.num_tokens) == hits
     # Allocating everything evicts the cached content.
     hog = make_request("d", list(range(100, 124)))
     assert bm.allocate(hog, 24)
-    assert bm.find_cached_prefix(third) == []
+    assert bm.find_cached_prefix(third, third.num_tokens) == []
 
 
 def test_fully_cached_prompt_leaves_last_block_to_compute():
@@ -63,19 +63,30 @@ def test_fully_cached_prompt_leaves_last_block_to_compute():
     first = make_request("a", list(range(8)))
     compute_all(bm, first)
     again = make_request("b", list(range(8)))
-    assert bm.find_cached_prefix(again) == first.block_ids[:1]
+    assert bm.find_cached_prefix(again, again.num_tokens) == first.block_ids[:1]
+
+
+def test_hits_stop_at_the_token_limit_the_scheduler_gives():
+    bm = BlockManager(num_blocks=8, block_size=4)
+    first = make_request("a", list(range(13)))
+    compute_all(bm, first)
+    again = make_request("b", list(range(13)))
+    assert bm.find_cached_prefix(again, 13) == first.block_ids[:3]
+    assert bm.find_cached_prefix(again, 11) == first.block_ids[:2]  # whole blocks within the limit
+    assert bm.find_cached_prefix(again, 3) == []
+    assert bm.find_cached_prefix(again, 99) == first.block_ids[:3]  # no more than its tokens
 
 
 def test_different_prefix_before_same_block_does_not_match():
     bm = BlockManager(num_blocks=8, block_size=2)
     compute_all(bm, make_request("a", [1, 2, 3, 4, 5]))
-    assert bm.find_cached_prefix(make_request("b", [9, 9, 3, 4, 5])) == []
+    assert bm.find_cached_prefix(make_request("b", [9, 9, 3, 4, 5]), 5) == []
 
 
 def test_prefix_caching_off_finds_nothing():
     bm = BlockManager(num_blocks=8, block_size=2, enable_prefix_caching=False)
     compute_all(bm, make_request("a", [1, 2, 3, 4, 5]))
-    assert bm.find_cached_prefix(make_request("b", [1, 2, 3, 4, 5])) == []
+    assert bm.find_cached_prefix(make_request("b", [1, 2, 3, 4, 5]), 5) == []
 
 
 def test_needs_a_block():

@@ -12,6 +12,7 @@ from helpers.prefill_cases import BLOCK, ENGINE_OPTIONS, eager_logits, kv_caches
 from shardserve import LLM
 from shardserve.engine.cuda_graphs import logits_buffer
 from shardserve.engine.prefill_graphs import PrefillGraphs
+from shardserve.engine.request import PLACEHOLDER
 from shardserve.engine.scheduler import ScheduledSeq
 
 pytest.importorskip("triton")
@@ -32,11 +33,13 @@ def test_padded_step_matches_eager_step(tiny_checkpoint, arch, max_seqs):
         logits = logits_buffer(runner.model, max_seqs, torch.device("cpu"))
         graphs = PrefillGraphs(runner.model, torch.device("cpu"), max_seqs, 2048, 16, logits)
         assert graphs.can_run(step)
-        tokens, first = graphs.stage(step, BLOCK)
-        assert (tokens, first) == ((16, 8), [0, 5, 12])
+        bucket = graphs.stage(step, BLOCK)
+        assert bucket == (16, 8)
+        # Each sequence's first token row, as the device reads it; the padding sequences' are empty.
+        assert graphs.inputs.dev32[: max_seqs + 1].tolist() == [0, 5, 12] + [13] * (max_seqs - 2)
         logits.fill_(float("nan"))
         with torch.inference_mode():
-            padded = graphs.forward(tokens)
+            padded = graphs.forward(bucket)
         assert padded.data_ptr() == logits.data_ptr()  # written into the graphs' shared buffer
         torch.testing.assert_close(padded[:3], eager, rtol=1e-4, atol=1e-4)
         # The step's tokens wrote what the eager step did; the padding tokens wrote nothing.
@@ -56,6 +59,16 @@ def test_steps_past_the_buckets_run_eagerly():
     assert not graphs.can_run([seq(1)] * 9)  # 9 sequences
     assert not graphs.can_run([seq(1, blocks=5)])  # a block table past the graphs' width
     assert not graphs.can_run([])
+
+
+def test_a_placeholder_takes_the_previous_step_token_at_its_sequence_first_row():
+    """Asynchronous scheduling: a decode token in flight beside prompts, filled on the device."""
+    graphs = PrefillGraphs(torch.nn.Identity(), torch.device("cpu"), 8, 64, 4, torch.empty(8, 10))
+    step = [ScheduledSeq("a", [5, 6, 7], 0, [0], None), ScheduledSeq("b", [PLACEHOLDER], 4, [1, 2], None),
+            ScheduledSeq("c", [8, 9], 0, [3], None), ScheduledSeq("d", [PLACEHOLDER], 6, [4, 5], None)]
+    previous = torch.tensor([70, 71, 72])  # the previous step's sampled tokens, on the device
+    assert graphs.stage(step, 4, fill=([1, 3], previous, [2, 0])) == (16, 8)
+    assert graphs.inputs.dev64[0, :7].tolist() == [5, 6, 7, 72, 8, 9, 70]
 
 
 def test_a_step_takes_the_smallest_bucket_few_sequences_their_own_graphs():
