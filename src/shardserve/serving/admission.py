@@ -35,16 +35,9 @@ class Admission:
         return min(self.inflight, self.concurrency)
 
     def acquire(self, model: str, n: int = 1, field: str | None = None) -> None:
-        """Take n slots (a batch of n prompts) or raise an APIError: 400 (naming `field`, the
-        request's prompts) for a batch larger than the whole capacity, which no retry can fit;
-        503 while the slots are taken."""
-        if n > self.capacity:
-            raise APIError(
-                400,
-                f"{field or 'the request'}: {n} prompts are more than model {model!r} takes at once "
-                f"({self.capacity}: {self.concurrency} running + {self.queue_size} queued, job_queue_size)",
-                param=field,
-            )
+        """Take n slots (a batch of n prompts) or raise an APIError: check_fits' 400 (naming
+        `field`, the request's prompts); 503 while the slots are taken."""
+        self.check_fits(model, n, field)
         if self.inflight + n > self.capacity:
             raise APIError(
                 503,
@@ -53,6 +46,17 @@ class Admission:
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
         self.inflight += n
+
+    def check_fits(self, model: str, n: int, field: str | None, what: str | None = None) -> None:
+        """A 400 naming `field` when n slots (`what` they are in the request's terms; n prompts
+        unless said) are more than the whole capacity: no retry can fit them."""
+        if n > self.capacity:
+            raise APIError(
+                400,
+                f"{field or 'the request'}: {what or f'{n} prompts'} are more than model {model!r} takes at "
+                f"once ({self.capacity}: {self.concurrency} running + {self.queue_size} queued, job_queue_size)",
+                param=field,
+            )
 
     def release(self, n: int = 1) -> None:
         self.inflight -= n

@@ -55,7 +55,6 @@ class Generation:
         self.timer = RequestTimer(metrics, model.name)
         self._outputs = model.engine.generate(prompt, params, self.request_id, output_kind=output_kind)
         self.last: RequestOutput | None = None
-        self.num_tokens = 0  # generated so far
 
     async def next(self) -> RequestOutput | None:
         """The next update, None after the last; raises APIError."""
@@ -81,10 +80,9 @@ class Generation:
         except Exception as e:  # e.g. the Accelerate engine's generate() failing for this batch
             logger.exception("generation %s failed", self.request_id)
             raise APIError(500, f"generation failed: {type(e).__name__}: {e}") from None
-        self.num_tokens += len(out.delta_token_ids)
         self.timer.on_tokens(len(out.delta_token_ids), out.first_token_time)
         if out.finished:
-            self.timer.finish(len(out.prompt_token_ids), self.num_tokens)
+            self.timer.finish(len(out.prompt_token_ids))
         self.last = out
         return out
 

@@ -46,7 +46,8 @@ class ServerMetrics:
 
 
 class RequestTimer:
-    """One generation's latencies: TTFT at the first token, then inter-token gaps."""
+    """One generation's latencies: TTFT at the first token, then inter-token gaps; and its count
+    of generated tokens, the request path's only one (finish reports it)."""
 
     def __init__(self, metrics: ServerMetrics | None, model: str):
         self.metrics = metrics
@@ -57,25 +58,29 @@ class RequestTimer:
     def on_tokens(self, n: int, first_token_time: float | None = None) -> None:
         """An update with n new tokens. first_token_time (RequestOutput's, perf_counter): when the
         engine had the first token, which a non-streaming request's only update comes long after."""
-        if n <= 0 or self.metrics is None:
+        if n <= 0:
+            return
+        before, self.tokens = self.tokens, self.tokens + n
+        if self.metrics is None:
             return
         now = time.perf_counter()
         since, gaps = self.last, n
-        if self.tokens == 0:
+        if before == 0:
             first = now if first_token_time is None else first_token_time
             self.metrics.ttft.labels(self.model).observe(first - self.start)
             since, gaps = first, n - 1  # the first token has no gap; the others share the rest
         for _ in range(gaps):  # several tokens in one update share the gap
             self.metrics.itl.labels(self.model).observe((now - since) / gaps)
-        self.tokens += n
         self.last = now
 
-    def finish(self, prompt_tokens: int, generated_tokens: int) -> None:
+    def finish(self, prompt_tokens: int, generated_tokens: int | None = None) -> None:
+        """generated_tokens: those on_tokens counted unless given."""
         if self.metrics is None:
             return
         self.metrics.e2e.labels(self.model).observe(time.perf_counter() - self.start)
         self.metrics.prompt_tokens.labels(self.model).inc(prompt_tokens)
-        self.metrics.generation_tokens.labels(self.model).inc(generated_tokens)
+        self.metrics.generation_tokens.labels(self.model).inc(
+            self.tokens if generated_tokens is None else generated_tokens)
 
 
 class _LiveCollector:

@@ -32,12 +32,14 @@ def completion_logprobs(tokenizer, token_ids: list[int], logprobs: list[float],
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops, "text_offset": text_offset}
 
 
-def echo_logprobs(tokenizer, out: RequestOutput) -> dict:
+def echo_logprobs(tokenizer, out: RequestOutput, offsets: list[int] | None = None) -> dict:
     """completion_logprobs of the echoed prompt, as vLLM's: the first token has no logprob and no
     top_logprobs entry (null), every other one its logprob given the tokens before it; text_offset:
-    where each token's text starts in the echoed prompt (prompt_text_offsets)."""
+    where each token's text starts in the echoed prompt: `offsets`, a text prompt's from its
+    encoding (encode_text), else prompt_text_offsets."""
     ids = out.prompt_token_ids
-    offsets = prompt_text_offsets(tokenizer, ids, out.prompt)
+    if offsets is None:
+        offsets = prompt_text_offsets(tokenizer, ids)
     tops = out.prompt_top_logprobs[1:] if out.prompt_top_logprobs is not None else None
     rest = completion_logprobs(tokenizer, ids[1:], out.prompt_logprobs[1:], tops, offsets[1:])
     first = {"tokens": tokenizer.decode(ids[:1]), "token_logprobs": None, "top_logprobs": None,
@@ -45,14 +47,19 @@ def echo_logprobs(tokenizer, out: RequestOutput) -> dict:
     return {key: [first[key], *rest[key]] for key in first}
 
 
-def prompt_text_offsets(tokenizer, token_ids: list[int], text: str | None = None) -> list[int]:
-    """Where each prompt token's text starts in the echo: in `text` (a text prompt, echoed as
-    given) by the tokenizer's own offsets; else in tokenizer.decode(token_ids), special tokens
-    included, as a token-id prompt is echoed: where the text of the tokens before it ends."""
-    if text is not None and getattr(tokenizer, "is_fast", False):
+def encode_text(tokenizer, text: str, offsets: bool = False) -> tuple[list[int], list[int] | None]:
+    """A text prompt's token ids (tokenizer.encode's) and, when `offsets` are asked and a fast
+    tokenizer has them, where each token's text starts in `text`, which is echoed as given; one
+    encoding gives both, so the route encodes a prompt once for everything it needs."""
+    if offsets and getattr(tokenizer, "is_fast", False):
         encoded = tokenizer(text, return_offsets_mapping=True)
-        if encoded["input_ids"] == list(token_ids):  # else the prompt was not this text's encoding
-            return [start for start, _ in encoded["offset_mapping"]]
+        return encoded["input_ids"], [start for start, _ in encoded["offset_mapping"]]
+    return tokenizer.encode(text), None
+
+
+def prompt_text_offsets(tokenizer, token_ids: list[int]) -> list[int]:
+    """Where each prompt token's text starts in tokenizer.decode(token_ids), special tokens
+    included, as a token-id prompt is echoed: where the text of the tokens before it ends."""
     detokenizer, offsets, end = IncrementalDetokenizer(tokenizer, [], skip_special_tokens=False), [], 0
     for token_id in token_ids:
         offsets.append(end)

@@ -1,4 +1,4 @@
-"""OpenAI completions / chat schemas, their SamplingParams, and the response envelopes.
+"""OpenAI completions / chat schemas, their SamplingParams, the response envelopes and usage.
 
 Fields the engine cannot honour (best_of > 1, suffix, a response_format other than text, n
 outside [1, MAX_CHOICES], a tool_choice that needs guided decoding) are rejected with a 400 naming
@@ -204,7 +204,10 @@ def usage(outs: list[RequestOutput], n: int = 1) -> dict:
     """A request's usage: `outs` are n choices per prompt, prompt by prompt; each prompt counts
     once (as vLLM), every choice's completion tokens count."""
     prompt = sum(len(out.prompt_token_ids) for out in outs[::n])
-    completion = sum(len(out.token_ids) for out in outs)
+    return _usage(prompt, sum(len(out.token_ids) for out in outs))
+
+
+def _usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
@@ -212,3 +215,38 @@ def envelope(kind: str, request_id: str, model: str, choices: list[dict], extra:
     body = {"id": request_id, "object": kind, "created": int(time.time()), "model": model, "choices": choices}
     body.update(extra or {})
     return body
+
+
+class ChoiceStreams:
+    """What a stream keeps of each choice of a request (choice k answers prompt k // n), whose
+    updates (DELTA's) carry only what is new: the token counts usage reads, and where its text
+    ends, where its next token's starts. With stream_options.include_usage, each chunk's `usage`
+    is null, or that of its choice with continuous_usage_stats (vLLM's extension), and a last
+    chunk has the whole request's (usage())."""
+
+    def __init__(self, body: _Sampling, kind: str, request_id: str, model: str, choices: int):
+        self.include = body.stream_options.include_usage if body.stream_options else False
+        self.continuous = self.include and body.stream_options.continuous_usage_stats
+        self.kind, self.request_id, self.model, self.n = kind, request_id, model, body.choices
+        self.prompt_tokens: list[int | None] = [None] * choices  # None: no update yet
+        self.tokens = [0] * choices
+        self.text_ends = [0] * choices
+
+    def add(self, k: int, out: RequestOutput) -> None:
+        self.prompt_tokens[k] = len(out.prompt_token_ids)
+        self.tokens[k] += len(out.delta_token_ids)
+        if out.token_text_ends:
+            self.text_ends[k] = out.token_text_ends[-1]
+
+    def with_usage(self, k: int, event: dict) -> dict:
+        """The event of choice k (after its update is added), with usage as asked."""
+        if self.include:
+            event["usage"] = _usage(self.prompt_tokens[k], self.tokens[k]) if self.continuous else None
+        return event
+
+    def closing(self) -> list[dict]:
+        """The last chunk, with the whole request's usage, when asked."""
+        if not self.include or None in self.prompt_tokens:
+            return []
+        counts = _usage(sum(self.prompt_tokens[:: self.n]), sum(self.tokens))
+        return [envelope(self.kind, self.request_id, self.model, [], {"usage": counts})]

@@ -11,12 +11,14 @@ Completions with `echo` and `logprobs` score the prompt too (its first token has
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import replace
 
 from fastapi import APIRouter, Depends, Request
 
 from shardserve.engine.request import FinishReason, RequestOutput
+from shardserve.engine.sampling_params import SamplingParams
 from shardserve.serving import openai_logprobs as olp
 from shardserve.serving import openai_protocol as oa
 from shardserve.serving.auth import require_api_key
@@ -53,17 +55,21 @@ async def completions(body: oa.CompletionRequest, request: Request):
     score_only = body.echo and body.max_tokens == 0
     view = _prompt_only if score_only else (lambda out: out)
 
-    def prompt_params(prompt):
-        if score_only:
-            _check_scoring(model, prompt, tokenizer, body.min_tokens)
-        max_tokens = 1 if score_only else body.max_tokens  # omitted: the schema's default, OpenAI's 16
-        if max_tokens is None:  # an explicit null (vLLM): as much as the context leaves, as on chat
-            max_tokens = _default_max_tokens(model, prompt, tokenizer)
+    @functools.cache  # once per max_tokens: the prompts' params differ only by max_tokens null's
+    def choice_params(max_tokens: int) -> list[SamplingParams]:
         choices = body.choice_params(body.sampling_params(
             max_tokens, want_logprobs, top_logprobs=body.logprobs or 0, top_logprobs_field="logprobs",
             defaults=model.sampling_defaults))
         # The prompt is scored once, by its first choice; its n choices echo that.
         return [replace(choices[0], prompt_logprobs=prompt_logprobs), *choices[1:]]
+
+    def prompt_params(ids: list[int]) -> list[SamplingParams]:
+        if score_only:
+            _check_scoring(model, len(ids), body.min_tokens)
+        max_tokens = 1 if score_only else body.max_tokens  # omitted: the schema's default, OpenAI's 16
+        if max_tokens is None:  # an explicit null (vLLM): as much as the context leaves, as on chat
+            max_tokens = _default_max_tokens(model, len(ids))
+        return choice_params(max_tokens)
 
     echoed: dict[int, dict] = {}  # prompt index -> its echoed logprobs, from its first choice
 
@@ -76,34 +82,37 @@ async def completions(body: oa.CompletionRequest, request: Request):
         if not first or prompt_logprobs is None:
             return part
         if k // n not in echoed:
-            echoed[k // n] = olp.echo_logprobs(tokenizer, out)
+            echoed[k // n] = olp.echo_logprobs(tokenizer, out, encoded[k // n][1])
         return olp.joined(echoed[k // n], part)
 
     body.check_supported()  # n among the rest, before the queue is asked for n slots a prompt
     _check_capacity(model, len(prompts), body.choices)
     # n choices per prompt, prompt by prompt: choice k answers prompt k // n
     n = body.choices
-    params = [q for p in prompts for q in prompt_params(p)]
+    # A text prompt is encoded here, once: its length bounds max_tokens null and 0, and its n
+    # choices' engine requests take the ids (with echoed logprobs, its offsets come along).
+    encoded = [_encoded(p, tokenizer, prompt_logprobs is not None) for p in prompts]  # (ids, offsets)
+    params = [q for ids, _ in encoded for q in prompt_params(ids)]
     echoes = [_echo(p, tokenizer) if body.echo else "" for p in prompts]  # each choice's own prompt
     rid, name = oa.new_id("cmpl"), model.name
-    streamed = [_Streamed() for _ in params]  # each choice's, when streamed
+    streams = oa.ChoiceStreams(body, "text_completion", rid, name, len(params))  # when streamed
 
     def choice(k: int, text: str, out, logprobs: dict | None) -> dict:
         return {"index": k, "text": text, "finish_reason": oa.openai_finish_reason(out.finish_reason),
                 "logprobs": logprobs}
 
     def events_of(k: int):
-        echo, so_far = echoes[k // n], streamed[k]
+        echo = echoes[k // n]
 
         def to_events(out, first):
             out = view(out)
             prefix = echo if first else ""  # the choice's first chunk
-            offsets = olp.text_offsets(out, len(echo), before=so_far.text_end)
+            offsets = olp.text_offsets(out, len(echo), before=streams.text_ends[k])
             lp = logprobs(k, out, out.delta_token_ids, olp.delta_logprobs(out), olp.delta_top_logprobs(out),
                           offsets, first)
-            so_far.add(out)
+            streams.add(k, out)
             event = oa.envelope("text_completion", rid, name, [choice(k, prefix + out.delta_text, out, lp)])
-            return [_with_usage(event, so_far, body)]
+            return [streams.with_usage(k, event)]
 
         return to_events
 
@@ -117,11 +126,9 @@ async def completions(body: oa.CompletionRequest, request: Request):
             choices.append(choice(k, prefix + out.text, out, lp))
         return oa.envelope("text_completion", rid, name, choices, {"usage": oa.usage(finals, n)})
 
-    return await respond(request, model, [p for p in prompts for _ in range(n)], params, stream=body.stream,
+    return await respond(request, model, [ids for ids, _ in encoded for _k in range(n)], params, stream=body.stream,
                          sse=True, to_events=[events_of(k) for k in range(len(params))], to_body=to_body,
-                         closing_events=lambda: _usage_chunk("text_completion", rid, name,
-                                                             [c.whole() for c in streamed], body, n),
-                         done_marker=True, names=oa.FIELD_NAMES)
+                         closing_events=streams.closing, done_marker=True, names=oa.FIELD_NAMES)
 
 
 @router.post("/chat/completions")
@@ -136,13 +143,13 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request):
     field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     max_tokens = getattr(body, field)
     if max_tokens is None:  # OpenAI's default: as much as the context leaves
-        max_tokens = _default_max_tokens(model, prompt, tokenizer)
+        max_tokens = _default_max_tokens(model, len(prompt))
     body.check_supported()
     _check_capacity(model, 1, body.choices)
     params = [use.adjust(p) for p in body.choice_params(body.sampling_params(
         max_tokens, body.logprobs, field, top_logprobs=body.top_logprobs or 0, defaults=model.sampling_defaults))]
     rid, name = oa.new_id("chatcmpl"), model.name
-    streamed = [_Streamed() for _ in params]  # each choice's, when streamed
+    streams = oa.ChoiceStreams(body, "chat.completion.chunk", rid, name, len(params))  # when streamed
 
     def logprobs(ids, lps, tops):
         return olp.chat_logprobs(tokenizer, ids, lps or [], tops) if body.logprobs else None
@@ -152,7 +159,7 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request):
             {"index": j, "delta": delta, "finish_reason": finish_reason, "logprobs": lp}])
 
     def events_of(j: int):
-        pending, so_far = olp.PendingTokens(), streamed[j]  # pending: tokens that sent no chunk yet
+        pending = olp.PendingTokens()  # the tokens that sent no chunk yet
         tools = use.stream()  # its text -> content and tool call deltas
 
         def to_events(out, first):
@@ -162,8 +169,8 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request):
             delta, reason = tools.step(out.delta_text, out.finished, oa.openai_finish_reason(out.finish_reason))
             if delta or out.finished:
                 events.append(chunk(j, delta, reason, logprobs(*pending.take())))
-            so_far.add(out)
-            return [_with_usage(e, so_far, body) for e in events]
+            streams.add(j, out)
+            return [streams.with_usage(j, e) for e in events]
 
         return to_events
 
@@ -177,9 +184,7 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request):
 
     return await respond(request, model, [prompt] * len(params), params, stream=body.stream, sse=True,
                          to_events=[events_of(j) for j in range(len(params))], to_body=to_body,
-                         closing_events=lambda: _usage_chunk("chat.completion.chunk", rid, name,
-                                                             [c.whole() for c in streamed], body, len(streamed)),
-                         done_marker=True,
+                         closing_events=streams.closing, done_marker=True,
                          names=oa.FIELD_NAMES | {"max_new_tokens": field, "prompt": "messages"})
 
 
@@ -208,34 +213,40 @@ def _prompts(prompt) -> list:
     return list(prompt)
 
 
-def _default_max_tokens(model: ServedModel, prompt, tokenizer) -> int:
-    """max_tokens that fills the context after this prompt (each prompt of a batch its own, as
-    vLLM), at most the model's generation_config.json max_new_tokens; at least 1, so a prompt too
-    long gets the engine's own error."""
-    length = len(tokenizer.encode(prompt)) if isinstance(prompt, str) else len(prompt)
+def _encoded(prompt, tokenizer, offsets: bool) -> tuple[list[int], list[int] | None]:
+    """A prompt's token ids (a text one's encoded) and, with `offsets`, where each token's text
+    starts in a text prompt when its encoding says (openai_logprobs.encode_text)."""
+    if isinstance(prompt, str):
+        return olp.encode_text(tokenizer, prompt, offsets)
+    return prompt, None
+
+
+def _default_max_tokens(model: ServedModel, length: int) -> int:
+    """max_tokens that fills the context after a prompt of `length` tokens (each prompt of a
+    batch its own, as vLLM), at most the model's generation_config.json max_new_tokens; at least
+    1, so a prompt too long gets the engine's own error."""
     left = max(model.engine.max_model_len - length, 1)
     return min(left, model.sampling_defaults.get("max_new_tokens", left))
 
 
-def _check_scoring(model: ServedModel, prompt, tokenizer, min_tokens: int) -> None:
-    """400s in the client's terms for a prompt scored alone (max_tokens 0), where the engine is
-    asked for one token: it needs a position after the prompt, and min_tokens cannot apply."""
+def _check_scoring(model: ServedModel, length: int, min_tokens: int) -> None:
+    """400s in the client's terms for a prompt of `length` tokens scored alone (max_tokens 0),
+    where the engine is asked for one token: it needs a position after the prompt, and min_tokens
+    cannot apply."""
     if min_tokens:
         raise bad_request(f"min_tokens: must be 0 with max_tokens 0, got {min_tokens}", "min_tokens")
-    length = len(tokenizer.encode(prompt)) if isinstance(prompt, str) else len(prompt)
     if length >= model.engine.max_model_len:
         raise bad_request(f"prompt: a prompt scored alone (max_tokens 0) takes at most max_model_len - 1 = "
                           f"{model.engine.max_model_len - 1} tokens, got {length}", "prompt")
 
 
 def _check_capacity(model: ServedModel, prompts: int, n: int) -> None:
-    """A 400 naming n when the prompts fit the model's queue but their n choices each (an engine
-    request apiece, a queue slot each) never can; admission names the prompts when they alone
-    are too many, and answers 503 while the slots are taken."""
-    capacity = model.admission.capacity
-    if prompts <= capacity < prompts * n:
-        raise bad_request(f"n: {prompts} prompt(s) x {n} choices are {prompts * n} requests, more than model "
-                          f"{model.name!r} takes at once ({capacity}, job_queue_size included)", "n")
+    """Admission's 400 in n's terms when the prompts fit the model's queue but their n choices
+    each (an engine request apiece, a queue slot each) never can; prompts too many alone are
+    named by admission itself, when respond asks it for the slots."""
+    if prompts <= model.admission.capacity:
+        model.admission.check_fits(model.name, prompts * n, "n",
+                                   f"{prompts * n} requests ({prompts} prompt(s) x {n} choices)")
 
 
 def _prompt_only(out: RequestOutput) -> RequestOutput:
@@ -245,40 +256,5 @@ def _prompt_only(out: RequestOutput) -> RequestOutput:
                    top_logprobs=None if out.top_logprobs is None else [], finish_reason=FinishReason.LENGTH)
 
 
-class _Streamed:
-    """What a stream keeps of one choice's updates (DELTA's: each has only what is new): its
-    token ids, which usage counts, and where its text ends, where its next token's starts."""
-
-    def __init__(self) -> None:
-        self.token_ids: list[int] = []
-        self.text_end = 0
-        self.last: RequestOutput | None = None
-
-    def add(self, out: RequestOutput) -> None:
-        self.token_ids += out.delta_token_ids
-        if out.token_text_ends:
-            self.text_end = out.token_text_ends[-1]
-        self.last = out
-
-    def whole(self) -> RequestOutput | None:
-        """The last update with the choice's token ids so far: what usage reads."""
-        return None if self.last is None else replace(self.last, token_ids=self.token_ids)
-
-
 def _echo(prompt, tokenizer) -> str:
     return prompt if isinstance(prompt, str) else tokenizer.decode(prompt)
-
-
-def _with_usage(event: dict, choice: _Streamed, body) -> dict:
-    """stream_options.continuous_usage_stats: usage on every chunk (vLLM's extension), that of
-    the chunk's choice."""
-    if body.stream_options and body.stream_options.include_usage:
-        event["usage"] = oa.usage([choice.whole()]) if body.stream_options.continuous_usage_stats else None
-    return event
-
-
-def _usage_chunk(kind: str, rid: str, name: str, lasts: list, body, n: int) -> list[dict]:
-    """stream_options.include_usage: one last chunk with the whole request's usage."""
-    if body.stream_options and body.stream_options.include_usage and None not in lasts:
-        return [oa.envelope(kind, rid, name, [], {"usage": oa.usage(lasts, n)})]
-    return []
