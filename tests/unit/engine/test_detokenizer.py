@@ -42,22 +42,16 @@ def test_an_aborted_request_keeps_the_half_character_its_last_token_began(tiny_c
     ends without another token (aborted), its output still has that token's text."""
     from transformers import AutoTokenizer
 
-    from shardserve.engine.output_processor import OutputProcessor
-    from shardserve.engine.request import FinishReason, Request, RequestStatus
+    from helpers.output_feed import feed
+    from shardserve.engine.request import FinishReason, OutputKind
     from shardserve.engine.sampling_params import SamplingParams
 
     tok = AutoTokenizer.from_pretrained(str(tiny_checkpoint("llama")))
     ids = tok.encode("ab 日本語", add_special_tokens=False)
     # The first prefix whose incremental text is held back: it ends inside a character.
     cut = next(n for n in range(1, len(ids)) if tok.decode(ids[:n]).endswith("\ufffd"))
-    request = Request("r", tok.encode("x"), SamplingParams(max_new_tokens=64))
-    outputs = OutputProcessor(tok)
-    outputs.add(request)
-    for token_id in ids[:cut]:
-        request.output_token_ids.append(token_id)
-        outputs.new_text(request, [token_id])
-    streamed = outputs.output(request).text
-    assert streamed == tok.decode(ids[:cut]).removesuffix("\ufffd")  # held back while running
-    request.status, request.finish_reason = RequestStatus.FINISHED, FinishReason.ABORT
-    final = outputs.output(request)
+    params = SamplingParams(max_new_tokens=64)
+    *_, streamed, final = feed(tok, OutputKind.CUMULATIVE, ids[:cut], params, abort=True)
+    assert not streamed.finished and final.finish_reason == FinishReason.ABORT
+    assert streamed.text == tok.decode(ids[:cut]).removesuffix("\ufffd")  # held back while running
     assert final.text == tok.decode(ids[:cut]) and final.token_text_ends[-1] == len(final.text)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from helpers.output_feed import feed
 from shardserve import OutputKind, SamplingParams
 from shardserve.assets import default_model_path
-from shardserve.engine.output_processor import OutputProcessor
-from shardserve.engine.request import FinishReason, Request, RequestStatus
+from shardserve.engine.request import FinishReason
 from shardserve.engine.tokenizer import load_tokenizer
 
 PER_TOKEN = ("token_ids", "token_text_ends", "logprobs", "top_logprobs")
@@ -122,27 +122,6 @@ def test_an_unknown_kind_is_refused(llama_llm):
 @pytest.fixture(scope="module")
 def tokenizer():
     return load_tokenizer(str(default_model_path()))
-
-
-def feed(tokenizer, kind: OutputKind, token_ids: list[int], params: SamplingParams, abort: bool = False):
-    """The outputs of a request that gets `token_ids` one a step (aborted after the last)."""
-    request = Request("r", tokenizer.encode("x"), params, output_kind=kind)
-    outputs = OutputProcessor(tokenizer)
-    outputs.add(request)
-    outs = []
-    for token_id in token_ids:
-        request.output_token_ids.append(token_id)
-        if len(request.output_token_ids) == params.max_new_tokens:
-            request.status, request.finish_reason = RequestStatus.FINISHED, FinishReason.LENGTH
-        if outputs.new_text(request, [token_id]):
-            request.status, request.finish_reason = RequestStatus.FINISHED, FinishReason.STOP
-        outs.append(outputs.output(request))
-        if request.is_finished:
-            break
-    if abort:
-        request.status, request.finish_reason = RequestStatus.FINISHED, FinishReason.ABORT
-        outs.append(outputs.output(request))
-    return [o for o in outs if o is not None]
 
 
 def test_an_aborted_delta_request_sends_the_half_character_it_held_back(tokenizer):

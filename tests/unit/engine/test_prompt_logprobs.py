@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from helpers.prompts import MIXED
+from helpers.reference_logprobs import hf_logprobs, token_logprobs
 from shardserve import LLM, SamplingParams
 from shardserve.engine import prompt_logprobs as prompt_logprobs_module
 from shardserve.engine.sampling_params import MAX_TOP_LOGPROBS
@@ -20,18 +21,7 @@ TOL = 2e-5  # float32 on both sides; the largest difference seen was 2e-6
 @pytest.fixture(scope="module")
 def reference(tiny_checkpoint):
     """(arch, prompt ids) -> transformers' float32 log_softmax [len(ids), vocab] of one forward."""
-    from transformers import AutoModelForCausalLM
-
-    models = {}
-
-    def run(arch: str, ids: list[int]) -> torch.Tensor:
-        if arch not in models:
-            models[arch] = AutoModelForCausalLM.from_pretrained(str(tiny_checkpoint(arch)), dtype=torch.float32).eval()
-        with torch.no_grad():
-            logits = models[arch](torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long)).logits
-        return torch.log_softmax(logits[0].float(), dim=-1)
-
-    return run
+    return lambda arch, ids: hf_logprobs(tiny_checkpoint(arch), ids)
 
 
 def assert_matches(out, logprobs: torch.Tensor, n: int) -> None:
@@ -39,8 +29,7 @@ def assert_matches(out, logprobs: torch.Tensor, n: int) -> None:
     ids = out.prompt_token_ids
     assert out.prompt_logprobs is not None and len(out.prompt_logprobs) == len(ids)
     assert out.prompt_logprobs[0] is None
-    want = [logprobs[i - 1, ids[i]].item() for i in range(1, len(ids))]
-    assert out.prompt_logprobs[1:] == pytest.approx(want, abs=TOL)
+    assert out.prompt_logprobs[1:] == pytest.approx(token_logprobs(logprobs, ids), abs=TOL)
     if not n:
         assert out.prompt_top_logprobs is None
         return

@@ -1,10 +1,10 @@
 """Sampling through the whole engine: seeds, top_k=1, min_p, logit_bias, stop strings, bad input."""
 
-import math
 from dataclasses import replace
 
 import pytest
 
+from helpers.min_p_gaps import assert_kept_by_min_p, assert_min_p_bites
 from shardserve import SamplingParams
 from shardserve.engine.request import FinishReason
 
@@ -194,6 +194,6 @@ def test_min_p_per_request_in_one_batch(llama_llm):
                              logprobs=True, top_logprobs=1) for i, m in enumerate(min_ps)]
     outs = llama_llm.generate(["the cat"] * 4, params)
     assert outs[3].token_ids == greedy.token_ids
-    gaps = [min(lp - top[0][1] for lp, top in zip(o.logprobs, o.top_logprobs, strict=True)) for o in outs]
-    assert gaps[1] >= temperature * math.log(0.05) - 1e-4 and gaps[2] >= temperature * math.log(0.5) - 1e-4
-    assert gaps[0] < temperature * math.log(0.5)  # the bound bites: without min_p draws pass it
+    assert_kept_by_min_p(outs[1], temperature, 0.05)
+    assert_kept_by_min_p(outs[2], temperature, 0.5)
+    assert_min_p_bites(outs[0], temperature, 0.5)

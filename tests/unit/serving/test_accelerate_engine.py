@@ -5,12 +5,12 @@ shutdown)."""
 from __future__ import annotations
 
 import asyncio
-import math
 from dataclasses import replace
 
 import pytest
 
 from helpers.checkpoints import EOS_ID
+from helpers.min_p_gaps import assert_kept_by_min_p, assert_min_p_bites
 from shardserve import LLM, SamplingParams
 from shardserve.engine.request import Request
 from shardserve.errors import EngineDeadError, ModelLoadError
@@ -59,11 +59,6 @@ def test_stop_ids_and_logprobs_as_our_engine(engines, extra):
             assert [v for _, v in mine] == pytest.approx([v for _, v in theirs], abs=1e-4)
 
 
-def top_gaps(out) -> list[float]:
-    """Each chosen token's raw log-probability less the most likely token's, per position."""
-    return [lp - top[0][1] for lp, top in zip(out.logprobs, out.top_logprobs, strict=True)]
-
-
 @pytest.mark.parametrize("engine", ["accelerate", "ours"])
 def test_min_p_keeps_draws_near_the_top_and_min_p_1_is_greedy(engines, engine):
     """At temperature T a token is kept when p_T >= min_p * max p_T, i.e. when its raw
@@ -79,9 +74,9 @@ def test_min_p_keeps_draws_near_the_top_and_min_p_1_is_greedy(engines, engine):
                                        ignore_eos=True, logprobs=True, top_logprobs=1))
 
     assert [sampled(1.0, seed).token_ids for seed in (1, 2)] == [greedy.token_ids] * 2
-    bound = temperature * math.log(0.5)
-    assert min(min(top_gaps(sampled(0.5, seed))) for seed in (1, 2, 3)) >= bound - 1e-4
-    assert min(top_gaps(sampled(0.0, 1))) < bound  # the bound bites: without min_p draws pass it
+    for seed in (1, 2, 3):
+        assert_kept_by_min_p(sampled(0.5, seed), temperature, 0.5)
+    assert_min_p_bites(sampled(0.0, 1), temperature, 0.5)
 
 
 @pytest.mark.parametrize("extra", [{}, {"repetition_penalty": 1.5, "presence_penalty": 0.5, "logprobs": True}],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers.reference_logprobs import hf_logprobs, token_logprobs
 from helpers.served_app import artifact, post_ok, served, sse_chunks
 
 PROMPT = [1, 37, 12, 99, 5, 61, 23, 8, 74, 40]  # token ids, as evaluation harnesses send them
@@ -22,11 +23,7 @@ def client(tiny_checkpoint, tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(tiny_checkpoint) -> torch.Tensor:
     """transformers' float32 log_softmax [len(PROMPT), vocab] of the prompt."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_checkpoint("llama")), dtype=torch.float32).eval()
-    with torch.no_grad():
-        return torch.log_softmax(model(torch.tensor([PROMPT])).logits[0].float(), dim=-1)
+    return hf_logprobs(tiny_checkpoint("llama"), PROMPT)
 
 
 def _post(client, body: dict) -> dict:
@@ -47,7 +44,7 @@ def test_echo_with_logprobs_scores_every_prompt_token_then_the_completion(client
     n = len(PROMPT)
     assert lp["tokens"][:n] == _decode(client, PROMPT) and lp["tokens"][n:] == plain["logprobs"]["tokens"]
     assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
-    want = [reference[i - 1, PROMPT[i]].item() for i in range(1, n)]
+    want = token_logprobs(reference, PROMPT)
     assert lp["token_logprobs"][1:n] == pytest.approx(want, abs=TOL)
     assert lp["token_logprobs"][n:] == plain["logprobs"]["token_logprobs"]
     for i in range(1, n):  # the token itself first, then the two most likely (keyed by text)
@@ -68,7 +65,7 @@ def test_max_tokens_0_with_echo_scores_the_prompt_alone(client, reference):
     tokenizer = client.app.state.ctx.store.get("llama").engine.tokenizer
     assert choice["text"] == tokenizer.decode(PROMPT) and choice["finish_reason"] == "length"
     assert choice["logprobs"]["tokens"] == _decode(client, PROMPT)
-    want = [reference[i - 1, PROMPT[i]].item() for i in range(1, len(PROMPT))]
+    want = token_logprobs(reference, PROMPT)
     assert choice["logprobs"]["token_logprobs"][1:] == pytest.approx(want, abs=TOL)
     assert body["usage"] == {"prompt_tokens": len(PROMPT), "completion_tokens": 0, "total_tokens": len(PROMPT)}
     r = _post_raw(client, {"max_tokens": 0})  # without echo there is nothing to answer
