@@ -20,7 +20,7 @@ CHAT = {"model": "llama", "messages": [{"role": "user", "content": "Tell me a st
 
 @pytest.fixture(scope="module")
 def client(tiny_checkpoint, tmp_path_factory):
-    with served((("llama", artifact(tmp_path_factory.mktemp("refactor") / "llama", tiny_checkpoint("llama"))),)) as c:
+    with served((("llama", artifact(tmp_path_factory.mktemp("shared-parts") / "llama", tiny_checkpoint("llama"))),)) as c:
         yield c
 
 
