@@ -12,7 +12,7 @@ not; casting float16 to float32 around it cost more than it saved) and sums in f
 `add_norm` goes further where a norm follows the all-reduce (a pre-LN decoder's residual add and
 norm): reduce + add + norm in one kernel (reduce_norm_kernel.py), one norm launch fewer per call.
 A barrier-free protocol (each rank storing its share into its peers' buffers, whose cells hold a
-sentinel until written) took 35-50% off the plain sum on 4x H200 but nothing off the fused one,
+sentinel until written) took 32-52% off the plain sum on 4x H200 but nothing off the fused one,
 which is what decode runs: measured and reverted (benchmarks/RESULTS.md, fifteenth session).
 
 NVLink multicast is never used (TORCH_SYMM_MEM_DISABLE_MULTICAST=1 stays set; the kernel reads
