@@ -35,17 +35,23 @@ def run(args: argparse.Namespace) -> int:
     from shardserve import LLM, SamplingParams
     from shardserve.assets import default_model_path
     from shardserve.config import EngineConfig, parse_tp_degree
-    from shardserve.engine.generation_config import SAMPLING_FIELDS, sampling_defaults
+    from shardserve.engine.generation_config import (
+        SAMPLING_FIELDS,
+        read_generation_config,
+        sampling_defaults,
+    )
 
     model = args.model or str(default_model_path())
     given = {name: getattr(args, name) for name in SAMPLING_FIELDS}  # its flags, by the same names
+    # Read here, not taken from the LLM's: a bad flag fails before the model loads, not after.
+    defaults = sampling_defaults(read_generation_config(model), model)
     params = SamplingParams(
         min_new_tokens=args.min_new_tokens,
         presence_penalty=args.presence_penalty,
         frequency_penalty=args.frequency_penalty,
         seed=args.seed,
         stop=args.stop,
-        **{"max_new_tokens": 64} | sampling_defaults(model) | {k: v for k, v in given.items() if v is not None},
+        **{"max_new_tokens": 64} | defaults | {k: v for k, v in given.items() if v is not None},
     )
     options = dict(dtype=args.dtype, quantization=args.quantize)
     if args.tp is not None:

@@ -24,13 +24,13 @@ def read_generation_config(model_dir: str | Path) -> dict:
     return read_json_object(path) if path.exists() else {}
 
 
-def sampling_defaults(model_dir: str | Path) -> dict:
-    """The SamplingParams fields the model's file sets, checked (ModelLoadError naming the file
-    and the field): a bad value fails the load, not every request that omits the field."""
+def sampling_defaults(generation_config: dict, model_dir: str | Path) -> dict:
+    """The SamplingParams fields that `generation_config` (model_dir's file, as
+    read_generation_config returns it) sets, checked (ModelLoadError naming the file and the
+    field): a bad value fails the load, not every request that omits the field."""
     from shardserve.engine.sampling_params import SamplingParams
 
-    data = read_generation_config(model_dir)
-    defaults = {name: data[name] for name in SAMPLING_FIELDS if data.get(name) is not None}
+    defaults = {name: generation_config[name] for name in SAMPLING_FIELDS if generation_config.get(name) is not None}
     try:
         SamplingParams(**defaults)
     except ValueError as e:

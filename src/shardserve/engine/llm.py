@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 
 from shardserve.config import EngineConfig
 from shardserve.engine.executor import create_executor
-from shardserve.engine.generation_config import sampling_defaults
+from shardserve.engine.generation_config import read_generation_config, sampling_defaults
 from shardserve.engine.kv_cache import BlockManager
 from shardserve.engine.output_processor import OutputProcessor
 from shardserve.engine.prompt_logprobs import StepResult
@@ -95,8 +95,9 @@ class LLM:
         if reads_presharded(config.load_format, config.model):
             check_presharded(config.model, config.tensor_parallel_size, config.quantization)
         self.tokenizer = load_tokenizer(config.model)
+        generation_config = read_generation_config(config.model)  # sampling defaults, EOS ids
         # What requests without their own SamplingParams decode with (engine/generation_config.py).
-        self.sampling_defaults = sampling_defaults(config.model)
+        self.sampling_defaults = sampling_defaults(generation_config, config.model)
         self.max_model_len = min(config.max_model_len or self.model_config.max_position_embeddings,
                                  self.model_config.max_position_embeddings)
         self.executor = create_executor(config)
@@ -117,7 +118,7 @@ class LLM:
             max_num_batched_tokens=config.max_num_batched_tokens,
             max_model_len=self.max_model_len,
             enable_chunked_prefill=config.enable_chunked_prefill,
-            eos_token_ids=eos_token_ids(config.model, self.model_config, self.tokenizer),
+            eos_token_ids=eos_token_ids(config.model, self.model_config, self.tokenizer, generation_config),
         )
         self.outputs = OutputProcessor(self.tokenizer)
         self._ids = itertools.count()

@@ -58,13 +58,18 @@ class IncrementalDetokenizer:
         return delta
 
 
-def eos_token_ids(model_dir: str, model_config, tokenizer) -> tuple[int, ...]:
+def eos_token_ids(model_dir: str, model_config, tokenizer, generation_config: dict | None = None) -> tuple[int, ...]:
     """Every id that ends generation: config.json, generation_config.json and the tokenizer's.
 
     Llama-3-style checkpoints list several (end of text, end of turn) in generation_config.json.
+    generation_config: that file's contents where the caller has read them (the engine and the
+    server's loader take their sampling defaults from the same read); else (the Accelerate
+    engine) it is read here.
     """
+    if generation_config is None:
+        generation_config = read_generation_config(model_dir)
     ids: list = []
-    from_file = read_generation_config(model_dir).get("eos_token_id")
+    from_file = generation_config.get("eos_token_id")
     for value in (getattr(model_config, "eos_token_id", None), tokenizer.eos_token_id, from_file):
         ids.extend(value if isinstance(value, (list, tuple)) else [value])
     return tuple(sorted({int(i) for i in ids if i is not None}))

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shardserve.engine.generation_config import sampling_defaults
+from shardserve.engine.generation_config import read_generation_config, sampling_defaults
 from shardserve.engine.request import OutputKind
 from shardserve.engine.sampling_params import SamplingParams
 from shardserve.engine.tokenizer import eos_token_ids
@@ -95,13 +95,16 @@ class ModelLoader:
                 model.handler.load()
                 model.admission = Admission(1, config.job_queue_size)
             else:
-                defaults = sampling_defaults(weights)  # a bad generation_config.json: before the weights
+                # Read here for either engine (the Accelerate one has no sampling defaults of its
+                # own), and before the weights: a bad generation_config.json costs no load time.
+                generation_config = read_generation_config(weights)
+                defaults = sampling_defaults(generation_config, weights)
                 model.engine, concurrency = _load_engine(config, weights)
                 model.admission = Admission(concurrency, config.job_queue_size)
                 # Every id the engine stops on (generation_config.json may list several), so that
                 # finish_reason tells an EOS stop from a stop string as the engine decided it.
                 model.eos_ids = frozenset(eos_token_ids(str(weights), model.engine.engines[0].model_config,
-                                                        model.engine.tokenizer))
+                                                        model.engine.tokenizer, generation_config))
                 model.sampling_defaults = defaults
         if model.engine is not None:
             with self._phase(model, "warm-up", started, timeout):
