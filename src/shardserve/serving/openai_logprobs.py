@@ -109,17 +109,6 @@ def _decoder(tokenizer):
     return decode
 
 
-def delta_logprobs(out: RequestOutput) -> list[float]:
-    """The log-probabilities of this update's new tokens (an output of any kind)."""
-    return out.new_entries(out.logprobs) or []
-
-
-def delta_top_logprobs(out: RequestOutput) -> list[TopLogprobs] | None:
-    """The alternatives of this update's new tokens (an output of any kind); None when not
-    asked."""
-    return out.new_entries(out.top_logprobs)
-
-
 def text_offsets(out: RequestOutput, start: int = 0, before: int = 0) -> list[int]:
     """OpenAI's `text_offset` of out's tokens (a DELTA update's: its new ones): where each
     generated token's text starts in the returned text, `start` being the echoed prompt's length;
@@ -148,8 +137,8 @@ class PendingTokens:
 
     def add(self, out: RequestOutput) -> None:
         self.token_ids += out.delta_token_ids
-        self.logprobs += delta_logprobs(out)
-        tops = delta_top_logprobs(out)
+        self.logprobs += out.new_entries(out.logprobs) or []
+        tops = out.new_entries(out.top_logprobs)
         if tops is not None:
             self.top_logprobs = (self.top_logprobs or []) + tops
 

@@ -108,8 +108,8 @@ async def completions(body: oa.CompletionRequest, request: Request):
             out = view(out)
             prefix = echo if first else ""  # the choice's first chunk
             offsets = olp.text_offsets(out, len(echo), before=streams.text_ends[k])
-            lp = logprobs(k, out, out.delta_token_ids, olp.delta_logprobs(out), olp.delta_top_logprobs(out),
-                          offsets, first)
+            lp = logprobs(k, out, out.delta_token_ids, out.new_entries(out.logprobs) or [],
+                          out.new_entries(out.top_logprobs), offsets, first)
             streams.add(k, out)
             event = oa.envelope("text_completion", rid, name, [choice(k, prefix + out.delta_text, out, lp)])
             return [streams.with_usage(k, event)]

@@ -182,12 +182,12 @@ def test_chat_top_logprobs_list_each_tokens_alternatives_most_likely_first():
     assert [e["top_logprobs"] for e in olp.chat_logprobs(tok, [0, 3], [-0.25, -1.5])["content"]] == [[], []]
 
 
-def test_delta_top_logprobs_and_pending_tokens_add_up_to_the_whole_answers():
+def test_new_top_logprobs_and_pending_tokens_add_up_to_the_whole_answers():
     ids, lps = [0, 1, 4, 6, 7], [-0.1, -0.2, -0.3, -0.4, -0.5]
     tops = [[(i, -0.01 * i), (i + 1, -1.0)] for i in ids]
     outs = _outputs(ids, lps, tops, [1, 2, 0, 2])
-    assert [olp.delta_top_logprobs(o) for o in outs] == [tops[:1], tops[1:3], [], tops[3:]]
-    assert [olp.delta_top_logprobs(o) for o in _outputs(ids, lps, None, [2, 3])] == [None, None]
+    assert [o.new_entries(o.top_logprobs) for o in outs] == [tops[:1], tops[1:3], [], tops[3:]]
+    assert [o.new_entries(o.top_logprobs) for o in _outputs(ids, lps, None, [2, 3])] == [None, None]
     # the chat route: updates without text wait in PendingTokens; the next chunk takes them all
     pending, taken = olp.PendingTokens(), []
     for out, sends_chunk in zip(outs, [False, True, False, True], strict=True):
