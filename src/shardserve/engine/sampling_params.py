@@ -64,8 +64,10 @@ class SamplingParams:
         _check(_is_int(self.min_new_tokens) and 0 <= self.min_new_tokens <= self.max_new_tokens, "min_new_tokens", f"an integer in [0, max_new_tokens={self.max_new_tokens}]", self.min_new_tokens)
         _check(_is_num(self.temperature) and 0.0 <= self.temperature <= 100.0, "temperature", "a number in [0, 100]", self.temperature)
         _check(_is_num(self.top_p) and 0.0 < self.top_p <= 1.0, "top_p", "a number in (0, 1]", self.top_p)
-        _check(_is_int(self.top_k) and self.top_k >= -1, "top_k", "an integer >= 0, or -1 (0 and -1 disable)",
-               self.top_k)
+        # At most int64's largest: the sampler holds top_k in int64 tensors, and a larger one would
+        # fail there, in the step, stopping the engine for every request it serves.
+        _check(_is_int(self.top_k) and -1 <= self.top_k <= 2**63 - 1, "top_k",
+               "an integer >= 0, or -1 (0 and -1 disable), at most 2^63 - 1", self.top_k)
         if self.top_k == -1:  # vLLM's (and its clients') "disabled": stored as 0 so no engine sees -1
             object.__setattr__(self, "top_k", 0)
         _check(_is_num(self.min_p) and 0.0 <= self.min_p <= 1.0, "min_p", "a number in [0, 1]", self.min_p)

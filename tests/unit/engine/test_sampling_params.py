@@ -109,3 +109,10 @@ def test_ends_on_is_membership_in_the_ending_ids():
                    SamplingParams(ignore_eos=True)):
         for token in (1, 2, 7, 9):
             assert params.ends_on(token, (2, 9)) == (token in params.ending_token_ids((2, 9))), (params, token)
+
+
+def test_top_k_beyond_int64_is_refused_here_not_in_the_engine_step():
+    """The sampler holds top_k in int64 tensors: a larger one used to pass and stop the engine."""
+    assert SamplingParams(top_k=2**63 - 1).top_k == 2**63 - 1
+    with pytest.raises(ValueError, match=r"top_k must be an integer >= 0, or -1 .* at most 2\^63 - 1"):
+        SamplingParams(top_k=2**63)
