@@ -61,6 +61,9 @@ def _template_call(call: dict, field: str) -> dict:
         except ValueError as e:
             raise bad_request(f"{field}.function.arguments: not valid JSON ({e})",
                               f"{field}.function.arguments") from None
+        except RecursionError:  # JSON nested deeper than the parser goes
+            raise bad_request(f"{field}.function.arguments: its JSON nests arrays and objects too deeply",
+                              f"{field}.function.arguments") from None
     if not isinstance(arguments, dict):
         raise bad_request(f"{field}.function.arguments: must be a JSON object, got {arguments!r}",
                           f"{field}.function.arguments")

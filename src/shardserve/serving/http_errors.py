@@ -53,6 +53,10 @@ def validation_message(error: ValidationError | RequestValidationError, body=Non
     loc = list(first.get("loc", ()))
     if isinstance(error, RequestValidationError) and loc[:1] == ["body"]:
         loc = loc[1:]  # FastAPI's root of body errors, not a field
+    elif isinstance(error, RequestValidationError) and loc[:1] in (["query"], ["path"], ["header"]):
+        # A URL or header parameter (?synchronous=maybe), which the body's JSON does not hold.
+        field = ".".join(map(str, loc[1:])) or str(loc[0])
+        return f"{field}: {first.get('msg', 'invalid value')}", field
     if isinstance(body, (bytes, bytearray)):
         try:
             body = json.loads(body)
@@ -87,6 +91,16 @@ def _field_path(loc: list, body, missing: bool) -> list[str]:
     return path
 
 
+def _unparsed(cause: ValueError | RecursionError) -> str:
+    """Why Python's JSON parser failed on a body of valid syntax, or of bytes no JSON holds."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the request body is not valid JSON: it is not UTF-8 ({cause.reason} at byte {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "the request body could not be read: its JSON nests arrays and objects too deeply"
+    # int()'s limit on digits; the advice after ";" is for the server's operator, not the client
+    return f"the request body could not be read: {str(cause).split(';')[0]}"
+
+
 def error_body(path: str, status: int, message: str, param: str | None = None) -> dict:
     if path.startswith("/v1/"):
         return {"error": {"message": message, "type": _TYPES.get(status, "error"), "param": param, "code": status}}
@@ -114,12 +128,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
-            # FastAPI's JSON parsing of the body failed before any JSON (it answers "There was an
-            # error parsing the body"): say what is wrong.
-            cause = exc.__cause__
-            message = f"the request body is not valid JSON: it is not UTF-8 ({cause.reason} at byte {cause.start})"
-            return error_response(request, 400, message, BODY)
+        if exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
+            # FastAPI's JSON parsing of the body failed other than on its syntax (it answers "There
+            # was an error parsing the body"): say what is wrong.
+            return error_response(request, 400, _unparsed(exc.__cause__), BODY)
         return error_response(request, exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

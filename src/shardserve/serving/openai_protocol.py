@@ -2,7 +2,9 @@
 
 Fields the engine cannot honour (best_of > 1, suffix, a response_format other than text, n
 outside [1, MAX_CHOICES], a tool_choice that needs guided decoding) are rejected with a 400 naming
-them rather than silently ignored, as OpenAI's own API rejects what it does not know. `tools`:
+them rather than silently ignored, as OpenAI's own API rejects what it does not know; so is a
+string holding a lone UTF-16 surrogate, anywhere in the body (protocol.check_unicode). Null in a
+field OpenAI's API makes nullable (stream, echo, logprobs, the penalties) is its default. `tools`:
 serving/tool_calls.py. The `n` choices of a prompt are n engine requests (choice_params): with a
 seed, choice j samples with seed + j, as in vLLM, so that each choice is reproducible and they
 differ. Extensions, as in vLLM: top_k, min_p, repetition_penalty, min_tokens, ignore_eos,
@@ -25,14 +27,16 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from shardserve.engine.request import FinishReason, RequestOutput
 from shardserve.engine.sampling_params import MAX_TOP_LOGPROBS, SamplingParams
 from shardserve.serving.http_errors import bad_request
-from shardserve.serving.protocol import Strict, make_sampling_params
+from shardserve.serving.protocol import Strict, check_unicode, make_sampling_params
 
 MAX_CHOICES = 128  # n: each choice is an engine request, and all of them hold queue slots at once
+TOKEN_IDS = 2**32  # tokenizers hold ids as u32: decoding (an echo) a larger or negative one fails
 SEEDS = 2**64  # a seed and seed - 2^64 draw alike (a negative seed is seed + 2^64 to torch)
 
 # The request fields by the engine's names ("prompt": the completions API's; chat's is messages).
@@ -68,6 +72,20 @@ class _Sampling(Strict):
     ignore_eos: bool = False
     skip_special_tokens: bool = True
 
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode(cls, data):
+        check_unicode(data)
+        return data
+
+    # echo: completions'; logprobs: chat's boolean (completions' is null by default).
+    @field_validator("stream", "presence_penalty", "frequency_penalty", "echo", "logprobs", mode="before",
+                     check_fields=False)
+    @classmethod
+    def _null_is_default(cls, value, info: ValidationInfo):
+        """OpenAI's API takes null for these (as vLLM's does): the default, as when left out."""
+        return cls.model_fields[info.field_name].default if value is None else value
+
     def check_supported(self) -> None:
         if self.n is not None and not 1 <= self.n <= MAX_CHOICES:
             raise bad_request(f"n: must be an integer in [1, {MAX_CHOICES}], got {self.n}", "n")
@@ -95,12 +113,18 @@ class _Sampling(Strict):
         """logit_bias by token id: JSON keys are strings; SamplingParams checks ids and biases."""
         if self.logit_bias is None:
             return None
-        for key in self.logit_bias:
-            if not (key.isascii() and key.isdigit()):
-                raise bad_request(f"logit_bias: keys must be token ids (strings of integers >= 0), got {key!r}",
+        pairs = []  # not a dict: "1" and "01" name one id, which SamplingParams refuses twice
+        for key, bias in self.logit_bias.items():
+            try:  # int() also refuses more than sys.get_int_max_str_digits() digits
+                token_id = int(key) if key.isascii() and key.isdigit() else None
+            except ValueError:
+                token_id = None
+            if token_id is None:
+                shown = repr(key) if len(key) <= 40 else f"{key[:40]!r}... ({len(key)} characters)"
+                raise bad_request(f"logit_bias: keys must be token ids (strings of integers >= 0), got {shown}",
                                   "logit_bias")
-        # Pairs, not a dict: "1" and "01" name one id, which SamplingParams refuses to see twice.
-        return [(int(key), bias) for key, bias in self.logit_bias.items()]
+            pairs.append((token_id, bias))
+        return pairs
 
     @property
     def choices(self) -> int:
@@ -126,6 +150,19 @@ class CompletionRequest(_Sampling):
                                                    f"N most likely tokens, N in [0, {MAX_TOP_LOGPROBS}]")
     best_of: int | None = None
     suffix: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _token_ids(cls, prompt):
+        """Token ids a tokenizer can hold; the engine checks them against the vocabulary."""
+        if isinstance(prompt, str) or not prompt or isinstance(prompt[0], str):
+            return prompt
+        for ids in [prompt] if isinstance(prompt[0], int) else prompt:
+            low, high = (min(ids), max(ids)) if ids else (0, 0)
+            if low < 0 or high >= TOKEN_IDS:
+                raise PydanticCustomError("token_id", "token ids must be integers in [0, 2^32), got {bad}",
+                                          {"bad": low if low < 0 else high})
+        return prompt
 
     def check_supported(self) -> None:
         super().check_supported()

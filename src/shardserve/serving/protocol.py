@@ -15,12 +15,14 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import PydanticSerializationError, to_json
 
 from shardserve.engine.request import FinishReason, RequestOutput
 from shardserve.engine.sampling_params import SamplingParams
-from shardserve.serving.http_errors import APIError, bad_request
+from shardserve.serving.http_errors import BODY, APIError, bad_request
 
 DEFAULT_MAX_NEW_TOKENS = 30  # DJLServing LMI's default
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Strict(BaseModel):
@@ -66,6 +68,47 @@ def make_sampling_params(names: Mapping[str, str] | None = None, defaults: Mappi
         return SamplingParams(**dict(defaults or {}) | {k: v for k, v in values.items() if v is not None})
     except ValueError as e:
         raise refused(e, message_field(str(e)), names) from None
+
+
+def check_unicode(data) -> None:
+    """A 400 naming the first string (or object key) of a request's parsed JSON that holds a lone
+    UTF-16 surrogate (an escaped "\\ud800" without its pair). Python's JSON parser lets them
+    through, but they are no Unicode text: a tokenizer refuses them (a 500), and so does the UTF-8
+    encoding of an answer that echoes them."""
+    try:  # the usual case at Rust speed: encoding to UTF-8 fails on a surrogate, and only then
+        to_json(data)
+        return
+    except (PydanticSerializationError, ValueError, RecursionError):
+        pass  # the walk tells which string it is, if any
+    path = _surrogate_path(data)
+    if path is None:
+        return
+    # The path may hold the surrogate (a key's): escaped, for the error body is UTF-8 too.
+    field = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", ".".join(map(str, path))) or BODY
+    raise bad_request(f"{field}: not valid Unicode text: it holds a lone UTF-16 surrogate (an escape "
+                      "from \\ud800 to \\udfff without its pair)", field)
+
+
+def _surrogate_path(data) -> tuple | None:
+    """The path to the first string or key holding a surrogate, None when none does."""
+    stack = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                return path
+            continue
+        if isinstance(value, dict):
+            key = next((k for k in value if isinstance(k, str) and _SURROGATE.search(k)), None)
+            if key is not None:
+                return (*path, key)
+            items = list(value.items())
+        elif isinstance(value, list):
+            items = list(enumerate(value))
+        else:
+            continue
+        stack.extend(((*path, k), v) for k, v in reversed(items) if isinstance(v, (str, list, dict)))
+    return None
 
 
 def message_field(message: str) -> str:

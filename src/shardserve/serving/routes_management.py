@@ -39,6 +39,7 @@ async def register_model(request: Request, url: str | None = None, model_name: s
         raise bad_request("url: the model location is required (?url=...)", "url")
     store = request.app.state.ctx.store
     name = model_name or default_model_name(url)
+    _check_name(name, "model_name" if model_name else "url")
     model = store.add(name, url)
     if not synchronous:
         return JSONResponse({"status": f'Model "{name}" registration scheduled.'}, status_code=202)
@@ -56,6 +57,15 @@ async def unregister_model(name: str, request: Request) -> dict:
     store.get(name)
     await asyncio.to_thread(store.remove, name)
     return {"status": f'Model "{name}" unregistered'}
+
+
+def _check_name(name: str, field: str) -> None:
+    """A 400 naming `field` (the name's source) for a name that no URL path can address
+    (/predictions/{name}, /models/{name}): such a model could never be called or unregistered.
+    Control characters would also forge lines of the server's log."""
+    if "/" in name or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise bad_request(f"{field}: {name!r} cannot name a model: a name holds no '/' and no control "
+                          "characters", field)
 
 
 def _describe(model: ServedModel) -> dict:

@@ -8,6 +8,7 @@ in the engine, and releases the queue slot.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 
 import anyio
@@ -15,6 +16,8 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from shardserve.serving.http_errors import APIError
+
+logger = logging.getLogger(__name__)
 
 JSONLINES = "application/jsonlines"
 SSE = "text/event-stream"
@@ -33,8 +36,9 @@ def encode(event: dict, sse: bool) -> bytes:
 
 def stream_response(events: AsyncIterator[dict], sse: bool, on_error: Callable[[APIError], dict],
                     cleanup: Callable, done_marker: bool = False) -> StreamingResponse:
-    """Encode `events`; an APIError mid-stream becomes a final error event (the status line is
-    already sent); `cleanup()` (async) runs however the stream ends."""
+    """Encode `events`; an error mid-stream becomes a final error event (the status line is
+    already sent; an unexpected exception is a 500's, its traceback logged); `cleanup()` (async)
+    runs however the stream ends."""
 
     async def body():
         try:
@@ -44,6 +48,9 @@ def stream_response(events: AsyncIterator[dict], sse: bool, on_error: Callable[[
                 yield b"data: [DONE]\n\n"
         except APIError as e:
             yield encode(on_error(e), sse)
+        except Exception:  # the status line is out: the client gets an event, not a cut stream
+            logger.exception("a streamed answer failed")
+            yield encode(on_error(APIError(500, "internal server error (details in the server log)")), sse)
         finally:
             # A client that goes away gets the body cancelled, and the server's task group cancels
             # it again at every later await: unshielded, the cleanup would stop at its first one
