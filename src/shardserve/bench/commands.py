@@ -67,12 +67,15 @@ def run(args: argparse.Namespace) -> int:
     check_out_dir(Path(args.out), "--out")
     if args.profile:
         check_out_dir(Path(args.profile), "--profile")
+    check_gpus(args.tp)
+    options = parse_engine_options(args.engine_option)
+    check_engine_options(args, options)
     cfg = BenchConfig(
         model=args.model, random_weights=args.random_weights, tp=args.tp, batch=args.batch,
         prompt_len=args.prompt_len, new_tokens=args.new_tokens, reps=args.reps,
         baseline_reps=args.baseline_reps, engines=engines, dtype=args.dtype,
         check_tokens=args.check_tokens, out_dir=Path(args.out),
-        variants={"tp": parse_engine_options(args.engine_option)},
+        variants={"tp": options},
         profile_dir=Path(args.profile) if args.profile else None,
     )
     results, context = run_bench(cfg)
@@ -86,6 +89,37 @@ def check_out_dir(path: Path, flag: str) -> None:
     existing, _ = output_dir_base(path, flag)
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"{flag} {path}: {existing} is not writable")
+
+
+def check_gpus(tp: int) -> None:
+    """ValueError naming --tp when it asks for more GPUs than the host has: both engines would
+    fail only once loading on a GPU that does not exist, after the reference run."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and tp > gpus:
+        raise ValueError(f"--tp {tp} needs {tp} GPUs, this host has {gpus}")
+
+
+# EngineConfig fields the benchmark sets from its own flags: an --engine-option for one of them
+# would run our engine differently from the baseline and from what the report says.
+_OWN_FLAGS = {"model": "--model", "tensor_parallel_size": "--tp", "dtype": "--dtype",
+              "load_format": "--random-weights", "devices": "--tp"}
+
+
+def check_engine_options(args: argparse.Namespace, options: dict) -> None:
+    """ValueError for a bad --engine-option value now, by building the EngineConfig our engine
+    will get (EngineConfig checks values alone, without loading anything), instead of after
+    the minutes the baseline's reference run takes."""
+    from shardserve.config import EngineConfig
+
+    for key, flag in _OWN_FLAGS.items():
+        if key in options:
+            raise ValueError(f"--engine-option {key}: the benchmark sets it from {flag}; use that")
+    try:
+        EngineConfig(model=args.model, tensor_parallel_size=args.tp, **options)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--engine-option: {e}") from None
 
 
 def parse_engine_options(items: list[str]) -> dict:

@@ -10,7 +10,8 @@ Nothing is ever written outside the target:
   - devices, FIFOs and sockets are refused; so are archives holding more than `max_files`
     entries or more than `max_bytes` of data (default: the free disk space).
 A compressed tar is read to the end of its stream, so the decompressor checks its CRC: damage in
-a member's data or in the trailer fails the unpack instead of serving damaged weights.
+a member's data or in the trailer fails the unpack instead of serving damaged weights. A tar must
+end with its end-of-archive block: one that stops between members is truncated, not complete.
 On any refusal the target is deleted and StorageError names the member and the reason.
 """
 
@@ -179,8 +180,24 @@ def _members(archive: Path) -> Iterator[_Member]:
         raise StorageError(f"{archive} is neither a tar nor a zip archive")
 
 
+class _EndCheckingTarInfo(tarfile.TarInfo):
+    """Notes whether the last header read was the zero block that ends a tar. tarfile also ends
+    quietly at a file that stops, or at a damaged header, after the first member: an archive cut
+    short (a copy still being written, a partial download) would unpack as a model without its
+    last files."""
+
+    @classmethod
+    def fromtarfile(cls, tf):
+        tf.reached_end_marker = False
+        try:
+            return super().fromtarfile(tf)
+        except tarfile.EOFHeaderError:
+            tf.reached_end_marker = True
+            raise
+
+
 def _tar_members(archive: Path) -> Iterator[_Member]:
-    with tarfile.open(archive, "r:*") as tf:
+    with tarfile.open(archive, "r:*", tarinfo=_EndCheckingTarInfo) as tf:
         for m in tf:
             if m.isreg():
                 yield _Member(
@@ -203,6 +220,11 @@ def _tar_members(archive: Path) -> Iterator[_Member]:
                     else "special file"
                 )
                 yield _Member(m.name, kind)
+        if not getattr(tf, "reached_end_marker", False):
+            raise tarfile.ReadError(
+                f"it ends at byte {tf.offset} without the end-of-archive blocks: truncated, "
+                "or a damaged header there"
+            )
         _read_to_end(tf.fileobj)
 
 

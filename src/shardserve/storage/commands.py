@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 
 
 def register(subparsers) -> None:
@@ -27,15 +28,30 @@ def register(subparsers) -> None:
     p.add_argument("--concurrency", type=_positive_int, default=8, help="parallel range GETs (8)")
     p.add_argument("--part-size-mb", type=_positive_int, default=64, help="MiB per range GET (64)")
     p.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long")
+    p.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="give up after this long")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or summary line")
     p.set_defaults(func=run)
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:  # argparse would name this function in its message
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0, refused here with the flag's name rather
+    than by the download under its parameter's."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
     return value
 
 

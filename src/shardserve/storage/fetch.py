@@ -40,7 +40,7 @@ def fetch_model(
 ) -> Path:
     """A local directory holding the model at `location`, ready to load.
 
-    location: a model directory (returned as is), `file://DIR`, a `.tar.gz`/`.tgz`/`.tar`/`.zip`
+    location: a model directory (used where it is), `file://DIR`, a `.tar.gz`/`.tgz`/`.tar`/`.zip`
         file, `s3://bucket/prefix` (every object under `prefix/`), `s3://bucket/key.tar.gz`,
         or a Hugging Face model id already in the local HF cache (offline).
     cache_dir: where downloads and unpacked archives live; default `$SERVING_DOWNLOAD_DIR`,
@@ -59,13 +59,15 @@ def fetch_model(
     (partition manifest sha256, S3 checksum header, or single/multipart ETag MD5) before the
     directory appears, complete, by an atomic rename; a DONE marker with the manifest follows.
     A killed or timed-out download resumes at the next call; a corrupt or changed one is deleted.
+    Where the model's directory holds nothing but one subdirectory, that subdirectory is
+    returned (model_root), as DJLServing does.
     Raises StorageError (a ShardserveError) with the cause and the object for every failure.
     """
     loc = parse_location(str(location))
     if isinstance(loc, LocalLocation) and not loc.is_archive:
         if dest is not None:
             raise StorageError(f"{loc.path} is already a local model directory: use it as it is")
-        return loc.path
+        return model_root(loc.path)
     if dest is not None:
         target, owned = Path(dest).expanduser().absolute(), False
     else:
@@ -80,7 +82,23 @@ def fetch_model(
             _from_s3, loc, options=options, deadline=deadline, endpoint_url=endpoint_url
         )
     identity = {"location": str(loc), **_archive_file_identity(loc)}
-    return ensure(target, build, deadline=deadline, what=str(loc), owned=owned, identity=identity)
+    done = ensure(target, build, deadline=deadline, what=str(loc), owned=owned, identity=identity)
+    return model_root(done)
+
+
+def model_root(directory: Path) -> Path:
+    """The model's own directory: `directory`, or its only subdirectory when it holds nothing
+    else but hidden entries (our DONE marker among them). `tar -czf model.tar.gz mymodel/` packs
+    the files one level down, and DJLServing serves such an artifact from that subdirectory.
+    A lone `code/` is SageMaker's place for serving.properties, model.py and requirements.txt,
+    which the loader looks for there: that one is the artifact's own."""
+    try:
+        entries = [p for p in directory.iterdir() if not p.name.startswith(".")]
+    except OSError:
+        return directory  # the loader names the unreadable directory itself
+    if len(entries) == 1 and entries[0].is_dir() and entries[0].name != "code":
+        return entries[0]
+    return directory
 
 
 def effective_timeout(timeout_s: float | None) -> float | None:
@@ -94,11 +112,12 @@ def _env_seconds(raw: str | None) -> float | None:
     if not raw:
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise ValueError(
-            f"{SAGEMAKER_TIMEOUT_ENV} must be a number of seconds, got {raw!r}"
-        ) from None
+        value = None
+    if value is None or not value > 0:  # NaN too: Deadline would refuse it, naming no variable
+        raise ValueError(f"{SAGEMAKER_TIMEOUT_ENV} must be a number of seconds > 0, got {raw!r}")
+    return value
 
 
 def _entry_name(loc: Location, endpoint: str | None) -> str:

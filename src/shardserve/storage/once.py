@@ -91,6 +91,7 @@ def _ensure(
         except BadDownload:
             remove(work)
             raise
+        manifest = _without_markers(tree, manifest)
         manifest = {"format": _FORMAT, "created": time.time(), **identity, **manifest}
         (tree / _STAGED_NAME).write_text(json.dumps(manifest, indent=1))
         fsync_path(tree)
@@ -98,6 +99,20 @@ def _ensure(
         _publish(dest)
         remove(work)
     return dest
+
+
+def _without_markers(tree: Path, manifest: dict) -> dict:
+    """Drop our own marker files from a tree built out of an artifact that carries them (one
+    packed or uploaded from a finished download). Kept, the DONE marker would overwrite one that
+    the manifest lists with another size: the entry would never again count as complete, so
+    every start would delete it, even under a process that is loading from it."""
+    for name in (DONE_NAME, _STAGED_NAME):
+        remove(tree / name)
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        return manifest
+    kept = {k: v for k, v in files.items() if k not in (DONE_NAME, _STAGED_NAME)}
+    return {**manifest, "files": kept}
 
 
 def _holds(dest: Path, identity: dict) -> bool:

@@ -177,12 +177,22 @@ def list_objects(client, loc: S3Location) -> list[RemoteObject]:
 
 
 def _refuse_collisions(objects: list[RemoteObject]) -> None:
-    """Keys such as "m/a//b" and "m/a/b" would land on one file and corrupt each other."""
+    """Keys such as "m/a//b" and "m/a/b" would land on one file and corrupt each other; "m/a"
+    and "m/a/b" need `a` as a file and as a directory, which failed only once the download had
+    fetched everything else (and again at every retry)."""
     seen: dict[str, str] = {}
     for o in objects:
         if o.relpath in seen:
             raise StorageError(f"S3 keys {seen[o.relpath]!r} and {o.key!r} map to the same file")
         seen[o.relpath] = o.key
+    for o in objects:
+        parts = o.relpath.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent in seen:
+                raise StorageError(
+                    f"S3 key {seen[parent]!r} is a file, but {o.key!r} needs it as a directory"
+                )
 
 
 def _remote(key: str, size: int, etag: str, relpath: str) -> RemoteObject:

@@ -64,7 +64,13 @@ def parse_location(text: str) -> Location:
     if scheme == "s3":
         return _parse_s3(text)
     if scheme == "file":
-        return _local(Path(unquote(urlparse(text).path)), text)
+        url = urlparse(text)
+        if url.netloc not in ("", "localhost"):  # file://models/x would be /x, silently
+            raise StorageError(
+                f"file URL {text!r} names host {url.netloc!r}: write file:///PATH (three "
+                "slashes) for an absolute path, or give the path itself"
+            )
+        return _local(Path(unquote(url.path)), text)
     if scheme:
         raise StorageError(
             f"unsupported model location {text!r}: use s3://bucket/prefix, file://PATH, "
@@ -73,6 +79,8 @@ def parse_location(text: str) -> Location:
     path = Path(text).expanduser()
     if path.exists():
         return _local(path, text)
+    if text.lower().startswith("s3:"):  # s3:/bucket/key, s3:bucket: a mistyped S3 URI
+        raise StorageError(f"malformed S3 location {text!r}: write s3://bucket/prefix")
     snapshot = hf_cache.find_snapshot(text)
     if snapshot is not None:
         return LocalLocation(snapshot)
