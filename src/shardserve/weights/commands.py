@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 
 
 def register(subparsers) -> None:
@@ -19,7 +21,27 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from shardserve.weights.partition import partition
 
-    out = partition(args.model, args.out, args.tp, args.dtype, args.quantize)
+    with _sigterm_as_exit():
+        out = partition(args.model, args.out, args.tp, args.dtype, args.quantize)
     kind = f"{args.quantize} " if args.quantize else ""
     print(f"wrote a tensor-parallel-{args.tp} {kind}checkpoint to {out}")
     return 0
+
+
+class _sigterm_as_exit:
+    """SIGTERM (a job's time limit, `docker stop`) raises SystemExit(143) while partition runs, so
+    that partition removes its half-written output: killed outright, it would leave rank files
+    behind without the manifest. Signals reach only the main thread; elsewhere this does nothing."""
+
+    def __enter__(self) -> None:
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _exit_on_signal(signum, frame) -> None:
+    raise SystemExit(128 + signum)

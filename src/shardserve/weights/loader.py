@@ -15,6 +15,7 @@ its pages are read on demand and only the slices touched are paged in.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,10 +23,12 @@ import torch
 from torch import nn
 
 from shardserve.errors import ModelLoadError
+from shardserve.weights.manifest import MANIFEST
 from shardserve.weights.params import Loaded, shape_of
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
+_RANK_FILE = re.compile(r"rank-\d{5}-of-\d{5}\.safetensors")  # manifest.rank_file_name's form
 
 
 def materialize(model: nn.Module, device: torch.device | str) -> None:
@@ -51,7 +54,14 @@ def load_weights(model: nn.Module, model_dir: str | Path, load_format: str = "au
     """Fill every parameter of a materialised `model` from the checkpoint in `model_dir`."""
     params = dict(model.named_parameters())
     pending = {(name, shard) for name, p in params.items() for shard in p.shard_shapes}
+    seen: dict[str, Path] = {}
     for file, name, loaded in iter_checkpoint(Path(model_dir), load_format):
+        if name in seen:  # which copy would win depends on file order: neither can be trusted
+            raise ModelLoadError(
+                f"{model_dir}: tensor {name!r} is in both {seen[name].name} and {file.name}: "
+                "remove the file that does not belong to this checkpoint"
+            )
+        seen[name] = file
         target = param_for(model, name)
         if target is None:
             continue
@@ -119,6 +129,7 @@ def checkpoint_files(model_dir: Path, load_format: str = "auto") -> list[Path]:
             return _files_from_index(model_dir / index)
         files = sorted(model_dir.glob(pattern))
         if files:
+            _refuse_unfinished_partition(model_dir, files)
             return files
     raise ModelLoadError(
         f"{model_dir}: no weights file found for load_format={load_format!r} (looked for "
@@ -126,12 +137,28 @@ def checkpoint_files(model_dir: Path, load_format: str = "auto") -> list[Path]:
     )
 
 
+def _refuse_unfinished_partition(model_dir: Path, files: list[Path]) -> None:
+    """Rank files without their manifest are what a `shardserve partition` run that was killed
+    leaves: read as a Hugging Face checkpoint they fail on some tensor's name or shape, with a
+    message that does not say why."""
+    if any(_RANK_FILE.fullmatch(f.name) for f in files):
+        raise ModelLoadError(
+            f"{model_dir}: holds rank files of `shardserve partition` but no {MANIFEST}: the "
+            "partition did not finish; run it again into an empty directory"
+        )
+
+
 def _files_from_index(index: Path) -> list[Path]:
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
-        names = sorted(set(weight_map.values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelLoadError(f"{index}: not a valid checkpoint index: {e!r}") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ModelLoadError(f"{index}: weight_map must map tensor names to file names")
+    names = sorted(set(weight_map.values()))
+    for name in names:  # a shard outside the checkpoint would load weights it does not hold
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ModelLoadError(f"{index}: shard {name!r} is outside the model directory")
     files = [index.parent / n for n in names]
     for f in files:
         if not f.is_file():

@@ -50,6 +50,10 @@ def _check_entries(manifest: dict, path: Path) -> None:
         if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("bytes"), int)
                 and isinstance(entry.get("sha256"), str)):
             raise ModelLoadError(f"{path}: files[{rank}] must have a name, bytes and sha256, got {entry!r}"[:300])
+        if entry["name"] != Path(entry["name"]).name or entry["name"] in ("", ".", ".."):
+            # partition writes plain names: a path would read a rank file from elsewhere
+            raise ModelLoadError(
+                f"{path}: files[{rank}] name {entry['name']!r} is not a file of this directory")
 
 
 def sha256_of(path: Path, chunk: int = 16 << 20) -> str:

@@ -1,0 +1,113 @@
+"""Bad flags of `bench` and `download` refused up front with the flag's name, and a custom
+handler (model.py) that never finishes loading failing the load within its timeout."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from shardserve.assets import default_model_path
+from shardserve.bench import latency
+from shardserve.cli import main
+from shardserve.serving.model_store import ModelStore
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Any benchmark work fails the test: the flag must be refused before it."""
+    def fail(*args, **kwargs):
+        raise AssertionError("benchmark work started before the flags were checked")
+
+    monkeypatch.setattr(latency, "run_bench", fail)
+    monkeypatch.setattr(latency, "copy_bandwidth", fail)
+
+
+def _error_line(capsys, argv: list[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+@pytest.mark.parametrize("option, named", [
+    ("block_size=0", "block_size must be an integer >= 1"),  # once failed after the reference run
+    ("attention_backend=fast", "attention_backend must be"),
+    ("max_num_seqs=1.5", "max_num_seqs must be an integer"),
+    ("tensor_parallel_size=2", "--tp"),  # once ran TP2 while the report said tp=1
+    ("model=/elsewhere", "--model"),
+    ("dtype=fp32", "--dtype"),
+])
+def test_bench_engine_option_values_are_checked_before_work(no_work, capsys, option, named):
+    line = _error_line(capsys, ["bench", "--model", str(default_model_path()), "--engine-option", option])
+    assert line.startswith("shardserve bench: error: --engine-option") and named in line, line
+
+
+def test_bench_tp_beyond_the_gpus_is_refused_before_work(no_work, capsys, monkeypatch):
+    """Both engines would have failed only when loading onto a GPU that does not exist."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    line = _error_line(capsys, ["bench", "--model", str(default_model_path()), "--tp", "4"])
+    assert line == "shardserve bench: error: --tp 4 needs 4 GPUs, this host has 2"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--timeout", "-1"], "argument --timeout: must be a finite number of seconds > 0, got '-1'"),
+    (["--timeout", "nan"], "argument --timeout: must be a finite number of seconds > 0"),
+    (["--timeout", "0"], "argument --timeout: must be a finite number of seconds > 0"),
+    (["--concurrency", "abc"], "argument --concurrency: must be an integer >= 1, got 'abc'"),
+    (["--part-size-mb", "1.5"], "argument --part-size-mb: must be an integer >= 1, got '1.5'"),
+])
+def test_download_flags_name_themselves(tmp_path, capsys, flags, message):
+    """--timeout -1 was refused by the download, naming its parameter (timeout_s); --concurrency
+    abc named argparse's type function (_positive_int)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["download", str(tmp_path / "m.tar.gz"), *flags])
+    assert exc.value.code == 2
+    assert f"error: {message}" in capsys.readouterr().err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("value", ["nan", "-5", "0"])
+def test_a_bad_sagemaker_download_timeout_names_the_variable(tmp_path, capsys, monkeypatch, value):
+    import tarfile
+
+    with tarfile.open(tmp_path / "m.tar.gz", "w:gz"):
+        pass
+    monkeypatch.setenv("ModelDataDownloadTimeoutInSeconds", value)
+    line = _error_line(capsys, ["download", str(tmp_path / "m.tar.gz"), "--to", str(tmp_path / "o")])
+    assert "ModelDataDownloadTimeoutInSeconds must be a number of seconds > 0" in line, line
+
+
+@pytest.mark.parametrize("model_py, stage", [
+    ("import time\n\ndef handle(inputs):\n    time.sleep(30)\n", "the initialisation call to handle()"),
+    ("import time\ntime.sleep(30)\n\ndef handle(inputs):\n    return None\n", "importing"),
+])
+def test_a_handler_that_never_finishes_loading_fails_within_the_timeout(tmp_path, model_py, stage):
+    """The loader checks option.model_loading_timeout only once a phase is over: a handler whose
+    import or first call never returned kept the model loading forever."""
+    (tmp_path / "serving.properties").write_text("option.model_loading_timeout=0.5\n")
+    (tmp_path / "model.py").write_text(model_py)
+    started = time.monotonic()
+    model = ModelStore(environ={}).add("slow", str(tmp_path), wait=True)
+    assert time.monotonic() - started < 10
+    assert model.errored and stage in model.error
+    assert "did not finish within option.model_loading_timeout (0.5 s)" in model.error
+
+
+def test_two_handlers_each_get_their_own_sibling_module(tmp_path):
+    """Both artifacts ship helper.py; every handler runs in this one interpreter, so the second
+    model's `import helper` got the first model's module from sys.modules and served its code."""
+    import sys
+
+    store = ModelStore(environ={})
+    for name in ("first", "second", "first_again"):
+        artifact = tmp_path / name.removesuffix("_again")
+        artifact.mkdir(exist_ok=True)
+        (artifact / "helper.py").write_text(f"NAME = {artifact.name!r}\n")
+        (artifact / "model.py").write_text("import helper\n\ndef handle(inputs):\n    return None\n")
+        assert store.add(name, str(artifact), wait=True).ready
+    loaded = {n: sys.modules[f"shardserve_handler_{n}"].helper.NAME for n in ("first", "second", "first_again")}
+    assert loaded == {"first": "first", "second": "second", "first_again": "first"}
