@@ -47,6 +47,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from shardserve.bench.latency import BenchConfig, run_bench
+    from shardserve.engine.executor import check_visible_gpus
 
     if not args.model:
         raise ValueError("--model is required (a model dir, or a catalog name with --random-weights)")
@@ -67,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     check_out_dir(Path(args.out), "--out")
     if args.profile:
         check_out_dir(Path(args.profile), "--profile")
-    check_gpus(args.tp)
+    # Now, not once loading on a GPU that does not exist, after the baseline's reference run.
+    check_visible_gpus(args.tp, "--tp")
     options = parse_engine_options(args.engine_option)
     check_engine_options(args, options)
     cfg = BenchConfig(
@@ -89,16 +91,6 @@ def check_out_dir(path: Path, flag: str) -> None:
     existing, _ = output_dir_base(path, flag)
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"{flag} {path}: {existing} is not writable")
-
-
-def check_gpus(tp: int) -> None:
-    """ValueError naming --tp when it asks for more GPUs than the host has: both engines would
-    fail only once loading on a GPU that does not exist, after the reference run."""
-    import torch
-
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if gpus and tp > gpus:
-        raise ValueError(f"--tp {tp} needs {tp} GPUs, this host has {gpus}")
 
 
 # EngineConfig fields the benchmark sets from its own flags: an --engine-option for one of them

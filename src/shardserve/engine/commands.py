@@ -35,13 +35,15 @@ def run(args: argparse.Namespace) -> int:
     from shardserve import LLM, SamplingParams
     from shardserve.assets import default_model_path
     from shardserve.config import EngineConfig, parse_tp_degree
+    from shardserve.engine.executor import check_visible_gpus
     from shardserve.engine.generation_config import (
         SAMPLING_FIELDS,
         read_generation_config,
         sampling_defaults,
     )
+    from shardserve.storage.uri import local_model_dir
 
-    model = args.model or str(default_model_path())
+    model = str(local_model_dir(args.model, "generate")) if args.model else str(default_model_path())
     given = {name: getattr(args, name) for name in SAMPLING_FIELDS}  # its flags, by the same names
     # Read here, not taken from the LLM's: a bad flag fails before the model loads, not after.
     defaults = sampling_defaults(read_generation_config(model), model)
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     options = dict(dtype=args.dtype, quantization=args.quantize)
     if args.tp is not None:
         options["tensor_parallel_size"] = parse_tp_degree(args.tp)
+        check_visible_gpus(options["tensor_parallel_size"], "--tp")  # before the model loads
     config = EngineConfig.from_env(model, **options)
     with LLM(config=config) as llm:
         if len(args.prompt) == 1 and not args.no_stream:

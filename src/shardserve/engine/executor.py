@@ -44,7 +44,20 @@ def default_device() -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
+def check_visible_gpus(tp: int, what: str = "tensor_parallel_size") -> None:
+    """ValueError naming `what` when one host's ranks would need more GPUs than it shows: rank r
+    takes GPU r % count (worker.rank_device), so two ranks would share one and NCCL fail or hang.
+    Ranks started by a launcher place themselves; explicit devices are the caller's."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and tp > gpus and not _launched_externally():
+        raise ValueError(f"{what} {tp} needs {tp} GPUs, this host has {gpus}")
+
+
 def create_executor(config: EngineConfig) -> Executor:
+    if not config.devices:
+        check_visible_gpus(config.tensor_parallel_size)
     if config.tensor_parallel_size == 1 and not _launched_externally():
         return LocalExecutor(config)
     from shardserve.engine.multiproc_executor import LauncherExecutor, MultiProcExecutor

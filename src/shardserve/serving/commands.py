@@ -18,8 +18,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("locations", nargs="*", metavar="LOCATION")
     p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=port_number,
-                   default=int(os.environ.get("SAGEMAKER_BIND_TO_PORT", 8080)))
+    # A string default: argparse checks it with port_number, and only when serve runs.
+    p.add_argument("--port", type=port_number, default=os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080"),
+                   help="default: $SAGEMAKER_BIND_TO_PORT, else 8080")
     p.add_argument("--api-key", default=None,
                    help="require this key on inference routes (default: $SHARDSERVE_API_KEY)")
     p.add_argument("--max-body-bytes", type=int, default=None, help="larger request bodies get 413")
@@ -54,7 +55,7 @@ def non_negative_seconds(text: str) -> float:
 
 def parse_locations(locations: list[str]) -> tuple[tuple[str, str], ...]:
     """NAME=LOCATION pairs; a bare location is named after its last path part."""
-    from shardserve.serving.model_store import model_name
+    from shardserve.serving.model_store import model_name, name_problem
 
     if not locations:
         locations = [str(SAGEMAKER_MODEL_DIR) if SAGEMAKER_MODEL_DIR.is_dir() else _default_model()]
@@ -63,6 +64,10 @@ def parse_locations(locations: list[str]) -> tuple[tuple[str, str], ...]:
         name, sep, location = item.partition("=")
         if not sep or "://" in name or "/" in name:
             name, location = model_name(item), item
+        if not location:
+            raise ValueError(f"{item!r}: NAME=LOCATION needs a location after the '='")
+        if name_problem(name) is not None:
+            raise ValueError(f"{item!r}: NAME=LOCATION: {name_problem(name)}")
         pairs.append((name, location))
     names = [n for n, _ in pairs]
     if len(set(names)) != len(names):
@@ -81,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
     from shardserve.serving.server import run_server
     from shardserve.serving.settings import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES, ServerSettings
 
+    if args.api_key is not None and not args.api_key.strip():  # --api-key "$KEY" with KEY unset
+        raise ValueError("--api-key is empty: the routes would take requests without a key; give a key "
+                         f"or leave the flag out (then ${API_KEY_ENV} is used, if set)")
     if args.max_body_bytes is not None and args.max_body_bytes < 1:
         raise ValueError(f"--max-body-bytes must be >= 1, got {args.max_body_bytes}")
     settings = ServerSettings(

@@ -86,7 +86,9 @@ class ModelLoader:
             # refuse a typo before a pip run or a download whose failure would hide it.
             entry = find_entry_point(artifact, config.entry_point)
             if entry is None and config.unknown_keys:
-                raise ValueError(f"{config.unknown_keys[0]}: unknown key in serving.properties or the environment")
+                key = config.unknown_keys[0]
+                where = f"set by ${env_names[key]}" if key in env_names else "in serving.properties"
+                raise ValueError(f"{key}: unknown key ({where})")
             _install_requirements(artifact, config.install_requirements, started, timeout)
             weights = self._weights_dir(config, artifact, _time_left(started, timeout))
         with self._phase(model, "loading", started, timeout):

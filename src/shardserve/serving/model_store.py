@@ -129,6 +129,15 @@ class ModelStore:
             model.shutdown()
 
 
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name a model, or None: no URL path addresses an empty name or one with
+    '/' (/predictions/{name}, /models/{name}), so such a model could never be called or
+    unregistered; control characters would also forge lines of the server's log."""
+    if not name or "/" in name or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        return f"{name!r} cannot name a model: a name is not empty and holds no '/' and no control characters"
+    return None
+
+
 def model_name(location: str) -> str:
     """A model's default name: the last part of its location, without archive suffixes."""
     name = location.rstrip("/").rsplit("/", 1)[-1]

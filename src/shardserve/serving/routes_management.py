@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from shardserve.serving.auth import require_management
 from shardserve.serving.http_errors import APIError, bad_request
-from shardserve.serving.model_store import ServedModel
+from shardserve.serving.model_store import ServedModel, name_problem
 from shardserve.serving.model_store import model_name as default_model_name
 
 router = APIRouter(prefix="/models", dependencies=[Depends(require_management)], tags=["management"])
@@ -60,12 +60,10 @@ async def unregister_model(name: str, request: Request) -> dict:
 
 
 def _check_name(name: str, field: str) -> None:
-    """A 400 naming `field` (the name's source) for a name that no URL path can address
-    (/predictions/{name}, /models/{name}): such a model could never be called or unregistered.
-    Control characters would also forge lines of the server's log."""
-    if "/" in name or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
-        raise bad_request(f"{field}: {name!r} cannot name a model: a name holds no '/' and no control "
-                          "characters", field)
+    """A 400 naming `field` (the name's source) for a name no model can have (name_problem)."""
+    problem = name_problem(name)
+    if problem is not None:
+        raise bad_request(f"{field}: {problem}", field)
 
 
 def _describe(model: ServedModel) -> dict:

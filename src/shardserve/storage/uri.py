@@ -112,3 +112,16 @@ def _local(path: Path, text: str) -> LocalLocation:
             f"({', '.join(ARCHIVE_SUFFIXES)})"
         )
     return LocalLocation(path)
+
+
+def local_model_dir(text: str, command: str) -> Path:
+    """The --model of a command that reads a local model directory (generate, partition), or
+    ValueError saying what it is instead: Path() would fold s3://b/m into s3:/b/m, a directory
+    that does not exist, and a file would be read as config.json ("not a valid JSON file")."""
+    if "://" in text:
+        raise ValueError(f"--model {text}: {command} reads a local model directory; fetch it first "
+                         "with `shardserve download LOCATION --to DIR`")
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"--model {text} {'is a file, not a model directory' if path.exists() else 'does not exist'}")
+    return path

@@ -44,14 +44,9 @@ def partition(
     """
 
     from shardserve.models.config import ModelConfig
+    from shardserve.storage.uri import local_model_dir
 
-    if "://" in str(model_dir):  # Path() would fold s3://b/m into s3:/b/m, a missing local dir
-        raise ValueError(f"--model {model_dir}: partition reads a local model directory; fetch it "
-                         "first with `shardserve download LOCATION --to DIR`")
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if not model_dir.is_dir():  # read as one, a file fails as "not a valid JSON file"
-        problem = "is a file, not a model directory" if model_dir.exists() else "does not exist"
-        raise ValueError(f"--model {model_dir} {problem}")
+    model_dir, out_dir = local_model_dir(str(model_dir), "partition"), Path(out_dir)
     if is_presharded(model_dir):
         raise ValueError(f"{model_dir} is already pre-sharded; partition the original HF checkpoint")
     if tp_size < 1:
