@@ -21,7 +21,6 @@ import concurrent.futures
 import importlib
 import importlib.util
 import logging
-import os
 import sys
 import threading
 import time
@@ -65,27 +64,26 @@ class CustomHandler:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"handler-{name}")
         self._handle = None
 
-    def load(self) -> None:
-        """Import the module and run the initialisation call (blocking; from the loader thread).
-        The two together wait at most option.model_loading_timeout: the loader checks the time
-        only once a phase is over, so a handler that never returned left the model loading
-        forever. The thread still running it cannot be stopped; it is left behind."""
+    def load(self, timeout_s: float) -> None:
+        """Import the module and run the initialisation call (blocking; from the loader thread),
+        within `timeout_s` (what the load has left of option.model_loading_timeout): the loader
+        checks the time only once a phase is over, so a handler whose import or first call never
+        returned kept the model loading for ever. A thread still in it cannot be stopped: it is
+        left behind (the import's on a daemon thread, so that it does not hold up the exit)."""
         install_djl_alias()
-        timeout = _loading_timeout(self.properties)
-        end = time.monotonic() + timeout
-        module = _on_daemon_thread(lambda: _import(self.name, self.entry), end,
-                                   _late(f"importing {self.entry}", timeout))
+        end = time.monotonic() + timeout_s
+        importing = concurrent.futures.Future()
+        threading.Thread(target=_run_into, args=(importing, _import, self.name, self.entry), daemon=True,
+                         name=f"handler-import-{self.name}").start()
+        module = _within(importing, end, f"importing {self.entry}", timeout_s)
         handle = getattr(module, "handle", None)
         if not callable(handle):
             raise ModelLoadError(f"{self.entry} defines no handle(inputs) function")
         self._handle = handle
-        future = self._pool.submit(handle, Input(properties=self.properties))
         try:
-            output = future.result(timeout=max(0.0, end - time.monotonic()))
-        except concurrent.futures.TimeoutError:
-            what = f"{self.entry}: the initialisation call to handle()"
-            raise ModelLoadError(_late(what, timeout)) from None
-        except _PASS_THROUGH:
+            output = _within(self._pool.submit(handle, Input(properties=self.properties)), end,
+                             f"{self.entry}: the initialisation call to handle()", timeout_s)
+        except (ModelLoadError, *_PASS_THROUGH):
             raise
         except BaseException as e:  # the user's code: say where and what, as import errors do
             logger.error("%s: the initialisation call to handle() raised", self.name, exc_info=e)
@@ -176,16 +174,14 @@ def _import(name: str, entry: Path | str):
     try:
         if isinstance(entry, str):
             return importlib.import_module(entry)
+        # DJLServing puts the artifact dir on sys.path so handlers import their sibling modules.
+        if str(entry.parent) not in sys.path:
+            sys.path.insert(0, str(entry.parent))
         module_name = f"shardserve_handler_{''.join(c if c.isalnum() else '_' for c in name)}"
-        # Models load on threads of their own: one import at a time, so that another's
-        # sys.path and sys.modules changes cannot land in the middle of this one.
-        with _IMPORT_LOCK:
-            # DJLServing puts the artifact dir on sys.path so handlers import their siblings.
-            _use_artifact_dir(str(entry.parent))
-            spec = importlib.util.spec_from_file_location(module_name, entry)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[module_name] = module
-            spec.loader.exec_module(module)
+        spec = importlib.util.spec_from_file_location(module_name, entry)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
         return module
     except _PASS_THROUGH:
         sys.modules.pop(module_name, None)
@@ -195,62 +191,21 @@ def _import(name: str, entry: Path | str):
         raise ModelLoadError(f"cannot import {entry}: {describe(e)}") from e
 
 
-_ARTIFACT_DIRS: set[str] = set()  # the directories handlers were imported from
-_IMPORT_LOCK = threading.Lock()
+def _run_into(future: concurrent.futures.Future, fn, *args) -> None:
+    """fn(*args) on this thread, its result or exception set on `future`."""
+    try:
+        future.set_result(fn(*args))
+    except BaseException as e:  # handed to the waiting thread, which raises it
+        future.set_exception(e)
 
 
-def _use_artifact_dir(directory: str) -> None:
-    """Put `directory` first on sys.path and forget the modules that artifact directories
-    provided. Every handler shares this interpreter (DJLServing gives each model a process of
-    its own): a second model's `import utils` got the first model's utils.py from sys.modules.
-    Handlers imported before keep the modules they bound."""
-    _ARTIFACT_DIRS.add(directory)
-    if directory in sys.path:
-        sys.path.remove(directory)
-    sys.path.insert(0, directory)
-    for name, module in list(sys.modules.items()):
-        top = name.partition(".")[0]
-        if top.startswith(("shardserve", "djl_python")):
-            continue
-        origin = getattr(module, "__file__", None) or ""
-        if any(os.path.dirname(origin) == d or origin.startswith(os.path.join(d, top, ""))
-               for d in _ARTIFACT_DIRS):
-            del sys.modules[name]
-
-
-def _loading_timeout(properties: dict[str, str]) -> float:
-    """option.model_loading_timeout as the handler's properties carry it (checked when the
-    config was built), else its default."""
-    from shardserve.serving.properties import LOADING_TIMEOUT_S
-
-    value = properties.get("model_loading_timeout")
-    return float(value) if value else LOADING_TIMEOUT_S
-
-
-def _on_daemon_thread(work, end: float, late: str):
-    """work() on a daemon thread, waited for until `end` (time.monotonic()), else ModelLoadError
-    with the message `late`: a daemon, so that a module import that hangs does not also keep
-    the server from exiting."""
-    outcome: dict = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = work()
-        except BaseException as e:  # re-raised in the waiting thread
-            outcome["error"] = e
-
-    thread = threading.Thread(target=run, name="handler-import", daemon=True)
-    thread.start()
-    thread.join(max(0.0, end - time.monotonic()))
-    if thread.is_alive():
-        raise ModelLoadError(late)
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
-
-
-def _late(what: str, timeout: float) -> str:
-    return f"{what} did not finish within option.model_loading_timeout ({timeout:g} s)"
+def _within(future: concurrent.futures.Future, end: float, what: str, timeout_s: float):
+    """The future's result, or ModelLoadError once time.monotonic() reaches `end`."""
+    try:
+        return future.result(timeout=max(0.0, end - time.monotonic()))
+    except concurrent.futures.TimeoutError:
+        raise ModelLoadError(f"{what} did not finish within option.model_loading_timeout "
+                             f"({timeout_s:g} s left of it)") from None
 
 
 def describe(e: BaseException) -> str:

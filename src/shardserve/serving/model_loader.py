@@ -94,7 +94,7 @@ class ModelLoader:
         with self._phase(model, "loading", started, timeout):
             if entry is not None:
                 model.handler = CustomHandler(model.name, entry, _handler_properties(config, artifact, weights))
-                model.handler.load()
+                model.handler.load(_time_left(started, timeout))
                 model.admission = Admission(1, config.job_queue_size)
             else:
                 # Read here for either engine (the Accelerate one has no sampling defaults of its
