@@ -66,8 +66,9 @@ def parse_locations(locations: list[str]) -> tuple[tuple[str, str], ...]:
             name, location = model_name(item), item
         if not location:
             raise ValueError(f"{item!r}: NAME=LOCATION needs a location after the '='")
-        if name_problem(name) is not None:
-            raise ValueError(f"{item!r}: NAME=LOCATION: {name_problem(name)}")
+        problem = name_problem(name)
+        if problem is not None:
+            raise ValueError(f"{item!r}: NAME=LOCATION: {problem}")
         pairs.append((name, location))
     names = [n for n, _ in pairs]
     if len(set(names)) != len(names):

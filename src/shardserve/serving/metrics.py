@@ -47,7 +47,7 @@ class ServerMetrics:
 
 class RequestTimer:
     """One generation's latencies: TTFT at the first token, then inter-token gaps; and its count
-    of generated tokens, the request path's only one (finish reports it)."""
+    of generated tokens, which the metrics report (finish)."""
 
     def __init__(self, metrics: ServerMetrics | None, model: str):
         self.metrics = metrics
@@ -73,14 +73,13 @@ class RequestTimer:
             self.metrics.itl.labels(self.model).observe((now - since) / gaps)
         self.last = now
 
-    def finish(self, prompt_tokens: int, generated_tokens: int | None = None) -> None:
-        """generated_tokens: those on_tokens counted unless given."""
+    def finish(self, prompt_tokens: int) -> None:
+        """The request's end: its latency, its prompt tokens and the tokens on_tokens counted."""
         if self.metrics is None:
             return
         self.metrics.e2e.labels(self.model).observe(time.perf_counter() - self.start)
         self.metrics.prompt_tokens.labels(self.model).inc(prompt_tokens)
-        self.metrics.generation_tokens.labels(self.model).inc(
-            self.tokens if generated_tokens is None else generated_tokens)
+        self.metrics.generation_tokens.labels(self.model).inc(self.tokens)
 
 
 class _LiveCollector:

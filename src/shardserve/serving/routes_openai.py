@@ -91,7 +91,7 @@ async def completions(body: oa.CompletionRequest, request: Request):
     n = body.choices
     # A text prompt is encoded here, once: its length bounds max_tokens null and 0, and its n
     # choices' engine requests take the ids (with echoed logprobs, its offsets come along).
-    encoded = [_encoded(p, tokenizer, prompt_logprobs is not None) for p in prompts]  # (ids, offsets)
+    encoded = [_encoded(p, tokenizer, prompt_logprobs is not None) for p in prompts]  # ids, offsets
     params = [q for ids, _ in encoded for q in prompt_params(ids)]
     echoes = [_echo(p, tokenizer) if body.echo else "" for p in prompts]  # each choice's own prompt
     rid, name = oa.new_id("cmpl"), model.name

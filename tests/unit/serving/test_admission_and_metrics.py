@@ -39,7 +39,7 @@ def test_request_timer_observes_ttft_itl_and_tokens():
     timer.on_tokens(1)
     timer.on_tokens(2)  # two tokens in one update: two inter-token gaps
     timer.on_tokens(0)
-    timer.finish(prompt_tokens=5, generated_tokens=3)
+    timer.finish(prompt_tokens=5)  # the 3 tokens it counted
     text = metrics.render()[0].decode()
     assert 'shardserve_time_to_first_token_seconds_count{model="m"} 1.0' in text
     assert 'shardserve_inter_token_latency_seconds_count{model="m"} 2.0' in text
