@@ -67,6 +67,10 @@ def test_rank_files_without_their_manifest_are_an_unfinished_partition(model_dir
     """Read as a Hugging Face checkpoint they failed on some tensor's name or shape."""
     out = tmp_path / "tp1"
     assert main(["partition", "--model", str(model_dir), "--tp", "1", "--out", str(out)]) == 0
+    from shardserve.weights.loader import checkpoint_files
+
+    # Finished, its rank files are safetensors files like any (load_format="safetensors").
+    assert [f.name for f in checkpoint_files(out, "safetensors")] == ["rank-00000-of-00001.safetensors"]
     (out / MANIFEST).unlink()  # what a kill just before the manifest leaves
     with pytest.raises(ModelLoadError, match=f"no {MANIFEST}: the partition did not finish"):
         _load(out)

@@ -147,8 +147,8 @@ def _flush(state: _TextState) -> None:
 
 
 def _prompt_logprobs(request: Request) -> tuple[list | None, list | None]:
-    """RequestOutput's prompt_logprobs and prompt_top_logprobs: both None until every prompt token's
-    logprob is in (they come with the first output, as vLLM's do, and with every later one)."""
+    """RequestOutput's prompt_logprobs and prompt_top_logprobs, or both None while a prompt
+    token's logprob is missing. The first output builds them once (as vLLM's, they come with it)."""
     n = request.params.prompt_logprobs
     if n is None or len(request.prompt_logprobs) < len(request.prompt_token_ids) - 1:
         return None, None

@@ -158,7 +158,8 @@ class ModelLoader:
 
 
 def fetch_location(location: str, timeout: float) -> Path:
-    """A local directory for a location (a local dir is returned as is; the rest is fetched)."""
+    """A local directory for a location (a local dir is used where it is, or its only
+    subdirectory: fetch.model_root; the rest is fetched)."""
     from shardserve.storage.fetch import fetch_model
 
     return Path(fetch_model(location, timeout_s=timeout))

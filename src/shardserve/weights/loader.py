@@ -15,7 +15,6 @@ its pages are read on demand and only the slices touched are paged in.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,12 +22,11 @@ import torch
 from torch import nn
 
 from shardserve.errors import ModelLoadError
-from shardserve.weights.manifest import MANIFEST
+from shardserve.weights.manifest import MANIFEST, is_rank_file_name
 from shardserve.weights.params import Loaded, shape_of
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
-_RANK_FILE = re.compile(r"rank-\d{5}-of-\d{5}\.safetensors")  # manifest.rank_file_name's form
 
 
 def materialize(model: nn.Module, device: torch.device | str) -> None:
@@ -141,7 +139,7 @@ def _refuse_unfinished_partition(model_dir: Path, files: list[Path]) -> None:
     """Rank files without their manifest are what a `shardserve partition` run that was killed
     leaves: read as a Hugging Face checkpoint they fail on some tensor's name or shape, with a
     message that does not say why."""
-    if any(_RANK_FILE.fullmatch(f.name) for f in files):
+    if not (model_dir / MANIFEST).is_file() and any(is_rank_file_name(f.name) for f in files):
         raise ModelLoadError(
             f"{model_dir}: holds rank files of `shardserve partition` but no {MANIFEST}: the "
             "partition did not finish; run it again into an empty directory"

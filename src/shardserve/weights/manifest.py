@@ -5,6 +5,7 @@ digests. Free of torch, so storage can verify a download against it cheaply.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 from shardserve.errors import ModelLoadError
@@ -20,6 +21,11 @@ BLOCK_BYTES = 16 << 20  # hash granularity: blocks are verified in parallel as t
 
 def rank_file_name(rank: int, tp_size: int) -> str:
     return f"rank-{rank:05d}-of-{tp_size:05d}.safetensors"
+
+
+def is_rank_file_name(name: str) -> bool:
+    """Whether `name` has rank_file_name's form."""
+    return re.fullmatch(r"rank-\d{5}-of-\d{5}\.safetensors", name) is not None
 
 
 def is_presharded(model_dir: str | Path) -> bool:
