@@ -60,3 +60,12 @@ def djl_token_ids(client, model: str, parameters: dict, max_new_tokens: int = 12
     body = {"inputs": "a long story", "parameters": {"max_new_tokens": max_new_tokens, "ignore_eos": True,
                                                      "details": True, **parameters}}
     return [t["id"] for t in post_ok(client, f"/predictions/{model}", body)["details"]["tokens"]]
+
+
+def error_of(response, status: int = 400) -> tuple[str, str | None]:
+    """(message, param) of an error answer with `status`: OpenAI's body on /v1, DJL's (no param)
+    elsewhere; always JSON, never a traceback."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json") and "Traceback" not in response.text
+    error = response.json()["error"]
+    return (error["message"], error["param"]) if isinstance(error, dict) else (error, None)

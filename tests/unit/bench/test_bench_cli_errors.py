@@ -44,6 +44,28 @@ def test_bad_bench_flag_is_refused_before_work(no_work, capsys, flags, named):
     assert named in _bench(capsys, *flags)
 
 
+@pytest.mark.parametrize("option, named", [
+    ("block_size=0", "block_size must be an integer >= 1"),  # once failed after the reference run
+    ("attention_backend=fast", "attention_backend must be"),
+    ("max_num_seqs=1.5", "max_num_seqs must be an integer"),
+    ("tensor_parallel_size=2", "--tp"),  # once ran TP2 while the report said tp=1
+    ("model=/elsewhere", "--model"),
+    ("dtype=fp32", "--dtype"),
+])
+def test_bench_engine_option_values_are_checked_before_work(no_work, capsys, option, named):
+    line = _bench(capsys, "--engine-option", option)
+    assert line.startswith("shardserve bench: error: --engine-option") and named in line, line
+
+
+def test_bench_tp_beyond_the_gpus_is_refused_before_work(no_work, capsys, monkeypatch):
+    """Both engines would have failed only when loading onto a GPU that does not exist."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert _bench(capsys, "--tp", "4") == "shardserve bench: error: --tp 4 needs 4 GPUs, this host has 2\n"
+
+
 def test_unusable_out_dir_is_refused_before_work(no_work, capsys, tmp_path):
     (tmp_path / "afile").write_text("")
     assert "--out" in _bench(capsys, "--out", str(tmp_path / "afile" / "sub"))

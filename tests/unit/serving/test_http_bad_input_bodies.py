@@ -9,6 +9,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+from helpers.served_app import error_of
 from shardserve.serving.app import create_app
 from shardserve.serving.chat import chat_prompt_ids
 from shardserve.serving.http_errors import APIError
@@ -39,13 +40,6 @@ def client(handler_dir):
         yield c
 
 
-def _error(r, status: int = 400) -> tuple[str, str | None]:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/json") and "Traceback" not in r.text
-    error = r.json()["error"]
-    return (error["message"], error["param"]) if isinstance(error, dict) else (error, None)
-
-
 # -- bodies of valid syntax Python's JSON parser gives up on (FastAPI said only "There was an
 #    error parsing the body", with no param) ---------------------------------------------------
 
@@ -55,7 +49,7 @@ def _error(r, status: int = 400) -> tuple[str, str | None]:
 ], ids=["nested", "long-number"])
 @pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
 def test_a_body_python_cannot_parse_is_a_400_saying_why_naming_the_body(client, path, content, words):
-    message, param = _error(client.post(path, content=content, headers=JSON))
+    message, param = error_of(client.post(path, content=content, headers=JSON))
     assert param == "body" and words in message and "set_int_max_str_digits" not in message, message
 
 
@@ -63,7 +57,7 @@ def test_a_body_python_cannot_parse_is_a_400_saying_why_naming_the_body(client, 
 
 @pytest.mark.parametrize("value", ["maybe", "2", ""])
 def test_a_bad_query_parameter_is_a_400_naming_it_not_the_body(client, handler_dir, value):
-    message, _ = _error(client.post(f"/models?url={handler_dir}&model_name=x&synchronous={value}"))
+    message, _ = error_of(client.post(f"/models?url={handler_dir}&model_name=x&synchronous={value}"))
     assert message.startswith("synchronous: ") and "content-type" not in message, message
     assert [m["modelName"] for m in client.get("/models").json()["models"]] == ["echo"]
 
@@ -72,7 +66,7 @@ def test_a_bad_query_parameter_is_a_400_naming_it_not_the_body(client, handler_d
     ("model_name=a/b", "model_name"), ("model_name=a%0Ab", "model_name"), ("model_name=a%00", "model_name"),
 ])
 def test_a_model_name_no_url_path_addresses_is_refused(client, handler_dir, query, field):
-    message, _ = _error(client.post(f"/models?url={handler_dir}&{query}"))
+    message, _ = error_of(client.post(f"/models?url={handler_dir}&{query}"))
     assert message.startswith(f"{field}: ") and "no '/'" in message, message
     assert [m["modelName"] for m in client.get("/models").json()["models"]] == ["echo"]
 

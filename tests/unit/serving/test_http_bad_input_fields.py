@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from helpers.served_app import artifact, post_ok, served
+from helpers.served_app import artifact, error_of, post_ok, served
 
 JSON = {"content-type": "application/json"}
 COMPLETION = {"model": "llama", "prompt": "Hello", "max_tokens": 2}
@@ -19,14 +19,6 @@ def client(tiny_checkpoint, tmp_path_factory):
     root = tmp_path_factory.mktemp("bad-fields")
     with served((("llama", artifact(root / "llama", tiny_checkpoint("llama"))),)) as c:
         yield c
-
-
-def _error(r, status: int = 400) -> tuple[str, str | None]:
-    """(message, param) of an error body: OpenAI's on /v1, DJL's (no param) elsewhere."""
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/json") and "Traceback" not in r.text
-    error = r.json()["error"]
-    return (error["message"], error["param"]) if isinstance(error, dict) else (error, None)
 
 
 def _post_ascii(client, path: str, body: dict):
@@ -42,7 +34,7 @@ def _post_ascii(client, path: str, body: dict):
     ("/predictions/llama", {"inputs": "Hello", "parameters": {"top_k": 2**63}}, "parameters.top_k"),
 ])
 def test_a_top_k_beyond_64_bits_is_a_400_and_the_model_keeps_serving(client, path, body, field):
-    message, param = _error(client.post(path, json=body))
+    message, param = error_of(client.post(path, json=body))
     assert message.startswith(f"{field} must be") and "2^63" in message, message
     if path.startswith("/v1/"):
         assert param == field
@@ -69,7 +61,7 @@ def test_the_largest_64_bit_top_k_still_samples_from_every_token(client):
         {"type": "function", "function": {"name": "f", "description": "\ud800"}}]}, "tools.0.function.description"),
 ])
 def test_a_lone_surrogate_is_a_400_naming_where_it_is(client, path, body, field):
-    message, param = _error(_post_ascii(client, path, body))
+    message, param = error_of(_post_ascii(client, path, body))
     assert param == field and message.startswith(f"{field}: not valid Unicode"), message
 
 
@@ -85,12 +77,12 @@ def test_a_surrogate_pair_is_text(client):
 @pytest.mark.parametrize("stream", [False, True])
 def test_an_echoed_token_id_outside_u32_is_a_400_naming_the_prompt(client, prompt, stream):
     r = client.post("/v1/completions", json={**COMPLETION, "prompt": prompt, "echo": True, "stream": stream})
-    message, param = _error(r)
+    message, param = error_of(r)
     assert param == "prompt" and message.startswith("prompt: token ids must be integers in [0, 2^32)"), message
 
 
 def test_a_token_id_within_u32_but_beyond_the_vocabulary_gets_the_engines_400(client):
-    message, param = _error(client.post("/v1/completions", json={**COMPLETION, "prompt": [2**31], "echo": True}))
+    message, param = error_of(client.post("/v1/completions", json={**COMPLETION, "prompt": [2**31], "echo": True}))
     assert param == "prompt" and "[0, 512)" in message, message
 
 
@@ -99,7 +91,7 @@ def test_a_token_id_within_u32_but_beyond_the_vocabulary_gets_the_engines_400(cl
 @pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
 def test_a_logit_bias_key_of_thousands_of_digits_is_a_400(client, path):
     body = {**(COMPLETION if "chat" not in path else CHAT), "logit_bias": {"1" * 5000: 1}}
-    message, param = _error(client.post(path, json=body))
+    message, param = error_of(client.post(path, json=body))
     assert param == "logit_bias" and "token ids" in message and "5000 characters" in message
     assert len(message) < 300  # the key is not echoed whole
 
@@ -119,5 +111,5 @@ def test_null_in_a_nullable_openai_field_is_its_default(client, path, fields):
 
 @pytest.mark.parametrize("field", ["ignore_eos", "skip_special_tokens", "min_tokens"])
 def test_null_stays_refused_where_neither_api_takes_it(client, field):
-    message, param = _error(client.post("/v1/completions", json={**COMPLETION, field: None}))
+    message, param = error_of(client.post("/v1/completions", json={**COMPLETION, field: None}))
     assert param == field, message
