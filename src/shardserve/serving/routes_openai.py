@@ -241,12 +241,12 @@ def _check_scoring(model: ServedModel, length: int, min_tokens: int) -> None:
 
 
 def _check_capacity(model: ServedModel, prompts: int, n: int) -> None:
-    """Admission's 400 in n's terms when the prompts fit the model's queue but their n choices
-    each (an engine request apiece, a queue slot each) never can; prompts too many alone are
-    named by admission itself, when respond asks it for the slots."""
-    if prompts <= model.admission.capacity:
-        model.admission.check_fits(model.name, prompts * n, "n",
-                                   f"{prompts * n} requests ({prompts} prompt(s) x {n} choices)")
+    """Admission's 400 for more prompts than the model's queue ever takes, or in n's terms when
+    the prompts fit but their n choices each (an engine request apiece, a queue slot each) never
+    can: before the route encodes any prompt, which a request that cannot fit need not pay for."""
+    model.admission.check_fits(model.name, prompts, "prompt")
+    model.admission.check_fits(model.name, prompts * n, "n",
+                               f"{prompts * n} requests ({prompts} prompt(s) x {n} choices)")
 
 
 def _prompt_only(out: RequestOutput) -> RequestOutput:

@@ -47,6 +47,12 @@ def test_the_queue_says_one_thing_for_prompts_and_for_n(client, monkeypatch):
     model = client.app.state.ctx.store.get("llama")
     monkeypatch.setattr(model, "admission", Admission(concurrency=1, queue_size=2))
     capacity = "more than model 'llama' takes at once (3: 1 running + 2 queued, job_queue_size)"
+    from shardserve.serving import routes_openai
+
+    def no_encoding(*args):  # a request that can never fit is refused before any prompt is encoded
+        raise AssertionError("a prompt was encoded for a request the queue can never take")
+
+    monkeypatch.setattr(routes_openai, "_encoded", no_encoding)
     r = client.post("/v1/completions", json={"model": "llama", "prompt": PROMPTS[:2], "n": 2, "max_tokens": 2})
     assert r.status_code == 400 and r.json()["error"]["param"] == "n"
     assert r.json()["error"]["message"] == f"n: 4 requests (2 prompt(s) x 2 choices) are {capacity}"
