@@ -35,7 +35,7 @@ def test_download_flags_name_themselves(tmp_path, capsys, flags, message):
     assert f"error: {message}" in capsys.readouterr().err.splitlines()[-1]
 
 
-@pytest.mark.parametrize("value", ["nan", "-5", "0"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-5", "0", "soon"])
 def test_a_bad_sagemaker_download_timeout_names_the_variable(tmp_path, capsys, monkeypatch, value):
     import tarfile
 
@@ -43,7 +43,7 @@ def test_a_bad_sagemaker_download_timeout_names_the_variable(tmp_path, capsys, m
         pass
     monkeypatch.setenv("ModelDataDownloadTimeoutInSeconds", value)
     line = _error_line(capsys, ["download", str(tmp_path / "m.tar.gz"), "--to", str(tmp_path / "o")])
-    assert "ModelDataDownloadTimeoutInSeconds must be a number of seconds > 0" in line, line
+    assert f"ModelDataDownloadTimeoutInSeconds must be a finite number of seconds > 0, got '{value}'" in line, line
 
 
 @pytest.mark.parametrize("model_py, stage", [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 
 
 def register(subparsers) -> None:
@@ -46,11 +45,10 @@ def _positive_int(text: str) -> int:
 def _seconds(text: str) -> float:
     """argparse type: a finite number of seconds > 0, refused here with the flag's name rather
     than by the download under its parameter's."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
+    from shardserve.storage.deadline import parse_seconds
+
+    value = parse_seconds(text)
+    if value is None:
         raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
     return value
 

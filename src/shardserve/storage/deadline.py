@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 from shardserve.storage.exceptions import DownloadTimeout
+
+
+def parse_seconds(text: str) -> float | None:
+    """A time limit as the user wrote it (--timeout, ModelDataDownloadTimeoutInSeconds): a finite
+    number of seconds > 0, else None for the caller to refuse naming its own flag or variable."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
 
 
 class Deadline:

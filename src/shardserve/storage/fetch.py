@@ -11,7 +11,7 @@ from pathlib import Path
 
 from shardserve.errors import StorageError
 from shardserve.storage import archive, s3
-from shardserve.storage.deadline import Deadline
+from shardserve.storage.deadline import Deadline, parse_seconds
 from shardserve.storage.disk import remove
 from shardserve.storage.journal import Journal
 from shardserve.storage.manifest import MANIFEST, file_digests
@@ -111,12 +111,9 @@ def effective_timeout(timeout_s: float | None) -> float | None:
 def _env_seconds(raw: str | None) -> float | None:
     if not raw:
         return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = None
-    if value is None or not value > 0:  # NaN too: Deadline would refuse it, naming no variable
-        raise ValueError(f"{SAGEMAKER_TIMEOUT_ENV} must be a number of seconds > 0, got {raw!r}")
+    value = parse_seconds(raw)
+    if value is None:  # NaN too: Deadline would refuse it, naming no variable
+        raise ValueError(f"{SAGEMAKER_TIMEOUT_ENV} must be a finite number of seconds > 0, got {raw!r}")
     return value
 
 
