@@ -127,6 +127,24 @@ def test_a_partition_that_finishes_restores_the_sigterm_handler(model_dir, tmp_p
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_a_second_sigterm_cannot_cut_the_cleanup_short():
+    """The cleanup runs while SystemExit unwinds: by then SIGTERM is ignored, until partition ends."""
+    import time
+
+    from shardserve.weights.commands import _sigterm_as_exit
+
+    before, during = signal.getsignal(signal.SIGTERM), None
+    with _sigterm_as_exit():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises at once
+        except SystemExit as e:
+            assert e.code == 128 + signal.SIGTERM
+            during = signal.getsignal(signal.SIGTERM)
+    assert during == signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 @pytest.mark.parametrize("model, message", [
     # These were "s3:/bucket-name/model: config.json not found", "not a valid JSON file" and
     # "config.json not found".

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from contextlib import contextmanager
 
 
 def register(subparsers) -> None:
@@ -28,20 +29,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-class _sigterm_as_exit:
+@contextmanager
+def _sigterm_as_exit():
     """SIGTERM (a job's time limit, `docker stop`) raises SystemExit(143) while partition runs, so
     that partition removes its half-written output: killed outright, it would leave rank files
     behind without the manifest. Signals reach only the main thread; elsewhere this does nothing."""
-
-    def __enter__(self) -> None:
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, _exit_on_signal)
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _exit_on_signal(signum, frame) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
     raise SystemExit(128 + signum)
