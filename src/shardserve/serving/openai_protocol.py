@@ -238,13 +238,14 @@ def openai_finish_reason(reason: FinishReason | None) -> str | None:
 
 
 def usage(outs: list[RequestOutput], n: int = 1) -> dict:
-    """A request's usage: `outs` are n choices per prompt, prompt by prompt; each prompt counts
-    once (as vLLM), every choice's completion tokens count."""
-    prompt = sum(len(out.prompt_token_ids) for out in outs[::n])
-    return _usage(prompt, sum(len(out.token_ids) for out in outs))
+    """A request's usage: `outs` are n choices per prompt, prompt by prompt."""
+    return counted_usage([len(o.prompt_token_ids) for o in outs], [len(o.token_ids) for o in outs], n)
 
 
-def _usage(prompt: int, completion: int) -> dict:
+def counted_usage(prompt_tokens: list[int], completion_tokens: list[int], n: int = 1) -> dict:
+    """Usage from each choice's token counts, n choices per prompt, prompt by prompt: each prompt
+    counts once (as vLLM), every choice's completion tokens count."""
+    prompt, completion = sum(prompt_tokens[::n]), sum(completion_tokens)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
@@ -278,12 +279,12 @@ class ChoiceStreams:
     def with_usage(self, k: int, event: dict) -> dict:
         """The event of choice k (after its update is added), with usage as asked."""
         if self.include:
-            event["usage"] = _usage(self.prompt_tokens[k], self.tokens[k]) if self.continuous else None
+            event["usage"] = counted_usage([self.prompt_tokens[k]], [self.tokens[k]]) if self.continuous else None
         return event
 
     def closing(self) -> list[dict]:
         """The last chunk, with the whole request's usage, when asked."""
         if not self.include or None in self.prompt_tokens:
             return []
-        counts = _usage(sum(self.prompt_tokens[:: self.n]), sum(self.tokens))
+        counts = counted_usage(self.prompt_tokens, self.tokens, self.n)
         return [envelope(self.kind, self.request_id, self.model, [], {"usage": counts})]
