@@ -71,7 +71,10 @@ class SamplingParams:
         if self.top_k == -1:  # vLLM's (and its clients') "disabled": stored as 0 so no engine sees -1
             object.__setattr__(self, "top_k", 0)
         _check(_is_num(self.min_p) and 0.0 <= self.min_p <= 1.0, "min_p", "a number in [0, 1]", self.min_p)
-        _check(_is_num(self.repetition_penalty) and 0.0 < self.repetition_penalty <= 10.0, "repetition_penalty", "a number in (0, 10]", self.repetition_penalty)
+        # At least 0.01: a positive logit is divided by it, and 5e-324 made it inf, then the
+        # probabilities NaN (an answer of garbage, in both engines).
+        _check(_is_num(self.repetition_penalty) and 0.01 <= self.repetition_penalty <= 10.0, "repetition_penalty",
+               "a number in [0.01, 10]", self.repetition_penalty)
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             _check(_is_num(value) and -2.0 <= value <= 2.0, name, "a number in [-2, 2]", value)

@@ -20,7 +20,7 @@ from shardserve.engine.sampling_params import SamplingParams
         ("min_p", float("nan"), "[0, 1]"),
         ("min_p", "0.1", "[0, 1]"),
         ("min_p", True, "[0, 1]"),
-        ("repetition_penalty", 0.0, "(0, 10]"),
+        ("repetition_penalty", 0.0, "[0.01, 10]"),
         ("seed", -2**63 - 1, "[-2^63, 2^64)"),
         ("seed", 2**64, "[-2^63, 2^64)"),
         ("seed", 1.5, "[-2^63, 2^64)"),
@@ -116,3 +116,11 @@ def test_top_k_beyond_int64_is_refused_here_not_in_the_engine_step():
     assert SamplingParams(top_k=2**63 - 1).top_k == 2**63 - 1
     with pytest.raises(ValueError, match=r"top_k must be an integer >= 0, or -1 .* at most 2\^63 - 1"):
         SamplingParams(top_k=2**63)
+
+
+def test_a_repetition_penalty_that_would_overflow_the_logits_is_refused():
+    """A positive logit is divided by it: 5e-324 made it inf and the probabilities NaN."""
+    assert SamplingParams(repetition_penalty=0.01).repetition_penalty == 0.01
+    for tiny in (5e-324, 1e-6, 0.0099):
+        with pytest.raises(ValueError, match=r"repetition_penalty must be a number in \[0.01, 10\]"):
+            SamplingParams(repetition_penalty=tiny)
