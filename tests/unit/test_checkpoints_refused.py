@@ -49,7 +49,7 @@ def test_an_index_naming_a_shard_outside_the_model_directory_is_refused(model_di
 @pytest.mark.parametrize("weight_map", [5, ["model.safetensors"], {"w": 3}])
 def test_an_index_whose_weight_map_is_no_name_to_file_map_is_refused(model_dir, weight_map):
     _index(model_dir, weight_map)
-    with pytest.raises(ModelLoadError, match="model.safetensors.index.json: (weight_map|not a valid)"):
+    with pytest.raises(ModelLoadError, match="model.safetensors.index.json: weight_map must map tensor names to file names"):
         _load(model_dir)
 
 

@@ -28,7 +28,7 @@ def test_generate_with_a_file_as_model_says_it_is_not_a_directory(tmp_path, caps
     (tmp_path / "weights.bin").write_bytes(b"\x00" * 8)
     assert main(["generate", "--model", str(tmp_path / "weights.bin"), "--prompt", "hi"]) == 2
     err = capsys.readouterr().err
-    assert "not a directory" in err or "not a model directory" in err, err
+    assert f"--model {tmp_path / 'weights.bin'} is a file, not a model directory" in err, err
 
 
 def test_generate_refuses_a_tp_degree_beyond_the_gpus(monkeypatch, capsys):
@@ -58,7 +58,7 @@ def test_an_unknown_key_from_the_environment_names_the_variable(tmp_path):
 
 
 @pytest.mark.parametrize("value", ["abc", "99999"])
-def test_a_bad_sagemaker_port_fails_serve_only_and_names_the_variable(monkeypatch, capsys, value):
+def test_a_bad_sagemaker_port_fails_serve_only_as_a_bad_port(monkeypatch, capsys, value):
     from shardserve.serving import app
 
     def no_server(settings):
@@ -66,10 +66,12 @@ def test_a_bad_sagemaker_port_fails_serve_only_and_names_the_variable(monkeypatc
 
     monkeypatch.setattr(app, "create_app", no_server)
     monkeypatch.setenv("SAGEMAKER_BIND_TO_PORT", value)
-    assert main(["download", "/no/such/model.tar.gz"]) == 2  # unaffected: no traceback
+    assert main(["download", "/no/such/model.tar.gz"]) == 2  # unaffected: its own error, no traceback
+    assert "/no/such/model.tar.gz" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["serve"])
-    assert exc.value.code == 2 and "--port" in capsys.readouterr().err
+    why = "must be an integer, got 'abc'" if value == "abc" else "must be in 0..65535, got 99999"
+    assert exc.value.code == 2 and f"argument --port: {why}" in capsys.readouterr().err
 
 
 def test_serve_refuses_an_empty_api_key(monkeypatch, capsys):

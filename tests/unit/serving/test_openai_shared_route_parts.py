@@ -12,7 +12,6 @@ from shardserve.engine.request import RequestOutput
 from shardserve.serving import openai_protocol as oa
 from shardserve.serving.admission import Admission
 from shardserve.serving.http_errors import APIError
-from shardserve.serving.metrics import RequestTimer, ServerMetrics
 
 PROMPTS = ["Once upon a time", "The quick brown fox jumps", "Hi"]
 CHAT = {"model": "llama", "messages": [{"role": "user", "content": "Tell me a story"}]}
@@ -107,16 +106,6 @@ def test_the_generated_tokens_are_counted_once_per_choice_for_metrics(client):
             post_ok(client, "/v1/completions", body)
         assert sample("shardserve_generation_tokens_total") - tokens == 10
         assert sample("shardserve_time_to_first_token_seconds_count") - firsts == 2
-
-
-def test_a_request_timer_reports_the_tokens_it_counted():
-    metrics = ServerMetrics()
-    timer = RequestTimer(metrics, "m")
-    for n in (1, 2, 0, 4):
-        timer.on_tokens(n)
-    timer.finish(prompt_tokens=5)
-    assert metrics.registry.get_sample_value("shardserve_generation_tokens_total", {"model": "m"}) == 7
-    assert metrics.registry.get_sample_value("shardserve_time_to_first_token_seconds_count", {"model": "m"}) == 1
 
 
 def _update(prompt_tokens: int, tokens: int, text_end: int) -> RequestOutput:
