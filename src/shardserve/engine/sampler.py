@@ -187,15 +187,16 @@ def _processed_probs(logits: torch.Tensor, infos: list[SamplingInfo]) -> torch.T
     temps = on_device([i.temperature for i in infos], logits.dtype, device)
     logits = logits / temps[:, None]
     top_k = on_device([i.top_k if i.top_k > 0 else logits.shape[1] for i in infos], torch.int64, device)
-    top_p = on_device([i.top_p for i in infos], logits.dtype, device)
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     ranks = torch.arange(logits.shape[1], device=device)[None, :]
     drop = ranks >= top_k[:, None]
     sorted_probs = torch.softmax(sorted_logits.masked_fill(drop, float("-inf")), dim=-1)
-    # Keep the smallest prefix whose mass reaches top_p (the top token always survives). Not at
-    # top_p 1, which keeps every token: the float32 cumsum may reach 1 before the last ones.
-    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    drop |= (mass_before >= top_p[:, None]) & (top_p[:, None] < 1.0)
+    top_ps = [i.top_p for i in infos]
+    if any(p < 1.0 for p in top_ps):  # host values, as min_p's: a batch without top_p skips the work
+        # Keep the smallest prefix whose mass reaches top_p (the top token always survives). A row
+        # at top_p 1 keeps every token (inf): the float32 cumsum may reach 1 before the last ones.
+        top_p = on_device([p if p < 1.0 else float("inf") for p in top_ps], logits.dtype, device)
+        drop |= sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p[:, None]
     min_ps = [i.min_p for i in infos]
     if any(min_ps):  # host values: a batch without min_p skips the work, and nothing waits
         min_p = on_device(min_ps, logits.dtype, device)
