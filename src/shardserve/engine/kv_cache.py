@@ -67,17 +67,19 @@ class BlockManager:
         """
         if not self.enable_prefix_caching:
             return []
-        tokens = request.all_token_ids
-        end = min(max_tokens, len(tokens))
+        # The scheduler asks at every step until the request is admitted: read block by block,
+        # not a copy of the whole context each time.
+        known = request.num_known_tokens
+        end = min(max_tokens, known)
         hits: list[int] = []
         parent = None
         for start in range(0, end - self.block_size + 1, self.block_size):
-            parent = hash_block(parent, tokens[start : start + self.block_size])
+            parent = hash_block(parent, request.token_slice(start, start + self.block_size))
             block_id = self._cached.get(parent)
             if block_id is None:
                 break
             hits.append(block_id)
-        if hits and len(hits) * self.block_size >= len(tokens):
+        if hits and len(hits) * self.block_size >= known:
             hits.pop()
         return hits
 
