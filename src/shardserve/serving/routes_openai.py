@@ -138,14 +138,14 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request):
         raise bad_request("response_format: only text is supported", "response_format")
     tokenizer = model.engine.tokenizer
     use = tool_use(body.tools, body.tool_choice, model.config)
+    body.check_supported()
+    _check_capacity(model, 1, body.choices)  # before the template is rendered and tokenized
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     prompt = chat_prompt_ids(tokenizer, messages, use.tools)
     field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     max_tokens = getattr(body, field)
     if max_tokens is None:  # OpenAI's default: as much as the context leaves
         max_tokens = _default_max_tokens(model, len(prompt))
-    body.check_supported()
-    _check_capacity(model, 1, body.choices)
     params = [use.adjust(p) for p in body.choice_params(body.sampling_params(
         max_tokens, body.logprobs, field, top_logprobs=body.top_logprobs or 0, defaults=model.sampling_defaults))]
     rid, name = oa.new_id("chatcmpl"), model.name

@@ -52,6 +52,10 @@ def test_the_queue_says_one_thing_for_prompts_and_for_n(client, monkeypatch):
         raise AssertionError("a prompt was encoded for a request the queue can never take")
 
     monkeypatch.setattr(routes_openai, "_encoded", no_encoding)
+    monkeypatch.setattr(routes_openai, "chat_prompt_ids", no_encoding)
+    r = client.post("/v1/chat/completions", json=CHAT | {"n": 4, "max_tokens": 2})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+    assert r.json()["error"]["message"] == f"n: 4 requests (1 prompt(s) x 4 choices) are {capacity}"
     r = client.post("/v1/completions", json={"model": "llama", "prompt": PROMPTS[:2], "n": 2, "max_tokens": 2})
     assert r.status_code == 400 and r.json()["error"]["param"] == "n"
     assert r.json()["error"]["message"] == f"n: 4 requests (2 prompt(s) x 2 choices) are {capacity}"
